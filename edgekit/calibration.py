@@ -1,0 +1,251 @@
+"""Capture the real inputs of text_encoder, unet and vae_decoder by running the pipeline over prompts.
+
+Hooks record exactly what the pipeline feeds each component: the token ids, every UNet call at every
+timestep with the classifier-free-guidance batch as the pipeline builds it, and the latents handed to
+the VAE decoder. A seeded reservoir keeps at most ``max_rows`` rows per component, so memory and disk
+stay bounded whatever the number of prompts and steps. This directory is the single calibration
+source for every quantizer and target.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.constants import CALIB_COMPONENTS, CALIB_META
+from edgekit.errors import CalibrationError, InputError
+from edgekit.fsutil import sha256_file, sha256_tree
+
+FORMAT_VERSION = 1
+SHARD_ROWS = 256
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    prompts: tuple[str, ...]
+    steps: int = 20
+    samples: int | None = None  # images to generate; prompts are cycled. None: one per prompt
+    guidance_scale: float = 7.5
+    seed: int = 0
+    max_rows: dict = field(default_factory=lambda: {"text_encoder": 256, "unet": 1024, "vae_decoder": 256})
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise InputError("calibration needs at least one prompt")
+        if self.steps <= 0:
+            raise InputError(f"--steps {self.steps}: expected a positive whole number")
+        if self.samples is not None and self.samples <= 0:
+            raise InputError(f"--samples {self.samples}: expected a positive whole number")
+        unknown = set(self.max_rows) - set(CALIB_COMPONENTS)
+        if unknown:
+            raise InputError(f"unknown calibration component(s) {sorted(unknown)}; known: {list(CALIB_COMPONENTS)}")
+        for name, rows in self.max_rows.items():
+            if int(rows) <= 0:
+                raise InputError(f"--max-rows for {name}: expected a positive whole number, got {rows}")
+
+
+def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{flag} {path}: no such file (expected a text file, one prompt per line)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{flag} {path}: not UTF-8 text (expected one prompt per line)") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise InputError(f"{flag} {path}: no prompts (expected one prompt per line)")
+    return prompts
+
+
+class Reservoir:
+    """Seeded uniform sample of at most ``capacity`` rows from a stream (Algorithm R)."""
+
+    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
+        self.capacity = capacity
+        self.rng = rng
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.seen = 0
+
+    def offer(self, row: dict[str, np.ndarray]) -> None:
+        self.seen += 1
+        if len(self.rows) < self.capacity:
+            self.rows.append(row)
+            return
+        j = int(self.rng.integers(0, self.seen))
+        if j < self.capacity:
+            self.rows[j] = row
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        order = sorted(range(len(self.rows)), key=lambda i: int(self.rows[i]["order"]))
+        keys = self.rows[0].keys()
+        return {k: np.stack([self.rows[i][k] for i in order]) for k in keys}
+
+
+def _numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@contextmanager
+def _recording(pipe, reservoirs: dict[str, Reservoir], state: dict):
+    """Hooks on the three components; the vae decode method is wrapped for this block only."""
+    import torch
+
+    def text_hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        for row in _numpy(ids):
+            state["order"] += 1
+            reservoirs["text_encoder"].offer({"input_ids": row.astype(np.int64), "order": np.int64(state["order"]),
+                                              "prompt_index": np.int64(state["prompt_batch"])})
+
+    def unet_hook(module, args, kwargs):
+        sample = kwargs.get("sample", args[0] if len(args) > 0 else None)
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        batch = sample.shape[0]
+        t = torch.as_tensor(timestep).reshape(-1).expand(batch) if torch.as_tensor(timestep).numel() == 1 \
+            else torch.as_tensor(timestep)
+        half = batch // 2 if state["cfg"] else 0
+        for i in range(batch):
+            state["order"] += 1
+            reservoirs["unet"].offer({
+                "sample": _numpy(sample[i]), "timestep": _numpy(t[i]), "encoder_hidden_states": _numpy(context[i]),
+                "step_index": np.int64(state["step"]), "is_uncond": np.int8(1 if i < half else 0),
+                "order": np.int64(state["order"]),
+            })
+        state["step"] += 1
+
+    original_decode = pipe.vae.decode
+
+    def decode(z, *args, **kwargs):
+        for row in _numpy(z):
+            state["order"] += 1
+            reservoirs["vae_decoder"].offer({"latent_sample": row, "order": np.int64(state["order"])})
+        return original_decode(z, *args, **kwargs)
+
+    handles = [
+        pipe.text_encoder.register_forward_pre_hook(text_hook, with_kwargs=True),
+        pipe.unet.register_forward_pre_hook(unet_hook, with_kwargs=True),
+    ]
+    pipe.vae.decode = decode
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        del pipe.vae.decode  # the instance attribute goes; the class method is back
+
+
+def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, prompts_file: Path | None = None,
+            progress=None) -> dict:
+    """Run the pipeline, write shards and meta.json into ``out_dir`` (an empty staging directory)."""
+    import torch
+
+    from edgekit.pipeline import generate
+
+    n = config.samples or len(config.prompts)
+    prompts = [config.prompts[i % len(config.prompts)] for i in range(n)]
+    seeds = [config.seed + i for i in range(n)]
+    rng = np.random.default_rng(config.seed)
+    reservoirs = {name: Reservoir(int(config.max_rows.get(name, 256)), rng) for name in CALIB_COMPONENTS}
+    state = {"order": 0, "step": 0, "prompt_batch": 0, "cfg": config.guidance_scale > 1.0}
+    task = progress.add_task("calibrate", total=n) if progress else None
+    with _recording(pipe, reservoirs, state):
+        for start in range(0, n, config.batch_size):
+            state["step"] = 0
+            state["prompt_batch"] = start
+            generate(pipe, prompts[start:start + config.batch_size], seeds[start:start + config.batch_size],
+                     config.steps, config.guidance_scale, batch_size=config.batch_size)
+            if task is not None:
+                progress.update(task, advance=min(config.batch_size, n - start))
+
+    components = {}
+    for name, reservoir in reservoirs.items():
+        if not reservoir.rows:
+            raise CalibrationError(f"the pipeline never called {name}; nothing to calibrate it with")
+        arrays = reservoir.stacked()
+        arrays.pop("order")
+        comp_dir = out_dir / name
+        comp_dir.mkdir(parents=True)
+        rows = len(next(iter(arrays.values())))
+        shards = []
+        for s, start in enumerate(range(0, rows, SHARD_ROWS)):
+            shard_path = comp_dir / f"shard_{s:05d}.npz"
+            np.savez(shard_path, **{k: v[start:start + SHARD_ROWS] for k, v in arrays.items()})
+            shards.append({"file": f"{name}/{shard_path.name}", "rows": min(SHARD_ROWS, rows - start),
+                           "sha256": sha256_file(shard_path)})
+        components[name] = {
+            "rows": rows,
+            "rows_seen": reservoir.seen,
+            "inputs": {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "shards": shards,
+        }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "edgekit_version": __version__,
+        "model": {"path": str(model_dir), "sha256": sha256_tree(model_dir)},
+        "prompts": list(config.prompts),
+        "prompts_file": ({"path": str(prompts_file), "sha256": sha256_file(prompts_file)} if prompts_file else None),
+        "config": {k: v for k, v in asdict(config).items() if k != "prompts"},
+        "images_generated": n,
+        "torch_version": torch.__version__,
+        "components": components,
+    }
+    (out_dir / CALIB_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """A read-only view of a calibration directory, checked against the model it is used with."""
+
+    directory: Path
+    meta: dict
+
+    @classmethod
+    def open(cls, directory: Path | str, model_dir: Path | None = None, flag: str = "--calib") -> "CalibrationSet":
+        directory = Path(directory).resolve()
+        meta_path = directory / CALIB_META
+        if not directory.is_dir():
+            raise CalibrationError(f"{flag} {directory}: no such directory (expected the output of edgekit calibrate)")
+        if not meta_path.is_file():
+            raise CalibrationError(f"{flag} {directory}: {CALIB_META} missing (expected the output of edgekit calibrate)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            components = meta["components"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CalibrationError(f"{meta_path}: not a calibration meta file ({exc})") from None
+        if not components:
+            raise CalibrationError(f"{flag} {directory}: holds no calibration rows")
+        if model_dir is not None:
+            expected = sha256_tree(model_dir)
+            if meta.get("model", {}).get("sha256") != expected:
+                raise CalibrationError(f"{flag} {directory}: captured from another model "
+                                       f"({meta.get('model', {}).get('path')}); re-run edgekit calibrate on {model_dir}")
+        return cls(directory, meta)
+
+    def components(self) -> list[str]:
+        return list(self.meta["components"])
+
+    def load(self, component: str) -> dict[str, np.ndarray]:
+        """All rows of one component, checked against the shard checksums."""
+        info = self.meta["components"].get(component)
+        if info is None:
+            raise CalibrationError(f"{self.directory}: no rows for '{component}' (has {self.components()})")
+        parts: dict[str, list[np.ndarray]] = {}
+        for shard in info["shards"]:
+            path = self.directory / shard["file"]
+            if not path.is_file():
+                raise CalibrationError(f"{path}: shard missing")
+            if sha256_file(path) != shard["sha256"]:
+                raise CalibrationError(f"{path}: shard checksum differs from {CALIB_META}")
+            with np.load(path) as data:
+                for k in data.files:
+                    parts.setdefault(k, []).append(data[k])
+        return {k: np.concatenate(v) for k, v in parts.items()}

@@ -1,0 +1,52 @@
+"""The `edgekit` command: assembles the sub-commands of edgekit.commands and maps typed errors to one
+line and exit code 2. No stage logic lives here; heavy libraries load only when a command runs."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from edgekit.errors import EdgekitError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgekit.commands import COMMAND_MODULES
+
+    parser = _Parser(prog="edgekit", description="Package Stable-Diffusion-style pipelines for phones and browsers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (progress bars, optional-backend notices) stays off; no hub is ever contacted."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgekitError as exc:
+        print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""One module per sub-command family; each has ``register(subparsers)`` adding its parsers, whose
+``func`` default is the function the CLI calls. Adding a command is adding a module and one line here."""
+COMMAND_MODULES = (
+    "edgekit.commands.generate",
+    "edgekit.commands.evaluate",
+    "edgekit.commands.calibrate",
+)

@@ -1,0 +1,51 @@
+"""`edgekit calibrate`: capture real component inputs by running the pipeline over prompts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.commands.common import (add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, default_prompts_file, emit,
+                                     positive_int, progress)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="capture real component inputs by running the pipeline over prompts")
+    add_model_flag(p)
+    add_width_flag(p)
+    add_sampling_flags(p)
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="text file, one prompt per line (default: calibration_data/prompts.txt)")
+    p.add_argument("--samples", type=positive_int, default=None, help="images to generate (prompts cycled)")
+    p.add_argument("--max-rows-unet", type=positive_int, default=1024, help="bound on kept UNet input rows")
+    p.add_argument("--max-rows-text", type=positive_int, default=256)
+    p.add_argument("--max-rows-vae", type=positive_int, default=256)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgekit.calibration import CalibrationConfig, capture, read_prompts
+    from edgekit.fsutil import check_output_path, staged_dir
+    from edgekit.loader import open_model
+    from edgekit.pipeline import check_model_dir, sampling_defaults
+
+    model_dir = check_model_dir(args.model)
+    prompts_file = Path(args.prompts) if args.prompts else default_prompts_file()
+    prompts = read_prompts(prompts_file)
+    out = check_output_path(args.out, [model_dir, prompts_file], force=args.force)
+    defaults = sampling_defaults(model_dir)
+    config = CalibrationConfig(
+        prompts=tuple(prompts), steps=args.steps or defaults.steps, samples=args.samples,
+        guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance, seed=args.seed,
+        max_rows={"text_encoder": args.max_rows_text, "unet": args.max_rows_unet, "vae_decoder": args.max_rows_vae},
+    )
+    pipe = open_model(model_dir, width=args.width)
+    with staged_dir(out) as staging, progress() as bar:
+        meta = capture(pipe, config, staging, model_dir, prompts_file.resolve(), bar)
+    rows = {k: v["rows"] for k, v in meta["components"].items()}
+    payload = {"out": str(out), "images": meta["images_generated"], "rows": rows,
+               "model_sha256": meta["model"]["sha256"]}
+    emit(payload, args.json, [f"wrote {out}: {meta['images_generated']} images, rows "
+                              + ", ".join(f"{k} {v}" for k, v in rows.items())])
+    return 0

@@ -1,0 +1,49 @@
+"""`edgekit generate`: one image from a prompt, deterministic for a seed."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int
+from edgekit.errors import InputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate one image from a prompt")
+    add_model_flag(p)
+    add_width_flag(p)
+    add_sampling_flags(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write")
+    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the PNG by this factor (nearest)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from PIL import Image
+
+    from edgekit.fsutil import check_output_path, staged_file
+    from edgekit.loader import open_model
+    from edgekit.pipeline import check_model_dir, generate, sampling_defaults
+
+    model_dir = check_model_dir(args.model)
+    out = check_output_path(args.out, [model_dir], flag="--out", force=True)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise InputError(f"--out {out}: expected a .png file name")
+    defaults = sampling_defaults(model_dir)
+    steps = args.steps or defaults.steps
+    guidance = defaults.guidance_scale if args.guidance is None else args.guidance
+    pipe = open_model(model_dir, width=args.width)
+    started = time.perf_counter()
+    image = generate(pipe, [args.prompt], [args.seed], steps, guidance)[0]
+    seconds = time.perf_counter() - started
+    pil = Image.fromarray((image * 255).round().astype("uint8"))
+    if args.scale > 1:
+        pil = pil.resize((pil.width * args.scale, pil.height * args.scale), Image.NEAREST)
+    with staged_file(out) as tmp:
+        pil.save(tmp, format="PNG")
+    payload = {"out": str(out), "prompt": args.prompt, "steps": steps, "guidance_scale": guidance,
+               "seed": args.seed, "seconds": round(seconds, 3), "size": [pil.width, pil.height]}
+    emit(payload, args.json, [f"wrote {out} ({pil.width}x{pil.height}, {steps} steps, {seconds:.2f} s)"])
+    return 0

@@ -1,0 +1,8 @@
+"""File and directory names shared by every stage (one place, so layouts cannot drift)."""
+MODEL_INDEX = "model_index.json"
+EDGEKIT_DEFAULTS = "edgekit_defaults.json"  # sampling defaults a model ships (guidance, steps)
+SAFETENSORS_SUFFIX = ".safetensors"
+PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+CALIB_META = "meta.json"
+CALIB_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+MANIFEST = "manifest.json"

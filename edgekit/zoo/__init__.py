@@ -1,0 +1,1 @@
+"""Models the kit ships or builds locally (no model hub is reachable)."""

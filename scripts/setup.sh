@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install edgekit with every stage's dependencies, from this repository's own files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+# torch first, exactly: the CPU wheel; anything looser may pull a CUDA build of several GB.
+.venv/bin/pip install --quiet "torch==2.13.0"
+.venv/bin/pip install --quiet -c requirements/constraints.txt -e ".[all]"
+echo "edgekit installed in .venv ($(.venv/bin/python -c 'import edgekit; print(edgekit.__version__)'))"

@@ -1,0 +1,57 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    from edgekit.pipeline import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def default_pipe(default_model):
+    from edgekit.pipeline import load_pipeline
+
+    return load_pipeline(default_model)
+
+
+@pytest.fixture(scope="session")
+def sd15_reduced(tmp_path_factory) -> Path:
+    """A pipeline with SD-1.5's architecture at reduced width, random weights, written locally."""
+    from edgekit.zoo.sd15 import build_sd15_pipeline
+
+    return build_sd15_pipeline(tmp_path_factory.mktemp("sd15") / "pipeline", reduced=True)
+
+
+@pytest.fixture
+def model_copy(default_model, tmp_path) -> Path:
+    """A private copy of the default model that a test may break."""
+    dst = tmp_path / "model"
+    shutil.copytree(default_model, dst)
+    return dst
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `edgekit ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from edgekit.cli import main
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
