@@ -4,4 +4,5 @@ COMMAND_MODULES = (
     "edgekit.commands.generate",
     "edgekit.commands.evaluate",
     "edgekit.commands.calibrate",
+    "edgekit.commands.policy",
 )

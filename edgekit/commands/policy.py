@@ -1,0 +1,124 @@
+"""`edgekit policy simulate`: replay a device trace through a bundle's policy and show each decision."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("policy", help="the runtime policy a bundle ships (steps and width from device state)")
+    actions = p.add_subparsers(dest="policy_command", required=True)
+    s = actions.add_parser("simulate", help="replay a device trace (thermal ramp, battery drain, plugging in)")
+    s.add_argument("--bundle", type=Path, required=True, help="bundle directory (or its manifest.json)")
+    s.add_argument("--trace", type=Path, required=True,
+                   help='JSON list of {"t", "battery_level", "charging", "low_power", "thermal"[, "headroom"]}')
+    s.add_argument("--plot", type=Path, default=None, help="also draw the decisions into this PNG file")
+    s.add_argument("--force", action="store_true", help="replace an existing --plot file")
+    add_json_flag(s)
+    s.set_defaults(func=run_simulate)
+
+
+def read_manifest(bundle: Path, flag: str = "--bundle") -> dict:
+    """The manifest of a bundle directory, or a manifest.json given directly."""
+    from edgekit.constants import MANIFEST
+    from edgekit.errors import InputError
+
+    path = bundle / MANIFEST if bundle.is_dir() else bundle
+    if not path.is_file():
+        raise InputError(f"{flag} {bundle}: no {MANIFEST} (expected a bundle directory written by `edgekit export`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{flag} {path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{flag} {path}: expected a JSON object")
+    return manifest
+
+
+def run_simulate(args) -> int:
+    from edgekit.errors import InputError
+    from edgekit.fsutil import staged_file
+    from edgekit.policy import Policy, load_trace, simulate
+
+    manifest = read_manifest(args.bundle)
+    policy = Policy.from_manifest(manifest, where=f"--bundle {args.bundle}")
+    samples = load_trace(args.trace)
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise InputError(f"--plot {args.plot}: expected a .png file name")
+        if args.plot.is_dir():
+            raise InputError(f"--plot {args.plot}: is a directory; expected a .png file name")
+        if args.plot.exists() and not args.force:
+            raise InputError(f"--plot {args.plot}: already exists (pass --force to replace it)")
+        plot = args.plot.resolve()
+        for inp in (args.bundle.resolve(), args.trace.resolve()):
+            if plot == inp or inp in plot.parents:
+                raise InputError(f"--plot {args.plot}: would write inside the input {inp}; choose a path outside it")
+    decisions = simulate(policy, samples)
+    if args.plot is not None:
+        with staged_file(args.plot) as tmp:
+            draw_decisions(decisions, samples, tmp, title=f"{manifest.get('target', 'bundle')} policy")
+    payload = {"bundle": str(args.bundle), "trace": str(args.trace), "decisions": [d.to_dict() for d in decisions]}
+    if args.plot is not None:
+        payload["plot"] = str(args.plot)
+    lines = [f"{'t (s)':>8}  {'thermal':<8} {'battery':>7}  {'steps':>5} {'width':>5} {'latency':>9} {'budget':>9}  reason"]
+    for d, (_, s) in zip(decisions, samples):
+        battery = f"{s.battery_level:.0%}" + ("+" if s.charging else "")
+        lines.append(f"{d.t:8.1f}  {s.thermal:<8} {battery:>7}  {d.steps:5d} {d.width:5.2f} {d.latency_ms:7.1f}ms "
+                     f"{d.budget_ms:7.1f}ms  {d.reason}{' (over budget)' if d.over_budget else ''}")
+    if args.plot is not None:
+        lines.append(f"plot written to {args.plot}")
+    emit(payload, args.json, lines)
+    return 0
+
+
+THERMAL_COLOURS = {"nominal": (220, 240, 220), "fair": (250, 240, 200), "serious": (250, 215, 180),
+                   "critical": (245, 190, 190)}
+
+
+def draw_decisions(decisions, samples, path: Path, title: str) -> None:
+    """A step plot: chosen row's latency and the budget over time, thermal state as background bands,
+    each change labelled with its steps and width. Pillow only, so no plotting library is needed."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h, left, right, top, bottom = 900, 420, 70, 20, 40, 60
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    t0, t1 = decisions[0].t, max(decisions[-1].t, decisions[0].t + 1e-9)
+    span = t1 - t0 or 1.0
+    ymax = max(max(d.latency_ms for d in decisions), max(min(d.budget_ms, 4 * d.latency_ms) for d in decisions)) * 1.1
+    x = lambda t: left + (t - t0) / span * (w - left - right)  # noqa: E731
+    y = lambda v: h - bottom - min(v, ymax) / ymax * (h - top - bottom)  # noqa: E731
+    for i, (t, s) in enumerate(samples):
+        end = samples[i + 1][0] if i + 1 < len(samples) else t1
+        draw.rectangle([x(t), top, max(x(end), x(t) + 1), h - bottom], fill=THERMAL_COLOURS[s.thermal])
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    for k in range(5):
+        v = ymax * k / 4
+        draw.line([left - 4, y(v), left, y(v)], fill="black")
+        draw.text((5, y(v) - 6), f"{v:.0f} ms", fill="black", font=font)
+    for k in range(6):
+        t = t0 + span * k / 5
+        draw.text((x(t) - 10, h - bottom + 6), f"{t:.0f}s", fill="black", font=font)
+
+    def steps_line(values, colour, width):
+        pts = []
+        for i, d in enumerate(decisions):
+            end = decisions[i + 1].t if i + 1 < len(decisions) else t1
+            pts += [(x(d.t), y(values[i])), (x(end), y(values[i]))]
+        draw.line(pts, fill=colour, width=width)
+
+    steps_line([d.budget_ms for d in decisions], (120, 120, 120), 1)
+    steps_line([d.latency_ms for d in decisions], (20, 60, 200), 3)
+    last = None
+    for d in decisions:
+        if (d.steps, d.width) != last:
+            draw.text((x(d.t) + 3, y(d.latency_ms) - 14), f"{d.steps} st, w{d.width:g}", fill=(20, 60, 200), font=font)
+            last = (d.steps, d.width)
+    draw.text((left, 10), f"{title}: chosen row latency (blue), budget (grey); background = thermal state "
+              "(green nominal, yellow fair, orange serious, red critical)", fill="black", font=font)
+    draw.text((left, h - 25), "time (s)", fill="black", font=font)
+    img.save(path, format="PNG")
