@@ -1,0 +1,53 @@
+// Runs the shared twin vectors through the browser modules under Node: node tests/web_twins.mjs
+// Prints one JSON line {"passed": n, "failures": [...]}; exit 1 on any failure.
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { Policy, parsePolicy, parseState, parseTable } from "../edgekit/targets/web/policy.js";
+import { ClipTokenizer } from "../edgekit/targets/web/tokenizer.js";
+import { runTable, guide } from "../edgekit/targets/web/scheduler.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "edgekit", "twin_vectors");
+const load = (name) => JSON.parse(readFileSync(join(root, name), "utf8"));
+let passed = 0;
+const failures = [];
+const check = (ok, what) => { if (ok) passed++; else failures.push(what); };
+const close = (a, b, rel) => Math.abs(a - b) <= rel * Math.max(1, Math.abs(b));
+
+const pv = load("policy.json");
+for (const c of pv.cases) {
+  const policy = new Policy(parsePolicy({ ...pv.policy, ...c.policy_overrides }), parseTable(pv.table));
+  for (const s of c.samples) {
+    const d = policy.decideOrFallback(s.t, s.state, () => {});
+    const e = s.expect;
+    check(d.steps === e.steps && d.width === e.width && d.reason === e.reason && d.overBudget === e.over_budget
+      && close(d.budgetMs, e.budget_ms, 1e-6), `${c.name} t=${s.t}: got ${JSON.stringify(d)}`);
+  }
+}
+const expectError = (fn, needle, what) => {
+  try { fn(); check(false, `${what}: no error`); } catch (err) { check(err.message.includes(needle), `${what}: ${err.message}`); }
+};
+for (const b of pv.bad_policies) expectError(() => parsePolicy(b.policy), b.error_contains, b.name);
+for (const b of pv.bad_states) expectError(() => parseState(b.state), b.error_contains, b.name);
+for (const b of pv.bad_tables) expectError(() => parseTable(b.table), b.error_contains, b.name);
+
+const tv = load("tokenizer_cases.json");
+const tok = ClipTokenizer.fromTokenizerJson(load(tv.tokenizer));
+for (const c of tv.cases) {
+  const ids = tok.encode(c.text, tv.max_length);
+  check(JSON.stringify(ids) === JSON.stringify(c.ids), `tokenizer ${JSON.stringify(c.text)}: ${ids}`);
+}
+
+const sv = load("scheduler.json");
+for (const c of sv.cases) {
+  const model = (x, t) => {
+    const cond = Float64Array.from(x, (v, i) => 0.3 * v + 0.001 * t + 0.01 * i);
+    const uncond = Float64Array.from(x, (v) => 0.2 * v - 0.0005 * t);
+    return guide(uncond, cond, c.guidance_scale, Float64Array);
+  };
+  let steps = 0;
+  const out = await runTable(c.table, c.x0, model, { ArrayType: Float64Array, onStep: () => { steps++; } });
+  check(steps === c.steps && c.expected.every((v, i) => close(out[i], v, 1e-9)), `scheduler ${c.steps} steps: ${Array.from(out)}`);
+}
+console.log(JSON.stringify({ passed, failures }));
+process.exit(failures.length ? 1 : 0);
