@@ -1,0 +1,86 @@
+package dev.edgekit.core
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
+import org.junit.Assert.fail
+import org.junit.Test
+import java.io.File
+
+/** The shared vectors (edgekit/twin_vectors) through the pure-Kotlin core, as Python and JS run them. */
+@Suppress("UNCHECKED_CAST")
+class TwinVectorsTest {
+    private val root: File = File(System.getProperty("edgekit.vectors") ?: "../../edgekit/twin_vectors")
+
+    private fun load(name: String): Map<String, Any?> = Json.parse(File(root, name).readText()) as Map<String, Any?>
+
+    @Test
+    fun policyCases() {
+        val v = load("policy.json")
+        var checked = 0
+        for (c in v["cases"] as List<Map<String, Any?>>) {
+            val merged = LinkedHashMap(v["policy"] as Map<String, Any?>)
+            merged.putAll(c["policy_overrides"] as Map<String, Any?>)
+            val policy = Policy(PolicyConfig.fromMap(merged), parseTable(v["table"]))
+            for (s in c["samples"] as List<Map<String, Any?>>) {
+                val d = policy.decideOrFallback(s["t"] as Double, s["state"]) { }
+                val e = s["expect"] as Map<String, Any?>
+                val where = "${c["name"]} t=${s["t"]}: $d"
+                assertEquals(where, (e["steps"] as Double).toInt(), d.steps)
+                assertEquals(where, e["width"] as Double, d.width, 0.0)
+                assertEquals(where, e["reason"], d.reason)
+                assertEquals(where, e["over_budget"], d.overBudget)
+                assertEquals(where, e["budget_ms"] as Double, d.budgetMs, 1e-6 * Math.max(1.0, d.budgetMs))
+                checked++
+            }
+        }
+        assertTrue(checked >= 30)
+    }
+
+    private fun expectError(needle: String, what: String, block: () -> Unit) {
+        try {
+            block()
+            fail("$what: no error")
+        } catch (e: PolicyException) {
+            assertTrue("$what: ${e.message}", e.message!!.contains(needle))
+        }
+    }
+
+    @Test
+    fun badInputsAreRefusedWithTheKeyNamed() {
+        val v = load("policy.json")
+        for (b in v["bad_policies"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { PolicyConfig.fromMap(b["policy"]) }
+        for (b in v["bad_states"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { DeviceState.fromMap(b["state"]) }
+        for (b in v["bad_tables"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { parseTable(b["table"]) }
+    }
+
+    @Test
+    fun tokenizerCases() {
+        val v = load("tokenizer_cases.json")
+        val tok = ClipTokenizer.fromTokenizerJson(File(root, v["tokenizer"] as String).readText())
+        val max = (v["max_length"] as Double).toInt()
+        for (c in v["cases"] as List<Map<String, Any?>>) {
+            val expected = (c["ids"] as List<Any?>).map { (it as Double).toInt() }.toIntArray()
+            assertArrayEquals("tokenizer ${c["text"]}", expected, tok.encode(c["text"] as String, max))
+        }
+    }
+
+    @Test
+    fun schedulerCases() {
+        val v = load("scheduler.json")
+        for (c in v["cases"] as List<Map<String, Any?>>) {
+            val table = ScheduleTable.fromMap(c["table"] as Map<String, Any?>)
+            val g = c["guidance_scale"] as Double
+            val x0 = (c["x0"] as List<Any?>).map { it as Double }.toDoubleArray()
+            var steps = 0
+            val out = runTable(table, x0, { x, t, _ ->
+                val cond = DoubleArray(x.size) { 0.3 * x[it] + 0.001 * t + 0.01 * it }
+                val uncond = DoubleArray(x.size) { 0.2 * x[it] - 0.0005 * t }
+                guide(uncond, cond, g)
+            }, { _, _ -> steps++ })
+            assertEquals((c["steps"] as Double).toInt(), steps)
+            val expected = (c["expected"] as List<Any?>).map { it as Double }
+            expected.forEachIndexed { i, e -> assertEquals("scheduler ${c["steps"]} x[$i]", e, out[i], 1e-9 * Math.max(1.0, Math.abs(e))) }
+        }
+    }
+}
