@@ -1,0 +1,109 @@
+// Runs a Core ML bundle (edgekit export --target coreml): text encoder, UNet at the policy's width looped
+// over the manifest's schedule table with guidance (EdgekitCore), VAE decoder. Compute units: all, so
+// Core ML may use the Neural Engine and GPU.
+import CoreGraphics
+import CoreML
+import EdgekitCore
+import Foundation
+
+final class CoreMLPipeline {
+    let bundle: URL
+    let manifest: [String: Any]
+    private let tokenizer: ClipTokenizer
+    private var models: [String: MLModel] = [:]
+
+    init(bundle: URL) throws {
+        self.bundle = bundle
+        manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: bundle.appendingPathComponent("manifest.json"))) as! [String: Any]
+        let tok = manifest["tokenizer"] as! [String: Any]
+        tokenizer = try ClipTokenizer.fromTokenizerJson(Data(contentsOf: bundle.appendingPathComponent(tok["tokenizer_json"] as! String)))
+    }
+
+    private func model(_ key: String, _ spec: [String: Any]) throws -> MLModel {
+        if let m = models[key] { return m }
+        let config = MLModelConfiguration()
+        config.computeUnits = .all
+        let url = bundle.appendingPathComponent(spec["file"] as! String)
+        // .mlpackage must be compiled once on device; .mlmodelc loads directly.
+        let compiled = url.pathExtension == "mlmodelc" ? url : try MLModel.compileModel(at: url)
+        let m = try MLModel(contentsOf: compiled, configuration: config)
+        models[key] = m
+        return m
+    }
+
+    private func array(_ values: [Double], shape: [Int]) throws -> MLMultiArray {
+        let a = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: .float32)
+        for (i, v) in values.enumerated() { a[i] = NSNumber(value: Float(v)) }
+        return a
+    }
+
+    private func run(_ m: MLModel, _ spec: [String: Any], _ inputs: [String: MLMultiArray]) throws -> [Double] {
+        let out = try m.prediction(from: MLDictionaryFeatureProvider(dictionary: inputs))
+        let name = ((spec["outputs"] as! [[String: Any]])[0]["name"] as! String)
+        let a = out.featureValue(for: name)!.multiArrayValue!
+        return (0..<a.count).map { a[$0].doubleValue }
+    }
+
+    private func encode(_ prompt: String) throws -> [Double] {
+        let components = manifest["components"] as! [String: Any]
+        let spec = components["text_encoder"] as! [String: Any]
+        let maxLength = (manifest["tokenizer"] as! [String: Any])["max_length"] as! Int
+        let ids = tokenizer.encode(prompt, maxLength: maxLength)
+        return try run(model("text_encoder", spec), spec, ["input_ids": array(ids.map(Double.init), shape: [1, maxLength])])
+    }
+
+    func generate(prompt: String, steps: Int, width: Double, seed: UInt64, onStep: @escaping (Int, Int) -> Void) throws -> CGImage {
+        let sampling = manifest["sampling"] as! [String: Any]
+        let geometry = manifest["geometry"] as! [String: Any]
+        let components = manifest["components"] as! [String: Any]
+        let table = try ScheduleTable.from((sampling["schedules"] as! [String: Any])["\(steps)"] as! [String: Any])
+        let guidance = (sampling["guidance_scale"] as! NSNumber).doubleValue
+        let latentShape = geometry["latent_shape"] as! [Int]
+        let n = latentShape.reduce(1, *)
+        let cond = try encode(prompt), uncond = try encode("")
+        let tokens = (manifest["tokenizer"] as! [String: Any])["max_length"] as! Int
+        let hiddenShape = [1, tokens, cond.count / tokens]
+        let key = String(format: "%.2f", width)
+        let spec = ((components["unet"] as! [String: Any])["widths"] as! [String: Any])[key] as! [String: Any]
+        let unet = try model("unet/\(key)", spec)
+        var rng = SplitMix64(seed: seed)
+        let x0 = (0..<n).map { _ in rng.nextGaussian() }
+        let latents = try runTable(table, x0: x0, model: { x, t, _ in
+            func eps(_ hidden: [Double]) throws -> [Double] {
+                try self.run(unet, spec, ["sample": self.array(x, shape: [1] + latentShape),
+                                          "timestep": self.array([t], shape: [1]),
+                                          "encoder_hidden_states": self.array(hidden, shape: hiddenShape)])
+            }
+            return guide(try eps(uncond), try eps(cond), scale: guidance)
+        }, onStep: onStep)
+        let vaeSpec = components["vae_decoder"] as! [String: Any]
+        let scaling = (geometry["vae_scaling_factor"] as! NSNumber).doubleValue
+        let size = geometry["image_size"] as! Int
+        let pixels = try run(model("vae", vaeSpec), vaeSpec, ["latent_sample": array(latents.map { $0 / scaling }, shape: [1] + latentShape)])
+        var rgba = [UInt8](repeating: 255, count: size * size * 4)
+        for p in 0..<(size * size) {
+            for c in 0..<3 { rgba[p * 4 + c] = UInt8(max(0, min(1, pixels[c * size * size + p] / 2 + 0.5)) * 255) }
+        }
+        let provider = CGDataProvider(data: Data(rgba) as CFData)!
+        return CGImage(width: size, height: size, bitsPerComponent: 8, bitsPerPixel: 32, bytesPerRow: size * 4,
+                       space: CGColorSpaceCreateDeviceRGB(), bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.noneSkipLast.rawValue),
+                       provider: provider, decode: nil, shouldInterpolate: false, intent: .defaultIntent)!
+    }
+}
+
+/// Seeded normal noise (SplitMix64 + Box-Muller): reproducible images per seed on every device.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+    mutating func nextGaussian() -> Double {
+        let u1 = max(Double(next() >> 11) / Double(1 << 53), 1e-12), u2 = Double(next() >> 11) / Double(1 << 53)
+        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+    }
+}

@@ -1,0 +1,6 @@
+import SwiftUI
+
+@main
+struct EdgekitDemoApp: App {
+    var body: some Scene { WindowGroup { ContentView() } }
+}

@@ -1,0 +1,259 @@
+// Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
+// table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
+// (edgekit/twin_vectors/policy.json). No UIKit here: the app feeds it ProcessInfo and UIDevice readings.
+import Foundation
+
+public struct PolicyError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+public let thermalStates = ["nominal", "fair", "serious", "critical"]
+private let policyKeys = ["format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds",
+                          "dwell_s", "reference_latency_ms"]
+private let stateKeys = ["battery_level", "charging", "low_power", "thermal", "headroom", "t"]
+
+/// JSONSerialization turns true/false into NSNumber; tell them apart from numbers.
+func isBool(_ v: Any?) -> Bool {
+    guard let n = v as? NSNumber else { return false }
+    return CFGetTypeID(n) == CFBooleanGetTypeID()
+}
+
+func number(_ v: Any?, _ where_: String, low: Double? = nil, high: Double? = nil, lowOpen: Bool = false) throws -> Double {
+    guard !isBool(v), let n = v as? NSNumber, n.doubleValue.isFinite else {
+        throw PolicyError(message: "\(where_): expected a number, got \(String(describing: v))")
+    }
+    let x = n.doubleValue
+    if let low = low, x < low || (lowOpen && x == low) {
+        throw PolicyError(message: "\(where_): expected a number \(lowOpen ? ">" : ">=") \(low), got \(x)")
+    }
+    if let high = high, x > high { throw PolicyError(message: "\(where_): expected a number <= \(high), got \(x)") }
+    return x
+}
+
+private func unknownKeys(_ m: [String: Any], _ allowed: [String], _ where_: String) throws {
+    for k in m.keys.sorted() where !allowed.contains(k) {
+        throw PolicyError(message: "\(where_): unknown key '\(k)' (expected one of \(allowed.joined(separator: ", ")))")
+    }
+}
+
+public struct BatteryTier: Equatable { public let below: Double; public let factor: Double }
+
+public struct PolicyConfig: Equatable {
+    public let thermalBudget: [String: Double]
+    public let batteryTiers: [BatteryTier]
+    public let lowPowerFactor: Double
+    public let headroomThresholds: [String: Double]
+    public let dwellS: Double
+    public let referenceLatencyMs: Double?
+
+    public static func from(_ data: Any?, where where_: String = "policy") throws -> PolicyConfig {
+        guard let m = data as? [String: Any], !m.isEmpty else { throw PolicyError(message: "\(where_): expected a non-empty policy object") }
+        try unknownKeys(m, policyKeys, where_)
+        guard let budget = m["thermal_budget"] as? [String: Any] else {
+            throw PolicyError(message: "\(where_).thermal_budget: expected an object with a fraction per thermal state")
+        }
+        try unknownKeys(budget, thermalStates, "\(where_).thermal_budget")
+        var thermal: [String: Double] = [:]
+        for s in thermalStates {
+            guard budget[s] != nil else { throw PolicyError(message: "\(where_).thermal_budget: missing \(s)") }
+            thermal[s] = try number(budget[s], "\(where_).thermal_budget.\(s)", low: 0, lowOpen: true)
+        }
+        for k in 1..<thermalStates.count where thermal[thermalStates[k]]! > thermal[thermalStates[k - 1]]! {
+            throw PolicyError(message: "\(where_).thermal_budget: '\(thermalStates[k])' must not exceed '\(thermalStates[k - 1])'")
+        }
+        guard let rawTiers = (m["battery_tiers"] ?? [Any]()) as? [Any] else {
+            throw PolicyError(message: "\(where_).battery_tiers: expected a list")
+        }
+        let tiers: [BatteryTier] = try rawTiers.enumerated().map { i, t in
+            let w = "\(where_).battery_tiers[\(i)]"
+            guard let tm = t as? [String: Any] else { throw PolicyError(message: "\(w): expected an object") }
+            try unknownKeys(tm, ["below", "factor"], w)
+            return BatteryTier(below: try number(tm["below"], "\(w).below", low: 0, high: 1),
+                               factor: try number(tm["factor"], "\(w).factor", low: 0, high: 1, lowOpen: true))
+        }
+        guard let heads = (m["headroom_thresholds"] ?? [String: Any]()) as? [String: Any] else {
+            throw PolicyError(message: "\(where_).headroom_thresholds: expected an object")
+        }
+        try unknownKeys(heads, Array(thermalStates.dropFirst()), "\(where_).headroom_thresholds")
+        var headroom: [String: Double] = [:]
+        for (k, v) in heads { headroom[k] = try number(v, "\(where_).headroom_thresholds.\(k)", low: 0) }
+        let ref = m["reference_latency_ms"]
+        return PolicyConfig(
+            thermalBudget: thermal, batteryTiers: tiers,
+            lowPowerFactor: try number(m["low_power_factor"] ?? 0.5, "\(where_).low_power_factor", low: 0, high: 1, lowOpen: true),
+            headroomThresholds: headroom,
+            dwellS: try number(m["dwell_s"] ?? 10.0, "\(where_).dwell_s", low: 0),
+            referenceLatencyMs: (ref == nil || ref is NSNull) ? nil : try number(ref, "\(where_).reference_latency_ms", low: 0, lowOpen: true))
+    }
+}
+
+public struct DeviceState: Equatable {
+    public let batteryLevel: Double
+    public let charging: Bool
+    public let lowPower: Bool
+    public let thermal: String
+    public let headroom: Double?
+
+    public init(batteryLevel: Double, charging: Bool, lowPower: Bool, thermal: String, headroom: Double? = nil) {
+        self.batteryLevel = batteryLevel; self.charging = charging; self.lowPower = lowPower
+        self.thermal = thermal; self.headroom = headroom
+    }
+
+    public static func from(_ data: Any?, where where_: String = "state") throws -> DeviceState {
+        guard let m = data as? [String: Any] else { throw PolicyError(message: "\(where_): expected an object") }
+        try unknownKeys(m, stateKeys, where_)
+        for k in ["battery_level", "charging", "low_power", "thermal"] where m[k] == nil {
+            throw PolicyError(message: "\(where_): missing '\(k)'")
+        }
+        guard let thermal = m["thermal"] as? String, thermalStates.contains(thermal) else {
+            throw PolicyError(message: "\(where_).thermal: unknown thermal state \(String(describing: m["thermal"]!))")
+        }
+        guard isBool(m["charging"]), let charging = m["charging"] as? Bool else { throw PolicyError(message: "\(where_).charging: expected true or false") }
+        guard isBool(m["low_power"]), let lowPower = m["low_power"] as? Bool else { throw PolicyError(message: "\(where_).low_power: expected true or false") }
+        let h = m["headroom"]
+        return DeviceState(batteryLevel: try number(m["battery_level"], "\(where_).battery_level (0..1)", low: 0, high: 1),
+                           charging: charging, lowPower: lowPower, thermal: thermal,
+                           headroom: (h == nil || h is NSNull) ? nil : try number(h, "\(where_).headroom", low: 0))
+    }
+}
+
+public struct Row: Equatable {
+    public let width: Double
+    public let steps: Int
+    public let latencyMs: Double
+    public let promptAccuracy: Double
+    public let frechetDistance: Double?
+
+    /// Smaller is better: accuracy, then Frechet distance, then the cheaper, then the wider, then more steps.
+    func isBetter(than o: Row) -> Bool {
+        let a = [-promptAccuracy, frechetDistance ?? .infinity, latencyMs, -width, -Double(steps)]
+        let b = [-o.promptAccuracy, o.frechetDistance ?? .infinity, o.latencyMs, -o.width, -Double(o.steps)]
+        for (x, y) in zip(a, b) where x != y { return x < y }
+        return false
+    }
+}
+
+public func parseTable(_ rows: Any?, where where_: String = "table") throws -> [Row] {
+    guard let list = rows as? [Any], !list.isEmpty else { throw PolicyError(message: "\(where_): expected a non-empty list of measured rows") }
+    var seen = Set<String>()
+    return try list.enumerated().map { i, r in
+        let w = "\(where_)[\(i)]"
+        guard let m = r as? [String: Any] else { throw PolicyError(message: "\(w): expected an object") }
+        for k in ["width", "steps", "latency_ms", "prompt_accuracy"] where m[k] == nil { throw PolicyError(message: "\(w): missing '\(k)'") }
+        let steps = try number(m["steps"], "\(w).steps", low: 1)
+        guard steps == steps.rounded() else { throw PolicyError(message: "\(w).steps: expected a positive whole number") }
+        let fd = m["frechet_distance"]
+        let row = Row(width: try number(m["width"], "\(w).width", low: 0, high: 1, lowOpen: true), steps: Int(steps),
+                      latencyMs: try number(m["latency_ms"], "\(w).latency_ms", low: 0, lowOpen: true),
+                      promptAccuracy: try number(m["prompt_accuracy"], "\(w).prompt_accuracy", low: 0, high: 1),
+                      frechetDistance: (fd == nil || fd is NSNull) ? nil : try number(fd, "\(w).frechet_distance", low: 0))
+        guard seen.insert("\(row.width)/\(row.steps)").inserted else {
+            throw PolicyError(message: "\(w): a second row for width \(row.width) and \(row.steps) steps")
+        }
+        return row
+    }
+}
+
+public struct Decision {
+    public let t: Double
+    public let steps: Int
+    public let width: Double
+    public let latencyMs: Double
+    public let budgetMs: Double
+    public let reason: String
+    public let overBudget: Bool
+    public let detail: String
+}
+
+public final class Policy {
+    public let config: PolicyConfig
+    public let rows: [Row]
+    public let referenceMs: Double
+    public let cheapest: Row
+    private let ranked: [Row]
+    public private(set) var current: Row?
+    private var lastT: Double?
+    private var pendingSince: Double?
+    private var windowBudget = Double.infinity
+
+    public init(config: PolicyConfig, rows: [Row]) {
+        self.config = config
+        self.rows = rows
+        referenceMs = config.referenceLatencyMs ?? rows.map { $0.latencyMs }.max()!
+        ranked = rows.sorted { $0.isBetter(than: $1) }
+        cheapest = rows.sorted { $0.latencyMs != $1.latencyMs ? $0.latencyMs < $1.latencyMs : $0.isBetter(than: $1) }[0]
+    }
+
+    /// The policy a bundle ships; refuses table rows naming a width or step count the bundle lacks.
+    public static func fromManifest(_ manifest: [String: Any]) throws -> Policy {
+        guard let p = manifest["policy"] as? [String: Any], !p.isEmpty else { throw PolicyError(message: "manifest: no 'policy' parameters") }
+        guard let t = manifest["table"] as? [Any], !t.isEmpty else { throw PolicyError(message: "manifest: no measured 'table' rows") }
+        let rows = try parseTable(t, where: "manifest: table")
+        let widths = Set(((manifest["widths"] as? [Any]) ?? []).compactMap { ($0 as? NSNumber)?.doubleValue ?? Double("\($0)") })
+        let schedules = Set((((manifest["sampling"] as? [String: Any])?["schedules"] as? [String: Any]) ?? [:]).keys.compactMap { Int($0) })
+        for (i, r) in rows.enumerated() {
+            if !widths.isEmpty && !widths.contains(r.width) { throw PolicyError(message: "manifest: table[\(i)] names width \(r.width), which the bundle lacks") }
+            if !schedules.isEmpty && !schedules.contains(r.steps) { throw PolicyError(message: "manifest: table[\(i)] names \(r.steps) steps, which the bundle has no schedule for") }
+        }
+        return Policy(config: try PolicyConfig.from(p, where: "manifest: policy"), rows: rows)
+    }
+
+    public func budgetMs(_ state: DeviceState) -> (Double, String) {
+        var thermal = state.thermal
+        if let h = state.headroom {
+            for level in thermalStates.dropFirst() {
+                if let limit = config.headroomThresholds[level], h >= limit,
+                   thermalStates.firstIndex(of: level)! > thermalStates.firstIndex(of: thermal)! { thermal = level }
+            }
+        }
+        var factor = config.thermalBudget[thermal]!
+        var why = ["thermal \(thermal)"]
+        if !state.charging {
+            let tiers = config.batteryTiers.filter { state.batteryLevel < $0.below }.map { $0.factor }
+            if let f = tiers.min() { factor *= f; why.append("battery \(Int((state.batteryLevel * 100).rounded()))%") }
+        } else { why.append("charging") }
+        if state.lowPower { factor *= config.lowPowerFactor; why.append("low-power mode") }
+        return (referenceMs * factor, why.joined(separator: ", "))
+    }
+
+    public func bestFitting(_ budget: Double) -> Row? { ranked.first { $0.latencyMs <= budget } }
+
+    public func decide(t: Double, state: DeviceState) throws -> Decision {
+        if let last = lastT, t < last { throw PolicyError(message: "t: samples must come in time order (\(t) after \(last))") }
+        lastT = t
+        let (budget, why) = budgetMs(state)
+        let best = bestFitting(budget)
+        let target = best ?? cheapest
+        var reason: String
+        var chosen: Row
+        if let cur = current {
+            if cur.latencyMs > budget && target != cur {
+                reason = "step_down"; chosen = target; pendingSince = nil
+            } else if let b = best, b.isBetter(than: cur) {
+                if pendingSince == nil { pendingSince = t; windowBudget = budget } else { windowBudget = min(windowBudget, budget) }
+                if t - pendingSince! >= config.dwellS, let c = bestFitting(windowBudget), c.isBetter(than: cur) {
+                    reason = "step_up"; chosen = c; pendingSince = nil
+                } else { reason = "dwell"; chosen = cur }
+            } else { reason = "hold"; chosen = cur; pendingSince = nil }
+        } else { reason = "initial"; chosen = target; pendingSince = nil }
+        current = chosen
+        let over = chosen.latencyMs > budget
+        let detail = "\(why): budget \(String(format: "%.1f", budget)) ms" + (over ? "; no row fits, cheapest taken" : "")
+        return Decision(t: t, steps: chosen.steps, width: chosen.width, latencyMs: chosen.latencyMs, budgetMs: budget,
+                        reason: reason, overBudget: over, detail: detail)
+    }
+
+    /// What a device does with a state it cannot read: the cheapest row and a logged warning.
+    public func decideOrFallback(t: Double, state: Any?, warn: (String) -> Void = { print($0) }) -> Decision {
+        do {
+            return try decide(t: t, state: try DeviceState.from(state))
+        } catch {
+            warn("policy fallback to the cheapest row: \(error)")
+            current = cheapest
+            pendingSince = nil
+            return Decision(t: t, steps: cheapest.steps, width: cheapest.width, latencyMs: cheapest.latencyMs, budgetMs: 0,
+                            reason: "fallback", overBudget: false, detail: "unreadable state: \(error)")
+        }
+    }
+}
