@@ -9,4 +9,6 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 # torch first, exactly: the CPU wheel; anything looser may pull a CUDA build of several GB.
 .venv/bin/pip install --quiet "torch==2.13.0"
 .venv/bin/pip install --quiet -c requirements/constraints.txt -e ".[all]"
+# onnxruntime-web (Node) checks the ort-web bundles exactly as a browser runs them; pinned by package-lock.json.
+if command -v npm >/dev/null; then npm ci --no-audit --no-fund --silent; else echo "npm not found: ort-web bundles will be checked in Python onnxruntime only"; fi
 echo "edgekit installed in .venv ($(.venv/bin/python -c 'import edgekit; print(edgekit.__version__)'))"

@@ -1,0 +1,75 @@
+"""`edgekit export` (a verified per-target bundle) and `edgekit verify` (re-check a bundle on disk)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress, width_multiplier
+
+TARGETS = ("ort-web", "tflite", "coreml")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a verified bundle for one target (ort-web, tflite, coreml)")
+    add_model_flag(p)
+    p.add_argument("--target", required=True, help="ort-web | tflite | coreml")
+    p.add_argument("--precision", default=None,
+                   help="fp32 | fp16 | int8 (ort-web, tflite) | w8 | palettize6 (coreml); default: the profile's")
+    p.add_argument("--calib", type=Path, default=None, help="calibration directory (edgekit calibrate); int8 needs it")
+    p.add_argument("--widths", type=width_multiplier, nargs="+", default=None,
+                   help="UNet width multipliers to export (slimmable models); default 1.0")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="target profile YAML (default: targets/<the target's profile>.yaml)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_json_flag(p)
+    p.set_defaults(func=run_export)
+
+    v = sub.add_parser("verify", help="check a bundle: schema, every file's sha256, and the numbers where a "
+                                      "runtime exists here")
+    v.add_argument("bundle", type=Path, metavar="BUNDLE")
+    v.add_argument("--files-only", action="store_true", help="skip re-running the components")
+    v.add_argument("--node", action="store_true", help="run ONNX components in onnxruntime-web under Node")
+    add_json_flag(v)
+    v.set_defaults(func=run_verify)
+
+
+def run_export(args) -> int:
+    from edgekit.profiles import TargetProfile, profiles_dir
+    from edgekit.targets import DEFAULT_PROFILES, get_target
+    from edgekit.targets.base import ExportRequest, export_bundle
+
+    target = get_target(args.target)
+    profile_path = args.profile or profiles_dir() / f"{DEFAULT_PROFILES[target.name]}.yaml"
+    profile = TargetProfile.from_yaml(profile_path).with_precision(args.precision)
+    request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
+                            widths=tuple(args.widths or (1.0,)), calib_dir=args.calib, force=args.force)
+    with progress() as bar:
+        manifest = export_bundle(request, bar)
+    lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, "
+             f"{sum(f['bytes'] for f in manifest['files'].values()) / 2**20:.1f} MiB, {len(manifest['files'])} files)"]
+    summary = []
+    from edgekit.bundle import component_entries, entry_label, lookup
+
+    for name, width, entry in component_entries(manifest):
+        record = lookup(manifest["verification"], name, width)
+        checks = []
+        for c in record["checks"]:
+            checks.append(f"{c['runtime']}: " + (f"rel-err {c['rel_err']:.2e}" if "rel_err" in c else c["skipped"]))
+        lines.append(f"  {entry_label(name, width):14s} {entry['bytes'] / 2**20:8.2f} MiB  " + "; ".join(checks))
+        summary.append({"component": entry_label(name, width), "file": entry["file"], "bytes": entry["bytes"],
+                        "checks": record["checks"]})
+    emit({"out": str(Path(args.out).resolve()), "target": manifest["target"], "precision": manifest["precision"],
+          "components": summary}, args.json, lines)
+    return 0
+
+
+def run_verify(args) -> int:
+    from edgekit.bundle import verify
+
+    result = verify(args.bundle, numeric=not args.files_only, node=args.node)
+    lines = [f"{args.bundle}: {result['files']} files match manifest.json"]
+    for c in result["checks"]:
+        lines.append(f"  {c['component']:14s} " + (f"{c['runtime']}: rel-err {c['rel_err']:.2e}" if "rel_err" in c
+                                                   else f"{c.get('runtime', '')}: {c['skipped']}"))
+    emit(result, args.json, lines)
+    return 0

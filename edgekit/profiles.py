@@ -1,0 +1,201 @@
+"""Target profiles: the per-device facts an export follows (precision, opset, fixed shapes, guidance
+batching, size caps, op rules), read from the YAML files in the top-level ``targets/`` folder.
+
+A user changes a profile by editing YAML, never code. Loading is strict: an unknown key is an error
+with a "did you mean", a value of the wrong type is an error naming the key and the expected type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize6")
+BATCHING = ("batch2", "two-calls")
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def profiles_dir() -> Path:
+    """The shipped profiles: ``targets/`` at the repository root."""
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+class _Strict:
+    """from_dict/to_dict for frozen dataclasses whose fields are str, int, float, bool, tuples of
+    those, or nested _Strict dataclasses. ``where`` prefixes every error (file and key path)."""
+
+    @classmethod
+    def from_dict(cls, data, where: str = "profile"):
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {}
+        for key, value in data.items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+                raise InputError(f"{where}: unknown key '{key}'{hint}")
+            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise InputError(f"{where}: missing key(s) {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Strict):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def _type_name(tp) -> str:
+    return {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise InputError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(tp, type) and issubclass(tp, _Strict):
+        return tp.from_dict(value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected {_type_name(bool)}, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: expected {_type_name(int)}, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected {_type_name(float)}, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected {_type_name(str)}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported profile field type {tp}")  # a programming error, not user input
+
+
+def _choice(value: str, allowed: tuple, what: str) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"{what} '{value}' is not one of {', '.join(allowed)}{hint}")
+
+
+@dataclass(frozen=True)
+class Tolerances(_Strict):
+    """Largest relative error (||a-b|| / ||b||) against torch that a component may show, per precision."""
+
+    fp32: float = 1e-4
+    fp16: float = 2e-2
+    int8: float = 0.5
+    w8: float = 5e-2
+    palettize6: float = 0.2
+
+    def for_precision(self, precision: str) -> float:
+        return float(getattr(self, precision))
+
+
+@dataclass(frozen=True)
+class OpRules(_Strict):
+    """Operators a bundle must not contain (exact names or prefixes ending in '*')."""
+
+    forbidden: tuple[str, ...] = ()
+
+    def violations(self, ops) -> list[str]:
+        bad = []
+        for op in sorted(set(ops)):
+            for rule in self.forbidden:
+                if (rule.endswith("*") and op.startswith(rule[:-1])) or op == rule:
+                    bad.append(op)
+                    break
+        return bad
+
+
+@dataclass(frozen=True)
+class TargetProfile(_Strict):
+    name: str
+    target: str  # registry name of the exporter: ort-web, tflite, coreml
+    description: str = ""
+    precision: str = "fp32"  # default when --precision is not given
+    precisions: tuple[str, ...] = ("fp32",)  # what this device accepts
+    opset: int = 17  # ONNX opset of every ONNX graph the target starts from
+    fixed_shapes: bool = False  # true: every input shape is concrete (no dynamic batch)
+    guidance_batching: str = "batch2"  # batch2: one UNet call on [uncond, cond]; two-calls: batch 1 twice
+    layout: str = "NCHW"  # tensor layout the device code must feed
+    max_file_mb: float = 2047.0  # split or refuse any single file above this
+    steps: tuple[int, ...] = (4, 8, 12, 20)  # step counts whose schedules the manifest carries
+    converter: str = ""  # tflite only: litert-torch or onnx2tf
+    minimum_deployment_target: str = ""  # coreml only: iOS16, iOS17, iOS18
+    ops: OpRules = field(default_factory=OpRules)
+    tolerance: Tolerances = field(default_factory=Tolerances)
+    verify_in_node: bool = False  # ort-web: also run each graph in onnxruntime-web under Node
+
+    def __post_init__(self):
+        _choice(self.precision, PRECISIONS, "precision")
+        for p in self.precisions:
+            _choice(p, PRECISIONS, "precisions entry")
+        if self.precision not in self.precisions:
+            raise InputError(f"precision '{self.precision}' is not among precisions {list(self.precisions)}")
+        _choice(self.guidance_batching, BATCHING, "guidance_batching")
+        _choice(self.layout, LAYOUTS, "layout")
+        if not 7 <= self.opset <= 23:
+            raise InputError(f"opset {self.opset}: expected 7..23")
+        if self.max_file_mb <= 0:
+            raise InputError(f"max_file_mb {self.max_file_mb}: expected a positive number")
+        if not self.steps or any(s <= 0 for s in self.steps):
+            raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
+
+    @property
+    def unet_batch(self) -> int:
+        return 2 if self.guidance_batching == "batch2" else 1
+
+    @classmethod
+    def from_yaml(cls, path: Path | str, flag: str = "--profile") -> "TargetProfile":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{flag} {path}: no such file (expected a target profile YAML, see targets/)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{flag} {path}: not valid YAML ({first})") from None
+        return cls.from_dict(data, where=str(path))
+
+    def with_precision(self, precision: str | None) -> "TargetProfile":
+        if precision is None:
+            return self
+        if precision not in self.precisions:
+            raise InputError(f"--precision {precision}: target profile '{self.name}' offers {', '.join(self.precisions)}")
+        return dataclasses.replace(self, precision=precision)
+
+
+def shipped_profile(name: str) -> TargetProfile:
+    return TargetProfile.from_yaml(profiles_dir() / f"{name}.yaml")

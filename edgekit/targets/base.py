@@ -1,0 +1,272 @@
+"""What every target shares: the Target interface and ``export_bundle``, the one flow that loads each
+width, exports every component through a target, checks it against torch, and writes the bundle
+with its manifest last (edgekit.bundle).
+
+A target only says how to write one component in its format and which runtimes check it here; the
+tokenizer, scheduler tables, geometry, verification data and manifest are the same for all.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.bundle import FORMAT_VERSION, STAGE, save_array, width_key, write_manifest
+from edgekit.errors import CalibrationError, InputError, VerificationError
+from edgekit.profiles import TargetProfile
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+VERIFY_ROWS = 2  # rows of stored verification data per component (a dynamic-batch graph gets 2)
+CALIB_ROWS_INT8 = 64  # representative rows per component for full-integer INT8
+
+
+@dataclass
+class ComponentJob:
+    """One graph to write: component ``name`` at ``width`` into ``rel_dir`` of the bundle."""
+
+    pipe: object
+    name: str
+    width: float | None  # None for text_encoder / vae_decoder
+    rel_dir: str
+    batch: int | None  # fixed batch size, or None for a dynamic batch axis
+    precision: str
+    calibration: dict | None = None  # spec-named input arrays (representative data), INT8 only
+    notes: dict = field(default_factory=dict)
+
+
+class Target:
+    """One export format. Subclasses set the class attributes and implement ``write`` and ``check``."""
+
+    name: ClassVar[str] = ""
+    file_format: ClassVar[str] = ""  # manifest "format": onnx | tflite | mlpackage
+    precisions: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""  # pip extra that installs its converter
+    needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
+
+    def check_profile(self, profile: TargetProfile) -> None:
+        """Raise InputError when the profile asks for something this target cannot do."""
+        bad = [p for p in profile.precisions if p not in self.precisions]
+        if bad:
+            raise InputError(f"profile '{profile.name}': target {self.name} offers precisions "
+                             f"{', '.join(self.precisions)}, not {', '.join(bad)}")
+
+    def created_with(self) -> dict:
+        return {}
+
+    def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
+        """Write the component under ``stage / job.rel_dir``; return its manifest entry (format, file,
+        files, precision, layout, inputs, outputs; bytes are added by the caller)."""
+        raise NotImplementedError
+
+    def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
+        """Run the written component in this target's runtimes here; one {runtime, rel_err, max_abs_err}
+        per runtime, or {runtime, skipped: why} where no runtime can run it here."""
+        raise NotImplementedError
+
+    def finish(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
+        """A last whole-bundle check (e.g. onnxruntime-web); returns the manifest, possibly with more checks."""
+        return manifest
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model_dir: Path
+    out: Path
+    target: str
+    profile: TargetProfile
+    widths: tuple[float, ...] = (1.0,)
+    calib_dir: Path | None = None
+    force: bool = False
+
+
+def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) -> list[dict]:
+    out = []
+    for t in specs:
+        d = t.to_dict()
+        if batch is not None:
+            d["shape"] = list(t.concrete(batch))
+        if dtype_override and t.name in dtype_override:
+            d["dtype"] = dtype_override[t.name]
+        out.append(d)
+    return out
+
+
+def _write_tokenizer(pipe, model_dir: Path, stage: Path) -> dict:
+    dst = stage / "tokenizer"
+    src = model_dir / "tokenizer"
+    shutil.copytree(src, dst)
+    if not (dst / "tokenizer.json").is_file():  # the web reads tokenizer.json with its own library
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe.tokenizer.save_pretrained(tmp)
+            if (Path(tmp) / "tokenizer.json").is_file():
+                shutil.copy(Path(tmp) / "tokenizer.json", dst / "tokenizer.json")
+    tok = pipe.tokenizer
+    files = sorted(p.relative_to(stage).as_posix() for p in dst.rglob("*") if p.is_file())
+    return {"files": files, "tokenizer_json": "tokenizer/tokenizer.json" if (dst / "tokenizer.json").is_file() else None,
+            "max_length": int(tok.model_max_length), "bos_id": int(tok.bos_token_id), "eos_id": int(tok.eos_token_id),
+            "pad_id": int(tok.pad_token_id), "vocab_size": int(len(tok)), "padding": "max_length",
+            "lowercase": True}
+
+
+def _scheduler(pipe, stage: Path) -> dict:
+    config = {k: v for k, v in dict(pipe.scheduler.config).items()}
+    config["_class_name"] = type(pipe.scheduler).__name__
+    config = json.loads(json.dumps(config, default=list))
+    (stage / "scheduler").mkdir()
+    (stage / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"config": config, "file": "scheduler/scheduler_config.json"}
+
+
+def _verification_inputs(pipe, name: str, rows: int, calib) -> tuple[dict, str]:
+    from edgekit.components import component_spec, example_inputs, inputs_from_calibration
+
+    spec = component_spec(pipe, name)
+    if calib is not None and name in calib:
+        data = calib[name]
+        n = len(next(iter(data.values())))
+        if n >= rows:
+            # spread over the captured rows (different steps/prompts) rather than the first few
+            index = np.linspace(0, n - 1, rows).round().astype(int)
+            return inputs_from_calibration(spec, data, index), "calibration rows"
+    return example_inputs(pipe, name, batch=rows, seed=1), "random inputs of the spec's shapes"
+
+
+def export_bundle(request: ExportRequest, progress=None) -> dict:
+    """Export, check and write a bundle; returns the manifest. Nothing is written unless all checks pass."""
+    import torch
+
+    from edgekit.calibration import CalibrationSet
+    from edgekit.components import component_spec, export_module, run_torch
+    from edgekit.fsutil import check_output_path, sha256_tree, staged_dir
+    from edgekit.loader import open_model
+    from edgekit.pipeline import check_model_dir, sampling_defaults
+    from edgekit.schedule import schedule_table
+    from edgekit.targets import get_target
+
+    target = get_target(request.target)
+    profile = request.profile
+    if profile.target != target.name:
+        raise InputError(f"--profile {profile.name}: is a profile for target '{profile.target}', not '{target.name}'")
+    target.check_profile(profile)
+    model_dir = check_model_dir(request.model_dir)
+    precision = profile.precision
+    protected = [model_dir] + ([Path(request.calib_dir)] if request.calib_dir else [])
+    out = check_output_path(request.out, protected, force=request.force)
+    calib = None
+    if precision in target.needs_calibration:
+        if request.calib_dir is None:
+            raise CalibrationError(f"--precision {precision}: needs --calib DIR (representative data from "
+                                   "edgekit calibrate)")
+    if request.calib_dir is not None:
+        cset = CalibrationSet.open(request.calib_dir, model_dir)
+        calib = {c: cset.load(c) for c in cset.components()}
+    widths = tuple(dict.fromkeys(float(w) for w in request.widths))
+    if not widths or any(not 0 < w <= 1 for w in widths):
+        raise InputError(f"--widths {list(request.widths)}: expected numbers in (0, 1]")
+
+    started = time.perf_counter()
+    base = open_model(model_dir)  # text encoder and VAE are the same at every width
+    pipes = {w: (base if w == 1.0 else open_model(model_dir, width=w)) for w in widths}
+    defaults = sampling_defaults(model_dir)
+    fixed = profile.fixed_shapes
+    jobs = [ComponentJob(base, "text_encoder", None, "text_encoder", 1 if fixed else None, precision)]
+    for w in widths:
+        jobs.append(ComponentJob(pipes[w], "unet", w, f"unet/w{width_key(w)}", profile.unet_batch if fixed else None,
+                                 precision))
+    jobs.append(ComponentJob(base, "vae_decoder", None, "vae_decoder", 1 if fixed else None, precision))
+
+    components: dict = {"unet": {"widths": {}}}
+    verification: dict = {"unet": {"widths": {}}}
+    task = progress.add_task(f"export {target.name}", total=len(jobs)) if progress else None
+    with staged_dir(out) as stage:
+        for job in jobs:
+            spec = component_spec(job.pipe, job.name)
+            rows = job.batch or VERIFY_ROWS
+            inputs, source = _verification_inputs(job.pipe, job.name, rows, calib)
+            if job.precision in target.needs_calibration:
+                if job.name not in calib:
+                    raise CalibrationError(f"--calib {request.calib_dir}: has no rows for {job.name}")
+                from edgekit.components import inputs_from_calibration
+
+                data = calib[job.name]
+                n = len(next(iter(data.values())))
+                index = np.linspace(0, n - 1, min(n, CALIB_ROWS_INT8)).round().astype(int)
+                job.calibration = inputs_from_calibration(spec, data, index)
+            expected = run_torch(export_module(job.pipe, job.name), spec, inputs)
+            t0 = time.perf_counter()
+            entry = target.write(job, stage, profile)
+            entry["export_s"] = round(time.perf_counter() - t0, 2)
+            entry["bytes"] = sum((stage / f).stat().st_size if (stage / f).is_file()
+                                 else sum(p.stat().st_size for p in (stage / f).rglob("*") if p.is_file())
+                                 for f in entry["files"])
+            if job.name == "unet":
+                entry["params"] = int(sum(p.numel() for p in job.pipe.unet.parameters()))
+            entry.update(job.notes)
+            key = job.rel_dir.replace("/", "_")
+            data = {"inputs": {n: save_array(stage, f"verification/{key}/{n}.bin", v) for n, v in inputs.items()},
+                    "expected": save_array(stage, f"verification/{key}/expected.bin", expected)}
+            tolerance = profile.tolerance.for_precision(job.precision)
+            checks = target.check(stage, entry, inputs, expected, profile)
+            label = job.name if job.width is None else f"unet@{width_key(job.width)}"
+            for c in checks:
+                if "rel_err" in c and not (np.isfinite(c["rel_err"]) and c["rel_err"] <= tolerance):
+                    raise VerificationError(f"{label}: {c['runtime']} output differs from torch: rel-err "
+                                            f"{c['rel_err']:.3g} > tolerance {tolerance:.3g} for {job.precision} "
+                                            f"(max abs {c['max_abs_err']:.3g})")
+            record = {"reference": f"torch {torch.__version__} fp32", "inputs_from": source, "rows": rows,
+                      "tolerance": tolerance, "checks": checks, "data": data}
+            if job.name == "unet":
+                components["unet"]["widths"][width_key(job.width)] = entry
+                verification["unet"]["widths"][width_key(job.width)] = record
+            else:
+                components[job.name] = entry
+                verification[job.name] = record
+            if task is not None:
+                progress.update(task, advance=1)
+
+        schedules = {str(s): schedule_table(_scheduler_config(base), s)
+                     for s in sorted(set(profile.steps) | {defaults.steps})}
+        latent = component_spec(base, "unet").inputs[0].shape[1:]
+        image = component_spec(base, "vae_decoder").outputs[0].shape[1:]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "stage": STAGE,
+            "target": target.name,
+            "profile": profile.to_dict(),
+            "created_with": {"edgekit": __version__, "torch": torch.__version__, **target.created_with()},
+            "source_model": {"path": str(model_dir), "sha256": sha256_tree(model_dir),
+                             "calibration": str(Path(request.calib_dir).resolve()) if request.calib_dir else None},
+            "precision": precision,
+            "components": components,
+            "widths": list(widths),
+            "geometry": {"image_size": int(image[-1]), "image_channels": int(image[0]),
+                         "latent_shape": [int(d) for d in latent], "vae_scale_factor": int(base.vae_scale_factor),
+                         "vae_scaling_factor": float(base.vae.config.scaling_factor), "image_range": [-1.0, 1.0]},
+            "tokenizer": _write_tokenizer(base, model_dir, stage),
+            "scheduler": _scheduler(base, stage),
+            "sampling": {"guidance_scale": defaults.guidance_scale, "default_steps": defaults.steps,
+                         "batching": profile.guidance_batching, "schedules": schedules},
+            "verification": verification,
+            "table": [],
+            "policy": {},
+            "files": {},
+        }
+        write_manifest(stage, manifest)  # the whole-bundle check below reads it like a device would
+        manifest = target.finish(stage, manifest, profile)
+        manifest["created_with"]["export_s"] = round(time.perf_counter() - started, 1)
+        manifest = write_manifest(stage, manifest)
+    return manifest
+
+
+def _scheduler_config(pipe) -> dict:
+    config = dict(pipe.scheduler.config)
+    config["_class_name"] = type(pipe.scheduler).__name__
+    return config

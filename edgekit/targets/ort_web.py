@@ -1,0 +1,176 @@
+"""The ort-web target: one ONNX graph per component for onnxruntime-web, in fp32, fp16 (float16
+weights and compute, float32 inputs/outputs) or INT8 QDQ (edgekit.quantize's ort-static quantizer).
+
+Weights above the profile's file cap (a browser ArrayBuffer holds at most 2 GB) go to external-data
+chunks, each below the cap; the page fetches them and passes them to
+``InferenceSession.create(graph, {externalData: [{path, data}, ...]})``, which joins them by the
+``location`` each tensor names. Every graph is checked against torch in onnxruntime (Python), and the
+whole bundle once more in onnxruntime-web (wasm) under Node when the profile asks for it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import MissingBackendError, VerificationError
+from edgekit.profiles import TargetProfile
+from edgekit.targets.base import ComponentJob, Target
+
+MODEL_FILE = "model.onnx"
+
+
+def split_external_data(path: Path, cap_bytes: int) -> list[dict]:
+    """Rewrite ``path`` so that its weights live in chunks ``model.onnx.data.N`` of at most ``cap_bytes``
+    each (a tensor is never split). Returns [{file, bytes}] relative to the graph's folder."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    path = Path(path)
+    model = onnx.load(str(path))  # loads any external data too
+    old = set(path.parent.glob(path.name + ".data*"))
+    chunks: list[int] = []
+    for tensor in model.graph.initializer:
+        if not tensor.HasField("raw_data") or len(tensor.raw_data) < 1024:
+            continue
+        size = len(tensor.raw_data)
+        if not chunks or chunks[-1] + size > cap_bytes:
+            chunks.append(0)
+        chunks[-1] += size
+        location = f"{path.name}.data.{len(chunks) - 1}"
+        set_external_data(tensor, location=location)
+    for f in old:
+        f.unlink()
+    onnx.save_model(model, str(path))
+    return [{"file": f"{path.name}.data.{i}", "bytes": (path.parent / f"{path.name}.data.{i}").stat().st_size}
+            for i in range(len(chunks))]
+
+
+def to_float16(src: Path, dst: Path) -> None:
+    """float16 weights and arithmetic with float32 graph inputs and outputs (the page feeds float32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # Resize takes its roi/scales as float32 only: it and the Constant nodes feeding it stay float32.
+    producers = {out: node for node in model.graph.node for out in node.output}
+    keep = [producers[i].name for node in model.graph.node if node.op_type == "Resize" for i in node.input[1:]
+            if i in producers and producers[i].op_type == "Constant"]
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["Resize"], node_block_list=keep)
+    size = sum(t.ByteSize() for t in half.graph.initializer)
+    if size >= 2**31 - 2**20:
+        onnx.save_model(half, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(half, str(dst))
+
+
+def _ort_static_quantizer():
+    """The ort-static INT8 quantizer of edgekit.quantize (the one the quantize stage uses)."""
+    try:
+        from edgekit.quantize import get_quantizer
+    except ImportError:
+        raise MissingBackendError("INT8 for ort-web needs edgekit.quantize's ort-static quantizer, which this "
+                                  "checkout does not have yet") from None
+    return get_quantizer("ort-static")
+
+
+class OrtWebTarget(Target):
+    name = "ort-web"
+    file_format = "onnx"
+    precisions = ("fp32", "fp16", "int8")
+    extra = "onnx"
+
+    def created_with(self) -> dict:
+        import onnx
+        import onnxruntime
+
+        from edgekit.runtime.runners import _node_version, node_available
+
+        out = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+        if node_available() is None:
+            out["onnxruntime_web"] = _node_version()
+        return out
+
+    def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
+        from edgekit.components import component_spec
+        from edgekit.onnx_export import export_onnx
+
+        folder = stage / job.rel_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MODEL_FILE
+        spec = component_spec(job.pipe, job.name)
+        if job.precision == "fp32":
+            export_onnx(job.pipe, job.name, path, opset=profile.opset, dynamic_batch=job.batch is None)
+        else:
+            raw_dir = stage / ".raw" / job.rel_dir
+            raw = raw_dir / MODEL_FILE
+            export_onnx(job.pipe, job.name, raw, opset=profile.opset, dynamic_batch=job.batch is None)
+            if job.precision == "fp16":
+                to_float16(raw, path)
+            else:
+                self._quantize_int8(job, raw, path)
+            import shutil
+
+            shutil.rmtree(stage / ".raw")
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        external = []
+        cap = int(profile.max_file_mb * 2**20)
+        if any(p.stat().st_size > cap for p in files):
+            external = split_external_data(path, cap)
+        elif len(files) > 1:
+            external = [{"file": p.name, "bytes": p.stat().st_size} for p in files if p.name != MODEL_FILE]
+        rel = f"{job.rel_dir}/{MODEL_FILE}"
+        entry = {
+            "format": "onnx", "file": rel,
+            "files": [rel] + [f"{job.rel_dir}/{c['file']}" for c in external],
+            "precision": job.precision, "layout": "NCHW", "opset": profile.opset,
+            "inputs": _specs(spec.inputs, job.batch), "outputs": _specs(spec.outputs, job.batch),
+        }
+        if external:
+            entry["external_data"] = [{"file": f"{job.rel_dir}/{c['file']}", "bytes": c["bytes"]} for c in external]
+            entry["join"] = ("onnxruntime-web: InferenceSession.create(model.onnx, {externalData: [{path: <file name>, "
+                             "data: <fetched bytes>} per chunk]}); each tensor names its chunk")
+        return entry
+
+    def _quantize_int8(self, job: ComponentJob, raw: Path, dst: Path) -> None:
+        quantizer = _ort_static_quantizer()
+        quantizer.quantize_onnx(raw, dst, job.calibration)
+
+    def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
+        from edgekit.runtime.runners import OrtRunner, compare
+
+        runner = OrtRunner(stage / entry["file"])
+        return [{"runtime": runner.runtime, **compare(runner.run(inputs), expected)}]
+
+    def finish(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
+        """Replay every graph in onnxruntime-web under Node, as the page would load it."""
+        if not profile.verify_in_node:
+            return manifest
+        from edgekit.bundle import lookup
+        from edgekit.runtime.runners import check_bundle_in_node, node_available
+
+        why = node_available()
+        if why:
+            for comp in manifest["verification"].values():
+                for record in (comp["widths"].values() if "widths" in comp else [comp]):
+                    record["checks"].append({"runtime": "onnxruntime-web (node, wasm)", "skipped": why})
+            return manifest
+        for result in check_bundle_in_node(stage):
+            name, _, width = result["component"].partition("@")
+            record = lookup(manifest["verification"], name, width or None)
+            if not result["passed"]:
+                raise VerificationError(f"{result['component']}: onnxruntime-web output differs from torch: rel-err "
+                                        f"{result['rel_err']:.3g} > tolerance {result['tolerance']:.3g}")
+            record["checks"].append({k: result[k] for k in ("runtime", "rel_err", "max_abs_err")})
+        return manifest
+
+
+def _specs(specs, batch):
+    from edgekit.targets.base import _tensor_dicts
+
+    return _tensor_dicts(specs, batch)
+
+
+TARGET = OrtWebTarget

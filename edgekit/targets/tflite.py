@@ -1,0 +1,223 @@
+"""The tflite target: one .tflite flatbuffer per component for the stock LiteRT interpreter, with no
+Flex (select-TF) ops, in float32, float16 weights, or full-integer INT8 (int8 weights and activations,
+calibrated on representative rows from the calibration shards).
+
+Two converters sit behind one interface (``CONVERTERS``), picked by the profile's ``converter``:
+- ``litert-torch``: PyTorch -> TFLite directly (torch.export + the LiteRT converter); inputs stay NCHW
+  and keep their names. The default: it needs no rewrites and converts ~10x faster here.
+- ``onnx2tf``: PyTorch -> ONNX -> TensorFlow -> TFLite, the route the mission names. It needs the
+  GroupNorm and GELU rewrites of ``edgekit.targets.patches`` to convert without Flex ops, and turns
+  4-D inputs into NHWC. benchmarks/export_real_scale.py measures both.
+Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (LiteRT's own quantizer).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import InputError, MissingBackendError, VerificationError
+from edgekit.profiles import TargetProfile
+from edgekit.targets.base import ComponentJob, Target, _tensor_dicts
+
+MODEL_FILE = "model.tflite"
+FLATBUFFER_LIMIT = 2**31  # a TFLite flatbuffer cannot address more
+
+
+def tflite_ops(path: Path) -> dict[str, int]:
+    """Operator counts of a .tflite file read from its flatbuffer (custom ops, Flex ones included, by
+    their custom name), without instantiating an interpreter."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        name = names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "UNKNOWN")
+        if name == "CUSTOM":
+            name = (oc.CustomCode() or b"CUSTOM").decode()
+        codes.append(name)
+    counts: Counter = Counter()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            counts[codes[graph.Operators(o).OpcodeIndex()]] += 1
+    return dict(sorted(counts.items()))
+
+
+def _torch_inputs(job: ComponentJob, batch: int) -> dict:
+    import torch
+
+    from edgekit.components import example_inputs
+
+    return {k: torch.from_numpy(v) for k, v in example_inputs(job.pipe, job.name, batch=batch, seed=0).items()}
+
+
+def convert_litert_torch(job: ComponentJob, module, out: Path) -> dict:
+    """float32 .tflite with the spec's input names (signature keys), batch fixed to ``job.batch``."""
+    try:
+        import litert_torch
+    except ImportError:
+        raise MissingBackendError("converting to TFLite needs litert-torch: pip install 'edgekit[tflite]'") from None
+    from litert_torch import progress as litert_progress
+
+    kwargs = _torch_inputs(job, job.batch or 1)
+    quiet = litert_progress.console.quiet
+    litert_progress.console.quiet = True  # its task log goes to stdout, where --json output goes
+    try:
+        model = litert_torch.convert(module.eval(), sample_args=(), sample_kwargs=kwargs)
+        model.export(str(out))
+    finally:
+        litert_progress.console.quiet = quiet
+    return {"converter": f"litert-torch {litert_torch.__version__}", "layout": "NCHW"}
+
+
+def convert_onnx2tf(job: ComponentJob, module, out: Path, opset: int = 17) -> dict:
+    """float32 .tflite through ONNX and onnx2tf, with the export-time rewrites it needs."""
+    try:
+        import onnx2tf
+    except ImportError:
+        raise MissingBackendError("the onnx2tf route needs onnx2tf: pip install 'edgekit[tflite]'") from None
+    from edgekit.onnx_export import export_onnx
+    from edgekit.targets.patches import onnx2tf_friendly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_path = tmp / "model.onnx"
+        with onnx2tf_friendly(module) as patched:
+            export_onnx(job.pipe, job.name, onnx_path, opset=opset, dynamic_batch=True, module=patched)
+        onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(tmp / "tf"),
+                        batch_size=job.batch or 1, non_verbose=True,
+                        copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True)
+        produced = tmp / "tf" / "model_float32.tflite"
+        if not produced.is_file():
+            raise VerificationError(f"{job.name}: onnx2tf wrote no float32 model")
+        shutil.copy(produced, out)
+    return {"converter": f"onnx2tf {onnx2tf.__version__}", "layout": "NHWC"}
+
+
+CONVERTERS = {"litert-torch": convert_litert_torch, "onnx2tf": convert_onnx2tf}
+
+
+def _signature_batches(rows: dict[str, np.ndarray], batch: int, dtypes: dict) -> list[dict]:
+    n = len(next(iter(rows.values())))
+    out = []
+    for start in range(0, n - batch + 1, batch):
+        out.append({k: np.ascontiguousarray(v[start:start + batch], dtype=dtypes[k]) for k, v in rows.items()})
+    return out
+
+
+def quantize(float_path: Path, out: Path, precision: str, calibration: dict | None, batch: int) -> dict:
+    """fp16: float16 weights dequantized at load (float compute). int8: int8 weights and activations,
+    ranges calibrated on the representative rows."""
+    from ai_edge_quantizer import quantizer as aeq_quantizer
+    from ai_edge_quantizer import recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    q = aeq_quantizer.Quantizer(str(float_path))
+    if precision == "fp16":
+        q.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                 algorithm_key=AlgorithmName.FLOAT_CASTING)
+        result = q.quantize(enable_progress_report=False)
+        out.write_bytes(bytes(result.quantized_model))
+        return {"recipe": "weight-only float16 (ai-edge-quantizer FLOAT_CASTING)"}
+    if precision == "int8":
+        from edgekit.runtime.runners import LiteRTRunner
+
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        runner = LiteRTRunner(float_path)
+        samples = _signature_batches(calibration, batch, runner._dtypes)
+        if not samples:
+            raise InputError(f"--calib: fewer representative rows than the batch size {batch}")
+        qsvs = q.calibrate({runner.signature_key: samples}, num_threads=1)
+        result = q.quantize(qsvs, enable_progress_report=False)
+        out.write_bytes(bytes(result.quantized_model))
+        return {"recipe": "static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)",
+                "representative_batches": len(samples)}
+    raise InputError(f"--precision {precision}: tflite offers fp32, fp16, int8")
+
+
+class TFLiteTarget(Target):
+    name = "tflite"
+    file_format = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+    extra = "tflite"
+
+    def check_profile(self, profile: TargetProfile) -> None:
+        super().check_profile(profile)
+        if profile.converter not in CONVERTERS:
+            raise InputError(f"profile '{profile.name}': converter '{profile.converter}' is not one of "
+                             f"{', '.join(CONVERTERS)}")
+        if not profile.fixed_shapes:
+            raise InputError(f"profile '{profile.name}': tflite needs fixed_shapes: true")
+
+    def created_with(self) -> dict:
+        from ai_edge_litert import __version__ as litert_version
+
+        out = {"ai_edge_litert": litert_version}
+        try:
+            import litert_torch
+
+            out["litert_torch"] = litert_torch.__version__
+        except ImportError:
+            pass
+        return out
+
+    def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
+        from edgekit.components import component_spec, export_module
+
+        folder = stage / job.rel_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MODEL_FILE
+        spec = component_spec(job.pipe, job.name)
+        convert = CONVERTERS[profile.converter]
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            float_path = Path(tmp) / "float32.tflite" if job.precision != "fp32" else path
+            facts = convert(job, export_module(job.pipe, job.name), float_path)
+            facts["convert_s"] = round(time.perf_counter() - t0, 2)
+            if job.precision != "fp32":
+                facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1))
+        size = path.stat().st_size
+        if size > min(FLATBUFFER_LIMIT, profile.max_file_mb * 2**20):
+            raise VerificationError(f"{job.name}: {size / 2**20:.0f} MiB .tflite exceeds the profile's "
+                                    f"{profile.max_file_mb:.0f} MiB cap (use fp16/int8 or split the UNet)")
+        ops = tflite_ops(path)
+        bad = profile.ops.violations(ops)
+        if bad:
+            raise VerificationError(f"{job.name}: {path.name} holds forbidden ops {bad} (profile '{profile.name}')")
+        from edgekit.runtime.runners import LiteRTRunner
+
+        runner = LiteRTRunner(path)  # raises when the stock interpreter refuses the model
+        details = runner.runner.get_input_details()
+        dtypes = {n: np.dtype(details[n]["dtype"]).name for n in runner.input_names}
+        inputs = _tensor_dicts(spec.inputs, job.batch, dtypes)
+        if facts["layout"] == "NHWC":  # onnx2tf moves channels last on 4-D inputs and outputs
+            inputs = [{**t, "shape": [int(d) for d in details[t["name"]]["shape"]]} if t["name"] in details else t
+                      for t in inputs]
+        outputs = _tensor_dicts(spec.outputs, job.batch)
+        rel = f"{job.rel_dir}/{MODEL_FILE}"
+        return {"format": "tflite", "file": rel, "files": [rel], "precision": job.precision, "layout": facts.pop("layout"),
+                "inputs": inputs, "outputs": outputs, "signature": runner.signature_key, "ops": ops,
+                "flex_ops": [op for op in ops if op.startswith("Flex")], **facts}
+
+    def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
+        from edgekit.runtime.runners import LiteRTRunner, compare
+
+        runner = LiteRTRunner(stage / entry["file"])
+        if entry["layout"] == "NHWC":
+            inputs = {k: (v.transpose(0, 2, 3, 1) if v.ndim == 4 else v) for k, v in inputs.items()}
+        actual = runner.run(inputs)
+        if entry["layout"] == "NHWC" and actual.ndim == 4:
+            actual = actual.transpose(0, 3, 1, 2)
+        return [{"runtime": runner.runtime, **compare(actual, expected)}]
+
+
+TARGET = TFLiteTarget
