@@ -4,5 +4,6 @@ COMMAND_MODULES = (
     "edgekit.commands.generate",
     "edgekit.commands.evaluate",
     "edgekit.commands.calibrate",
+    "edgekit.commands.export",
     "edgekit.commands.policy",
 )
