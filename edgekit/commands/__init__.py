@@ -6,4 +6,6 @@ COMMAND_MODULES = (
     "edgekit.commands.calibrate",
     "edgekit.commands.export",
     "edgekit.commands.policy",
+    "edgekit.commands.bench",
+    "edgekit.commands.serve",
 )

@@ -13,16 +13,17 @@ import numpy as np
 from edgekit.errors import InputError
 
 
-def load_tokenizer(path: Path, max_length: int, pad_token: str = "<|endoftext|>") -> Callable[[list[str]], np.ndarray]:
-    """Encode prompts with the `tokenizers` library straight from the bundle's tokenizer.json."""
+def load_tokenizer(path: Path, max_length: int, pad_id: int | None = None) -> Callable[[list[str]], np.ndarray]:
+    """Encode prompts with the `tokenizers` library straight from the bundle's tokenizer.json; padding with
+    ``pad_id`` (CLIP pads with <|endoftext|>, the default) to ``max_length``, as the pipeline does."""
     import tokenizers
 
     tok = tokenizers.Tokenizer.from_file(str(path))
-    pad_id = tok.token_to_id(pad_token)
+    pad_id = tok.token_to_id("<|endoftext|>") if pad_id is None else pad_id
     if pad_id is None:
-        raise InputError(f"{path}: tokenizer has no pad token {pad_token!r}")
+        raise InputError(f"{path}: tokenizer has no <|endoftext|> token to pad with")
     tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
+    tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
 
     def encode(prompts: list[str]) -> np.ndarray:
         return np.array([e.ids for e in tok.encode_batch(list(prompts))], dtype=np.int64)
@@ -32,12 +33,11 @@ def load_tokenizer(path: Path, max_length: int, pad_token: str = "<|endoftext|>"
 
 @dataclass
 class Components:
-    """The three networks as plain callables over numpy arrays (one bundle width)."""
+    """The three networks as plain callables over numpy arrays (one bundle width), any number of rows."""
 
     text_encoder: Callable[[np.ndarray], np.ndarray]  # input_ids (B, L) int64 -> hidden (B, L, D)
     unet: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # sample, timestep (B,), hidden -> eps
     vae_decoder: Callable[[np.ndarray], np.ndarray]  # latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]
-    unet_batch: int | None = None  # fixed UNet batch size, None when dynamic
 
 
 @dataclass
@@ -64,16 +64,8 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
     n = len(prompts)
 
     def unet(sample_in: np.ndarray, hidden: np.ndarray, t: float) -> np.ndarray:
-        batch = components.unet_batch
-        if batch is None or batch == len(sample_in):
-            timing.unet_calls += 1
-            return components.unet(sample_in, np.full((len(sample_in),), t, dtype=np.float32), hidden)
-        outs = []
-        for k in range(0, len(sample_in), batch):  # a fixed-batch UNet gets the rows in slices
-            timing.unet_calls += 1
-            outs.append(components.unet(sample_in[k:k + batch], np.full((batch,), t, dtype=np.float32),
-                                        hidden[k:k + batch]))
-        return np.concatenate(outs)
+        timing.unet_calls += 1  # the runner slices rows itself when the graph's batch axis is fixed
+        return components.unet(sample_in, np.full((len(sample_in),), t, dtype=np.float32), hidden)
 
     step = [0]
 
@@ -100,3 +92,69 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
     timing.total_s = time.perf_counter() - start
     images = np.clip(np.asarray(images, dtype=np.float32) / 2 + 0.5, 0.0, 1.0)
     return images.transpose(0, 2, 3, 1), timing
+
+
+class BundleSampler:
+    """An exported bundle opened for generation: tokenizer.json, the text encoder and VAE once, one UNet
+    per width on demand, each through the runner its format needs (edgekit.runtime.runners)."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict | None = None, threads: int | None = None) -> None:
+        from edgekit.bundle import read_manifest
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest if manifest is not None else read_manifest(self.bundle_dir)
+        self.threads = threads
+        tok = self.manifest["tokenizer"]
+        self.encode = load_tokenizer(self.bundle_dir / tok["tokenizer_json"], int(tok["max_length"]), tok.get("pad_id"))
+        comps = self.manifest["components"]
+        self._text_encoder = self._named(comps["text_encoder"])
+        self._vae = self._named(comps["vae_decoder"])
+        self._unets: dict[str, object] = {}
+        self.runtime = self._text_encoder.runtime
+        geometry = self.manifest["geometry"]
+        self.latent_shape = tuple(int(d) for d in geometry["latent_shape"])
+        self.scaling_factor = float(geometry["vae_scaling_factor"])
+
+    def _named(self, entry: dict):
+        """The runner, called with positional arrays in the manifest's input order, fed by name (a LiteRT
+        signature may list its inputs in another order than the graph)."""
+        from edgekit.runtime.runners import runner_for
+
+        runner = runner_for(self.bundle_dir, entry, threads=self.threads)
+        names = [t["name"] for t in entry["inputs"]]
+
+        def call(*arrays):
+            return runner.run(dict(zip(names, arrays)))
+
+        call.runtime = runner.runtime
+        return call
+
+    def widths(self) -> list[str]:
+        return sorted(self.manifest["components"]["unet"]["widths"], key=float, reverse=True)
+
+    def steps(self) -> list[int]:
+        return sorted(int(s) for s in self.manifest["sampling"]["schedules"])
+
+    def components(self, width: float) -> Components:
+        from edgekit.bundle import width_key
+
+        key = width_key(width)
+        entries = self.manifest["components"]["unet"]["widths"]
+        if key not in entries:
+            raise InputError(f"--widths {width}: the bundle has no UNet at width {key} (has: {', '.join(entries)})")
+        if key not in self._unets:
+            self._unets[key] = self._named(entries[key])
+        return Components(text_encoder=self._text_encoder, unet=self._unets[key], vae_decoder=self._vae)
+
+    def table(self, steps: int) -> dict:
+        schedules = self.manifest["sampling"]["schedules"]
+        if str(steps) not in schedules:
+            raise InputError(f"--steps {steps}: the bundle has no schedule for {steps} steps "
+                             f"(has: {', '.join(sorted(schedules, key=int))})")
+        return schedules[str(steps)]
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int, width: float,
+                 guidance: float | None = None, on_step=None) -> tuple[np.ndarray, Timing]:
+        g = float(self.manifest["sampling"]["guidance_scale"]) if guidance is None else guidance
+        return sample(self.components(width), self.encode, self.table(steps), prompts, seeds, g, self.latent_shape,
+                      self.scaling_factor, on_step)

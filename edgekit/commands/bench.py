@@ -1,0 +1,89 @@
+"""`edgekit bench BUNDLE`: measure the (width, steps) table on this host and write it into the manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, emit, positive_int, progress
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 4,8,12,20, got '{text}'") \
+            from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 4,8,12,20, got '{text}'")
+    return values
+
+
+def _width_list(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 1.0,0.5, got '{text}'") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected widths in (0, 1] such as 1.0,0.5, got '{text}'")
+    return values
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure latency and quality per (width, steps) with the bundle's own runtime "
+                                     "and write the table into its manifest")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--steps", type=_int_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
+                                                                 "bundle has)")
+    p.add_argument("--widths", type=_width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
+    p.add_argument("--samples-per-digit", type=positive_int, default=2,
+                   help="images per digit for prompt accuracy and Frechet distance (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed single-image runs per row (median)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None, help="runtime CPU threads (default: the runtime's)")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="policy parameters JSON to write (default: keep the bundle's, or edgekit's default)")
+    p.add_argument("--import-table", type=Path, default=None,
+                   help="write rows measured elsewhere (e.g. on a phone: JSON list of rows with 'device') instead "
+                        "of measuring here")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from edgekit.bundle import read_manifest
+    from edgekit.errors import InputError
+    from edgekit.runtime.bench import BenchConfig, import_rows, measure, write_table
+
+    manifest = read_manifest(args.bundle)
+    policy = None
+    if args.policy is not None:
+        try:
+            policy = json.loads(args.policy.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"--policy {args.policy}: not a readable JSON file ({exc})") from None
+    if args.import_table is not None:
+        rows, runtime = import_rows(args.import_table, manifest), "imported"
+    else:
+        config = BenchConfig(steps=args.steps, widths=args.widths, samples_per_digit=args.samples_per_digit,
+                             repeats=args.repeats, seed=args.seed, threads=args.threads)
+        with progress() as bar:
+            rows, runtime = measure(args.bundle, config, bar)
+    written, dropped = write_table(args.bundle, manifest, rows, policy)
+    lines = [f"{args.bundle}: {len(rows)} rows {'imported' if args.import_table else 'measured'} ({runtime}) on "
+             f"{rows[0]['device']}",
+             f"  {'width':>5} {'steps':>5} {'latency':>10} {'accuracy':>8} {'Frechet':>8}"]
+    for r in rows:
+        fd = r.get("frechet_distance")
+        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms {r['prompt_accuracy']:8.3f} "
+                     f"{'-' if fd is None else f'{fd:8.2f}':>8}")
+    if dropped:
+        lines.append(f"  dropped {dropped} earlier rows measured on another device")
+    lines.append(f"  manifest table now {len(written['table'])} rows; policy {json.dumps(written['policy'])}")
+    emit({"bundle": str(args.bundle), "rows": rows, "table": written["table"], "policy": written["policy"],
+          "dropped_rows": dropped}, args.json, lines)
+    return 0

@@ -1,0 +1,214 @@
+// The browser demo: prompt -> image with onnxruntime-web (wasm; webgpu when the browser has it), steps and
+// width chosen by the bundle's policy from Battery Status / Compute Pressure or the manual overrides.
+// Served by `edgekit serve BUNDLE`: the bundle's files under bundle/, onnxruntime-web under ort/.
+import * as ort from "./ort/ort.all.min.mjs";
+import { Policy, PolicyError } from "./policy.js";
+import { ClipTokenizer } from "./tokenizer.js";
+import { runTable, guide } from "./scheduler.js";
+
+const $ = (id) => document.getElementById(id);
+const demo = { manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null };
+window.edgekitDemo = demo;  // read by the end-to-end test and handy in the console
+const readings = { battery: null, pressure: null };
+const sessions = new Map();
+const started = performance.now();
+
+ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
+
+function deviceState() {
+  const thermalChoice = $("thermal").value;
+  const overrideBattery = $("battery-override").checked || readings.battery === null;
+  return {
+    battery_level: overrideBattery ? Number($("battery-level").value) / 100 : readings.battery.level,
+    charging: overrideBattery ? $("charging").checked : readings.battery.charging,
+    low_power: $("low-power").checked,
+    thermal: thermalChoice === "auto" ? (readings.pressure ?? "nominal") : thermalChoice,
+  };
+}
+
+// The cheapest thing the bundle can run, for a bundle without a measured table or policy.
+function cheapestFallback(m, why) {
+  console.warn(`edgekit policy: ${why}; using the cheapest row`);
+  const widths = Object.keys(m.components.unet.widths).map(Number);
+  const steps = Object.keys(m.sampling.schedules).map(Number);
+  return { steps: Math.min(...steps), width: Math.min(...widths), latencyMs: NaN, budgetMs: 0, reason: "fallback",
+    overBudget: false, detail: why };
+}
+
+function decide() {
+  const state = deviceState();
+  demo.state = state;
+  const t = (performance.now() - started) / 1000;
+  const d = demo.policy ? demo.policy.decideOrFallback(t, state) : cheapestFallback(demo.manifest, demo.policyError);
+  demo.decision = d;
+  $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
+  $("detail").textContent = `${d.detail}; predicted ${Number.isFinite(d.latencyMs) ? d.latencyMs.toFixed(0) + " ms" : "unknown"}`
+    + ` (table measured on ${demo.manifest.table?.[0]?.device ?? "nothing"})`;
+  document.body.dataset.steps = d.steps;
+  document.body.dataset.width = d.width;
+  document.body.dataset.reason = d.reason;
+  return d;
+}
+
+async function watchDevice() {
+  const sources = [];
+  if (navigator.getBattery) {
+    const b = await navigator.getBattery();
+    const update = () => { readings.battery = { level: b.level, charging: b.charging }; decide(); };
+    b.addEventListener("levelchange", update);
+    b.addEventListener("chargingchange", update);
+    readings.battery = { level: b.level, charging: b.charging };
+    sources.push(`battery ${Math.round(b.level * 100)}%${b.charging ? " charging" : ""} (Battery Status API)`);
+  } else sources.push("no Battery Status API: battery from the override");
+  if ("PressureObserver" in self) {
+    try {
+      const observer = new PressureObserver((records) => { readings.pressure = records.at(-1).state; decide(); });
+      await observer.observe("cpu");
+      sources.push("thermal from Compute Pressure (cpu)");
+    } catch (err) { sources.push(`Compute Pressure refused: ${err.message}`); }
+  } else sources.push("no Compute Pressure API: thermal from the override");
+  $("sources").textContent = sources.join("; ");
+  for (const id of ["thermal", "battery-override", "battery-level", "charging", "low-power"]) {
+    $(id).addEventListener("input", () => { $("battery-value").textContent = `${$("battery-level").value}%`; decide(); });
+  }
+}
+
+async function session(key, entry) {
+  if (!sessions.has(key)) {
+    const options = { executionProviders: demo.provider === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] };
+    if (entry.external_data?.length) {
+      options.externalData = entry.external_data.map((c) => ({ path: c.file.split("/").pop(), data: `bundle/${c.file}` }));
+    }
+    sessions.set(key, ort.InferenceSession.create(`bundle/${entry.file}`, options));
+  }
+  return sessions.get(key);
+}
+
+// Run a graph on `rows` rows; a graph with a fixed batch axis gets them in slices of its size.
+async function runRows(entry, key, feeds, rows) {
+  const sess = await session(key, entry);
+  const fixed = typeof entry.inputs[0].shape[0] === "number" ? entry.inputs[0].shape[0] : rows;
+  const outName = entry.outputs[0].name;
+  const parts = [];
+  for (let start = 0; start < rows; start += fixed) {
+    const slice = {};
+    for (const inp of entry.inputs) {
+      const { data, dims } = feeds[inp.name];
+      const per = data.length / rows;
+      slice[inp.name] = new ort.Tensor(inp.dtype, data.slice(start * per, (start + fixed) * per), [fixed, ...dims.slice(1)]);
+    }
+    const out = await sess.run(slice);
+    parts.push(out[outName]);
+  }
+  const per = parts[0].data.length;
+  const all = new Float32Array(per * parts.length);
+  parts.forEach((p, i) => all.set(p.data, i * per));
+  return { data: all, dims: [rows, ...parts[0].dims.slice(1)] };
+}
+
+// Seeded standard normal noise (mulberry32 + Box-Muller): the same image for the same seed.
+function gaussian(n, seed) {
+  let a = seed >>> 0;
+  const rand = () => { a = (a + 0x6D2B79F5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const u = Math.max(rand(), 1e-12), v = rand(), r = Math.sqrt(-2 * Math.log(u));
+    out[i] = r * Math.cos(2 * Math.PI * v);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * v);
+  }
+  return out;
+}
+
+async function generate(prompt, seed) {
+  const m = demo.manifest;
+  const d = decide();
+  const t0 = performance.now();
+  document.body.dataset.status = "generating";
+  $("generate").disabled = true;
+  const L = m.tokenizer.max_length;
+  const ids = BigInt64Array.from([...demo.tokenizer.encode("", L), ...demo.tokenizer.encode(prompt, L)], BigInt);
+  const te = m.components.text_encoder;
+  const hidden = await runRows(te, "text_encoder", { [te.inputs[0].name]: { data: ids, dims: [2, L] } }, 2);
+  const tText = performance.now();
+  const widthKey = d.width.toFixed(2);
+  const unetEntry = m.components.unet.widths[widthKey];
+  const table = m.sampling.schedules[String(d.steps)];
+  const latentShape = m.geometry.latent_shape;
+  const n = latentShape.reduce((a, b) => a * b, 1);
+  const guidance = m.sampling.guidance_scale;
+  const [sampleName, timestepName, hiddenName] = unetEntry.inputs.map((i) => i.name);
+  $("progress").max = d.steps;
+  const latents = await runTable(table, gaussian(n, seed), async (x, t) => {
+    const both = new Float32Array(2 * n);
+    both.set(x, 0); both.set(x, n);
+    const out = await runRows(unetEntry, `unet/${widthKey}`, {
+      [sampleName]: { data: both, dims: [2, ...latentShape] },
+      [timestepName]: { data: new Float32Array([t, t]), dims: [2] },
+      [hiddenName]: { data: hidden.data, dims: hidden.dims },
+    }, 2);
+    return guide(out.data.subarray(0, n), out.data.subarray(n), guidance);
+  }, {
+    onStep: async (done, total) => {
+      $("progress").value = done;
+      $("step").textContent = `step ${done} / ${total}`;
+      document.body.dataset.step = done;
+      await new Promise((r) => setTimeout(r, 0));  // let the page paint the progress
+    },
+  });
+  const tUnet = performance.now();
+  const vae = m.components.vae_decoder;
+  const scaled = Float32Array.from(latents, (v) => v / m.geometry.vae_scaling_factor);
+  const img = await runRows(vae, "vae_decoder", { [vae.inputs[0].name]: { data: scaled, dims: [1, ...latentShape] } }, 1);
+  const tEnd = performance.now();
+  const size = m.geometry.image_size, plane = size * size;
+  const rgb = new Float32Array(plane * 3);
+  const pixels = new ImageData(size, size);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) {
+      const v = Math.min(1, Math.max(0, img.data[c * plane + p] / 2 + 0.5));
+      rgb[p * 3 + c] = v;
+      pixels.data[p * 4 + c] = Math.round(v * 255);
+    }
+    pixels.data[p * 4 + 3] = 255;
+  }
+  const canvas = $("image");
+  canvas.width = size; canvas.height = size;
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+  demo.image = { size, rgb: Array.from(rgb) };
+  demo.timing = { text_encoder_ms: tText - t0, unet_ms: tUnet - tText, vae_ms: tEnd - tUnet, total_ms: tEnd - t0 };
+  $("timing").textContent = `${d.steps} steps at width ${widthKey} in ${demo.timing.total_ms.toFixed(0)} ms `
+    + `(text ${demo.timing.text_encoder_ms.toFixed(0)}, UNet ${demo.timing.unet_ms.toFixed(0)}, VAE ${demo.timing.vae_ms.toFixed(0)}) on ${demo.provider}`;
+  $("generate").disabled = false;
+  document.body.dataset.status = "done";
+}
+
+async function main() {
+  // navigator.gpu can exist without an adapter (headless, blocklisted GPU): ask for one before choosing webgpu.
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  demo.provider = adapter ? "webgpu" : "wasm";
+  const m = await (await fetch("bundle/manifest.json")).json();
+  demo.manifest = m;
+  try { demo.policy = Policy.fromManifest(m); }
+  catch (err) { if (!(err instanceof PolicyError)) throw err; demo.policyError = err.message; }
+  demo.tokenizer = ClipTokenizer.fromTokenizerJson(await (await fetch(`bundle/${m.tokenizer.tokenizer_json}`)).json());
+  $("bundle-info").textContent = `${m.target} bundle, ${m.precision}, widths ${Object.keys(m.components.unet.widths).join(", ")}, `
+    + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web on ${demo.provider}`;
+  await watchDevice();
+  decide();
+  $("form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    generate($("prompt").value, Number($("seed").value)).catch(fail);
+  });
+  $("generate").disabled = false;
+  document.body.dataset.status = "ready";
+}
+
+function fail(err) {
+  console.error(err);
+  $("error").textContent = `error: ${err.message ?? err}`;
+  $("generate").disabled = false;
+  document.body.dataset.status = "error";
+}
+
+main().catch(fail);

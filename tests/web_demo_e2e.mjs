@@ -1,0 +1,53 @@
+// Drives the browser demo in real headless Debian Chromium through playwright-core (no browser download):
+//   node tests/web_demo_e2e.mjs URL USER_DATA_DIR PROMPT SEED
+// Generates PROMPT at the policy's choice for a cool, charging device, then forces "critical" thermal and
+// generates again. Prints one JSON line: {before, after, images, steps_seen, apis, console}.
+import { chromium } from "playwright-core";
+
+const [url, userDataDir, prompt, seed] = process.argv.slice(2);
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync"];
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.EDGEKIT_CHROMIUM || "/usr/bin/chromium", headless: true, args: FLAGS,
+});
+const messages = [];
+try {
+  const page = await context.newPage();
+  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.waitForSelector("body[data-status=ready]", { timeout: 60000 });
+  const apis = await page.evaluate(() => ({ battery: typeof navigator.getBattery === "function",
+    computePressure: "PressureObserver" in self, webgpu: !!navigator.gpu, crossOriginIsolated: self.crossOriginIsolated,
+    provider: window.edgekitDemo.provider }));
+  await page.check("#battery-override");
+  await page.check("#charging");
+  await page.fill("#battery-level", "100");
+  await page.selectOption("#thermal", "nominal");
+  await page.fill("#prompt", prompt);
+  await page.fill("#seed", seed);
+
+  async function run() {
+    const steps = [];
+    const decision = await page.evaluate(() => window.edgekitDemo.decision);
+    await page.click("#generate");
+    // record the per-step progress the page shows while it works
+    for (;;) {
+      const s = await page.evaluate(() => [document.body.dataset.status, document.getElementById("step").textContent]);
+      if (steps.at(-1) !== s[1]) steps.push(s[1]);
+      if (s[0] === "done" || s[0] === "error") break;
+      await page.waitForTimeout(20);
+    }
+    const result = await page.evaluate(() => ({ status: document.body.dataset.status, error: document.getElementById("error").textContent,
+      used: window.edgekitDemo.decision, image: window.edgekitDemo.image, timing: window.edgekitDemo.timing,
+      shown: document.getElementById("decision").textContent }));
+    return { decision, steps, ...result };
+  }
+  const before = await run();
+  await page.selectOption("#thermal", "critical");
+  const forced = await page.evaluate(() => ({ decision: window.edgekitDemo.decision, shown: document.getElementById("decision").textContent }));
+  const after = await run();
+  console.log(JSON.stringify({ apis, before, forced, after, console: messages }));
+} finally {
+  await context.close();
+}
