@@ -11,4 +11,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/pip install --quiet -c requirements/constraints.txt -e ".[all]"
 # onnxruntime-web (Node) checks the ort-web bundles exactly as a browser runs them; pinned by package-lock.json.
 if command -v npm >/dev/null; then npm ci --no-audit --no-fund --silent; else echo "npm not found: ort-web bundles will be checked in Python onnxruntime only"; fi
+# Debian packages the demo tests use (headless Chromium for the browser demo, kotlinc + JUnit 4 for the Android core).
+missing=""; for pkg in chromium chromium-driver kotlin junit4; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
+if [ -n "$missing" ]; then if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing </dev/null || { apt-get update -q </dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing </dev/null; }; else echo "not root or no apt-get: install$missing for the browser and Kotlin demo tests"; fi; fi
 echo "edgekit installed in .venv ($(.venv/bin/python -c 'import edgekit; print(edgekit.__version__)'))"
