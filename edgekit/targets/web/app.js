@@ -7,14 +7,18 @@ import { ClipTokenizer } from "./tokenizer.js";
 import { runTable, guide } from "./scheduler.js";
 
 const $ = (id) => document.getElementById(id);
-const demo = { manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null };
+const demo = { threads: 1, manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null };
 window.edgekitDemo = demo;  // read by the end-to-end test and handy in the console
 const readings = { battery: null, pressure: null };
 const sessions = new Map();
 const started = performance.now();
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
+// wasm threads need cross-origin isolation (edgekit serve sends the headers); ?threads=N overrides.
+const threadParam = Number(new URLSearchParams(location.search).get("threads"));
+ort.env.wasm.numThreads = threadParam > 0 ? threadParam
+  : self.crossOriginIsolated ? Math.max(1, Math.min(4, Math.floor((navigator.hardwareConcurrency || 1) / 2))) : 1;
+demo.threads = ort.env.wasm.numThreads;
 
 function deviceState() {
   const thermalChoice = $("thermal").value;
@@ -40,7 +44,12 @@ function decide() {
   const state = deviceState();
   demo.state = state;
   const t = (performance.now() - started) / 1000;
-  const d = demo.policy ? demo.policy.decideOrFallback(t, state) : cheapestFallback(demo.manifest, demo.policyError);
+  let d = demo.policy ? demo.policy.decideOrFallback(t, state) : cheapestFallback(demo.manifest, demo.policyError);
+  const forced = new URLSearchParams(location.search);  // ?steps=8&width=1.00 pins a row (benchmarks, debugging)
+  if (forced.has("steps") || forced.has("width")) {
+    d = { ...d, steps: Number(forced.get("steps") ?? d.steps), width: Number(forced.get("width") ?? d.width),
+      reason: "manual", detail: `pinned by the page address; the policy chose ${d.steps} steps at width ${d.width}` };
+  }
   demo.decision = d;
   $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
   $("detail").textContent = `${d.detail}; predicted ${Number.isFinite(d.latencyMs) ? d.latencyMs.toFixed(0) + " ms" : "unknown"}`
