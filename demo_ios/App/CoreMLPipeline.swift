@@ -31,8 +31,8 @@ final class CoreMLPipeline {
         return m
     }
 
-    private func array(_ values: [Double], shape: [Int]) throws -> MLMultiArray {
-        let a = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: .float32)
+    private func array(_ values: [Double], shape: [Int], type: MLMultiArrayDataType = .float32) throws -> MLMultiArray {
+        let a = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: type)
         for (i, v) in values.enumerated() { a[i] = NSNumber(value: Float(v)) }
         return a
     }
@@ -49,7 +49,7 @@ final class CoreMLPipeline {
         let spec = components["text_encoder"] as! [String: Any]
         let maxLength = (manifest["tokenizer"] as! [String: Any])["max_length"] as! Int
         let ids = tokenizer.encode(prompt, maxLength: maxLength)
-        return try run(model("text_encoder", spec), spec, ["input_ids": array(ids.map(Double.init), shape: [1, maxLength])])
+        return try run(model("text_encoder", spec), spec, ["input_ids": array(ids.map(Double.init), shape: [1, maxLength], type: .int32)])
     }
 
     func generate(prompt: String, steps: Int, width: Double, seed: UInt64, onStep: @escaping (Int, Int) -> Void) throws -> CGImage {
@@ -68,7 +68,15 @@ final class CoreMLPipeline {
         let unet = try model("unet/\(key)", spec)
         var rng = SplitMix64(seed: seed)
         let x0 = (0..<n).map { _ in rng.nextGaussian() }
+        // A UNet exported with batch 2 (manifest "batching": "batch2") takes [uncond, cond] in one call.
+        let unetBatch = ((spec["inputs"] as! [[String: Any]])[0]["shape"] as? [Any])?.first as? Int ?? 1
         let latents = try runTable(table, x0: x0, model: { x, t, _ in
+            if unetBatch == 2 {
+                let out = try self.run(unet, spec, ["sample": self.array(x + x, shape: [2] + latentShape),
+                                                    "timestep": self.array([t, t], shape: [2]),
+                                                    "encoder_hidden_states": self.array(uncond + cond, shape: [2] + hiddenShape.dropFirst())])
+                return guide(Array(out[0..<n]), Array(out[n..<(2 * n)]), scale: guidance)
+            }
             func eps(_ hidden: [Double]) throws -> [Double] {
                 try self.run(unet, spec, ["sample": self.array(x, shape: [1] + latentShape),
                                           "timestep": self.array([t], shape: [1]),

@@ -68,8 +68,10 @@ class LiteRtPipeline(private val bundle: File) : AutoCloseable {
     private fun encode(prompt: String): DoubleArray {
         val spec = components["text_encoder"] as Map<String, Any?>
         val ids = tokenizer.encode(prompt, maxLength)
-        val idsBuf = ByteBuffer.allocateDirect(ids.size * 8).order(ByteOrder.nativeOrder())
-        ids.forEach { idsBuf.putLong(it.toLong()) }
+        // The manifest says the graph's id type (LiteRT exports take int32, ONNX int64).
+        val wide = (spec["inputs"] as List<Map<String, Any?>>)[0]["dtype"] == "int64"
+        val idsBuf = ByteBuffer.allocateDirect(ids.size * (if (wide) 8 else 4)).order(ByteOrder.nativeOrder())
+        ids.forEach { if (wide) idsBuf.putLong(it.toLong()) else idsBuf.putInt(it) }
         idsBuf.rewind()
         val outShape = ((spec["outputs"] as List<Map<String, Any?>>)[0]["shape"] as List<Any?>).drop(1).map { (it as Double).toInt() }
         return run(interpreter("text_encoder", spec), spec, mapOf("input_ids" to idsBuf), outShape.fold(1) { a, b -> a * b })
@@ -88,10 +90,18 @@ class LiteRtPipeline(private val bundle: File) : AutoCloseable {
         val unet = interpreter("unet/$width", spec)
         val rng = Random(seed)
         val x0 = DoubleArray(n) { rng.nextGaussian() }
+        // A UNet exported with batch 2 (manifest "batching": "batch2") takes [uncond, cond] in one call.
+        val unetBatch = (((spec["inputs"] as List<Map<String, Any?>>)[0]["shape"] as List<Any?>)[0] as? Double)?.toInt() ?: 1
         val latents = runTable(table, x0, { x, t, _ ->
-            fun eps(hidden: DoubleArray) = run(unet, spec, mapOf("sample" to floats(x), "timestep" to floats(doubleArrayOf(t)),
-                "encoder_hidden_states" to floats(hidden)), n)
-            guide(eps(uncond), eps(cond), guidance)
+            if (unetBatch == 2) {
+                val out = run(unet, spec, mapOf("sample" to floats(x + x), "timestep" to floats(doubleArrayOf(t, t)),
+                    "encoder_hidden_states" to floats(uncond + cond)), 2 * n)
+                guide(out.copyOfRange(0, n), out.copyOfRange(n, 2 * n), guidance)
+            } else {
+                fun eps(hidden: DoubleArray) = run(unet, spec, mapOf("sample" to floats(x), "timestep" to floats(doubleArrayOf(t)),
+                    "encoder_hidden_states" to floats(hidden)), n)
+                guide(eps(uncond), eps(cond), guidance)
+            }
         }, onStep)
         val vaeSpec = components["vae_decoder"] as Map<String, Any?>
         val scaling = geometry["vae_scaling_factor"] as Double
