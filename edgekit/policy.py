@@ -416,3 +416,14 @@ def read_desktop_state() -> DeviceState:
     profile = Path("/sys/firmware/acpi/platform_profile")
     low_power = profile.is_file() and profile.read_text().strip() in ("low-power", "quiet")
     return DeviceState(level, charging, low_power, thermal)
+
+
+def fallback_decision(manifest: dict, why: str, t: float = 0.0) -> Decision:
+    """What a device runs when the bundle's table or policy is unusable: the narrowest width and the fewest
+    steps the bundle has (never a row it lacks). Callers log ``why`` as a warning."""
+    widths = [float(w) for w in manifest.get("widths") or manifest.get("components", {}).get("unet", {}).get("widths", {})]
+    steps = [int(s) for s in manifest.get("sampling", {}).get("schedules", {})]
+    if not widths or not steps:
+        raise InputError(f"manifest.json: no widths or schedules to fall back to ({why})")
+    LOG.warning("policy fallback to the cheapest configuration: %s", why)
+    return Decision(float(t), min(steps), min(widths), 0.0, 0.0, "fallback", False, f"no usable policy: {why}")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import InputError
-from edgekit.policy import (DeviceState, Policy, PolicyConfig, load_trace, parse_table, read_desktop_state,
-                            simulate)
+from edgekit.policy import (DeviceState, Policy, PolicyConfig, fallback_decision, load_trace, parse_table,
+                            read_desktop_state, simulate)
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors" / "policy.json").read_text())
 
@@ -129,3 +129,11 @@ def test_trace_loading_errors(tmp_path):
 def test_desktop_reader_gives_a_valid_state():
     state = read_desktop_state()
     assert DeviceState.from_dict(state.to_dict()) == state
+
+
+@pytest.mark.parametrize("bad", VECTORS["bad_manifests"], ids=lambda b: b["name"])
+def test_bad_manifests_error_in_the_library_and_fall_back_on_a_device(bad):
+    with pytest.raises(InputError, match=bad["error_contains"]):
+        Policy.from_manifest(bad["manifest"])
+    d = fallback_decision(bad["manifest"], "test")
+    assert (d.steps, d.width, d.reason) == (bad["fallback"]["steps"], bad["fallback"]["width"], "fallback")

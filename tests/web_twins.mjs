@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { Policy, parsePolicy, parseState, parseTable } from "../edgekit/targets/web/policy.js";
+import { Policy, fallbackDecision, parsePolicy, parseState, parseTable } from "../edgekit/targets/web/policy.js";
 import { ClipTokenizer } from "../edgekit/targets/web/tokenizer.js";
 import { runTable, guide } from "../edgekit/targets/web/scheduler.js";
 
@@ -30,6 +30,11 @@ const expectError = (fn, needle, what) => {
 for (const b of pv.bad_policies) expectError(() => parsePolicy(b.policy), b.error_contains, b.name);
 for (const b of pv.bad_states) expectError(() => parseState(b.state), b.error_contains, b.name);
 for (const b of pv.bad_tables) expectError(() => parseTable(b.table), b.error_contains, b.name);
+for (const b of pv.bad_manifests) {
+  expectError(() => Policy.fromManifest(b.manifest), b.error_contains, b.name);
+  const d = fallbackDecision(b.manifest, "test", 0, () => {});
+  check(d.steps === b.fallback.steps && d.width === b.fallback.width && d.reason === "fallback", `${b.name}: ${JSON.stringify(d)}`);
+}
 
 const tv = load("tokenizer_cases.json");
 const tok = ClipTokenizer.fromTokenizerJson(load(tv.tokenizer));

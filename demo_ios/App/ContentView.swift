@@ -11,24 +11,34 @@ final class DemoModel: ObservableObject {
     @Published var decisionText = ""
     @Published var stateText = ""
     private let pipeline: CoreMLPipeline?
-    private let policy: Policy?
+    private var policy: Policy?
+    private var policyError = ""
     private let reader = DeviceStateReader()
     private let started = Date()
 
     init() {
         let url = Bundle.main.url(forResource: "bundle", withExtension: nil)!
         pipeline = try? CoreMLPipeline(bundle: url)
-        policy = pipeline.flatMap { try? Policy.fromManifest($0.manifest) }
-        if policy == nil { decisionText = "bundle has no measured table or policy: run `edgekit bench`" }
+        do { policy = try pipeline.map { try Policy.fromManifest($0.manifest) } } catch {
+            policy = nil
+            policyError = "\(error)"  // a bundle without table/policy still runs, cheaply
+        }
         reader.start { [weak self] in Task { @MainActor in _ = self?.decide() } }
         _ = decide()
     }
 
     func decide() -> Decision? {
-        guard let policy = policy else { return nil }
         let state = reader.read()
         stateText = "device: \(state)"
-        let d = policy.decideOrFallback(t: Date().timeIntervalSince(started), state: state) { print("edgekit: \($0)") }
+        let t = Date().timeIntervalSince(started)
+        let d: Decision
+        if let policy = policy {
+            d = policy.decideOrFallback(t: t, state: state) { print("edgekit: \($0)") }
+        } else {
+            print("edgekit: policy fallback to the cheapest configuration: \(policyError)")
+            guard let m = pipeline?.manifest, let f = try? fallbackDecision(m, why: policyError, t: t) else { return nil }
+            d = f
+        }
         decisionText = "policy: \(d.steps) steps, width \(d.width) (\(d.reason); \(d.detail); predicted \(Int(d.latencyMs)) ms)"
         return d
     }

@@ -257,3 +257,16 @@ public final class Policy {
         }
     }
 }
+
+/// What a device runs when the bundle's table or policy is unusable: the narrowest width and the fewest
+/// steps the bundle has (never a row it lacks). The caller logs the warning.
+public func fallbackDecision(_ manifest: [String: Any], why: String, t: Double = 0) throws -> Decision {
+    let rawWidths = (manifest["widths"] as? [Any]) ?? Array((((manifest["components"] as? [String: Any])?["unet"] as? [String: Any])?["widths"] as? [String: Any] ?? [:]).keys)
+    let widths = rawWidths.compactMap { ($0 as? NSNumber)?.doubleValue ?? Double("\($0)") }
+    let steps = (((manifest["sampling"] as? [String: Any])?["schedules"] as? [String: Any]) ?? [:]).keys.compactMap { Int($0) }
+    guard let w = widths.min(), let s = steps.min() else {
+        throw PolicyError(message: "manifest: no widths or schedules to fall back to (\(why))")
+    }
+    return Decision(t: t, steps: s, width: w, latencyMs: 0, budgetMs: 0, reason: "fallback", overBudget: false,
+                    detail: "no usable policy: \(why)")
+}

@@ -45,6 +45,15 @@ final class TwinVectorsTests: XCTestCase {
         for b in v["bad_policies"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try PolicyConfig.from(b["policy"]) } }
         for b in v["bad_states"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try DeviceState.from(b["state"]) } }
         for b in v["bad_tables"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try parseTable(b["table"]) } }
+        for b in v["bad_manifests"] as! [[String: Any]] {
+            let manifest = b["manifest"] as! [String: Any]
+            expect(b["error_contains"] as! String, b["name"] as! String) { _ = try Policy.fromManifest(manifest) }
+            let d = try fallbackDecision(manifest, why: "test")
+            let e = b["fallback"] as! [String: Any]
+            XCTAssertEqual(d.steps, e["steps"] as? Int, b["name"] as? String)
+            XCTAssertEqual(d.width, (e["width"] as! NSNumber).doubleValue)
+            XCTAssertEqual(d.reason, "fallback")
+        }
     }
 
     func testTokenizerCases() throws {

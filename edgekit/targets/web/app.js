@@ -2,7 +2,7 @@
 // width chosen by the bundle's policy from Battery Status / Compute Pressure or the manual overrides.
 // Served by `edgekit serve BUNDLE`: the bundle's files under bundle/, onnxruntime-web under ort/.
 import * as ort from "./ort/ort.all.min.mjs";
-import { Policy, PolicyError } from "./policy.js";
+import { Policy, PolicyError, fallbackDecision } from "./policy.js";
 import { ClipTokenizer } from "./tokenizer.js";
 import { runTable, guide } from "./scheduler.js";
 
@@ -31,20 +31,11 @@ function deviceState() {
   };
 }
 
-// The cheapest thing the bundle can run, for a bundle without a measured table or policy.
-function cheapestFallback(m, why) {
-  console.warn(`edgekit policy: ${why}; using the cheapest row`);
-  const widths = Object.keys(m.components.unet.widths).map(Number);
-  const steps = Object.keys(m.sampling.schedules).map(Number);
-  return { steps: Math.min(...steps), width: Math.min(...widths), latencyMs: NaN, budgetMs: 0, reason: "fallback",
-    overBudget: false, detail: why };
-}
-
 function decide() {
   const state = deviceState();
   demo.state = state;
   const t = (performance.now() - started) / 1000;
-  let d = demo.policy ? demo.policy.decideOrFallback(t, state) : cheapestFallback(demo.manifest, demo.policyError);
+  let d = demo.policy ? demo.policy.decideOrFallback(t, state) : fallbackDecision(demo.manifest, demo.policyError, t);
   const forced = new URLSearchParams(location.search);  // ?steps=8&width=1.00 pins a row (benchmarks, debugging)
   if (forced.has("steps") || forced.has("width")) {
     d = { ...d, steps: Number(forced.get("steps") ?? d.steps), width: Number(forced.get("width") ?? d.width),
@@ -52,7 +43,7 @@ function decide() {
   }
   demo.decision = d;
   $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
-  $("detail").textContent = `${d.detail}; predicted ${Number.isFinite(d.latencyMs) ? d.latencyMs.toFixed(0) + " ms" : "unknown"}`
+  $("detail").textContent = `${d.detail}; predicted ${d.latencyMs > 0 ? d.latencyMs.toFixed(0) + " ms" : "unknown"}`
     + ` (table measured on ${demo.manifest.table?.[0]?.device ?? "nothing"})`;
   document.body.dataset.steps = d.steps;
   document.body.dataset.width = d.width;

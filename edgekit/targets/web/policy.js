@@ -198,3 +198,14 @@ export class Policy {
     }
   }
 }
+
+// What a device runs when the bundle's table or policy is unusable: the narrowest width and the fewest
+// steps the bundle has (never a row it lacks), with a logged warning.
+export function fallbackDecision(manifest, why, t = 0, warn = console.warn) {
+  const widths = (manifest.widths ?? Object.keys(manifest.components?.unet?.widths ?? {})).map(Number);
+  const steps = Object.keys(manifest.sampling?.schedules ?? {}).map(Number);
+  if (!widths.length || !steps.length) throw new PolicyError(`manifest: no widths or schedules to fall back to (${why})`);
+  warn(`policy fallback to the cheapest configuration: ${why}`);
+  return { t, steps: Math.min(...steps), width: Math.min(...widths), latencyMs: 0, budgetMs: 0, reason: "fallback",
+    overBudget: false, detail: `no usable policy: ${why}` };
+}

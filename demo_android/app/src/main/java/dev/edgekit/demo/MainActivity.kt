@@ -12,6 +12,8 @@ import android.widget.TextView
 import androidx.appcompat.app.AppCompatActivity
 import dev.edgekit.core.Decision
 import dev.edgekit.core.Policy
+import dev.edgekit.core.PolicyException
+import dev.edgekit.core.fallbackDecision
 import java.io.File
 import java.util.concurrent.Executors
 
@@ -24,7 +26,8 @@ import java.util.concurrent.Executors
 class MainActivity : AppCompatActivity() {
     private val worker = Executors.newSingleThreadExecutor()
     private lateinit var pipeline: LiteRtPipeline
-    private lateinit var policy: Policy
+    private var policy: Policy? = null
+    private var policyError = ""
     private lateinit var reader: DeviceStateReader
     private val started = SystemClock.elapsedRealtime()
 
@@ -33,7 +36,11 @@ class MainActivity : AppCompatActivity() {
         setContentView(R.layout.activity_main)
         val bundle = File(getExternalFilesDir(null), "bundle")
         pipeline = LiteRtPipeline(bundle)
-        policy = Policy.fromManifest(pipeline.manifest)
+        try {
+            policy = Policy.fromManifest(pipeline.manifest)
+        } catch (e: PolicyException) {
+            policyError = e.message ?: "unusable policy"  // a bundle without table/policy still runs, cheaply
+        }
         reader = DeviceStateReader(this) { runOnUiThread { showDecision(decide()) } }
         findViewById<Button>(R.id.generate).setOnClickListener { generate() }
         showDecision(decide())
@@ -47,7 +54,12 @@ class MainActivity : AppCompatActivity() {
         val t = (SystemClock.elapsedRealtime() - started) / 1000.0
         val state = reader.read()
         findViewById<TextView>(R.id.state).text = "device: $state"
-        return policy.decideOrFallback(t, state) { Log.w("edgekit", it) }
+        val p = policy
+        if (p == null) {
+            Log.w("edgekit", "policy fallback to the cheapest configuration: $policyError")
+            return fallbackDecision(pipeline.manifest, policyError, t)
+        }
+        return p.decideOrFallback(t, state) { Log.w("edgekit", it) }
     }
 
     private fun showDecision(d: Decision) {

@@ -260,3 +260,16 @@ class Policy(val config: PolicyConfig, val rows: List<Row>) {
         }
     }
 }
+
+/**
+ * What a device runs when the bundle's table or policy is unusable: the narrowest width and the fewest
+ * steps the bundle has (never a row it lacks). The caller logs the warning.
+ */
+fun fallbackDecision(manifest: Map<String, Any?>, why: String, t: Double = 0.0): Decision {
+    val widths = ((manifest["widths"] as? List<*>) ?: ((manifest["components"] as? Map<*, *>)?.get("unet") as? Map<*, *>)
+        ?.let { (it["widths"] as? Map<*, *>)?.keys?.toList() } ?: emptyList<Any?>())
+        .map { (it as? Double) ?: (it as String).toDouble() }
+    val steps = ((manifest["sampling"] as? Map<*, *>)?.get("schedules") as? Map<*, *>)?.keys?.map { (it as String).toInt() } ?: emptyList()
+    if (widths.isEmpty() || steps.isEmpty()) throw PolicyException("manifest: no widths or schedules to fall back to ($why)")
+    return Decision(t, steps.min()!!, widths.min()!!, 0.0, 0.0, "fallback", false, "no usable policy: $why")
+}

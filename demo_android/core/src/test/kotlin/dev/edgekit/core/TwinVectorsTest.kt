@@ -52,6 +52,15 @@ class TwinVectorsTest {
         for (b in v["bad_policies"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { PolicyConfig.fromMap(b["policy"]) }
         for (b in v["bad_states"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { DeviceState.fromMap(b["state"]) }
         for (b in v["bad_tables"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { parseTable(b["table"]) }
+        for (b in v["bad_manifests"] as List<Map<String, Any?>>) {
+            val manifest = b["manifest"] as Map<String, Any?>
+            expectError(b["error_contains"] as String, b["name"] as String) { Policy.fromManifest(manifest) }
+            val d = fallbackDecision(manifest, "test")
+            val e = b["fallback"] as Map<String, Any?>
+            assertEquals(b["name"] as String, (e["steps"] as Double).toInt(), d.steps)
+            assertEquals(b["name"] as String, e["width"] as Double, d.width, 0.0)
+            assertEquals("fallback", d.reason)
+        }
     }
 
     @Test
