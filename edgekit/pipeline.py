@@ -123,19 +123,29 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     path = check_model_dir(model_dir, flag)
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
+    from edgekit.structure import Structure, load_structured_unet, select_width
+
+    # A pruned or slimmable model's per-layer widths live in structure.json: the UNet is rebuilt from
+    # its base config, sliced to them, and its (smaller) weights loaded strictly.
+    structure = Structure.load(path)
+    if structure is None and width is not None and float(width) != 1.0:
+        raise InputError(f"--width {width}: {path} is not a slimmable model (no structure.json); "
+                         "make one with edgekit slim")
+    extra = {"unet": load_structured_unet(path / "unet", structure)} if structure is not None else {}
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             path, dtype=torch.float32, local_files_only=True, safety_checker=None,
-            requires_safety_checker=False,
+            requires_safety_checker=False, **extra,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"{flag} {path}: diffusers could not load it ({first})") from None
     pipe.set_progress_bar_config(disable=True)
-    if width is not None and float(width) != 1.0:
-        raise InputError(f"--width {width}: {path} is not a slimmable model (no structure.json); "
-                         "make one with edgekit slim")
+    if structure is not None and width is not None:
+        select_width(pipe.unet, structure, float(width), path)
     pipe.edgekit_model_dir = path
+    pipe.edgekit_width = 1.0 if width is None else float(width)
+    pipe.edgekit_structure = structure
     return pipe
 
 

@@ -1,0 +1,106 @@
+"""`edgekit prune` and `edgekit slim`: structured compression of a pipeline's UNet into a new directory."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+
+
+def _widths(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated width multipliers like 0.5,0.75,1.0, got '{text}'") from None
+
+
+def _common(p) -> None:
+    add_model_flag(p)
+    p.add_argument("--calib", type=Path, default=None,
+                   help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
+    p.add_argument("--importance", choices=("l1", "activation", "taylor"), default="l1")
+    p.add_argument("--lr", type=_fraction, default=3e-4, help="learning rate of the distillation steps")
+    p.add_argument("--batch-size", type=_whole, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_json_flag(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="remove UNet inner channels and attention heads (physically smaller tensors)")
+    p.add_argument("--ratio", type=_fraction, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
+    p.add_argument("--heads-ratio", type=_fraction, default=None, help="fraction of attention heads to remove (default: --ratio)")
+    p.add_argument("--recover-steps", type=_whole, default=0, help="distillation steps from the unpruned teacher")
+    p.add_argument("--feature-weight", type=_fraction, default=0.5, help="weight of the block-output distillation term")
+    _common(p)
+    p.set_defaults(func=run_prune)
+
+    s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
+    s.add_argument("--widths", type=_widths, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
+    s.add_argument("--train-steps", type=_whole, default=0, help="sandwich-rule steps with in-place distillation")
+    _common(s)
+    s.set_defaults(func=run_slim)
+
+
+def _inputs(args):
+    from edgekit.fsutil import check_output_path
+    from edgekit.pipeline import check_model_dir
+
+    model_dir = check_model_dir(args.model)
+    protected = [model_dir] + ([Path(args.calib)] if args.calib else [])
+    out = check_output_path(args.out, protected, force=args.force)
+    if args.calib is not None:
+        from edgekit.calibration import CalibrationSet
+
+        CalibrationSet.open(args.calib, model_dir)  # fail before any work if it is not this model's
+    return model_dir, out
+
+
+def run_prune(args) -> int:
+    from edgekit.compress.prune import PruneConfig, prune_model
+
+    config = PruneConfig(ratio=args.ratio, heads_ratio=args.heads_ratio, importance=args.importance,
+                         recover_steps=args.recover_steps, recover_lr=args.lr, batch_size=args.batch_size,
+                         feature_weight=args.feature_weight, seed=args.seed)
+    model_dir, out = _inputs(args)
+    with progress() as bar:
+        report = prune_model(model_dir, config, out, args.calib, bar)
+    params, macs = report["params"], report["unet_macs"]
+    lines = [f"wrote {out}",
+             f"UNet params {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.2f}x), "
+             f"MACs {macs['after'] / macs['before']:.2f}x"]
+    rec = report["recovery"]
+    if rec:
+        lines.append(f"recovery {rec['steps']} steps: output loss {rec['output_loss_first']:.4f} -> "
+                     f"{rec['output_loss_last']:.4f} ({rec['seconds']} s)")
+    emit(report, args.json, lines)
+    return 0
+
+
+def run_slim(args) -> int:
+    from edgekit.compress.slim import SlimConfig, slim_model
+
+    config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
+                        batch_size=args.batch_size, seed=args.seed)
+    model_dir, out = _inputs(args)
+    with progress() as bar:
+        report = slim_model(model_dir, config, out, args.calib, bar)
+    lines = [f"wrote {out}"] + [f"width {row['width']:g}: params {row['params']:,}, MACs {row['macs_ratio']:.2f}x of full"
+                                for row in report["widths"]]
+    emit(report, args.json, lines)
+    return 0

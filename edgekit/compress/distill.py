@@ -1,0 +1,219 @@
+"""Distillation loops under HF Accelerate: recovery of a pruned UNet from its unpruned teacher, and sandwich
+training of a slimmable UNet with in-place distillation.
+
+Both train on real UNet inputs (calibration rows: noisy latents along the teacher's own sampling
+trajectories, timesteps, text embeddings with and without the prompt), so no dataset is needed. The loops
+go through ``accelerate`` (prepare, backward, unwrap), so the same code runs single-process on this CPU
+and under ``accelerate launch`` on several GPUs or machines.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from edgekit.errors import InputError
+
+
+def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 0, samples: int = 22,
+                     max_rows: int = 512) -> dict:
+    """UNet input rows from an ``edgekit calibrate`` directory, or captured now from the default prompts."""
+    from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, read_prompts
+    from edgekit.commands.common import default_prompts_file
+    from edgekit.pipeline import sampling_defaults
+
+    if calib_dir is not None:
+        return CalibrationSet.open(calib_dir, model_dir).load("unet")
+    defaults = sampling_defaults(model_dir)
+    prompts_file = default_prompts_file()
+    config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps, samples=samples,
+                               guidance_scale=defaults.guidance_scale, seed=seed,
+                               max_rows={"text_encoder": 16, "unet": max_rows, "vae_decoder": 16})
+    with tempfile.TemporaryDirectory() as tmp:
+        capture(pipe, config, Path(tmp), model_dir, prompts_file)
+        return CalibrationSet.open(tmp).load("unet")
+
+
+def _dataset(rows: dict):
+    import torch
+
+    return torch.utils.data.TensorDataset(
+        torch.as_tensor(rows["sample"]).float(), torch.as_tensor(rows["timestep"]).float(),
+        torch.as_tensor(rows["encoder_hidden_states"]).float())
+
+
+def _accelerator(seed: int):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision="no")
+    set_seed(seed)
+    return accelerator
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _block_outputs(unet, store: list):
+    """Hooks keeping each down/mid/up block's hidden-state output (the residual stream: same width in a
+    pruned student and its teacher)."""
+    handles = []
+    blocks = list(unet.down_blocks) + ([unet.mid_block] if unet.mid_block is not None else []) + list(unet.up_blocks)
+    for block in blocks:
+        def hook(module, args, out):
+            store.append(out[0] if isinstance(out, tuple) else out)
+        handles.append(block.register_forward_hook(hook))
+    return handles
+
+
+def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_size: int = 16,
+            feature_weight: float = 0.5, seed: int = 0, progress=None) -> dict:
+    """Train ``student`` (in place) to match ``teacher``'s noise prediction (output distillation) and its
+    block outputs (feature distillation, each term normalised by the teacher feature's mean square)."""
+    import torch
+    import torch.nn.functional as F
+
+    if steps <= 0:
+        return {"steps": 0}
+    accelerator = _accelerator(seed)
+    teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    student.train().requires_grad_(True)
+    loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True, drop_last=False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    raw_student = accelerator.unwrap_model(student)
+    s_feats, t_feats = [], []
+    handles = _block_outputs(raw_student, s_feats) + _block_outputs(teacher, t_feats)
+    losses = []
+    started = time.perf_counter()
+    task = progress.add_task("recover", total=steps) if progress else None
+    try:
+        batches = _endless(loader)
+        for step in range(steps):
+            sample, t, ctx = next(batches)
+            s_feats.clear()
+            t_feats.clear()
+            with torch.no_grad():
+                target = teacher(sample, t, ctx).sample
+            out = student(sample, t, ctx).sample
+            loss_out = F.mse_loss(out, target) / target.pow(2).mean().clamp_min(1e-8)
+            loss_feat = sum(F.mse_loss(s, tf) / tf.pow(2).mean().clamp_min(1e-8) for s, tf in zip(s_feats, t_feats))
+            loss = loss_out + feature_weight * loss_feat / max(1, len(t_feats))
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            losses.append(float(loss_out.detach()))
+            if task is not None:
+                progress.update(task, advance=1)
+    finally:
+        for h in handles:
+            h.remove()
+    student = accelerator.unwrap_model(student).eval()
+    window = max(1, min(10, steps // 4))
+    return {"steps": steps, "lr": lr, "batch_size": batch_size, "feature_weight": feature_weight,
+            "output_loss_first": sum(losses[:window]) / window, "output_loss_last": sum(losses[-window:]) / window,
+            "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
+            "device": str(accelerator.device)}
+
+
+class SlimmableUNet:
+    """Runs one weight set at several widths: each width is a physically sliced structural copy whose
+    parameters are, on every call, differentiable slices of the full-width ones (torch.func.functional_call),
+    so gradients from every width land in the single stored weight set."""
+
+    def __init__(self, unet, widths):
+        import torch
+
+        from edgekit.structure import plan_for_width, sliced_unet
+
+        class _Wrapper(torch.nn.Module):
+            def __init__(inner, full):
+                super().__init__()
+                inner.full = full
+                inner.plans = {}
+                inner.shapes = {}  # width -> structural copy, kept outside the module tree (no parameters)
+
+            def forward(inner, sample, t, ctx, widths):
+                from torch.func import functional_call
+
+                from edgekit.structure import slice_tensor
+
+                outputs = []
+                params = dict(inner.full.named_parameters())
+                for w in widths:
+                    if w >= 1.0:
+                        outputs.append(inner.full(sample, t, ctx).sample)
+                        continue
+                    plan = inner.plans[w]
+                    sliced = {n: (slice_tensor(p, plan[n]) if n in plan else p) for n, p in params.items()}
+                    outputs.append(functional_call(inner.shapes[w], sliced, (sample, t, ctx)).sample)
+                return outputs
+
+        self.module = _Wrapper(unet)
+        for w in widths:
+            if w < 1.0:
+                plan = plan_for_width(unet, w)
+                self.module.plans[w] = plan
+                self.module.shapes[w] = sliced_unet(unet, plan).requires_grad_(False)
+
+
+def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
+                    seed: int = 0, progress=None) -> dict:
+    """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
+    each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
+    the smallest width and one random middle width (both distilled from the current full-width output)."""
+    import torch
+    import torch.nn.functional as F
+
+    widths = sorted(float(w) for w in widths)
+    if steps <= 0:
+        return {"steps": 0}
+    if widths[-1] != 1.0:
+        raise InputError("--widths must include 1.0 (the full width every other width distils from)")
+    accelerator = _accelerator(seed)
+    rng = random.Random(seed)
+    teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    unet.train().requires_grad_(True)
+    slim = SlimmableUNet(unet, widths)
+    loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    model, optimizer, loader = accelerator.prepare(slim.module, optimizer, loader)
+    middle = widths[1:-1]
+    losses = {w: [] for w in widths}
+    started = time.perf_counter()
+    task = progress.add_task("slim", total=steps) if progress else None
+    batches = _endless(loader)
+    for step in range(steps):
+        sample, t, ctx = next(batches)
+        chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
+        with torch.no_grad():
+            target = teacher(sample, t, ctx).sample
+        scale = target.pow(2).mean().clamp_min(1e-8)
+        outs = model(sample, t, ctx, chosen)
+        full = outs[0]
+        loss = F.mse_loss(full, target) / scale
+        losses[1.0].append(float(loss.detach()))
+        for w, out in zip(chosen[1:], outs[1:]):
+            term = F.mse_loss(out, full.detach()) / scale
+            loss = loss + term
+            losses[w].append(float(term.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if task is not None:
+            progress.update(task, advance=1)
+    accelerator.unwrap_model(model).full.eval()
+    window = max(1, min(10, steps // 4))
+    summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
+               for w, v in losses.items() if v}
+    return {"steps": steps, "lr": lr, "batch_size": batch_size, "widths": widths, "loss": summary,
+            "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
+            "device": str(accelerator.device)}
+
+
+def frozen_copy(unet):
+    return copy.deepcopy(unet).eval().requires_grad_(False)
