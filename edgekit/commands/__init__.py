@@ -5,6 +5,7 @@ COMMAND_MODULES = (
     "edgekit.commands.evaluate",
     "edgekit.commands.calibrate",
     "edgekit.commands.export",
+    "edgekit.commands.compress",
     "edgekit.commands.policy",
     "edgekit.commands.bench",
     "edgekit.commands.serve",
