@@ -52,9 +52,7 @@ def run_export(args) -> int:
 
     for name, width, entry in component_entries(manifest):
         record = lookup(manifest["verification"], name, width)
-        checks = []
-        for c in record["checks"]:
-            checks.append(f"{c['runtime']}: " + (f"rel-err {c['rel_err']:.2e}" if "rel_err" in c else c["skipped"]))
+        checks = [describe_check(c) for c in record["checks"]]
         lines.append(f"  {entry_label(name, width):14s} {entry['bytes'] / 2**20:8.2f} MiB  " + "; ".join(checks))
         summary.append({"component": entry_label(name, width), "file": entry["file"], "bytes": entry["bytes"],
                         "checks": record["checks"]})
@@ -69,7 +67,14 @@ def run_verify(args) -> int:
     result = verify(args.bundle, numeric=not args.files_only, node=args.node)
     lines = [f"{args.bundle}: {result['files']} files match manifest.json"]
     for c in result["checks"]:
-        lines.append(f"  {c['component']:14s} " + (f"{c['runtime']}: rel-err {c['rel_err']:.2e}" if "rel_err" in c
-                                                   else f"{c.get('runtime', '')}: {c['skipped']}"))
+        lines.append(f"  {c['component']:14s} {describe_check(c)}")
     emit(result, args.json, lines)
     return 0
+
+
+def describe_check(c: dict) -> str:
+    if "rel_err" in c:
+        return f"{c['runtime']}: rel-err {c['rel_err']:.2e}"
+    if "skipped" in c:
+        return f"{c['runtime']}: skipped ({c['skipped']})"
+    return f"{c['runtime']}: structure matches ({c.get('ops', '?')} ops)"

@@ -122,12 +122,26 @@ class LiteRTRunner(_Batched):
         self.output_names = list(signature[self.signature_key]["outputs"])
         details = self.runner.get_input_details()
         self._dtypes = {n: details[n]["dtype"] for n in self.input_names}
+        # A full-integer model takes and gives int8 tensors with (scale, zero point): float in, float out here.
+        self._in_quant = {n: details[n]["quantization"] for n in self.input_names}
+        self._out_quant = self.runner.get_output_details()[self.output_names[0]]["quantization"]
         self.fixed_batch = int(details[self.input_names[0]]["shape"][0])
         self.runtime = f"ai_edge_litert {litert_version} (stock LiteRT interpreter, CPU)"
 
+    def _feed(self, name: str, value: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._dtypes[name])
+        scale, zero = self._in_quant[name]
+        if scale and dtype.kind in "iu" and np.asarray(value).dtype.kind == "f":
+            info = np.iinfo(dtype)
+            value = np.clip(np.round(np.asarray(value) / scale + zero), info.min, info.max)
+        return np.ascontiguousarray(value, dtype=dtype)
+
     def _run(self, inputs):
-        out = self.runner(**{n: np.ascontiguousarray(v, dtype=self._dtypes[n]) for n, v in inputs.items()})
-        return np.asarray(out[self.output_names[0]])
+        out = np.asarray(self.runner(**{n: self._feed(n, v) for n, v in inputs.items()})[self.output_names[0]])
+        scale, zero = self._out_quant
+        if scale and out.dtype.kind in "iu":
+            out = (out.astype(np.float32) - zero) * np.float32(scale)
+        return out
 
 
 def node_available() -> str | None:

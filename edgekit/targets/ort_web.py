@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import MissingBackendError, VerificationError
+from edgekit.errors import VerificationError
 from edgekit.profiles import TargetProfile
 from edgekit.targets.base import ComponentJob, Target
 
@@ -64,16 +64,6 @@ def to_float16(src: Path, dst: Path) -> None:
                         location=dst.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(half, str(dst))
-
-
-def _ort_static_quantizer():
-    """The ort-static INT8 quantizer of edgekit.quantize (the one the quantize stage uses)."""
-    try:
-        from edgekit.quantize import get_quantizer
-    except ImportError:
-        raise MissingBackendError("INT8 for ort-web needs edgekit.quantize's ort-static quantizer, which this "
-                                  "checkout does not have yet") from None
-    return get_quantizer("ort-static")
 
 
 class OrtWebTarget(Target):
@@ -135,8 +125,13 @@ class OrtWebTarget(Target):
         return entry
 
     def _quantize_int8(self, job: ComponentJob, raw: Path, dst: Path) -> None:
-        quantizer = _ort_static_quantizer()
-        quantizer.quantize_onnx(raw, dst, job.calibration)
+        """QDQ INT8 (int8 activations, per-channel int8 weights) by the quantize stage's ort-static method,
+        calibrated on the representative rows."""
+        from edgekit.quantize.ort_static import quantize_onnx_static
+
+        report = quantize_onnx_static(raw, job.calibration, dst)
+        job.notes["quantization"] = {k: report[k] for k in ("format", "calibrate_method", "activations", "weights",
+                                                             "calibration_rows", "quantize_linear_nodes")}
 
     def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
         from edgekit.runtime.runners import OrtRunner, compare

@@ -1,0 +1,159 @@
+"""The coreml target: one mlprogram ``.mlpackage`` per component (iOS 16+), fixed shapes from the
+profile, in fp16 (or fp32) compute, optionally with int8 linear weight quantization (``w8``) or 6-bit
+k-means palettization (``palettize6``) applied by coremltools.optimize on top of fp16.
+
+Conversion, compression and saving run on Linux; predictions need the Core ML framework (macOS).
+Here the check is structural: input/output names and shapes, the op types, and that the weights are
+stored as asked (fp16 constants, constexpr_affine_dequantize for w8, constexpr_lut_to_dense for
+palettization). On macOS the same check also runs a prediction and compares it with torch.
+"""
+from __future__ import annotations
+
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import InputError, MissingBackendError, VerificationError
+from edgekit.profiles import TargetProfile
+from edgekit.targets.base import ComponentJob, Target, _tensor_dicts
+
+PACKAGE = "model.mlpackage"
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
+# The op that must appear in the program for each weight compression (iOS16 opset names).
+COMPRESSION_OPS = {"w8": "constexpr_affine_dequantize", "palettize6": "constexpr_lut_to_dense"}
+DTYPES = {"int64": np.int32, "float32": np.float32}  # Core ML has no int64 inputs: token ids go in as int32
+
+
+def _ct():
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise MissingBackendError("the coreml target needs coremltools: pip install 'edgekit[coreml]'") from None
+    return ct
+
+
+def convert(job: ComponentJob, profile: TargetProfile):
+    """Trace the component at its fixed batch and convert it to an mlprogram (fp16 or fp32 compute)."""
+    import torch
+
+    from edgekit.components import component_spec, example_inputs, export_module
+
+    ct = _ct()
+    spec = component_spec(job.pipe, job.name)
+    dummy = example_inputs(job.pipe, job.name, batch=job.batch, seed=0)
+    args = tuple(torch.from_numpy(dummy[n]) for n in spec.input_names())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(export_module(job.pipe, job.name), args, check_trace=False)
+        inputs = [ct.TensorType(name=t.name, shape=t.concrete(job.batch), dtype=DTYPES[t.dtype]) for t in spec.inputs]
+        outputs = [ct.TensorType(name=t.name) for t in spec.outputs]
+        precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
+        model = ct.convert(traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
+                           minimum_deployment_target=getattr(ct.target, profile.minimum_deployment_target),
+                           compute_precision=precision, skip_model_load=True)
+    return model
+
+
+def compress(model, precision: str):
+    """Weight compression on an fp16 mlprogram: int8 linear (per-channel symmetric) or 6-bit k-means LUT."""
+    ct = _ct()
+    from coremltools.optimize import coreml as cto
+
+    if precision == "w8":
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                                                   dtype="int8"))
+        return cto.linear_quantize_weights(model, config)
+    if precision == "palettize6":
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=6, mode="kmeans"))
+        return cto.palettize_weights(model, config)
+    return model
+
+
+def structure_problems(info: dict, entry: dict) -> list[str]:
+    """What in the package differs from the manifest entry and the precision it claims."""
+    problems = []
+    for kind in ("inputs", "outputs"):
+        got = [(t["name"], t["shape"]) for t in info[kind]]
+        want = [(t["name"], t["shape"]) for t in entry[kind]]
+        if got != want:
+            problems.append(f"{kind} {got} differ from {want}")
+    precision = entry["precision"]
+    if precision in COMPRESSION_OPS and not info["ops"].get(COMPRESSION_OPS[precision]):
+        problems.append(f"{precision} asked but no {COMPRESSION_OPS[precision]} op holds the weights")
+    if precision in ("fp16", "w8", "palettize6") and not info["const_dtypes"].get("float16"):
+        problems.append("fp16 compute asked but no float16 constants found")
+    if precision == "fp32" and info["const_dtypes"].get("float16"):
+        problems.append("fp32 asked but float16 constants found")
+    return problems
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    file_format = "mlpackage"
+    precisions = ("fp32", "fp16", "w8", "palettize6")
+    extra = "coreml"
+    needs_calibration = ()  # weight-only compression needs no data
+
+    def check_profile(self, profile: TargetProfile) -> None:
+        super().check_profile(profile)
+        if profile.minimum_deployment_target not in DEPLOYMENT_TARGETS:
+            raise InputError(f"profile '{profile.name}': minimum_deployment_target "
+                             f"'{profile.minimum_deployment_target}' is not one of {', '.join(DEPLOYMENT_TARGETS)}")
+        if not profile.fixed_shapes:
+            raise InputError(f"profile '{profile.name}': coreml needs fixed_shapes: true")
+
+    def created_with(self) -> dict:
+        return {"coremltools": _ct().__version__}
+
+    def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
+        from edgekit.components import component_spec
+        from edgekit.runtime.runners import inspect_mlpackage
+
+        folder = stage / job.rel_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        model = convert(job, profile)
+        convert_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        model = compress(model, job.precision)
+        compress_s = time.perf_counter() - t1
+        path = folder / PACKAGE
+        model.save(str(path))
+        spec = component_spec(job.pipe, job.name)
+        rel = f"{job.rel_dir}/{PACKAGE}"
+        dtypes = {t.name: np.dtype(DTYPES[t.dtype]).name for t in spec.inputs}
+        entry = {"format": "mlpackage", "file": rel, "files": [rel], "precision": job.precision, "layout": "NCHW",
+                 "inputs": _tensor_dicts(spec.inputs, job.batch, dtypes), "outputs": _tensor_dicts(spec.outputs, job.batch),
+                 "minimum_deployment_target": profile.minimum_deployment_target,
+                 "convert_s": round(convert_s, 2), "compress_s": round(compress_s, 2)}
+        info = inspect_mlpackage(path)
+        problems = structure_problems(info, entry)
+        if problems:
+            raise VerificationError(f"{job.name}: {path}: " + "; ".join(problems))
+        entry["ops"] = info["ops"]
+        entry["const_dtypes"] = info["const_dtypes"]
+        return entry
+
+    def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
+        from edgekit.runtime.runners import CoreMLRunner, compare, inspect_mlpackage
+
+        info = inspect_mlpackage(stage / entry["file"])
+        problems = structure_problems(info, entry)
+        if problems:
+            raise VerificationError(f"{stage / entry['file']}: " + "; ".join(problems))
+        checks = [{"runtime": f"coremltools {_ct().__version__} (structure)", "ops": sum(info["ops"].values()),
+                   "weights": entry["precision"], "passed": True}]
+        if platform.system() == "Darwin":
+            runner = CoreMLRunner(stage / entry["file"])
+            casted = {k: v.astype(DTYPES.get(str(v.dtype), v.dtype)) for k, v in inputs.items()}
+            checks.append({"runtime": runner.runtime, **compare(runner.run(casted), expected)})
+        else:
+            checks.append({"runtime": "Core ML", "skipped": "numeric check needs macOS (the Core ML framework); "
+                                                            "structure checked here"})
+        return checks
+
+
+TARGET = CoreMLTarget
