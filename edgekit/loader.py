@@ -25,4 +25,8 @@ def artifact_stage(path: Path) -> str | None:
 def open_model(path: Path | str | None = None, width: float | None = None, flag: str = "--model"):
     from edgekit.pipeline import load_pipeline
 
+    if path is not None and artifact_stage(Path(path)) == "quantize":
+        from edgekit.quantize.artifact import load_quantized_pipeline
+
+        return load_quantized_pipeline(path, width=width, flag=flag)
     return load_pipeline(path, flag=flag, width=width)

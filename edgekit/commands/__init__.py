@@ -9,4 +9,5 @@ COMMAND_MODULES = (
     "edgekit.commands.policy",
     "edgekit.commands.bench",
     "edgekit.commands.serve",
+    "edgekit.commands.quantize",
 )
