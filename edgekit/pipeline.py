@@ -123,6 +123,9 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     path = check_model_dir(model_dir, flag)
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors
     from edgekit.structure import Structure, load_structured_unet, select_width
 
     # A pruned or slimmable model's per-layer widths live in structure.json: the UNet is rebuilt from

@@ -148,7 +148,7 @@ def unit_multiple(unet, kind: str, path: str) -> int:
 
 def record(unet, widths=(), provenance: dict | None = None) -> Structure:
     sizes = unit_sizes(unet)
-    return Structure(sizes["resnets"], sizes["feed_forwards"], sizes["attention_heads"], tuple(widths),
+    return Structure(sizes["resnets"], sizes["feed_forwards"], sizes["attention_heads"], tuple(sorted(widths)),
                      dict(provenance or {}))
 
 
