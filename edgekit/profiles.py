@@ -155,6 +155,9 @@ class TargetProfile(_Strict):
     ops: OpRules = field(default_factory=OpRules)
     tolerance: Tolerances = field(default_factory=Tolerances)
     verify_in_node: bool = False  # ort-web: also run each graph in onnxruntime-web under Node
+    # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
+    # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
+    int8_float_activations: tuple[str, ...] = ()
 
     def __post_init__(self):
         _choice(self.precision, PRECISIONS, "precision")
@@ -168,6 +171,8 @@ class TargetProfile(_Strict):
             raise InputError(f"opset {self.opset}: expected 7..23")
         if self.max_file_mb <= 0:
             raise InputError(f"max_file_mb {self.max_file_mb}: expected a positive number")
+        for name in self.int8_float_activations:
+            _choice(name, ("text_encoder", "unet", "vae_decoder"), "int8_float_activations entry")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
 

@@ -49,7 +49,8 @@ def convert(job: ComponentJob, profile: TargetProfile):
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(export_module(job.pipe, job.name), args, check_trace=False)
         inputs = [ct.TensorType(name=t.name, shape=t.concrete(job.batch), dtype=DTYPES[t.dtype]) for t in spec.inputs]
-        outputs = [ct.TensorType(name=t.name) for t in spec.outputs]
+        # float32 outputs whatever the compute precision: the device loop does its arithmetic in float32
+        outputs = [ct.TensorType(name=t.name, dtype=np.float32) for t in spec.outputs]
         precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
         model = ct.convert(traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                            minimum_deployment_target=getattr(ct.target, profile.minimum_deployment_target),
@@ -76,8 +77,8 @@ def structure_problems(info: dict, entry: dict) -> list[str]:
     """What in the package differs from the manifest entry and the precision it claims."""
     problems = []
     for kind in ("inputs", "outputs"):
-        got = [(t["name"], t["shape"]) for t in info[kind]]
-        want = [(t["name"], t["shape"]) for t in entry[kind]]
+        got = [(t["name"], t["dtype"], t["shape"]) for t in info[kind]]
+        want = [(t["name"], t["dtype"], t["shape"]) for t in entry[kind]]
         if got != want:
             problems.append(f"{kind} {got} differ from {want}")
     precision = entry["precision"]

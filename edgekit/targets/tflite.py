@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from edgekit.errors import InputError, MissingBackendError, VerificationError
 from edgekit.profiles import TargetProfile
@@ -59,19 +60,34 @@ def _torch_inputs(job: ComponentJob, batch: int) -> dict:
     return {k: torch.from_numpy(v) for k, v in example_inputs(job.pipe, job.name, batch=batch, seed=0).items()}
 
 
+class _NamedIO(nn.Module):
+    """Keyword inputs and a dict output: litert-torch then names the signature's tensors like the spec."""
+
+    def __init__(self, module: nn.Module, output_name: str) -> None:
+        super().__init__()
+        self.module = module
+        self.output_name = output_name
+
+    def forward(self, **inputs):
+        return {self.output_name: self.module(**inputs)}
+
+
 def convert_litert_torch(job: ComponentJob, module, out: Path) -> dict:
-    """float32 .tflite with the spec's input names (signature keys), batch fixed to ``job.batch``."""
+    """float32 .tflite whose signature inputs and output carry the spec's names; batch fixed to ``job.batch``."""
     try:
         import litert_torch
     except ImportError:
         raise MissingBackendError("converting to TFLite needs litert-torch: pip install 'edgekit[tflite]'") from None
     from litert_torch import progress as litert_progress
 
+    from edgekit.components import component_spec
+
     kwargs = _torch_inputs(job, job.batch or 1)
     quiet = litert_progress.console.quiet
     litert_progress.console.quiet = True  # its task log goes to stdout, where --json output goes
     try:
-        model = litert_torch.convert(module.eval(), sample_args=(), sample_kwargs=kwargs)
+        named = _NamedIO(module, component_spec(job.pipe, job.name).output_names()[0]).eval()
+        model = litert_torch.convert(named, sample_args=(), sample_kwargs=kwargs)
         model.export(str(out))
     finally:
         litert_progress.console.quiet = quiet
@@ -113,9 +129,11 @@ def _signature_batches(rows: dict[str, np.ndarray], batch: int, dtypes: dict) ->
     return out
 
 
-def quantize(float_path: Path, out: Path, precision: str, calibration: dict | None, batch: int) -> dict:
+def quantize(float_path: Path, out: Path, precision: str, calibration: dict | None, batch: int,
+             float_activations: bool = False) -> dict:
     """fp16: float16 weights dequantized at load (float compute). int8: int8 weights and activations,
-    ranges calibrated on the representative rows."""
+    ranges calibrated on the representative rows; with ``float_activations`` int8 weights only (dynamic
+    range: activations quantized on the fly, no calibration)."""
     from ai_edge_quantizer import quantizer as aeq_quantizer
     from ai_edge_quantizer import recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -128,6 +146,11 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         result = q.quantize(enable_progress_report=False)
         out.write_bytes(bytes(result.quantized_model))
         return {"recipe": "weight-only float16 (ai-edge-quantizer FLOAT_CASTING)"}
+    if precision == "int8" and float_activations:
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        result = q.quantize(enable_progress_report=False)
+        out.write_bytes(bytes(result.quantized_model))
+        return {"recipe": "dynamic range: int8 weights, float activations (ai-edge-quantizer dynamic_wi8_afp32)"}
     if precision == "int8":
         from edgekit.runtime.runners import LiteRTRunner
 
@@ -184,7 +207,8 @@ class TFLiteTarget(Target):
             facts = convert(job, export_module(job.pipe, job.name), float_path)
             facts["convert_s"] = round(time.perf_counter() - t0, 2)
             if job.precision != "fp32":
-                facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1))
+                facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1,
+                                      float_activations=job.name in profile.int8_float_activations))
         size = path.stat().st_size
         if size > min(FLATBUFFER_LIMIT, profile.max_file_mb * 2**20):
             raise VerificationError(f"{job.name}: {size / 2**20:.0f} MiB .tflite exceeds the profile's "
@@ -202,7 +226,14 @@ class TFLiteTarget(Target):
         if facts["layout"] == "NHWC":  # onnx2tf moves channels last on 4-D inputs and outputs
             inputs = [{**t, "shape": [int(d) for d in details[t["name"]]["shape"]]} if t["name"] in details else t
                       for t in inputs]
-        outputs = _tensor_dicts(spec.outputs, job.batch)
+        out_details = runner.runner.get_output_details()[runner.output_names[0]]
+        outputs = _tensor_dicts(spec.outputs, job.batch, {spec.outputs[0].name: np.dtype(out_details["dtype"]).name})
+        # A full-integer model's int8 inputs/outputs carry (scale, zero point): real = scale * (q - zero).
+        quant = {t.name: details[t.name]["quantization"] for t in spec.inputs if details[t.name]["quantization"][0]}
+        if out_details["quantization"][0]:
+            quant[spec.outputs[0].name] = out_details["quantization"]
+        if quant:
+            facts["io_quantization"] = {k: {"scale": float(v[0]), "zero_point": int(v[1])} for k, v in quant.items()}
         rel = f"{job.rel_dir}/{MODEL_FILE}"
         return {"format": "tflite", "file": rel, "files": [rel], "precision": job.precision, "layout": facts.pop("layout"),
                 "inputs": inputs, "outputs": outputs, "signature": runner.signature_key, "ops": ops,
