@@ -135,8 +135,12 @@ def _child(args: list[str], timeout: float) -> dict:
     wall = time.perf_counter() - t0
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"failed": True, "error": tail[:400], "wall_s": round(wall, 1), "returncode": proc.returncode}
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()] or ["no output"]
+        # onnx2tf names the ONNX node it stopped at; keep that and the exception line
+        keys = [l.strip() for l in lines if "onnx_op_name" in l or l.startswith(("ValueError", "TypeError",
+                                                                                  "RuntimeError"))]
+        error = " | ".join(dict.fromkeys(keys)) if keys else lines[-1]
+        return {"failed": True, "error": error[:600], "wall_s": round(wall, 1), "returncode": proc.returncode}
     result = json.loads(lines[-1])
     result["wall_s"] = round(wall, 1)
     return result

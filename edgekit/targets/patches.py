@@ -5,6 +5,9 @@ numerical equivalence in tests/test_export_patches.py); which target uses which 
 
 - ``decompose_group_norm``: nn.GroupNorm -> reshape/mean/var arithmetic. onnx2tf cannot convert the
   InstanceNormalization form that torch.onnx gives GroupNorm.
+  With ``layer_norm=True`` also single-axis nn.LayerNorm (onnx2tf fails on LayerNormalization).
+- ``batched_timestep``: the UNet's time embedding without its ``timestep.expand(batch)``; the spec
+  already feeds one timestep per row, and onnx2tf cannot map the Expand once the batch is pinned.
 - ``erf_free_gelu``: exact GELU with erf written as a polynomial in exp (Abramowitz & Stegun 7.1.26,
   |error| < 1.5e-7), because TFLite has no builtin Erf and onnx2tf otherwise emits a FlexErf op that
   the stock LiteRT interpreter refuses.
@@ -21,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 PATCHES_BY_ROUTE = {
-    "onnx2tf": ("decompose_group_norm", "erf_free_gelu"),
+    "onnx2tf": ("decompose_group_norm", "batched_timestep", "erf_free_gelu"),
     "litert-torch": (),
     "ort-web": (),
     "coreml": (),
@@ -52,13 +55,51 @@ class DecomposedGroupNorm(nn.Module):
         return y
 
 
-def decompose_group_norm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with every nn.GroupNorm replaced by DecomposedGroupNorm."""
+class DecomposedLayerNorm(nn.Module):
+    """LayerNorm over the last axis as mean/variance/rsqrt (onnx2tf fails on LayerNormalization here)."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = nn.Parameter(norm.weight.detach().clone()) if norm.weight is not None else None
+        self.bias = nn.Parameter(norm.bias.detach().clone()) if norm.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+def decompose_group_norm(module: nn.Module, layer_norm: bool = False) -> nn.Module:
+    """A copy of ``module`` with every nn.GroupNorm (and, if asked, single-axis nn.LayerNorm) replaced
+    by its elementary-op form."""
     module = copy.deepcopy(module)
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, nn.GroupNorm):
                 setattr(child, attr, DecomposedGroupNorm(sub))
+            elif layer_norm and isinstance(sub, nn.LayerNorm) and len(sub.normalized_shape) == 1:
+                setattr(child, attr, DecomposedLayerNorm(sub))
+    return module
+
+
+def _time_embed_per_row(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    return self.time_proj(timestep).to(dtype=sample.dtype)
+
+
+def batched_timestep(module: nn.Module) -> nn.Module:
+    """``module`` (a copy is the caller's business) with every diffusers UNet taking a (batch,) timestep
+    as is, instead of expanding it to the batch inside the graph."""
+    import types
+
+    for sub in module.modules():
+        if type(sub).__name__ == "UNet2DConditionModel":
+            sub.get_time_embed = types.MethodType(_time_embed_per_row, sub)
     return module
 
 
@@ -106,7 +147,7 @@ def _rebind_transformers_gelu(module: nn.Module) -> None:
 @contextmanager
 def onnx2tf_friendly(module: nn.Module) -> Iterator[nn.Module]:
     """A patched copy of ``module`` for the onnx2tf route; the original is left untouched."""
-    patched = decompose_group_norm(module)
+    patched = batched_timestep(decompose_group_norm(module, layer_norm=True))
     _rebind_transformers_gelu(patched)
     with erf_free_gelu():
         yield patched.eval()

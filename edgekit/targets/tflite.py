@@ -100,8 +100,15 @@ def convert_onnx2tf(job: ComponentJob, module, out: Path, opset: int = 17) -> di
         import onnx2tf
     except ImportError:
         raise MissingBackendError("the onnx2tf route needs onnx2tf: pip install 'edgekit[tflite]'") from None
+    from edgekit.components import component_spec
     from edgekit.onnx_export import export_onnx
     from edgekit.targets.patches import onnx2tf_friendly
+
+    # onnx2tf would read (batch, tokens, hidden) as NCW and transpose it; only 4-D tensors go NHWC.
+    spec = component_spec(job.pipe, job.name)
+    keep = [t.name for t in spec.inputs if len(t.shape) == 3]
+    # the graph keeps a dynamic batch axis; onnx2tf pins it (a batch-1 trace bakes Expand ops it cannot map)
+    static = [f"{t.name}:{','.join(str(d) for d in t.concrete(job.batch or 1))}" for t in spec.inputs]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -109,13 +116,14 @@ def convert_onnx2tf(job: ComponentJob, module, out: Path, opset: int = 17) -> di
         with onnx2tf_friendly(module) as patched:
             export_onnx(job.pipe, job.name, onnx_path, opset=opset, dynamic_batch=True, module=patched)
         onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(tmp / "tf"),
-                        batch_size=job.batch or 1, non_verbose=True,
+                        non_verbose=True, keep_shape_absolutely_input_names=keep or None,
+                        overwrite_input_shape=static,
                         copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True)
         produced = tmp / "tf" / "model_float32.tflite"
         if not produced.is_file():
             raise VerificationError(f"{job.name}: onnx2tf wrote no float32 model")
         shutil.copy(produced, out)
-    return {"converter": f"onnx2tf {onnx2tf.__version__}", "layout": "NHWC"}
+    return {"converter": f"onnx2tf {onnx2tf.__version__}", "layout": "NHWC", "as_written": True}
 
 
 CONVERTERS = {"litert-torch": convert_litert_torch, "onnx2tf": convert_onnx2tf}
@@ -223,11 +231,12 @@ class TFLiteTarget(Target):
         details = runner.runner.get_input_details()
         dtypes = {n: np.dtype(details[n]["dtype"]).name for n in runner.input_names}
         inputs = _tensor_dicts(spec.inputs, job.batch, dtypes)
-        if facts["layout"] == "NHWC":  # onnx2tf moves channels last on 4-D inputs and outputs
-            inputs = [{**t, "shape": [int(d) for d in details[t["name"]]["shape"]]} if t["name"] in details else t
-                      for t in inputs]
         out_details = runner.runner.get_output_details()[runner.output_names[0]]
         outputs = _tensor_dicts(spec.outputs, job.batch, {spec.outputs[0].name: np.dtype(out_details["dtype"]).name})
+        if facts.pop("as_written", False):  # onnx2tf: channels-last 4-D tensors, shapes as written
+            inputs = [{**t, "shape": [int(d) for d in details[t["name"]]["shape"]]} if t["name"] in details else t
+                      for t in inputs]
+            outputs = [{**outputs[0], "shape": [int(d) for d in out_details["shape"]]}]
         # A full-integer model's int8 inputs/outputs carry (scale, zero point): real = scale * (q - zero).
         quant = {t.name: details[t.name]["quantization"] for t in spec.inputs if details[t.name]["quantization"][0]}
         if out_details["quantization"][0]:
