@@ -128,11 +128,12 @@ def test_existing_output_needs_force(run_cli, tmp_path):
 
 def test_console_script_exit_code(tmp_path):
     """The installed `edgekit` script, not only main(): exit 2 and a single stderr line."""
-    import shutil
     import subprocess
+    import sys
+    from pathlib import Path
 
-    exe = shutil.which("edgekit")
-    assert exe, "the edgekit console script is not installed"
-    proc = subprocess.run([exe, "eval", "--model", str(tmp_path / "missing")], capture_output=True, text=True)
+    exe = Path(sys.executable).parent / "edgekit"
+    assert exe.is_file(), "the edgekit console script is not installed beside this Python"
+    proc = subprocess.run([str(exe), "eval", "--model", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2
     _one_line_error(proc.stderr, "no such directory")

@@ -36,7 +36,7 @@ def run(args) -> int:
         f"model            {model_dir}",
         f"images           {report.n_images} ({args.samples_per_digit} per digit, {steps} steps, guidance {guidance})",
         f"prompt accuracy  {report.prompt_accuracy:.3f}",
-        f"Frechet distance {report.frechet_distance:.2f}  (real-vs-real floor {report.frechet_floor:.2f})",
+        f"Frechet distance {report.frechet_distance:.2f}  (real-vs-real floor {report.frechet_floor:.2f} +- {report.frechet_floor_std:.2f})",
         "per digit        " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(report.per_digit_accuracy)),
         f"time             {seconds:.1f} s",
     ]
