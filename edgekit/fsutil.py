@@ -12,8 +12,11 @@ from typing import Iterator
 from edgekit.errors import InputError
 
 
-def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", force: bool = False) -> Path:
-    """Resolve ``out`` and refuse it when it overlaps an input or exists (unless ``force``)."""
+def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", force: bool = False,
+                      is_file: bool = False) -> Path:
+    """Resolve ``out`` and refuse it when it overlaps an input or exists (unless ``force``).
+
+    ``is_file``: the output is one file (replaced when ``force``), else a directory."""
     out = Path(out).resolve()
     for inp in protected:
         inp = Path(inp).resolve()
@@ -23,8 +26,9 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
             raise InputError(f"{flag} {out}: contains the input {inp}; choose a path outside it")
     if out.exists() and not force:
         raise InputError(f"{flag} {out}: already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir() and force:
-        raise InputError(f"{flag} {out}: exists and is not a directory")
+    if out.exists() and force and out.is_dir() == is_file:
+        expected = "a file" if is_file else "a directory"
+        raise InputError(f"{flag} {out}: exists and is not {expected}")
     return out
 
 

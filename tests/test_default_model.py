@@ -72,3 +72,10 @@ def test_generate_cli_writes_a_png(run_cli, tmp_path):
     assert payload["steps"] == 8 and payload["seed"] == 3
     assert Image.open(out).size == (128, 128)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    first = out.read_bytes()
+    code, _, err = run_cli("generate", "--prompt", "a handwritten digit seven", "--steps", "8", "--seed", "4",
+                           "--out", out)
+    assert code == 0, err
+    assert out.read_bytes() != first  # an existing image is replaced
+    code, _, err = run_cli("generate", "--prompt", "x", "--out", tmp_path)
+    assert code == 2 and "--out" in err and "not a file" in err

@@ -28,7 +28,7 @@ def run(args) -> int:
     from edgekit.pipeline import check_model_dir, generate, sampling_defaults
 
     model_dir = check_model_dir(args.model)
-    out = check_output_path(args.out, [model_dir], flag="--out", force=True)
+    out = check_output_path(args.out, [model_dir], flag="--out", force=True, is_file=True)
     if out.suffix.lower() != ".png" or out.is_dir():
         raise InputError(f"--out {out}: expected a .png file name")
     defaults = sampling_defaults(model_dir)
