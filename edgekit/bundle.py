@@ -61,6 +61,16 @@ Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shor
       "files": {"text_encoder/model.onnx": {"sha256": "<hex>", "bytes": 301234}, "...": "every file but this one"}
     }
 
+Per-format extras in a component entry: ort-web ``opset``, and for split weights ``external_data``
+([{file, bytes}], each chunk below the profile's ``max_file_mb``) with ``join`` (how the runtime puts
+them together); tflite ``converter``, ``signature`` (the LiteRT signature key; its input/output names
+are the entry's tensor names), ``ops`` (operator counts), ``flex_ops`` (always empty: export refuses
+them), ``recipe`` (fp16/int8), ``io_quantization`` ({tensor: {scale, zero_point}} where a full-integer
+model takes or gives int8: real = scale * (q - zero_point)); coreml ``minimum_deployment_target``,
+``ops`` and ``const_dtypes`` (how the weights are stored). Fixed-shape targets give concrete batch
+sizes in ``shape`` (UNet: 2 for ``batching: batch2``, 1 for ``two-calls``; text encoder and VAE: 1);
+ort-web keeps "batch" as a free axis.
+
 ``table`` rows are {width, steps, latency_ms, device, prompt_accuracy, frechet_distance}, filled by
 ``edgekit bench``; ``policy`` is filled by the runtime-policy stage. Verification data are raw
 little-endian arrays (C order) so that any platform can replay the check without a numpy reader.

@@ -140,3 +140,43 @@ def test_existing_output_is_refused_without_force(sd15_reduced, tmp_path, run_cl
     code, _, err = run_cli("export", "--model", sd15_reduced, "--target", "ort-web", "--out", sd15_reduced / "b")
     assert code == 2 and "inside the input" in err
     assert sha256_tree(sd15_reduced) == before
+
+
+@pytest.fixture(scope="module")
+def sd15_calib(sd15_reduced, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib") / "calib"
+    assert _cli("calibrate", "--model", sd15_reduced, "--steps", "4", "--samples", "8", "--out", out) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_int8_qdq_bundle_from_calibration(sd15_reduced, sd15_calib, tmp_path, run_cli):
+    out = tmp_path / "int8"
+    code, _, err = run_cli("export", "--model", sd15_reduced, "--target", "ort-web", "--precision", "int8",
+                           "--calib", sd15_calib, "--out", out)
+    assert code == 0, err
+    m = read_manifest(out)
+    unet = m["components"]["unet"]["widths"]["1.00"]
+    assert unet["precision"] == "int8" and unet["quantization"]["format"] == "QDQ"
+    assert unet["quantization"]["quantize_linear_nodes"] > 0
+    record = m["verification"]["unet"]["widths"]["1.00"]
+    assert record["inputs_from"] == "calibration rows"
+    assert all(1e-3 < c["rel_err"] < record["tolerance"] for c in record["checks"])
+    assert len(record["checks"]) == 2  # onnxruntime and onnxruntime-web
+
+
+@pytest.mark.slow
+def test_slimmable_widths_export_one_unet_each(sd15_reduced, sd15_calib, tmp_path, run_cli):
+    slim = tmp_path / "slim"
+    code, _, err = run_cli("slim", "--model", sd15_reduced, "--calib", sd15_calib, "--widths", "1.0,0.75",
+                           "--train-steps", "1", "--out", slim)
+    assert code == 0, err
+    out = tmp_path / "bundle"
+    code, _, err = run_cli("export", "--model", slim, "--target", "ort-web", "--widths", "1.0", "0.75", "--out", out)
+    assert code == 0, err
+    m = read_manifest(out)
+    assert m["widths"] == [1.0, 0.75]
+    widths = m["components"]["unet"]["widths"]
+    assert list(widths) == ["1.00", "0.75"] and widths["0.75"]["params"] < widths["1.00"]["params"]
+    assert widths["0.75"]["file"] == "unet/w0.75/model.onnx"
+    assert run_cli("verify", out)[0] == 0

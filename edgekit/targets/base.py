@@ -117,9 +117,7 @@ def _write_tokenizer(pipe, model_dir: Path, stage: Path) -> dict:
 
 
 def _scheduler(pipe, stage: Path) -> dict:
-    config = {k: v for k, v in dict(pipe.scheduler.config).items()}
-    config["_class_name"] = type(pipe.scheduler).__name__
-    config = json.loads(json.dumps(config, default=list))
+    config = json.loads(json.dumps(_scheduler_config(pipe), default=list))
     (stage / "scheduler").mkdir()
     (stage / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"config": config, "file": "scheduler/scheduler_config.json"}
