@@ -39,7 +39,7 @@ try {
       await page.waitForTimeout(20);
     }
     const result = await page.evaluate(() => ({ status: document.body.dataset.status, error: document.getElementById("error").textContent,
-      used: window.edgekitDemo.decision, image: window.edgekitDemo.image, timing: window.edgekitDemo.timing,
+      used: window.edgekitDemo.decision, progress: window.edgekitDemo.progress, image: window.edgekitDemo.image, timing: window.edgekitDemo.timing,
       shown: document.getElementById("decision").textContent }));
     return { decision, steps, ...result };
   }

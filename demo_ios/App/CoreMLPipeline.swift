@@ -14,7 +14,9 @@ final class CoreMLPipeline {
 
     init(bundle: URL) throws {
         self.bundle = bundle
-        manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: bundle.appendingPathComponent("manifest.json"))) as! [String: Any]
+        // json5Allowed: Python's json writes bare Infinity/NaN (diffusers' lambda_min_clipped = -inf).
+        manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: bundle.appendingPathComponent("manifest.json")),
+                                                    options: [.json5Allowed]) as! [String: Any]
         let tok = manifest["tokenizer"] as! [String: Any]
         tokenizer = try ClipTokenizer.fromTokenizerJson(Data(contentsOf: bundle.appendingPathComponent(tok["tokenizer_json"] as! String)))
     }

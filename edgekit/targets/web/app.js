@@ -138,7 +138,8 @@ async function generate(prompt, seed) {
   const n = latentShape.reduce((a, b) => a * b, 1);
   const guidance = m.sampling.guidance_scale;
   const [sampleName, timestepName, hiddenName] = unetEntry.inputs.map((i) => i.name);
-  $("progress").max = d.steps;
+  $("progress").max = table.timesteps.length;
+  demo.progress = [];
   const latents = await runTable(table, gaussian(n, seed), async (x, t) => {
     const both = new Float32Array(2 * n);
     both.set(x, 0); both.set(x, n);
@@ -153,6 +154,7 @@ async function generate(prompt, seed) {
       $("progress").value = done;
       $("step").textContent = `step ${done} / ${total}`;
       document.body.dataset.step = done;
+      demo.progress.push(`${done}/${total}`);
       await new Promise((r) => setTimeout(r, 0));  // let the page paint the progress
     },
   });
@@ -183,11 +185,17 @@ async function generate(prompt, seed) {
   document.body.dataset.status = "done";
 }
 
+// Python's json writes bare Infinity/NaN (e.g. diffusers' lambda_min_clipped = -inf in the scheduler
+// config); JSON.parse refuses them, so they are read as null where they stand as values.
+function parseManifest(text) {
+  return JSON.parse(text.replace(/([:\[,]\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])/g, "$1null"));
+}
+
 async function main() {
   // navigator.gpu can exist without an adapter (headless, blocklisted GPU): ask for one before choosing webgpu.
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
   demo.provider = adapter ? "webgpu" : "wasm";
-  const m = await (await fetch("bundle/manifest.json")).json();
+  const m = parseManifest(await (await fetch("bundle/manifest.json")).text());
   demo.manifest = m;
   try { demo.policy = Policy.fromManifest(m); }
   catch (err) { if (!(err instanceof PolicyError)) throw err; demo.policyError = err.message; }

@@ -1,6 +1,9 @@
 package dev.edgekit.core
 
-/** A small JSON reader (objects -> Map, arrays -> List, numbers -> Double) so the core needs no library. */
+/**
+ * A small JSON reader (objects -> Map, arrays -> List, numbers -> Double) so the core needs no library.
+ * Also reads the bare NaN / Infinity / -Infinity that Python's json module writes.
+ */
 class JsonException(message: String) : RuntimeException(message)
 
 object Json {
@@ -29,6 +32,10 @@ object Json {
                 't' -> word("true", true)
                 'f' -> word("false", false)
                 'n' -> word("null", null)
+                // Python's json writes these bare (e.g. diffusers' lambda_min_clipped = -inf)
+                'N' -> word("NaN", Double.NaN)
+                'I' -> word("Infinity", Double.POSITIVE_INFINITY)
+                '-' -> if (s.startsWith("-Infinity", i)) word("-Infinity", Double.NEGATIVE_INFINITY) else num()
                 else -> num()
             }
         }

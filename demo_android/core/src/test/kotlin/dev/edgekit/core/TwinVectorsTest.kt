@@ -64,6 +64,17 @@ class TwinVectorsTest {
     }
 
     @Test
+    fun readsTheNonFiniteNumbersPythonWrites() {
+        val m = Json.parse("{\"a\": -Infinity, \"b\": [NaN, -1.5e3, Infinity], \"c\": \"-Infinity\"}") as Map<String, Any?>
+        assertEquals(Double.NEGATIVE_INFINITY, m["a"] as Double, 0.0)
+        val b = m["b"] as List<Any?>
+        assertTrue((b[0] as Double).isNaN())
+        assertEquals(-1500.0, b[1] as Double, 0.0)
+        assertEquals(Double.POSITIVE_INFINITY, b[2] as Double, 0.0)
+        assertEquals("-Infinity", m["c"])
+    }
+
+    @Test
     fun tokenizerCases() {
         val v = load("tokenizer_cases.json")
         val tok = ClipTokenizer.fromTokenizerJson(File(root, v["tokenizer"] as String).readText())

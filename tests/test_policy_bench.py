@@ -1,0 +1,132 @@
+"""`edgekit bench`: the measured table lands in the manifest (checksums still verify), the policy reads it,
+rows from a phone can replace it, and bad input leaves the bundle untouched. Also the bundle sampler
+against the diffusers pipeline at equal starting noise."""
+import json
+
+import numpy as np
+import pytest
+
+from policy_bundles import BENCH_STEPS, benched, exported
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, default_model):
+    return benched(tmp_path_factory, default_model)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, default_model):
+    return exported(tmp_path_factory, default_model)
+
+
+def test_bench_writes_measured_rows_and_verify_still_passes(bundle, run_cli):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    rows = manifest["table"]
+    assert sorted((r["width"], r["steps"]) for r in rows) == [(1.0, int(s)) for s in BENCH_STEPS.split(",")]
+    for r in rows:
+        assert r["latency_ms"] > 0 and 0 <= r["prompt_accuracy"] <= 1 and r["frechet_distance"] >= 0
+        assert "onnxruntime" in r["runtime"] and r["device"] and r["quality_images"] == 20
+    # more sampling steps cost more time on the same device
+    by_steps = {r["steps"]: r for r in rows}
+    assert by_steps[20]["latency_ms"] > by_steps[4]["latency_ms"]
+    assert manifest["policy"]["format"] == "edgekit-policy/1"
+    code, out, err = run_cli("verify", bundle, "--files-only")
+    assert code == 0, err
+    from edgekit.policy import DeviceState, Policy
+
+    policy = Policy.from_manifest(manifest)
+    cool = policy.decide(0, DeviceState(1.0, True, False, "nominal"))
+    assert (cool.width, cool.steps) in {(r["width"], r["steps"]) for r in rows}
+
+
+def test_simulate_on_a_benched_bundle(bundle, run_cli, tmp_path):
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps([{"t": t, "battery_level": 0.9, "charging": False, "low_power": False, "thermal": th}
+                                 for t, th in [(0, "nominal"), (5, "critical"), (10, "critical")]]))
+    code, out, err = run_cli("policy", "simulate", "--bundle", bundle, "--trace", trace, "--json")
+    assert code == 0, err
+    decisions = json.loads(out)["decisions"]
+    assert decisions[1]["latency_ms"] <= decisions[0]["latency_ms"]
+    assert decisions[1]["steps"] == 4  # the cheapest row once critical: 20 steps cannot fit 15% of its own time
+
+
+def test_bench_refuses_bad_input_and_leaves_the_bundle_alone(plain, run_cli, tmp_path):
+    before = (plain / "manifest.json").read_bytes()
+    code, _, err = run_cli("bench", plain, "--steps", "5")
+    assert code == 2 and "no schedule for 5 steps" in err
+    code, _, err = run_cli("bench", plain, "--widths", "0.5")
+    assert code == 2 and "no UNet at width 0.50" in err
+    code, _, err = run_cli("bench", plain, "--steps", "four")
+    assert code == 2 and "--steps" in err
+    phone = tmp_path / "phone.json"
+    phone.write_text(json.dumps([{"width": 0.5, "steps": 4, "latency_ms": 90, "prompt_accuracy": 0.9,
+                                  "device": "Pixel 8 (test data)"}]))
+    code, _, err = run_cli("bench", plain, "--import-table", phone)
+    assert code == 2 and "width 0.5, which the bundle lacks" in err
+    phone.write_text(json.dumps([{"width": 1.0, "steps": 4, "latency_ms": 90, "prompt_accuracy": 0.9}]))
+    code, _, err = run_cli("bench", plain, "--import-table", phone)
+    assert code == 2 and "'device'" in err
+    bad_policy = tmp_path / "policy.json"
+    bad_policy.write_text(json.dumps({"thermal_budget": {"nominal": 1.0}}))
+    code, _, err = run_cli("bench", plain, "--import-table", phone, "--policy", bad_policy)
+    assert code == 2
+    code, _, err = run_cli("bench", tmp_path / "missing")
+    assert code == 2 and "no such directory" in err
+    assert (plain / "manifest.json").read_bytes() == before
+
+
+def test_a_phone_table_replaces_the_host_rows(bundle, run_cli, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    phone = tmp_path / "phone.json"
+    rows = [{"width": 1.0, "steps": 4, "latency_ms": 310.0, "prompt_accuracy": 0.8, "frechet_distance": 20.0,
+             "device": "Pixel 8, LiteRT GPU (test data)"},
+            {"width": 1.0, "steps": 20, "latency_ms": 1450.0, "prompt_accuracy": 1.0, "frechet_distance": 8.0,
+             "device": "Pixel 8, LiteRT GPU (test data)"}]
+    phone.write_text(json.dumps(rows))
+    code, out, err = run_cli("bench", copy, "--import-table", phone, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dropped_rows"] == 2 and [r["device"] for r in result["table"]] == [rows[0]["device"]] * 2
+    assert run_cli("verify", copy, "--files-only")[0] == 0
+
+
+def test_bundle_sampler_matches_the_diffusers_pipeline(plain, default_pipe):
+    import torch
+
+    from edgekit.runtime.sampler import BundleSampler
+
+    sampler = BundleSampler(plain)
+    x0 = np.random.default_rng(3).standard_normal((1, *sampler.latent_shape)).astype(np.float32)
+    sigma = default_pipe.scheduler.init_noise_sigma
+    ref = default_pipe(["a handwritten digit three"], num_inference_steps=8, guidance_scale=4.0,
+                       latents=torch.from_numpy(x0 * sigma), output_type="np").images
+    ours, timing = sampler.generate(["a handwritten digit three"], [3], 8, 1.0, guidance=4.0)
+    assert ours.shape == ref.shape and timing.unet_calls == len(sampler.table(8)["timesteps"])
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_policy_generate_follows_the_state(bundle, run_cli, tmp_path):
+    hot = tmp_path / "hot.json"
+    hot.write_text(json.dumps({"battery_level": 0.05, "charging": False, "low_power": True, "thermal": "critical"}))
+    out = tmp_path / "hot.png"
+    code, stdout, err = run_cli("policy", "generate", "--bundle", bundle, "--prompt", "a handwritten digit two",
+                                "--state", hot, "--out", out, "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["decision"]["steps"] == 4 and result["state_from"] == str(hot)
+    from PIL import Image
+
+    with Image.open(out) as img:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert img.size == (manifest["geometry"]["image_size"],) * 2
+    # this computer's own state through psutil gives some row of the table
+    code, stdout, err = run_cli("policy", "generate", "--bundle", bundle, "--prompt", "a handwritten digit two",
+                                "--out", tmp_path / "here.png", "--json")
+    assert code == 0 and json.loads(stdout)["state_from"] == "psutil"
+    hot.write_text(json.dumps({"battery_level": 3, "charging": False, "low_power": True, "thermal": "critical"}))
+    code, _, err = run_cli("policy", "generate", "--bundle", bundle, "--prompt", "x", "--state", hot,
+                           "--out", tmp_path / "bad.png")
+    assert code == 2 and "battery_level" in err and not (tmp_path / "bad.png").exists()

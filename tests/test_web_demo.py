@@ -1,0 +1,97 @@
+"""The browser demo end to end in real headless Debian Chromium (driven by playwright-core from npm, no
+browser download): `edgekit serve` on 127.0.0.1, generate from a prompt with onnxruntime-web, check the
+image is the asked digit with the classifier, and check that forcing "critical" thermal lowers the cost."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_bundles import benched
+
+REPO = Path(__file__).resolve().parent.parent
+DRIVER = Path(__file__).with_name("web_demo_e2e.mjs")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, default_model):
+    """The benched bundle with its measured latencies, but a quality order set as test data (more steps =
+    better): on the tiny model the host bench measures the same accuracy at 4 and 20 steps, so the policy
+    rightly always picks 4 steps and a thermal change would have nothing to step down from."""
+    from edgekit.cli import main
+
+    src = benched(tmp_path_factory, default_model)
+    out = tmp_path_factory.mktemp("web_demo") / "bundle"
+    shutil.copytree(src, out)
+    measured = {r["steps"]: r for r in json.loads((src / "manifest.json").read_text())["table"]}
+    rows = [{"width": 1.0, "steps": s, "latency_ms": measured[s]["latency_ms"], "prompt_accuracy": acc,
+             "frechet_distance": None, "device": f"{measured[s]['device']} (quality order: test data)"}
+            for s, acc in ((4, 0.9), (20, 1.0))]
+    table = out.parent / "table.json"
+    table.write_text(json.dumps(rows))
+    assert main(["bench", str(out), "--import-table", str(table)]) == 0
+    return out
+
+
+@pytest.fixture
+def server(bundle):
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _chromium_ready():
+    missing = [p for p in ("/usr/bin/chromium", str(REPO / "node_modules" / "playwright-core")) if not Path(p).exists()]
+    assert not missing, f"missing {missing}: run scripts/setup.sh (apt chromium, npm ci)"
+
+
+def test_browser_generates_the_asked_digit_and_critical_thermal_lowers_cost(server, tmp_path):
+    _chromium_ready()
+    proc = subprocess.run(["node", str(DRIVER), server, str(tmp_path / "profile"), "a handwritten digit seven", "0"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, after, forced = result["before"], result["after"], result["forced"]
+    assert before["status"] == "done" and after["status"] == "done", (before["error"], after["error"])
+    # the page showed per-step progress for every UNet call of the chosen schedule
+    used = before["used"]
+    assert before["progress"] == [f"{k}/{used['steps']}" for k in range(1, used["steps"] + 1)]
+    assert before["steps"][-1] == f"step {used['steps']} / {used['steps']}"  # what the page showed at the end
+    assert f"{used['steps']} steps" in before["shown"]
+    # forcing critical: fewer steps or a narrower UNet, chosen at once (step down) and predicted cheaper
+    assert (after["used"]["steps"], after["used"]["width"]) != (used["steps"], used["width"])
+    assert after["used"]["steps"] < used["steps"] or after["used"]["width"] < used["width"]
+    assert forced["decision"]["reason"] == "step_down" and forced["decision"]["latencyMs"] < used["latencyMs"]
+    from edgekit.quality import DigitScorer
+
+    scorer = DigitScorer.load()
+    images = [np.asarray(r["image"]["rgb"], dtype=np.float32).reshape(r["image"]["size"], r["image"]["size"], 3)
+              for r in (before, after)]
+    predicted = scorer.predict(np.stack(images))
+    assert predicted[0] == 7, f"the browser's image at {used['steps']} steps was classified as {predicted[0]}"
+    assert not [m for m in result["console"] if m.startswith(("error", "pageerror"))], result["console"]
+
+
+def test_serve_refuses_bad_bundles(run_cli, tmp_path, bundle):
+    code, _, err = run_cli("serve", tmp_path / "missing")
+    assert code == 2 and "no such directory" in err
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["target"] = "tflite"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli("serve", copy)
+    assert code == 2 and "needs an ort-web bundle" in err
+    code, _, err = run_cli("serve", bundle, "--port", "70000")
+    assert code == 2 and "--port" in err
