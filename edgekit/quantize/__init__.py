@@ -39,7 +39,7 @@ class QuantizeOptions:
     float_budget: float = 0.0  # share of a component's weights the sensitivity ranking may keep in float
     holdout: float = 0.25  # share of calibration rows held out to measure the error (never calibrated on)
     max_calib_rows: int = 256  # rows used to calibrate (the rest of the non-held-out rows are dropped)
-    sensitivity_rows: int = 16  # held-in rows the sensitivity ranking runs on
+    sensitivity_rows: int = 8  # held-in rows the sensitivity ranking runs on (one forward per unit)
     seed: int = 0
 
     def __post_init__(self):
@@ -146,7 +146,7 @@ def parse_components(text: str | None, flag: str = "--components") -> tuple[str,
         raise InputError(f"{flag} '{text}': expected a comma-separated list of {list(QUANTIZABLE_COMPONENTS)}")
     for name in names:
         if name not in QUANTIZABLE_COMPONENTS:
-            hint = difflib.get_close_matches(name, QUANTIZABLE_COMPONENTS, n=1)
+            hint = difflib.get_close_matches(name, QUANTIZABLE_COMPONENTS, n=1, cutoff=0.4)
             raise InputError(f"{flag}: unknown component '{name}'; known: {list(QUANTIZABLE_COMPONENTS)}"
                              + (f" (did you mean '{hint[0]}'?)" if hint else ""))
     return names

@@ -118,30 +118,48 @@ def quantize_module_fx(root, run_calibration, float_units=(), per_channel: bool 
     return chosen
 
 
-def load_fx_layers(root, quantized: list[str], state: dict, per_channel: bool = True) -> None:
-    """Rebuild the converted layers named in ``quantized`` on the float ``root`` and load their state."""
+def _converted_template(layer, per_channel: bool):
+    """The converted graph of one small layer of ``layer``'s type. Every converted conv (linear) graph is
+    the same (quantize input -> quantized op on packed weights -> dequantize); only attribute values
+    differ, so loading traces two tiny layers instead of re-running prepare/convert per layer."""
     import warnings
 
+    import torch
+    from torch import nn
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    small = nn.Conv2d(8, 8, 3, padding=1) if isinstance(layer, nn.Conv2d) else nn.Linear(8, 8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # observers see one dummy batch: the template's values are replaced
+        example = _example_input(small)
+        prepared = prepare_fx(small, _skeleton_qconfig_mapping(per_channel), example)
+        prepared(*example)
+        return convert_fx(prepared).graph
+
+
+def load_fx_layers(root, quantized: list[str], state: dict, per_channel: bool = True) -> None:
+    """Rebuild the converted layers named in ``quantized`` on the float ``root`` from their stored state."""
+    import torch
+    from torch import nn
+
     _use_engine()
-    mapping = _skeleton_qconfig_mapping(per_channel)
+    templates = {}
     for name in quantized:
         layer = root.get_submodule(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # observers without data: their placeholder scales are overwritten
-            converted = convert_fx(prepare_fx(layer, mapping, _example_input(layer)))
+        kind = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+        if kind not in templates:
+            templates[kind] = _converted_template(layer, per_channel)
+        graph = copy.deepcopy(templates[kind])
         prefix = name + "."
         own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        tensors = {k: v for k, v in own.items() if "#" not in k}
-        missing, unexpected = converted.load_state_dict(tensors, strict=False)
-        packed = {k.split("#")[0] for k in own if "#" in k}
-        if unexpected or not set(missing) <= packed or not packed:
-            raise ValueError(f"{name}: stored INT8 state does not fit the rebuilt layer "
-                             f"(missing {sorted(set(missing) - packed)}, unexpected {unexpected})")
-        for attr in packed:
-            setattr(converted, attr, _repack(layer, own[attr + "#weight"], own.get(attr + "#bias")))
-        _set_submodule(root, name, converted)
+        attrs = {k: v for k, v in own.items() if "#" not in k}
+        for attr in {k.split("#")[0] for k in own if "#" in k}:
+            attrs[attr] = _repack(layer, own[attr + "#weight"], own.get(attr + "#bias"))
+        needed = {n.target for n in graph.nodes if n.op == "get_attr"}
+        if needed != set(attrs):
+            raise ValueError(f"{name}: stored INT8 state {sorted(attrs)} does not fit the converted graph "
+                             f"{sorted(needed)}")
+        _set_submodule(root, name, torch.fx.GraphModule(attrs, graph))
 
 
 def _unpack(layer, packed):

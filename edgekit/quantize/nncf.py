@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer, register
-from edgekit.quantize.ort_static import QDQ_FILE, export_fp32_onnx, onnx_nodes_in_units, onnx_runner
+from edgekit.quantize.ort_static import QDQ_FILE, compact_names, export_fp32_onnx, onnx_nodes_in_units, onnx_runner
 
 
 def quantize_onnx_nncf(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *, transformer: bool = False,
@@ -71,4 +71,5 @@ class NncfQuantizer(Quantizer):
         report = quantize_onnx_nncf(fp32, calib_inputs, root / rel, transformer=component == "text_encoder",
                                     ignored_nodes=onnx_nodes_in_units(fp32, float_units))
         report["fp32_graph"] = graph
+        report["names_compacted_bytes"] = compact_names(root / rel)
         return ComponentArtifact("onnx", [rel.as_posix()], onnx_runner(root / rel), report)

@@ -8,7 +8,9 @@ Library entry point (also used by the ORT-Web exporter for its INT8 bundle)::
                                   activations="int8",          # or "uint8"; "int16" = A16W8
                                   per_channel=True, nodes_to_exclude=[...])
 
-``rows`` maps each graph input name to an array whose first axis is the row (e.g. the output of
+``compact=True`` also renames nodes and inner tensors to short ids after quantizing (the ``ort-static``
+method does; names are not needed once the float exclusions are applied, and they are ~10% of a small
+INT8 file). ``rows`` maps each graph input name to an array whose first axis is the row (e.g. the output of
 ``edgekit.components.inputs_from_calibration``); it is fed in batches through an ORT
 CalibrationDataReader. The function writes ``out_path`` (a QDQ model whose weights are INT8 and whose
 activations are INT8/UINT8, or INT16 through the com.microsoft Q/DQ ops below opset 21) and returns a
@@ -57,6 +59,42 @@ def onnx_nodes_in_units(model_path: Path, float_units) -> list[str]:
     return names
 
 
+def compact_names(path: Path) -> int:
+    """Rename the nodes, initializers and inner tensors of the ONNX model at ``path`` to short ids (graph
+    inputs and outputs keep their names); returns the bytes saved. On the 4.2M-parameter UNet the QDQ
+    graph carries about 0.5 MB of scope names (node, tensor and scale names), 10% of the INT8 file."""
+    import os
+
+    import onnx
+
+    path = Path(path)
+    before = os.path.getsize(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping):x}"
+        return mapping[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i:x}"
+        node.doc_string = ""
+        for k, name in enumerate(node.input):
+            node.input[k] = short(name)
+        for k, name in enumerate(node.output):
+            node.output[k] = short(name)
+    del graph.value_info[:]
+    onnx.save_model(model, str(path))
+    return before - os.path.getsize(path)
+
+
 class RowsReader:
     """An ORT CalibrationDataReader over in-memory rows, in fixed-size batches."""
 
@@ -88,7 +126,8 @@ def _as_reader(rows: dict[str, np.ndarray], batch_size: int):
 
 def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *,
                          calibrate_method: str = "minmax", activations: str = "int8", per_channel: bool = True,
-                         nodes_to_exclude=(), op_types=DEFAULT_OP_TYPES, batch_size: int = 8) -> dict:
+                         nodes_to_exclude=(), op_types=DEFAULT_OP_TYPES, batch_size: int = 8,
+                         compact: bool = False) -> dict:
     """FP32 ONNX + calibration rows -> QDQ INT8 ONNX at ``out_path``; returns the report."""
     import logging
 
@@ -117,7 +156,9 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
         root_logger.setLevel(level)
     model = onnx.load(str(out_path), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
+    saved = compact_names(out_path) if compact else 0
     return {
+        "names_compacted_bytes": saved,
         "format": "QDQ",
         "calibrate_method": calibrate_method,
         "activations": activations,
@@ -181,6 +222,6 @@ class OrtStaticQuantizer(Quantizer):
         excluded = onnx_nodes_in_units(fp32, float_units)
         report = quantize_onnx_static(fp32, calib_inputs, root / rel, calibrate_method=options.calibrate_method,
                                       activations=options.activations, per_channel=options.per_channel,
-                                      nodes_to_exclude=excluded)
+                                      nodes_to_exclude=excluded, compact=True)
         report["fp32_graph"] = graph
         return ComponentArtifact("onnx", [rel.as_posix()], onnx_runner(root / rel), report)

@@ -13,26 +13,22 @@ time, so a single ranking serves all methods and costs one forward pass per unit
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from torch import nn
 
 from edgekit.quality import relative_error
 
-_INDEXED = re.compile(r"\.\d+$")
-
-
 def unit_of(path: str) -> str:
-    """Group a module path into its unit: through the second indexed segment, else the first, else itself."""
+    """Group a module path into its unit: the first indexed block (``mid_block.attentions.0``,
+    ``encoder.layers.3``), one level deeper inside ``*_blocks`` stages (``down_blocks.0.resnets.1``),
+    else the layer itself (``conv_in``)."""
     parts = path.split(".")
-    indexed = [i for i in range(len(parts)) if parts[i].isdigit()]
-    if len(indexed) >= 2:
-        return ".".join(parts[: indexed[1] + 1])
-    if indexed:
-        return ".".join(parts[: indexed[0] + 1])
-    return path
+    indexed = [i for i in range(1, len(parts)) if parts[i].isdigit()]
+    if not indexed:
+        return path
+    depth = 2 if parts[indexed[0] - 1].endswith("blocks") and len(indexed) >= 2 else 1
+    return ".".join(parts[: indexed[depth - 1] + 1])
 
 
 def weight_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -106,13 +102,17 @@ def input_ranges(module: nn.Module, spec, inputs: dict[str, np.ndarray], batch: 
 @torch.no_grad()
 def rank_units(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray],
                eval_inputs: dict[str, np.ndarray]) -> list[dict]:
-    """Every unit with its output rel-err when only it is INT8 (worst first) and its weight count."""
+    """Every unit the forward reaches, with its output rel-err when only it is INT8 (worst first) and its
+    weight count."""
     ranges = input_ranges(module, spec, calib_inputs)
     layers = weight_layers(module)
     args = _args(spec, eval_inputs)
     reference = module(*args).numpy()
     ranking = []
     for unit, paths in units(module).items():
+        paths = [p for p in paths if p in ranges]  # layers the component's forward never reaches are not ranked
+        if not paths:
+            continue
         saved = {}
         handles = []
         try:
