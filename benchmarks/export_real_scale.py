@@ -6,12 +6,17 @@ Two studies, each step in its own subprocess so that its peak RSS is its own:
                GroupNorm/GELU rewrites of edgekit.targets.patches): conversion time, operator set,
                Flex ops, whether the stock LiteRT interpreter loads it, error vs torch, size.
                -> benchmarks/results/export_tflite_converters.{json,md}
+  targets      Every (target, precision) bundle of a model (default: the embedded tiny digits model),
+               INT8 calibrated on `edgekit calibrate` shards: export time, bundle size, per-component
+               error vs torch in each runtime that ran here.
+               -> benchmarks/results/export_targets.{json,md}
   real-scale   A pipeline of real SD-1.5 layer sizes (860M-parameter UNet, random weights, config written
                locally): the UNet to ort-web fp32 (external data, split below the browser's 2 GB) and
                fp16, to tflite fp16 (fp32 cannot fit a 2 GB flatbuffer) and to Core ML fp16.
                -> benchmarks/results/export_real_scale.{json,md}
 
     .venv/bin/python benchmarks/export_real_scale.py converters [--model DIR]
+    .venv/bin/python benchmarks/export_real_scale.py targets [--model DIR]
     .venv/bin/python benchmarks/export_real_scale.py real-scale [--steps ort-fp32,ort-fp16,tflite-fp16,coreml-fp16]
 """
 from __future__ import annotations
@@ -135,10 +140,11 @@ def _child(args: list[str], timeout: float) -> dict:
     wall = time.perf_counter() - t0
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
-        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()] or ["no output"]
+        # onnx2tf prints its diagnosis on stdout, Python tracebacks go to stderr
+        lines = [l for l in (proc.stdout + "\n" + proc.stderr).strip().splitlines() if l.strip()] or ["no output"]
         # onnx2tf names the ONNX node it stopped at; keep that and the exception line
-        keys = [l.strip() for l in lines if "onnx_op_name" in l or l.startswith(("ValueError", "TypeError",
-                                                                                  "RuntimeError"))]
+        keys = [l.strip().replace("\x1b[31m", "").replace("\x1b[0m", "") for l in lines
+                if "onnx_op_name" in l or l.startswith(("ValueError", "TypeError", "RuntimeError"))]
         error = " | ".join(dict.fromkeys(keys)) if keys else lines[-1]
         return {"failed": True, "error": error[:600], "wall_s": round(wall, 1), "returncode": proc.returncode}
     result = json.loads(lines[-1])
@@ -190,6 +196,68 @@ def study_real_scale(steps: list[str]) -> dict:
             "results": rows}
 
 
+TARGET_PRECISIONS = [("ort-web", "fp32"), ("ort-web", "fp16"), ("ort-web", "int8"), ("tflite", "fp32"),
+                     ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp16"), ("coreml", "w8"),
+                     ("coreml", "palettize6")]
+
+
+def study_targets(model: str | None) -> dict:
+    from edgekit.bundle import component_entries, entry_label, lookup
+    from edgekit.pipeline import check_model_dir, default_model_dir
+
+    model = str(check_model_dir(model or default_model_dir()))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = Path(tmp) / "calib"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "edgekit.cli", "calibrate", "--model", model, "--samples", "20",
+                        "--out", str(calib)], check=True, capture_output=True)
+        calibrate_s = time.perf_counter() - t0
+        for target, precision in TARGET_PRECISIONS:
+            out = Path(tmp) / f"{target}-{precision}"
+            argv = ["export", "--model", model, "--target", target, "--precision", precision, "--out", str(out)]
+            if precision == "int8":
+                argv += ["--calib", str(calib)]
+            t1 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "edgekit.cli", *argv], capture_output=True, text=True)
+            row = {"target": target, "precision": precision, "export_s": round(time.perf_counter() - t1, 1)}
+            if proc.returncode != 0:
+                row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:400]
+                rows.append(row)
+                continue
+            m = json.loads((out / "manifest.json").read_text())
+            row["bundle_bytes"] = sum(f["bytes"] for f in m["files"].values())
+            row["components"] = {}
+            for name, width, entry in component_entries(m):
+                record = lookup(m["verification"], name, width)
+                row["components"][entry_label(name, width)] = {
+                    "bytes": entry["bytes"], "tolerance": record["tolerance"],
+                    "checks": {c["runtime"]: (c["rel_err"] if "rel_err" in c else c.get("skipped", "structure ok"))
+                               for c in record["checks"]}}
+            rows.append(row)
+    return {"study": "every target and precision", "model": model, "calibrate_s": round(calibrate_s, 1),
+            "machine": _machine(), "results": rows}
+
+
+def _md_targets(r: dict) -> str:
+    lines = [f"# Bundles of {r['model']} (INT8 calibrated on 20 generated images)", "",
+             "| target | precision | export s | bundle MiB | component | MiB | rel-err vs torch (runtime) |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r["results"]:
+        if "error" in x:
+            lines.append(f"| {x['target']} | {x['precision']} | {x['export_s']} | failed: {x['error']} | | | |")
+            continue
+        first = True
+        for label, c in x["components"].items():
+            checks = "; ".join(f"{v:.1e} ({k.split(' (')[0]})" if isinstance(v, float) else f"{v} ({k.split(' (')[0]})"
+                               for k, v in c["checks"].items())
+            head = f"| {x['target']} | {x['precision']} | {x['export_s']} | {x['bundle_bytes'] / 2**20:.2f} |" if first \
+                else "| | | | |"
+            lines.append(f"{head} {label} | {c['bytes'] / 2**20:.2f} | {checks} |")
+            first = False
+    return "\n".join(lines) + "\n"
+
+
 def _md_converters(r: dict) -> str:
     lines = [f"# TFLite converters on the UNet ({r['model']})", "",
              "| converter | convert s | size MiB | op types | Flex ops | stock LiteRT loads | rel-err vs torch | layout | peak RSS MiB |",
@@ -237,7 +305,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["converters", "real-scale"])
+    parser.add_argument("study", choices=["converters", "targets", "real-scale"])
     parser.add_argument("--model", default=None, help="converters: model directory (default: SD-1.5 reduced)")
     parser.add_argument("--steps", default="ort-fp32,ort-fp16,tflite-fp16,coreml-fp16")
     args = parser.parse_args()
@@ -245,6 +313,9 @@ def main() -> int:
     if args.study == "converters":
         result = study_converters(args.model)
         name, md = "export_tflite_converters", _md_converters(result)
+    elif args.study == "targets":
+        result = study_targets(args.model)
+        name, md = "export_targets", _md_targets(result)
     else:
         result = study_real_scale(args.steps.split(","))
         name, md = "export_real_scale", _md_real_scale(result)
