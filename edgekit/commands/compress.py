@@ -33,7 +33,7 @@ def _common(p) -> None:
     p.add_argument("--calib", type=Path, default=None,
                    help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
     p.add_argument("--importance", choices=("l1", "activation", "taylor"), default="l1")
-    p.add_argument("--lr", type=_fraction, default=3e-4, help="learning rate of the distillation steps")
+    p.add_argument("--lr", type=_fraction, default=1e-4, help="learning rate of the distillation steps")
     p.add_argument("--batch-size", type=_whole, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
@@ -53,6 +53,7 @@ def register(sub) -> None:
     s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
     s.add_argument("--widths", type=_widths, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
     s.add_argument("--train-steps", type=_whole, default=0, help="sandwich-rule steps with in-place distillation")
+    s.add_argument("--full-weight", type=_fraction, default=1.0, help="weight of the full-width term (anchors it to the source model)")
     _common(s)
     s.set_defaults(func=run_slim)
 
@@ -96,7 +97,7 @@ def run_slim(args) -> int:
     from edgekit.compress.slim import SlimConfig, slim_model
 
     config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
-                        batch_size=args.batch_size, seed=args.seed)
+                        batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight)
     model_dir, out = _inputs(args)
     with progress() as bar:
         report = slim_model(model_dir, config, out, args.calib, bar)

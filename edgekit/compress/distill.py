@@ -162,10 +162,12 @@ class SlimmableUNet:
 
 
 def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
-                    seed: int = 0, progress=None) -> dict:
+                    seed: int = 0, progress=None, full_weight: float = 1.0) -> dict:
     """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
     each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
-    the smallest width and one random middle width (both distilled from the current full-width output)."""
+    the smallest width and one random middle width (both distilled from the current full-width output).
+    ``full_weight`` scales the full-width term: the narrow widths' gradients land in the same weights and,
+    with few steps, pull the full width away from the teacher (measured; see the benchmark)."""
     import torch
     import torch.nn.functional as F
 
@@ -195,8 +197,9 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
         scale = target.pow(2).mean().clamp_min(1e-8)
         outs = model(sample, t, ctx, chosen)
         full = outs[0]
-        loss = F.mse_loss(full, target) / scale
-        losses[1.0].append(float(loss.detach()))
+        anchor = F.mse_loss(full, target) / scale
+        losses[1.0].append(float(anchor.detach()))
+        loss = full_weight * anchor
         for w, out in zip(chosen[1:], outs[1:]):
             term = F.mse_loss(out, full.detach()) / scale
             loss = loss + term
@@ -210,7 +213,7 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     window = max(1, min(10, steps // 4))
     summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
                for w, v in losses.items() if v}
-    return {"steps": steps, "lr": lr, "batch_size": batch_size, "widths": widths, "loss": summary,
+    return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths, "loss": summary,
             "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
             "device": str(accelerator.device)}
 

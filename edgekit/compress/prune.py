@@ -34,7 +34,7 @@ class PruneConfig:
     heads_ratio: float | None = None  # None: the same as ratio
     importance: str = "l1"
     recover_steps: int = 0
-    recover_lr: float = 3e-4
+    recover_lr: float = 1e-4
     batch_size: int = 16
     feature_weight: float = 0.5
     seed: int = 0

@@ -23,13 +23,16 @@ class SlimConfig:
     widths: tuple = (0.5, 0.75, 1.0)
     train_steps: int = 0
     importance: str = "l1"
-    lr: float = 3e-4
+    lr: float = 1e-4
     batch_size: int = 16
     seed: int = 0
+    full_weight: float = 1.0
 
     def __post_init__(self):
         from edgekit.compress.importance import METHODS
 
+        if not self.full_weight > 0:
+            raise InputError(f"--full-weight {self.full_weight}: expected a positive number")
         widths = [float(w) for w in self.widths]
         for w in widths:
             if not 0.0 < w <= 1.0:
@@ -137,7 +140,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
     order_seconds = time.perf_counter() - started
     training = train_slimmable(ordered, frozen_copy(base), rows, config.widths, config.train_steps, config.lr,
-                               config.batch_size, config.seed, progress) if config.train_steps else {}
+                               config.batch_size, config.seed, progress, config.full_weight) if config.train_steps else {}
     ordered.eval().requires_grad_(False)
     structure = record(ordered, widths=config.widths,
                        provenance={"command": "slim", "source": str(model_dir), **config.to_dict()})
