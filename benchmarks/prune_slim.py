@@ -115,22 +115,22 @@ def main(argv=None) -> int:
                 rep = prune_model(model_dir, cfg, out, calib)
                 rows.append(measure(f"prune {ratio} " + (f"+ recovery {steps}" if steps else "(no recovery)"), out, None,
                                     args, {"recover_steps": steps, "recovery_seconds": rep["recovery"].get("seconds", 0)}))
-        for steps in (0, args.slim_steps):
-            out = work / f"slim_{steps}"
+        for scope, steps in (("all", 0), ("all", args.slim_steps), ("inner", args.slim_steps)):
+            out = work / f"slim_{scope}_{steps}"
             rep = slim_model(model_dir, SlimConfig(widths=(0.5, 0.75, 1.0), train_steps=steps, importance=args.importance,
-                                                   lr=args.slim_lr, full_weight=args.full_weight, seed=args.seed),
-                             out, calib)
+                                                   lr=args.slim_lr, full_weight=args.full_weight, seed=args.seed,
+                                                   scope=scope), out, calib)
             for width in (0.5, 0.75, 1.0):
-                rows.append(measure(f"slim w{width:g} " + (f"+ sandwich {steps}" if steps else "(ordered only)"), out,
-                                    width, args, {"train_steps": steps,
-                                                  "train_seconds": rep["training"].get("seconds", 0)}))
+                label = f"slim[{scope}] w{width:g} " + (f"+ sandwich {steps}" if steps else "(ordered only)")
+                rows.append(measure(label, out, width, args, {"scope": scope, "train_steps": steps,
+                                                              "train_seconds": rep["training"].get("seconds", 0)}))
     full = rows[0]
     for row in rows:
         row["params_ratio"] = row["params"] / full["params"]
         row["macs_ratio"] = row["unet_macs"] / full["unet_macs"]
         row["latency_ratio"] = row["latency_ms"] / full["latency_ms"]
         row["accuracy_delta_points"] = 100 * (row["prompt_accuracy"] - full["prompt_accuracy"])
-    slim_half = [r for r in rows if r["name"].startswith("slim w0.5 + sandwich")]
+    slim_half = [r for r in rows if r["name"].startswith("slim[all] w0.5 + sandwich")]
     prune_rec = [r for r in rows if r["name"] == f"prune 0.25 + recovery {args.recover_steps}"]
     goals = {
         "slim_w0.5_macs_at_most_0.35x": bool(slim_half and slim_half[0]["macs_ratio"] <= 0.35),

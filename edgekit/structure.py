@@ -24,6 +24,9 @@ from edgekit.errors import InputError, ModelFormatError
 STRUCTURE_FILE = "structure.json"
 FORMAT_VERSION = 1
 CHANNEL_MULTIPLE = 8  # every kept width is a multiple of 8 (vector units of mobile NPUs/GPUs)
+# "all": inner spaces, heads, transformer inner widths and the residual stream scale (width 0.5 ~ 0.28x MACs
+# on the default model); "inner": only what pruning removes scales, block outputs keep their width.
+WIDTH_SCOPES = ("all", "inner")
 
 
 def _strict_keys(data: dict, allowed: set[str], where: str) -> None:
@@ -44,6 +47,7 @@ class Structure:
     widths: tuple = ()                                   # slimmable width multipliers; () = not slimmable
     provenance: dict = field(default_factory=dict)       # how it was made (command, ratios, importance)
     format_version: int = FORMAT_VERSION
+    width_scope: str = "all"                             # what a width < 1 shrinks: see WIDTH_SCOPES
 
     @property
     def slimmable(self) -> bool:
@@ -54,7 +58,10 @@ class Structure:
         if not isinstance(data, dict):
             raise ModelFormatError(f"{where}: expected a JSON object")
         _strict_keys(data, {"resnets", "feed_forwards", "attention_heads", "widths", "provenance",
-                            "format_version"}, where)
+                            "format_version", "width_scope"}, where)
+        scope = data.get("width_scope", "all")
+        if scope not in WIDTH_SCOPES:
+            raise ModelFormatError(f"{where}: width_scope '{scope}' is not one of {', '.join(WIDTH_SCOPES)}")
         version = data.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise ModelFormatError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION})")
@@ -74,12 +81,12 @@ class Structure:
             raise ModelFormatError(f"{where}: 'widths' must include 1.0")
         return cls(resnets=maps["resnets"], feed_forwards=maps["feed_forwards"],
                    attention_heads=maps["attention_heads"], widths=tuple(sorted(float(w) for w in widths)),
-                   provenance=dict(data.get("provenance", {})), format_version=version)
+                   provenance=dict(data.get("provenance", {})), format_version=version, width_scope=scope)
 
     def to_dict(self) -> dict:
         return {"format_version": self.format_version, "resnets": dict(self.resnets),
                 "feed_forwards": dict(self.feed_forwards), "attention_heads": dict(self.attention_heads),
-                "widths": list(self.widths), "provenance": dict(self.provenance)}
+                "widths": list(self.widths), "width_scope": self.width_scope, "provenance": dict(self.provenance)}
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / STRUCTURE_FILE
@@ -97,9 +104,6 @@ class Structure:
             raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, str(path))
 
-    def with_widths(self, widths, provenance: dict | None = None) -> "Structure":
-        return Structure(self.resnets, self.feed_forwards, self.attention_heads, tuple(sorted(widths)),
-                         provenance if provenance is not None else self.provenance)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,10 +150,10 @@ def unit_multiple(unet, kind: str, path: str) -> int:
     return 1  # heads: any whole number >= 1; each head keeps its full head dimension
 
 
-def record(unet, widths=(), provenance: dict | None = None) -> Structure:
+def record(unet, widths=(), provenance: dict | None = None, width_scope: str = "all") -> Structure:
     sizes = unit_sizes(unet)
     return Structure(sizes["resnets"], sizes["feed_forwards"], sizes["attention_heads"], tuple(sorted(widths)),
-                     dict(provenance or {}))
+                     dict(provenance or {}), width_scope=width_scope)
 
 
 class _Plan:
@@ -395,7 +399,7 @@ def scaled_heads(heads: int, width: float) -> int:
     return heads if width >= 1.0 else max(1, int(round(heads * width)))
 
 
-def plan_for_width(unet, width: float) -> dict[str, tuple]:
+def plan_for_width(unet, width: float, scope: str = "all") -> dict[str, tuple]:
     """Prefix plan of a slimmable UNet at ``width``: inner spaces, heads, transformer inner widths and the
     residual stream all keep the first ``round(width * size)`` channels (valid multiples)."""
     import torch
@@ -418,15 +422,17 @@ def plan_for_width(unet, width: float) -> dict[str, tuple]:
         kept = scaled_width(size, width, CHANNEL_MULTIPLE, f"transformer '{path}'")
         return None if kept == size else torch.arange(kept)
 
+    if scope == "inner":
+        return build_plan(unet, inner)
     return build_plan(unet, inner, stream, transformer_inner)
 
 
-def check_widths(unet, widths) -> None:
+def check_widths(unet, widths, scope: str = "all") -> None:
     """Raise InputError naming the first width that cannot be sliced validly."""
     for w in widths:
         if not 0.0 < float(w) <= 1.0:
             raise InputError(f"--widths {w}: expected width multipliers in (0, 1]")
-        plan_for_width(unet, float(w))
+        plan_for_width(unet, float(w), scope)
 
 
 def unet_macs(unet, sample_shape=None, tokens: int | None = None) -> int:
@@ -511,4 +517,4 @@ def select_width(unet, structure: Structure, width: float, model_dir: Path) -> N
     if not any(abs(float(width) - w) < 1e-9 for w in offered):
         raise InputError(f"--width {width:g}: {model_dir} offers widths {', '.join(f'{w:g}' for w in offered)}")
     if float(width) < 1.0:
-        apply_plan(unet, plan_for_width(unet, float(width)))
+        apply_plan(unet, plan_for_width(unet, float(width), structure.width_scope))

@@ -135,3 +135,15 @@ def test_width_not_offered_or_not_slimmable(run_cli, slim_model, digits_arch_mod
                            "--out", tmp_path / "b.png")
     assert code == 2
     _one_line(err, "not a slimmable model")
+
+
+def test_inner_scope_keeps_block_outputs(run_cli, digits_arch_model, tmp_path):
+    from edgekit.pipeline import load_pipeline
+
+    code, _, err = run_cli("slim", "--model", digits_arch_model, "--scope", "inner", "--widths", "0.5,1.0",
+                           "--out", tmp_path / "inner")
+    assert code == 0, err
+    unet = load_pipeline(tmp_path / "inner", width=0.5).unet
+    assert unet.conv_in.out_channels == 64 and unet.down_blocks[0].resnets[0].conv2.out_channels == 64
+    assert unet.down_blocks[0].resnets[0].conv1.out_channels == 32
+    assert unet.mid_block.attentions[0].transformer_blocks[0].attn1.heads == 2

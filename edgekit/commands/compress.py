@@ -53,6 +53,9 @@ def register(sub) -> None:
     s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
     s.add_argument("--widths", type=_widths, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
     s.add_argument("--train-steps", type=_whole, default=0, help="sandwich-rule steps with in-place distillation")
+    s.add_argument("--scope", choices=("all", "inner"), default="all",
+                   help="what a narrower width shrinks: all channels (default; width 0.5 ~ 0.28x MACs) or only "
+                        "the inner channels and heads pruning removes (block outputs keep their width)")
     s.add_argument("--full-weight", type=_fraction, default=1.0, help="weight of the full-width term (anchors it to the source model)")
     _common(s)
     s.set_defaults(func=run_slim)
@@ -97,7 +100,8 @@ def run_slim(args) -> int:
     from edgekit.compress.slim import SlimConfig, slim_model
 
     config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
-                        batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight)
+                        batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight,
+                        scope=args.scope)
     model_dir, out = _inputs(args)
     with progress() as bar:
         report = slim_model(model_dir, config, out, args.calib, bar)

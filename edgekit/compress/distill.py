@@ -125,7 +125,7 @@ class SlimmableUNet:
     parameters are, on every call, differentiable slices of the full-width ones (torch.func.functional_call),
     so gradients from every width land in the single stored weight set."""
 
-    def __init__(self, unet, widths):
+    def __init__(self, unet, widths, scope: str = "all"):
         import torch
 
         from edgekit.structure import plan_for_width, sliced_unet
@@ -156,13 +156,13 @@ class SlimmableUNet:
         self.module = _Wrapper(unet)
         for w in widths:
             if w < 1.0:
-                plan = plan_for_width(unet, w)
+                plan = plan_for_width(unet, w, scope)
                 self.module.plans[w] = plan
                 self.module.shapes[w] = sliced_unet(unet, plan).requires_grad_(False)
 
 
 def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
-                    seed: int = 0, progress=None, full_weight: float = 1.0) -> dict:
+                    seed: int = 0, progress=None, full_weight: float = 1.0, scope: str = "all") -> dict:
     """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
     each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
     the smallest width and one random middle width (both distilled from the current full-width output).
@@ -180,7 +180,7 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     rng = random.Random(seed)
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     unet.train().requires_grad_(True)
-    slim = SlimmableUNet(unet, widths)
+    slim = SlimmableUNet(unet, widths, scope)
     loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     model, optimizer, loader = accelerator.prepare(slim.module, optimizer, loader)

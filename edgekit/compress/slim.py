@@ -27,10 +27,14 @@ class SlimConfig:
     batch_size: int = 16
     seed: int = 0
     full_weight: float = 1.0
+    scope: str = "all"
 
     def __post_init__(self):
         from edgekit.compress.importance import METHODS
+        from edgekit.structure import WIDTH_SCOPES
 
+        if self.scope not in WIDTH_SCOPES:
+            raise InputError(f"--scope {self.scope}: expected one of {', '.join(WIDTH_SCOPES)}")
         if not self.full_weight > 0:
             raise InputError(f"--full-weight {self.full_weight}: expected a positive number")
         widths = [float(w) for w in self.widths]
@@ -76,20 +80,20 @@ def order_by_importance(unet, scores: dict):
     return sliced_unet(unet, build_plan(unet, inner))
 
 
-def width_table(unet, widths) -> list[dict]:
+def width_table(unet, widths, scope: str = "all") -> list[dict]:
     from edgekit.compress.prune import count_params
     from edgekit.structure import plan_for_width, sliced_unet, unet_macs
 
     full_macs = unet_macs(unet)
     rows = []
     for w in sorted(widths):
-        small = sliced_unet(unet, plan_for_width(unet, w)) if w < 1.0 else unet
+        small = sliced_unet(unet, plan_for_width(unet, w, scope)) if w < 1.0 else unet
         macs = unet_macs(small)
         rows.append({"width": w, "params": count_params(small), "unet_macs": macs, "macs_ratio": macs / full_macs})
     return rows
 
 
-def check_widths_reload(out_dir: Path, unet, widths, tolerance: float = 2e-2) -> dict:
+def check_widths_reload(out_dir: Path, unet, widths, scope: str = "all", tolerance: float = 2e-2) -> dict:
     """Every width of the written model loads through edgekit and matches the in-memory slice."""
     import torch
 
@@ -104,7 +108,7 @@ def check_widths_reload(out_dir: Path, unet, widths, tolerance: float = 2e-2) ->
     t = torch.tensor([500.0, 20.0])
     errors = {}
     for w in widths:
-        expected = sliced_unet(unet, plan_for_width(unet, w)) if w < 1.0 else unet
+        expected = sliced_unet(unet, plan_for_width(unet, w, scope)) if w < 1.0 else unet
         got = load_pipeline(out_dir, width=w).unet
         with torch.no_grad():
             a, b = expected.eval()(x, t, ctx).sample, got(x, t, ctx).sample
@@ -133,21 +137,21 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
         raise InputError(f"--model {model_dir}: is already slimmable (widths "
                          f"{', '.join(f'{w:g}' for w in pipe.edgekit_structure.widths)}); slim its source instead")
     base = pipe.unet
-    check_widths(base, config.widths)
+    check_widths(base, config.widths, config.scope)
     needs_rows = config.importance != "l1" or config.train_steps > 0
     rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed) if needs_rows else None
     started = time.perf_counter()
     ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
     order_seconds = time.perf_counter() - started
     training = train_slimmable(ordered, frozen_copy(base), rows, config.widths, config.train_steps, config.lr,
-                               config.batch_size, config.seed, progress, config.full_weight) if config.train_steps else {}
+                               config.batch_size, config.seed, progress, config.full_weight, config.scope) if config.train_steps else {}
     ordered.eval().requires_grad_(False)
-    structure = record(ordered, widths=config.widths,
+    structure = record(ordered, widths=config.widths, width_scope=config.scope,
                        provenance={"command": "slim", "source": str(model_dir), **config.to_dict()})
     report = {"out": str(out), "config": config.to_dict(), "order_seconds": round(order_seconds, 2),
-              "training": training, "widths": width_table(ordered, config.widths)}
+              "training": training, "widths": width_table(ordered, config.widths, config.scope)}
     with staged_dir(out) as staging:
         write_structured_model(model_dir, staging, ordered, structure)
-        report["reload_relative_error"] = check_widths_reload(staging, ordered, config.widths)
+        report["reload_relative_error"] = check_widths_reload(staging, ordered, config.widths, config.scope)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
