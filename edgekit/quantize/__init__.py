@@ -220,7 +220,9 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
             rows = calib.load(name)
             n = len(next(iter(rows.values())))
             calib_idx, held_idx = split_rows(n, options.holdout, options.seed)
-            calib_idx = calib_idx[: options.max_calib_rows]
+            if len(calib_idx) > options.max_calib_rows:  # a seeded subset spread over all prompts and steps
+                rng = np.random.default_rng(options.seed + 1)
+                calib_idx = np.sort(rng.choice(calib_idx, options.max_calib_rows, replace=False))
             calib_inputs = inputs_from_calibration(spec, rows, calib_idx)
             held_inputs = inputs_from_calibration(spec, rows, held_idx)
             module = export_module(pipe, name)
