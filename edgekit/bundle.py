@@ -143,15 +143,35 @@ def _collect_files(bundle_dir: Path) -> dict:
     return files
 
 
+NONFINITE = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float as the string "Infinity", "-Infinity" or "NaN": the manifest is
+    strict JSON that browsers, Kotlin and Swift parse (a diffusers scheduler config may hold -inf)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return "NaN" if np.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def scheduler_config(manifest: dict) -> dict:
+    """The diffusers scheduler config of a manifest with its non-finite numbers restored."""
+    return {k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in manifest["scheduler"]["config"].items()}
+
+
 def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
     """Recompute every file's sha256 and size, check the schema, and write manifest.json atomically.
 
     Returns the manifest as written (a new dict; the caller's is not changed)."""
     bundle_dir = Path(bundle_dir)
-    out = {**manifest, "files": _collect_files(bundle_dir)}
+    out = strict_json({**manifest, "files": _collect_files(bundle_dir)})
     check_manifest(out, str(bundle_dir / MANIFEST))
     with staged_file(bundle_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
     return out
 
 

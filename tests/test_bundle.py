@@ -130,3 +130,16 @@ def test_arrays_round_trip_as_raw_little_endian(tmp_path):
 
 def test_width_keys():
     assert width_key(1) == "1.00" and width_key(0.5) == "0.50" and width_key(0.75) == "0.75"
+
+
+def test_manifest_is_strict_json_even_with_infinite_scheduler_values(bundle):
+    from edgekit.bundle import scheduler_config
+
+    root, written = bundle
+    manifest = copy.deepcopy(written)
+    manifest["scheduler"]["config"]["lambda_min_clipped"] = float("-inf")
+    again = write_manifest(root, manifest)
+    text = (root / "manifest.json").read_text()
+    assert "-Infinity\"" in text and "NaN" not in text.replace('"NaN"', "")
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert scheduler_config(again)["lambda_min_clipped"] == float("-inf")

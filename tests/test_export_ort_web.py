@@ -38,7 +38,9 @@ def test_manifest_follows_the_contract(ort_bundle, sd15_reduced):
     assert "tokenizer/tokenizer.json" in m["tokenizer"]["files"] and m["tokenizer"]["max_length"] == 77
     assert m["sampling"]["batching"] == "batch2"
     assert {"4", "8", "12", "20"} <= set(m["sampling"]["schedules"])
-    assert m["sampling"]["schedules"]["8"] == json.loads(json.dumps(schedule_table(m["scheduler"]["config"], 8)))
+    from edgekit.bundle import scheduler_config
+
+    assert m["sampling"]["schedules"]["8"] == json.loads(json.dumps(schedule_table(scheduler_config(m), 8)))
     assert m["table"] == [] and m["policy"] == {}
     assert m["files"] and all(len(f["sha256"]) == 64 for f in m["files"].values())
     for name, width, entry in component_entries(m):
