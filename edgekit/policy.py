@@ -90,9 +90,10 @@ class PolicyConfig:
     headroom_thresholds: dict = field(default_factory=dict)  # thermal state -> headroom at which it applies
     dwell_s: float = 10.0
     reference_latency_ms: float | None = None
+    min_prompt_accuracy: float = 0.0  # rows below it are never chosen (e.g. a slimmed width not yet recovered)
 
     KEYS = ("format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds", "dwell_s",
-            "reference_latency_ms")
+            "reference_latency_ms", "min_prompt_accuracy")
 
     @classmethod
     def from_dict(cls, data, where: str = "policy") -> "PolicyConfig":
@@ -132,6 +133,7 @@ class PolicyConfig:
             dwell_s=_number(data.get("dwell_s", 10.0), f"{where}.dwell_s", 0.0),
             reference_latency_ms=None if ref is None else _number(ref, f"{where}.reference_latency_ms", 0.0,
                                                                   low_open=True),
+            min_prompt_accuracy=_number(data.get("min_prompt_accuracy", 0.0), f"{where}.min_prompt_accuracy", 0.0, 1.0),
         )
 
     @classmethod
@@ -147,6 +149,7 @@ class PolicyConfig:
             "headroom_thresholds": dict(self.headroom_thresholds),
             "dwell_s": self.dwell_s,
             "reference_latency_ms": self.reference_latency_ms,
+            "min_prompt_accuracy": self.min_prompt_accuracy,
         }
 
 
@@ -255,9 +258,13 @@ class Policy:
     def __init__(self, config: PolicyConfig, table) -> None:
         self.config = config
         self.rows = table if isinstance(table, tuple) and all(isinstance(r, Row) for r in table) else parse_table(table)
-        self.reference_ms = config.reference_latency_ms or max(r.latency_ms for r in self.rows)
-        self.ranked = sorted(self.rows, key=Row.quality_key)
-        self.cheapest = min(self.rows, key=lambda r: (r.latency_ms, r.quality_key()))
+        eligible = [r for r in self.rows if r.prompt_accuracy >= config.min_prompt_accuracy]
+        if not eligible:
+            raise InputError(f"policy.min_prompt_accuracy {config.min_prompt_accuracy}: no table row reaches it "
+                             f"(best {max(r.prompt_accuracy for r in self.rows)})")
+        self.reference_ms = config.reference_latency_ms or max(r.latency_ms for r in eligible)
+        self.ranked = sorted(eligible, key=Row.quality_key)
+        self.cheapest = min(eligible, key=lambda r: (r.latency_ms, r.quality_key()))
         self.current: Row | None = None
         self.last_t: float | None = None
         self._pending_since: float | None = None

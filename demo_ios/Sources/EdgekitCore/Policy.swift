@@ -10,7 +10,7 @@ public struct PolicyError: Error, CustomStringConvertible {
 
 public let thermalStates = ["nominal", "fair", "serious", "critical"]
 private let policyKeys = ["format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds",
-                          "dwell_s", "reference_latency_ms"]
+                          "dwell_s", "reference_latency_ms", "min_prompt_accuracy"]
 private let stateKeys = ["battery_level", "charging", "low_power", "thermal", "headroom", "t"]
 
 /// JSONSerialization turns true/false into NSNumber; tell them apart from numbers.
@@ -46,6 +46,7 @@ public struct PolicyConfig: Equatable {
     public let headroomThresholds: [String: Double]
     public let dwellS: Double
     public let referenceLatencyMs: Double?
+    public let minPromptAccuracy: Double
 
     public static func from(_ data: Any?, where where_: String = "policy") throws -> PolicyConfig {
         guard let m = data as? [String: Any], !m.isEmpty else { throw PolicyError(message: "\(where_): expected a non-empty policy object") }
@@ -84,7 +85,8 @@ public struct PolicyConfig: Equatable {
             lowPowerFactor: try number(m["low_power_factor"] ?? 0.5, "\(where_).low_power_factor", low: 0, high: 1, lowOpen: true),
             headroomThresholds: headroom,
             dwellS: try number(m["dwell_s"] ?? 10.0, "\(where_).dwell_s", low: 0),
-            referenceLatencyMs: (ref == nil || ref is NSNull) ? nil : try number(ref, "\(where_).reference_latency_ms", low: 0, lowOpen: true))
+            referenceLatencyMs: (ref == nil || ref is NSNull) ? nil : try number(ref, "\(where_).reference_latency_ms", low: 0, lowOpen: true),
+            minPromptAccuracy: try number(m["min_prompt_accuracy"] ?? 0.0, "\(where_).min_prompt_accuracy", low: 0, high: 1))
     }
 }
 
@@ -177,12 +179,17 @@ public final class Policy {
     private var pendingSince: Double?
     private var windowBudget = Double.infinity
 
-    public init(config: PolicyConfig, rows: [Row]) {
+    public init(config: PolicyConfig, rows: [Row]) throws {
         self.config = config
         self.rows = rows
-        referenceMs = config.referenceLatencyMs ?? rows.map { $0.latencyMs }.max()!
-        ranked = rows.sorted { $0.isBetter(than: $1) }
-        cheapest = rows.sorted { $0.latencyMs != $1.latencyMs ? $0.latencyMs < $1.latencyMs : $0.isBetter(than: $1) }[0]
+        // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
+        let eligible = rows.filter { $0.promptAccuracy >= config.minPromptAccuracy }
+        guard !eligible.isEmpty else {
+            throw PolicyError(message: "policy.min_prompt_accuracy \(config.minPromptAccuracy): no table row reaches it")
+        }
+        referenceMs = config.referenceLatencyMs ?? eligible.map { $0.latencyMs }.max()!
+        ranked = eligible.sorted { $0.isBetter(than: $1) }
+        cheapest = eligible.sorted { $0.latencyMs != $1.latencyMs ? $0.latencyMs < $1.latencyMs : $0.isBetter(than: $1) }[0]
     }
 
     /// The policy a bundle ships; refuses table rows naming a width or step count the bundle lacks.
@@ -196,7 +203,7 @@ public final class Policy {
             if !widths.isEmpty && !widths.contains(r.width) { throw PolicyError(message: "manifest: table[\(i)] names width \(r.width), which the bundle lacks") }
             if !schedules.isEmpty && !schedules.contains(r.steps) { throw PolicyError(message: "manifest: table[\(i)] names \(r.steps) steps, which the bundle has no schedule for") }
         }
-        return Policy(config: try PolicyConfig.from(p, where: "manifest: policy"), rows: rows)
+        return try Policy(config: try PolicyConfig.from(p, where: "manifest: policy"), rows: rows)
     }
 
     public func budgetMs(_ state: DeviceState) -> (Double, String) {

@@ -19,7 +19,7 @@ final class TwinVectorsTests: XCTestCase {
         for c in v["cases"] as! [[String: Any]] {
             var merged = v["policy"] as! [String: Any]
             for (k, val) in c["policy_overrides"] as! [String: Any] { merged[k] = val }
-            let policy = Policy(config: try PolicyConfig.from(merged), rows: try parseTable(v["table"]))
+            let policy = try Policy(config: try PolicyConfig.from(merged), rows: try parseTable(v["table"]))
             for s in c["samples"] as! [[String: Any]] {
                 let t = (s["t"] as! NSNumber).doubleValue
                 let d = policy.decideOrFallback(t: t, state: s["state"], warn: { _ in })

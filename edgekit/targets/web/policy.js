@@ -4,7 +4,7 @@
 
 export const THERMAL_STATES = ["nominal", "fair", "serious", "critical"];
 const POLICY_KEYS = ["format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds",
-  "dwell_s", "reference_latency_ms"];
+  "dwell_s", "reference_latency_ms", "min_prompt_accuracy"];
 const STATE_KEYS = ["battery_level", "charging", "low_power", "thermal", "headroom", "t"];
 
 export class PolicyError extends Error {}
@@ -60,6 +60,7 @@ export function parsePolicy(data, where = "policy") {
     headroomThresholds: headroom,
     dwellS: num(data.dwell_s ?? 10, `${where}.dwell_s`, 0),
     referenceLatencyMs: ref === null ? null : num(ref, `${where}.reference_latency_ms`, 0, null, true),
+    minPromptAccuracy: num(data.min_prompt_accuracy ?? 0, `${where}.min_prompt_accuracy`, 0, 1),
   };
 }
 
@@ -115,9 +116,12 @@ export class Policy {
   constructor(config, rows) {
     this.config = config;
     this.rows = rows;
-    this.referenceMs = config.referenceLatencyMs ?? Math.max(...rows.map((r) => r.latencyMs));
-    this.ranked = [...rows].sort(compareRows);
-    this.cheapest = [...rows].sort((a, b) => (a.latencyMs - b.latencyMs) || compareRows(a, b))[0];
+    // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
+    const eligible = rows.filter((r) => r.promptAccuracy >= config.minPromptAccuracy);
+    if (!eligible.length) throw new PolicyError(`policy.min_prompt_accuracy ${config.minPromptAccuracy}: no table row reaches it`);
+    this.referenceMs = config.referenceLatencyMs ?? Math.max(...eligible.map((r) => r.latencyMs));
+    this.ranked = [...eligible].sort(compareRows);
+    this.cheapest = [...eligible].sort((a, b) => (a.latencyMs - b.latencyMs) || compareRows(a, b))[0];
     this.current = null;
     this.lastT = null;
     this.pendingSince = null;

@@ -10,7 +10,7 @@ class PolicyException(message: String) : RuntimeException(message)
 
 val THERMAL_STATES = listOf("nominal", "fair", "serious", "critical")
 private val POLICY_KEYS = listOf("format", "thermal_budget", "battery_tiers", "low_power_factor",
-    "headroom_thresholds", "dwell_s", "reference_latency_ms")
+    "headroom_thresholds", "dwell_s", "reference_latency_ms", "min_prompt_accuracy")
 private val STATE_KEYS = listOf("battery_level", "charging", "low_power", "thermal", "headroom", "t")
 
 private fun num(v: Any?, where: String, low: Double? = null, high: Double? = null, lowOpen: Boolean = false): Double {
@@ -40,7 +40,8 @@ data class PolicyConfig(
     val lowPowerFactor: Double,
     val headroomThresholds: Map<String, Double>,
     val dwellS: Double,
-    val referenceLatencyMs: Double?
+    val referenceLatencyMs: Double?,
+    val minPromptAccuracy: Double = 0.0
 ) {
     companion object {
         fun fromMap(data: Any?, where: String = "policy"): PolicyConfig {
@@ -81,7 +82,8 @@ data class PolicyConfig(
                 num(m["low_power_factor"] ?: 0.5, "$where.low_power_factor", 0.0, 1.0, true),
                 headroom,
                 num(m["dwell_s"] ?: 10.0, "$where.dwell_s", 0.0),
-                if (ref == null) null else num(ref, "$where.reference_latency_ms", 0.0, null, true)
+                if (ref == null) null else num(ref, "$where.reference_latency_ms", 0.0, null, true),
+                num(m["min_prompt_accuracy"] ?: 0.0, "$where.min_prompt_accuracy", 0.0, 1.0)
             )
         }
     }
@@ -157,9 +159,13 @@ data class Decision(
 )
 
 class Policy(val config: PolicyConfig, val rows: List<Row>) {
-    val referenceMs: Double = config.referenceLatencyMs ?: rows.map { it.latencyMs }.max()!!
-    private val ranked = rows.sortedWith(QUALITY_ORDER)
-    val cheapest: Row = rows.sortedWith(compareBy<Row> { it.latencyMs }.then(QUALITY_ORDER)).first()
+    // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
+    private val eligible = rows.filter { it.promptAccuracy >= config.minPromptAccuracy }.also {
+        if (it.isEmpty()) throw PolicyException("policy.min_prompt_accuracy ${config.minPromptAccuracy}: no table row reaches it")
+    }
+    val referenceMs: Double = config.referenceLatencyMs ?: eligible.map { it.latencyMs }.max()!!
+    private val ranked = eligible.sortedWith(QUALITY_ORDER)
+    val cheapest: Row = eligible.sortedWith(compareBy<Row> { it.latencyMs }.then(QUALITY_ORDER)).first()
     var current: Row? = null
         private set
     private var lastT: Double? = null
