@@ -21,6 +21,8 @@ The ``ort-static`` method wraps it: export the component with edgekit.onnx_expor
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -144,14 +146,19 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
         extra["UseQDQContribOps"] = True
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(rows.values())))
+    if calibrate_method != "minmax":
+        # ORT's histogram calibrators stack every batch's outputs into one array: all batches must be equal.
+        batch_size = max(b for b in range(1, min(batch_size, n) + 1) if n % b == 0)
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer logs one warning per GroupNorm constant it leaves float
     try:
-        quantize_static(str(model_path), str(out_path), _as_reader(rows, batch_size), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=activation_type,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude), calibrate_method=method,
-                        extra_options=extra)
+        with contextlib.redirect_stdout(sys.stderr):  # histogram calibrators print; stdout is for --json
+            quantize_static(str(model_path), str(out_path), _as_reader(rows, batch_size),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                            activation_type=activation_type, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=method, extra_options=extra)
     finally:
         root_logger.setLevel(level)
     model = onnx.load(str(out_path), load_external_data=False)
@@ -164,7 +171,8 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
         "activations": activations,
         "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
         "op_types": list(op_types),
-        "calibration_rows": int(len(next(iter(rows.values())))),
+        "calibration_rows": int(n),
+        "calibration_batch": int(batch_size),
         "quantize_linear_nodes": sum(op == "QuantizeLinear" for op in ops),
         "dequantize_linear_nodes": sum(op == "DequantizeLinear" for op in ops),
         "nodes_excluded": len(list(nodes_to_exclude)),
