@@ -26,9 +26,6 @@ def test_bench_writes_measured_rows_and_verify_still_passes(bundle, run_cli):
     for r in rows:
         assert r["latency_ms"] > 0 and 0 <= r["prompt_accuracy"] <= 1 and r["frechet_distance"] >= 0
         assert "onnxruntime" in r["runtime"] and r["device"] and r["quality_images"] == 20
-    # more sampling steps cost more time on the same device
-    by_steps = {r["steps"]: r for r in rows}
-    assert by_steps[20]["latency_ms"] > by_steps[4]["latency_ms"]
     assert manifest["policy"]["format"] == "edgekit-policy/1"
     code, out, err = run_cli("verify", bundle, "--files-only")
     assert code == 0, err
