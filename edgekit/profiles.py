@@ -158,6 +158,9 @@ class TargetProfile(_Strict):
     # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
     # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
     int8_float_activations: tuple[str, ...] = ()
+    # INT8 bundles: substrings of module paths whose ops stay float inside an otherwise full-integer graph
+    # (measured: the UNet's sinusoidal timestep embedding; tflite only, matched on the op names).
+    int8_float_scopes: tuple[str, ...] = ()
 
     def __post_init__(self):
         _choice(self.precision, PRECISIONS, "precision")

@@ -138,7 +138,7 @@ def _signature_batches(rows: dict[str, np.ndarray], batch: int, dtypes: dict) ->
 
 
 def quantize(float_path: Path, out: Path, precision: str, calibration: dict | None, batch: int,
-             float_activations: bool = False) -> dict:
+             float_activations: bool = False, float_scopes: tuple[str, ...] = ()) -> dict:
     """fp16: float16 weights dequantized at load (float compute). int8: int8 weights and activations,
     ranges calibrated on the representative rows; with ``float_activations`` int8 weights only (dynamic
     range: activations quantized on the fly, no calibration)."""
@@ -162,7 +162,12 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
     if precision == "int8":
         from edgekit.runtime.runners import LiteRTRunner
 
+        import re
+
         q.load_quantization_recipe(recipe.static_wi8_ai8())
+        if float_scopes:  # later rules win in ai-edge-quantizer: these ops are left float
+            scope = ".*(" + "|".join(re.escape(s) for s in float_scopes) + ").*"
+            q.update_quantization_recipe(scope, TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
         runner = LiteRTRunner(float_path)
         samples = _signature_batches(calibration, batch, runner._dtypes)
         if not samples:
@@ -171,7 +176,7 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         result = q.quantize(qsvs, enable_progress_report=False)
         out.write_bytes(bytes(result.quantized_model))
         return {"recipe": "static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)",
-                "representative_batches": len(samples)}
+                "representative_batches": len(samples), "float_scopes": list(float_scopes)}
     raise InputError(f"--precision {precision}: tflite offers fp32, fp16, int8")
 
 
@@ -216,7 +221,8 @@ class TFLiteTarget(Target):
             facts["convert_s"] = round(time.perf_counter() - t0, 2)
             if job.precision != "fp32":
                 facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1,
-                                      float_activations=job.name in profile.int8_float_activations))
+                                      float_activations=job.name in profile.int8_float_activations,
+                                      float_scopes=profile.int8_float_scopes))
         size = path.stat().st_size
         if size > min(FLATBUFFER_LIMIT, profile.max_file_mb * 2**20):
             raise VerificationError(f"{job.name}: {size / 2**20:.0f} MiB .tflite exceeds the profile's "
