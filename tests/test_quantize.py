@@ -261,7 +261,7 @@ def test_nncf_unet(default_model, calib_dir, qroot):
 def test_cli_quantize_and_eval_through_int8(run_cli, default_model, calib_dir, tmp_path):
     out = tmp_path / "q"
     code, stdout, err = run_cli("quantize", "--method", "ort-static", "--calib", calib_dir, "--components", "unet",
-                                "--exclude", "conv_out", "--activations", "uint8", "--calibrate-method", "percentile",
+                                "--exclude", "conv_out", "--float-budget", "0", "--calibrate-method", "percentile",
                                 "--out", out, "--json")
     assert code == 0, err
     payload = json.loads(stdout)  # nothing but the JSON object on stdout (the calibrators' prints go to stderr)

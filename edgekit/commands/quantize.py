@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.commands.common import add_json_flag, add_model_flag, add_width_flag, emit, number, positive_int, progress
+from edgekit.quantize import QuantizeOptions
 
 
 def register(sub) -> None:
@@ -16,11 +17,13 @@ def register(sub) -> None:
     add_width_flag(p)
     p.add_argument("--exclude", default="",
                    help="comma-separated fnmatch patterns of module paths kept in float, e.g. 'conv_in,conv_out'")
-    p.add_argument("--float-budget", type=number, default=0.0,
-                   help="share of each component's weights the sensitivity ranking may keep in float (default 0)")
+    p.add_argument("--float-budget", type=number, default=QuantizeOptions.float_budget,
+                   help="share of each component's weights the sensitivity ranking may keep in float "
+                        f"(default {QuantizeOptions.float_budget})")
     p.add_argument("--calibrate-method", default="minmax", help="ort-static: minmax | entropy | percentile")
-    p.add_argument("--activations", default="int8",
-                   help="ort-static: int8 | uint8 (A8W8) or int16 (A16W8, weights stay int8)")
+    p.add_argument("--activations", default=QuantizeOptions.activations,
+                   help=f"ort-static: uint8 | int8 (A8W8) or int16 (A16W8, weights stay int8); "
+                        f"default {QuantizeOptions.activations}")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     p.add_argument("--holdout", type=number, default=0.25, help="share of calibration rows held out for the error")
     p.add_argument("--max-calib-rows", type=positive_int, default=256)
@@ -33,7 +36,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from edgekit.fsutil import check_output_path
     from edgekit.pipeline import check_model_dir
-    from edgekit.quantize import QuantizeOptions, get_quantizer, parse_components, quantize_model
+    from edgekit.quantize import get_quantizer, parse_components, quantize_model
 
     quantizer = get_quantizer(args.method)
     components = parse_components(args.components)

@@ -2,8 +2,10 @@
 
 nncf.quantize picks its ONNX backend from the model type; the calibration rows go in as an
 nncf.Dataset of input feeds. Units kept in float (sensitivity budget, --exclude) become an
-IgnoredScope over the same node names the ort-static method excludes. The text encoder is quantized
-with ModelType.TRANSFORMER (NNCF then keeps its softmax/normalisation patterns in float).
+IgnoredScope over the same node names the ort-static method excludes. Every component is quantized
+with ModelType.TRANSFORMER (NNCF then keeps softmax/normalisation patterns in float and smooths the
+attention matmuls): on the digits UNet the default model type gave held-out rel-err 0.18 and 92% prompt
+accuracy, TRANSFORMER 0.048 (the MIXED preset changed nothing).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer, regi
 from edgekit.quantize.ort_static import QDQ_FILE, compact_names, export_fp32_onnx, onnx_nodes_in_units, onnx_runner
 
 
-def quantize_onnx_nncf(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *, transformer: bool = False,
+def quantize_onnx_nncf(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *, transformer: bool = True,
                        ignored_nodes=(), batch_size: int = 8) -> dict:
     """FP32 ONNX + calibration rows -> NNCF QDQ INT8 ONNX at ``out_path``; returns the report."""
     import nncf
@@ -68,7 +70,7 @@ class NncfQuantizer(Quantizer):
         fp32 = Path(workdir) / "fp32" / "model.onnx"
         graph = export_fp32_onnx(pipe, component, fp32)
         rel = Path("quantized") / component / QDQ_FILE
-        report = quantize_onnx_nncf(fp32, calib_inputs, root / rel, transformer=component == "text_encoder",
+        report = quantize_onnx_nncf(fp32, calib_inputs, root / rel, transformer=True,
                                     ignored_nodes=onnx_nodes_in_units(fp32, float_units))
         report["fp32_graph"] = graph
         report["names_compacted_bytes"] = compact_names(root / rel)
