@@ -32,21 +32,48 @@ import torch  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def unet_latency_ms(unet, repeats: int) -> float:
-    cfg = unet.config
+def interleaved_latency_ms(unets: dict, repeats: int) -> dict:
+    """Median ms of one UNet call (batch 2) per model, timed round-robin so that load from other processes on
+    a shared machine falls on every model alike (timing them one after another gave ratios above 1 for
+    smaller models)."""
+    some = next(iter(unets.values()))
+    cfg = some.config
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
     ctx = torch.randn(2, 16, cfg.cross_attention_dim, generator=gen)
     t = torch.tensor([500.0, 500.0])
-    times = []
+    times = {name: [] for name in unets}
     with torch.inference_mode():
-        for _ in range(3):
-            unet(x, t, ctx)
+        for unet in unets.values():
+            for _ in range(3):
+                unet(x, t, ctx)
         for _ in range(repeats):
-            start = time.perf_counter()
-            unet(x, t, ctx)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+            for name, unet in unets.items():
+                start = time.perf_counter()
+                unet(x, t, ctx)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def same_shape_unets(model_dir, names: list[str]) -> dict:
+    """UNets with the shapes of each benchmark row, rebuilt from the source model: latency depends on the
+    shapes only (used by --latency-only to re-time an earlier run's rows)."""
+    from edgekit.compress.prune import PruneConfig, prune_unet
+    from edgekit.pipeline import load_pipeline
+    from edgekit.structure import plan_for_width, sliced_unet
+
+    base = load_pipeline(model_dir).unet
+    out = {}
+    for name in names:
+        if name.startswith("prune"):
+            out[name] = prune_unet(base, PruneConfig(ratio=float(name.split()[1])))[0]
+        elif name.startswith("slim"):
+            scope = name[name.index("[") + 1:name.index("]")]
+            width = float(name.split()[1][1:])
+            out[name] = sliced_unet(base, plan_for_width(base, width, scope)) if width < 1.0 else base
+        else:
+            out[name] = base
+    return out
 
 
 def measure(name: str, model_dir: Path, width: float | None, args, extra: dict | None = None) -> dict:
@@ -60,12 +87,16 @@ def measure(name: str, model_dir: Path, width: float | None, args, extra: dict |
     started = time.perf_counter()
     report = evaluate_digits(pipe, args.steps, args.samples_per_digit, args.seed, guidance)
     row = {"name": name, "width": width or 1.0, "params": count_params(pipe.unet), "unet_macs": unet_macs(pipe.unet, tokens=16),
-           "latency_ms": unet_latency_ms(pipe.unet, args.repeats), "prompt_accuracy": report.prompt_accuracy,
+           "prompt_accuracy": report.prompt_accuracy,
            "frechet_distance": report.frechet_distance, "eval_seconds": round(time.perf_counter() - started, 1),
            **(extra or {})}
-    print(f"{name:28s} params {row['params']:>9,}  MACs {row['unet_macs'] / 1e6:7.1f} M  "
-          f"{row['latency_ms']:6.2f} ms  acc {row['prompt_accuracy']:.3f}  FD {row['frechet_distance']:.2f}", flush=True)
+    print(f"{name:34s} params {row['params']:>9,}  MACs {row['unet_macs'] / 1e6:7.1f} M  "
+          f"acc {row['prompt_accuracy']:.3f}  FD {row['frechet_distance']:.2f}", flush=True)
+    LOADED[name] = pipe.unet
     return row
+
+
+LOADED: dict = {}  # row name -> the UNet it measured, for the interleaved latency pass
 
 
 def main(argv=None) -> int:
@@ -90,9 +121,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-time the rows of an existing prune_slim.json on same-shape UNets, interleaved")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = check_model_dir(args.model)
+    if args.latency_only:
+        result = json.loads((args.out / "prune_slim.json").read_text())
+        rows = result["rows"]
+        latency = interleaved_latency_ms(same_shape_unets(model_dir, [r["name"] for r in rows]), args.repeats)
+        for row in rows:
+            row["latency_ms"] = latency[row["name"]]
+        result["latency_method"] = "re-timed with --latency-only on same-shape UNets, round-robin"
+        write_results(result, rows, args)
+        return 0
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +166,23 @@ def main(argv=None) -> int:
                 label = f"slim[{scope}] w{width:g} " + (f"+ sandwich {steps}" if steps else "(ordered only)")
                 rows.append(measure(label, out, width, args, {"scope": scope, "train_steps": steps,
                                                               "train_seconds": rep["training"].get("seconds", 0)}))
+    latency = interleaved_latency_ms(LOADED, args.repeats)
+    for row in rows:
+        row["latency_ms"] = latency[row["name"]]
+    result = {"model": str(model_dir), "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "torch_threads": args.threads, "importance": args.importance, "steps": args.steps,
+              "samples_per_digit": args.samples_per_digit, "recover_steps": args.recover_steps,
+              "slim_steps": args.slim_steps, "recover_lr": args.recover_lr, "slim_lr": args.slim_lr,
+              "full_weight": args.full_weight, "total_seconds": round(time.time() - started, 1),
+              "latency_method": "round-robin over the re-loaded UNets", "rows": rows}
+    write_results(result, rows, args)
+    return 0
+
+
+def write_results(result: dict, rows: list[dict], args) -> None:
+    # the table describes the run that measured the rows (with --latency-only, an earlier one)
+    args = argparse.Namespace(**{**vars(args), **{k: result[k] for k in ("importance", "steps", "samples_per_digit",
+                                                                          "recover_steps") if k in result}})
     full = rows[0]
     for row in rows:
         row["params_ratio"] = row["params"] / full["params"]
@@ -137,19 +196,15 @@ def main(argv=None) -> int:
         "slim_w0.5_accuracy_within_5_points": bool(slim_half and slim_half[0]["accuracy_delta_points"] >= -5),
         "prune_0.25_recovered_within_3_points": bool(prune_rec and prune_rec[0]["accuracy_delta_points"] >= -3),
     }
-    result = {"model": str(model_dir), "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "torch_threads": args.threads, "importance": args.importance, "steps": args.steps,
-              "samples_per_digit": args.samples_per_digit, "recover_steps": args.recover_steps,
-              "slim_steps": args.slim_steps, "recover_lr": args.recover_lr, "slim_lr": args.slim_lr,
-              "full_weight": args.full_weight, "total_seconds": round(time.time() - started, 1), "goals": goals,
-              "rows": rows}
+    result["goals"] = goals
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prune_slim.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Pruning and slimmable widths on the default model",
         "",
         f"torch {torch.__version__} CPU, {args.threads} thread(s); quality: {args.samples_per_digit} samples per digit at "
-        f"{args.steps} steps; importance {args.importance}; latency: one UNet call at batch 2 (median of {args.repeats}).",
+        f"{args.steps} steps; importance {args.importance}; latency: one UNet call at batch 2 (median of {args.repeats}, "
+        f"{result.get('latency_method', '')}; rows of identical shapes differ by a few percent on this shared machine).",
         "",
         "| model | params | ratio | UNet MACs (M) | ratio | latency ratio | prompt accuracy | delta (points) | Frechet distance |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -161,7 +216,6 @@ def main(argv=None) -> int:
     lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items()), ""]
     (args.out / "prune_slim.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
