@@ -190,15 +190,23 @@ def main() -> int:
         t0 = time.perf_counter()
         report = evaluate_digits(pipe, defaults.steps, args.samples_per_digit, 0, defaults.guidance_scale)
         row.update({"prompt_accuracy": report.prompt_accuracy, "frechet_distance": report.frechet_distance,
-                    "frechet_floor": report.frechet_floor, "eval_seconds": round(time.perf_counter() - t0, 1)})
+                    "frechet_floor": report.frechet_floor,
+                    "frechet_floor_std": getattr(report, "frechet_floor_std", None),
+                    "eval_seconds": round(time.perf_counter() - t0, 1)})
 
     fp32_acc = next(r["prompt_accuracy"] for r in rows_out if r["variant"] == "FP32 ONNX")
     dyn = next(r for r in rows_out if r["variant"] == "ORT dynamic INT8")
     static_rows = [r for r in rows_out if r["variant"] not in ("FP32 ONNX", "ORT dynamic INT8", "FP32 torch (eager)")]
+    # Two readings of "quality": the end-to-end numbers (prompt accuracy and FD; at 100 images FD moves
+    # by a few points between equally good models, see frechet_floor_std), and the held-out rel-err of
+    # the UNet output, which separates the methods far more finely.
     goals = {
-        "static_beats_dynamic_on_latency_and_quality": [
+        "static_beats_dynamic_on_latency_and_end_to_end_quality": [
             r["variant"] for r in static_rows if r["latency_ratio"] < dyn["latency_ratio"]
             and r["prompt_accuracy"] >= dyn["prompt_accuracy"] and r["frechet_distance"] <= dyn["frechet_distance"]],
+        "static_beats_dynamic_on_latency_and_heldout_error": [
+            r["variant"] for r in static_rows if r["latency_ratio"] < dyn["latency_ratio"]
+            and r["prompt_accuracy"] >= dyn["prompt_accuracy"] and r["heldout_rel_err"] < dyn["heldout_rel_err"]],
         "int8_unet_bytes_at_most_0.27x": [r["variant"] for r in static_rows if r["bytes_ratio"] <= 0.27],
         "accuracy_within_3_points_of_fp32": [r["variant"] for r in static_rows
                                              if r["prompt_accuracy"] >= fp32_acc - 0.03],
@@ -230,9 +238,11 @@ def main() -> int:
         ratio = "-" if r["bytes_ratio"] is None else f"{r['bytes_ratio']:.3f}x"
         lines.append(f"| {r['variant']} | {size} | {ratio} | {r['ms_per_unet_call']:.2f} | {r['latency_ratio']:.2f}x | "
                      f"{r['heldout_rel_err']:.4f} | {r['prompt_accuracy']:.2f} | {r['frechet_distance']:.2f} |")
-    floor = rows_out[0]["frechet_floor"]
-    lines += ["", f"Frechet floor (real vs real, same count): {floor:.2f}.", "",
-              "Goals met by: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in goals.items()), ""]
+    floor, floor_std = rows_out[0]["frechet_floor"], rows_out[0].get("frechet_floor_std")
+    spread = "" if floor_std is None else f" (std {floor_std:.2f} over resamples: FD differences of a few points are noise)"
+    lines += ["", f"Frechet floor (real vs real, same count): {floor:.2f}{spread}.", "", "Goals met by:", ""]
+    lines += [f"- {k}: {', '.join(v) or 'none'}" for k, v in goals.items()]
+    lines.append("")
     (args.out / "quantize.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
