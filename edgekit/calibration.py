@@ -188,6 +188,7 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
         }
     meta = {
         "format_version": FORMAT_VERSION,
+        "width": float(getattr(pipe, "edgekit_width", 1.0) or 1.0),
         "edgekit_version": __version__,
         "model": {"path": str(model_dir), "sha256": sha256_tree(model_dir)},
         "prompts": list(config.prompts),

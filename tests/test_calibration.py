@@ -27,6 +27,7 @@ def test_rows_and_shapes(calib):
     assert comps["unet"]["rows_seen"] == 3 * 5 * 2  # every step, guidance batch of two per image
     assert comps["unet"]["rows"] == 24  # bounded by the reservoir
     assert comps["vae_decoder"]["rows"] == 3
+    assert meta["width"] == 1.0  # quantizers refuse rows captured at another width
     assert comps["unet"]["inputs"]["sample"]["shape"] == [4, 8, 8]
     assert comps["unet"]["inputs"]["encoder_hidden_states"]["shape"] == [16, 64]
     assert comps["text_encoder"]["inputs"]["input_ids"] == {"shape": [16], "dtype": "int64"}
