@@ -10,24 +10,6 @@ from edgekit.fsutil import sha256_tree
 
 
 @pytest.fixture(scope="session")
-def digits_arch_model(tmp_path_factory, sd15_reduced):
-    """A pipeline whose UNet has the default model's architecture (random weights): fast and independent of
-    the trained weights, which the benchmark measures."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-    from edgekit.constants import EDGEKIT_DEFAULTS
-    from edgekit.zoo.tiny_digits.train import UNET_CONFIG
-
-    out = tmp_path_factory.mktemp("digits_arch") / "pipeline"
-    pipe = StableDiffusionPipeline.from_pretrained(sd15_reduced, safety_checker=None, requires_safety_checker=False)
-    torch.manual_seed(0)
-    pipe.register_modules(unet=UNet2DConditionModel(**UNET_CONFIG))
-    pipe.save_pretrained(out, safe_serialization=True)
-    (out / EDGEKIT_DEFAULTS).write_text(json.dumps({"guidance_scale": 4.0, "num_inference_steps": 3}))
-    return out
-
-
-@pytest.fixture(scope="session")
 def pruned_model(digits_arch_model, tmp_path_factory):
     from edgekit.compress.prune import PruneConfig, prune_model
 
