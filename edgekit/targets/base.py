@@ -39,6 +39,12 @@ class ComponentJob:
     calibration: dict | None = None  # spec-named input arrays (representative data), INT8 only
     notes: dict = field(default_factory=dict)
 
+    def output_dir(self, stage: Path) -> Path:
+        """The job's folder inside the staging bundle, created."""
+        folder = stage / self.rel_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
 
 class Target:
     """One export format. Subclasses set the class attributes and implement ``write`` and ``check``."""
@@ -48,6 +54,7 @@ class Target:
     precisions: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""  # pip extra that installs its converter
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
+    needs_fixed_shapes: ClassVar[bool] = False  # the converter wants every axis pinned
 
     def check_profile(self, profile: TargetProfile) -> None:
         """Raise InputError when the profile asks for something this target cannot do."""
@@ -55,6 +62,8 @@ class Target:
         if bad:
             raise InputError(f"profile '{profile.name}': target {self.name} offers precisions "
                              f"{', '.join(self.precisions)}, not {', '.join(bad)}")
+        if self.needs_fixed_shapes and not profile.fixed_shapes:
+            raise InputError(f"profile '{profile.name}': {self.name} needs fixed_shapes: true")
 
     def created_with(self) -> dict:
         return {}

@@ -96,6 +96,7 @@ class CoreMLTarget(Target):
     file_format = "mlpackage"
     precisions = ("fp32", "fp16", "w8", "palettize6")
     extra = "coreml"
+    needs_fixed_shapes = True
     needs_calibration = ()  # weight-only compression needs no data
 
     def check_profile(self, profile: TargetProfile) -> None:
@@ -103,8 +104,6 @@ class CoreMLTarget(Target):
         if profile.minimum_deployment_target not in DEPLOYMENT_TARGETS:
             raise InputError(f"profile '{profile.name}': minimum_deployment_target "
                              f"'{profile.minimum_deployment_target}' is not one of {', '.join(DEPLOYMENT_TARGETS)}")
-        if not profile.fixed_shapes:
-            raise InputError(f"profile '{profile.name}': coreml needs fixed_shapes: true")
 
     def created_with(self) -> dict:
         return {"coremltools": _ct().__version__}
@@ -113,8 +112,7 @@ class CoreMLTarget(Target):
         from edgekit.components import component_spec
         from edgekit.runtime.runners import inspect_mlpackage
 
-        folder = stage / job.rel_dir
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = job.output_dir(stage)
         t0 = time.perf_counter()
         model = convert(job, profile)
         convert_s = time.perf_counter() - t0

@@ -87,8 +87,7 @@ class OrtWebTarget(Target):
         from edgekit.components import component_spec
         from edgekit.onnx_export import export_onnx
 
-        folder = stage / job.rel_dir
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = job.output_dir(stage)
         path = folder / MODEL_FILE
         spec = component_spec(job.pipe, job.name)
         if job.precision == "fp32":

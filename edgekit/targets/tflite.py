@@ -185,14 +185,13 @@ class TFLiteTarget(Target):
     file_format = "tflite"
     precisions = ("fp32", "fp16", "int8")
     extra = "tflite"
+    needs_fixed_shapes = True
 
     def check_profile(self, profile: TargetProfile) -> None:
         super().check_profile(profile)
         if profile.converter not in CONVERTERS:
             raise InputError(f"profile '{profile.name}': converter '{profile.converter}' is not one of "
                              f"{', '.join(CONVERTERS)}")
-        if not profile.fixed_shapes:
-            raise InputError(f"profile '{profile.name}': tflite needs fixed_shapes: true")
 
     def created_with(self) -> dict:
         from ai_edge_litert import __version__ as litert_version
@@ -209,8 +208,7 @@ class TFLiteTarget(Target):
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         from edgekit.components import component_spec, export_module
 
-        folder = stage / job.rel_dir
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = job.output_dir(stage)
         path = folder / MODEL_FILE
         spec = component_spec(job.pipe, job.name)
         convert = CONVERTERS[profile.converter]
