@@ -53,6 +53,24 @@ def _accelerator(seed: int):
     return accelerator
 
 
+def _schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
+    """Linear warm-up over the first few percent of ``steps``, then cosine decay to a tenth of the peak rate:
+    short runs stay stable and long ones settle instead of oscillating at the peak rate."""
+    import math
+
+    import torch
+
+    warmup = max(1, int(steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _endless(loader):
     while True:
         yield from loader
@@ -84,7 +102,8 @@ def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_si
     student.train().requires_grad_(True)
     loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True, drop_last=False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    scheduler = _schedule(optimizer, steps)
+    student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     raw_student = accelerator.unwrap_model(student)
     s_feats, t_feats = [], []
     handles = _block_outputs(raw_student, s_feats) + _block_outputs(teacher, t_feats)
@@ -106,6 +125,7 @@ def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_si
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
+            scheduler.step()
             losses.append(float(loss_out.detach()))
             if task is not None:
                 progress.update(task, advance=1)
@@ -183,7 +203,8 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     slim = SlimmableUNet(unet, widths, scope)
     loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    model, optimizer, loader = accelerator.prepare(slim.module, optimizer, loader)
+    scheduler = _schedule(optimizer, steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(slim.module, optimizer, loader, scheduler)
     middle = widths[1:-1]
     losses = {w: [] for w in widths}
     started = time.perf_counter()
@@ -207,6 +228,7 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
+        scheduler.step()
         if task is not None:
             progress.update(task, advance=1)
     accelerator.unwrap_model(model).full.eval()
