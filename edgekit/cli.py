@@ -36,6 +36,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # converters' own tqdm bars (LiteRT's quantizer prints one per calibration pass); edgekit shows its own
+    os.environ.setdefault("TQDM_DISABLE", "1")
     # torchao (pulled in by litert-torch, imported by diffusers when present) logs missing GPU kernels
     # and torch logs pytree deprecations at import: neither concerns a CPU user.
     import logging

@@ -13,6 +13,29 @@ from edgekit.components import ComponentSpec, component_spec, export_module, exa
 from edgekit.errors import VerificationError
 from edgekit.quality import relative_error
 
+
+class native_output_silenced:
+    """Send file descriptors 1 and 2 to /dev/null while native code (onnxsim's C++ optimizer) prints
+    warnings a user cannot act on; Python-level output is flushed first and restored after."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+        os.dup2(self._null, 2)
+        return self
+
+    def __exit__(self, *exc):
+        for fd, saved in zip((1, 2), self._saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        os.close(self._null)
+        return False
+
 ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx.data"
 TWO_GB = 2**31

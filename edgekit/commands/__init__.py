@@ -10,4 +10,5 @@ COMMAND_MODULES = (
     "edgekit.commands.bench",
     "edgekit.commands.serve",
     "edgekit.commands.quantize",
+    "edgekit.commands.package",
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, emit, positive_int, progress
+from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -56,16 +56,10 @@ def run(args) -> int:
     import json
 
     from edgekit.bundle import read_manifest
-    from edgekit.errors import InputError
     from edgekit.runtime.bench import BenchConfig, import_rows, measure, write_table
 
     manifest = read_manifest(args.bundle)
-    policy = None
-    if args.policy is not None:
-        try:
-            policy = json.loads(args.policy.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"--policy {args.policy}: not a readable JSON file ({exc})") from None
+    policy = read_json(args.policy, "--policy") if args.policy is not None else None
     if args.import_table is not None:
         rows, runtime = import_rows(args.import_table, manifest), "imported"
     else:

@@ -72,3 +72,13 @@ def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
 
 def default_prompts_file() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "calibration_data" / "prompts.txt"
+
+
+def read_json(path: Path, flag: str):
+    """A JSON file given on the command line, or one InputError naming the flag."""
+    from edgekit.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{flag} {path}: not a readable JSON file ({exc})") from None

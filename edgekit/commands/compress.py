@@ -57,16 +57,20 @@ def register(sub) -> None:
                    help="what a narrower width shrinks: all channels (default; width 0.5 ~ 0.28x MACs) or only "
                         "the inner channels and heads pruning removes (block outputs keep their width)")
     s.add_argument("--full-weight", type=_fraction, default=1.0, help="weight of the full-width term (anchors it to the source model)")
+    s.add_argument("--guidance-weight", type=_fraction, default=1.0,
+                   help="weight of the guidance-direction term (prompted minus empty-prompt prediction); 0 turns it off")
+    s.add_argument("--init", type=Path, default=None,
+                   help="an earlier edgekit slim output of --model to continue training from")
     _common(s)
     s.set_defaults(func=run_slim)
 
 
-def _inputs(args):
+def _inputs(args, more_inputs=()):
     from edgekit.fsutil import check_output_path
     from edgekit.pipeline import check_model_dir
 
     model_dir = check_model_dir(args.model)
-    protected = [model_dir] + ([Path(args.calib)] if args.calib else [])
+    protected = [model_dir] + ([Path(args.calib)] if args.calib else []) + [Path(p) for p in more_inputs]
     out = check_output_path(args.out, protected, force=args.force)
     if args.calib is not None:
         from edgekit.calibration import CalibrationSet
@@ -101,10 +105,10 @@ def run_slim(args) -> int:
 
     config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
                         batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight,
-                        scope=args.scope)
-    model_dir, out = _inputs(args)
+                        scope=args.scope, guidance_weight=args.guidance_weight)
+    model_dir, out = _inputs(args, [args.init] if args.init else [])
     with progress() as bar:
-        report = slim_model(model_dir, config, out, args.calib, bar)
+        report = slim_model(model_dir, config, out, args.calib, bar, init_dir=args.init)
     lines = [f"wrote {out}"] + [f"width {row['width']:g}: params {row['params']:,}, MACs {row['macs_ratio']:.2f}x of full"
                                 for row in report["widths"]]
     emit(report, args.json, lines)

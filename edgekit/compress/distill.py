@@ -36,12 +36,34 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
         return CalibrationSet.open(tmp).load("unet")
 
 
-def _dataset(rows: dict):
+def _dataset(rows: dict, keep=None):
     import torch
 
+    keep = slice(None) if keep is None else keep
     return torch.utils.data.TensorDataset(
-        torch.as_tensor(rows["sample"]).float(), torch.as_tensor(rows["timestep"]).float(),
-        torch.as_tensor(rows["encoder_hidden_states"]).float())
+        torch.as_tensor(rows["sample"][keep]).float(), torch.as_tensor(rows["timestep"][keep]).float(),
+        torch.as_tensor(rows["encoder_hidden_states"][keep]).float())
+
+
+def guidance_pairs(rows: dict):
+    """(prompted row indices, the empty-prompt embedding) when the rows come from classifier-free guidance
+    (calibration marks the unconditional half), else None. Training on (prompted, empty) pairs lets the
+    loss weigh the guidance direction eps(prompt) - eps(empty) on its own: it is small next to eps, so a
+    loss on eps alone barely sees it, yet it is what decides which digit appears (guidance multiplies it)."""
+    import numpy as np
+    import torch
+
+    flags = rows.get("is_uncond")
+    if flags is None or not np.any(flags == 1) or not np.any(flags == 0):
+        return None
+    empty = torch.as_tensor(rows["encoder_hidden_states"][int(np.flatnonzero(flags == 1)[0])]).float()
+    return np.flatnonzero(flags == 0), empty
+
+
+def _relative(out, target, scale):
+    import torch.nn.functional as F
+
+    return F.mse_loss(out, target) / scale
 
 
 def _accelerator(seed: int):
@@ -182,14 +204,16 @@ class SlimmableUNet:
 
 
 def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
-                    seed: int = 0, progress=None, full_weight: float = 1.0, scope: str = "all") -> dict:
+                    seed: int = 0, progress=None, full_weight: float = 1.0, scope: str = "all",
+                    guidance_weight: float = 1.0) -> dict:
     """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
     each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
     the smallest width and one random middle width (both distilled from the current full-width output).
     ``full_weight`` scales the full-width term: the narrow widths' gradients land in the same weights and,
-    with few steps, pull the full width away from the teacher (measured; see the benchmark)."""
+    with few steps, pull the full width away from the teacher (measured; see the benchmark).
+    ``guidance_weight``: with classifier-free-guidance rows, every prompted row runs with its empty-prompt
+    twin and the guidance direction is distilled too (see ``guidance_pairs``)."""
     import torch
-    import torch.nn.functional as F
 
     widths = sorted(float(w) for w in widths)
     if steps <= 0:
@@ -201,7 +225,9 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     unet.train().requires_grad_(True)
     slim = SlimmableUNet(unet, widths, scope)
-    loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True)
+    pairs = guidance_pairs(rows) if guidance_weight > 0 else None
+    loader = torch.utils.data.DataLoader(_dataset(rows, pairs[0] if pairs else None), batch_size=batch_size,
+                                         shuffle=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     scheduler = _schedule(optimizer, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(slim.module, optimizer, loader, scheduler)
@@ -212,17 +238,32 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     batches = _endless(loader)
     for step in range(steps):
         sample, t, ctx = next(batches)
+        if pairs:  # each prompted row with its empty-prompt twin: [prompted..., empty...]
+            n = len(sample)
+            sample, t = torch.cat([sample, sample]), torch.cat([t, t])
+            ctx = torch.cat([ctx, pairs[1].to(ctx.device).expand_as(ctx)])
         chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
         with torch.no_grad():
             target = teacher(sample, t, ctx).sample
         scale = target.pow(2).mean().clamp_min(1e-8)
+        if pairs:
+            direction = target[:n] - target[n:]
+            direction_scale = direction.pow(2).mean().clamp_min(1e-8)
+
+        def distance(out, goal, goal_direction=None):
+            term = _relative(out, goal, scale)
+            if pairs:
+                goal_direction = goal[:n] - goal[n:] if goal_direction is None else goal_direction
+                term = term + guidance_weight * _relative(out[:n] - out[n:], goal_direction, direction_scale)
+            return term
+
         outs = model(sample, t, ctx, chosen)
         full = outs[0]
-        anchor = F.mse_loss(full, target) / scale
+        anchor = distance(full, target, direction if pairs else None)
         losses[1.0].append(float(anchor.detach()))
         loss = full_weight * anchor
         for w, out in zip(chosen[1:], outs[1:]):
-            term = F.mse_loss(out, full.detach()) / scale
+            term = distance(out, full.detach())
             loss = loss + term
             losses[w].append(float(term.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -235,7 +276,8 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     window = max(1, min(10, steps // 4))
     summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
                for w, v in losses.items() if v}
-    return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths, "loss": summary,
+    return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths,
+            "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary,
             "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
             "device": str(accelerator.device)}
 

@@ -28,6 +28,7 @@ class SlimConfig:
     seed: int = 0
     full_weight: float = 1.0
     scope: str = "all"
+    guidance_weight: float = 1.0
 
     def __post_init__(self):
         from edgekit.compress.importance import METHODS
@@ -35,6 +36,8 @@ class SlimConfig:
 
         if self.scope not in WIDTH_SCOPES:
             raise InputError(f"--scope {self.scope}: expected one of {', '.join(WIDTH_SCOPES)}")
+        if not self.guidance_weight >= 0:
+            raise InputError(f"--guidance-weight {self.guidance_weight}: expected a number >= 0")
         if not self.full_weight > 0:
             raise InputError(f"--full-weight {self.full_weight}: expected a positive number")
         widths = [float(w) for w in self.widths]
@@ -120,8 +123,10 @@ def check_widths_reload(out_dir: Path, unet, widths, scope: str = "all", toleran
 
 
 def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path | None = None,
-               progress=None) -> dict:
-    """Make ``model_dir``'s UNet slimmable at ``config.widths`` and write ``out`` atomically."""
+               progress=None, init_dir: Path | None = None) -> dict:
+    """Make ``model_dir``'s UNet slimmable at ``config.widths`` and write ``out`` atomically.
+    ``init_dir``: an earlier slim output of the same model to continue training from (its channel order
+    is kept; the teacher is still ``model_dir``'s UNet)."""
     import torch
 
     from edgekit.compress.distill import calibration_rows, frozen_copy, train_slimmable
@@ -141,13 +146,20 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     needs_rows = config.importance != "l1" or config.train_steps > 0
     rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed) if needs_rows else None
     started = time.perf_counter()
-    ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
+    if init_dir is not None:
+        ordered = _continued(init_dir, model_dir, config)
+    else:
+        ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
     order_seconds = time.perf_counter() - started
     training = train_slimmable(ordered, frozen_copy(base), rows, config.widths, config.train_steps, config.lr,
-                               config.batch_size, config.seed, progress, config.full_weight, config.scope) if config.train_steps else {}
+                               config.batch_size, config.seed, progress, config.full_weight, config.scope,
+                               config.guidance_weight) if config.train_steps else {}
     ordered.eval().requires_grad_(False)
-    structure = record(ordered, widths=config.widths, width_scope=config.scope,
-                       provenance={"command": "slim", "source": str(model_dir), **config.to_dict()})
+    provenance = {"command": "slim", "source": str(model_dir), **config.to_dict()}
+    if init_dir is not None:
+        earlier = load_pipeline(init_dir).edgekit_structure.provenance
+        provenance["continued_from"] = {"path": str(init_dir), **earlier}
+    structure = record(ordered, widths=config.widths, width_scope=config.scope, provenance=provenance)
     report = {"out": str(out), "config": config.to_dict(), "order_seconds": round(order_seconds, 2),
               "training": training, "widths": width_table(ordered, config.widths, config.scope)}
     with staged_dir(out) as staging:
@@ -155,3 +167,21 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
         report["reload_relative_error"] = check_widths_reload(staging, ordered, config.widths, config.scope)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _continued(init_dir: Path, model_dir: Path, config: SlimConfig):
+    """The full-width UNet of an earlier slim output of ``model_dir``, checked to match ``config``."""
+    from edgekit.pipeline import check_model_dir, load_pipeline
+
+    init_dir = check_model_dir(init_dir, "--init")
+    pipe = load_pipeline(init_dir, "--init")
+    structure = pipe.edgekit_structure
+    if structure is None or not structure.slimmable:
+        raise InputError(f"--init {init_dir}: is not an edgekit slim output (no slimmable structure.json)")
+    if tuple(float(w) for w in structure.widths) != config.widths or structure.width_scope != config.scope:
+        raise InputError(f"--init {init_dir}: slimmable at {list(structure.widths)} ({structure.width_scope}), "
+                         f"not {list(config.widths)} ({config.scope})")
+    shapes = {name: tuple(t.shape) for name, t in load_pipeline(model_dir).unet.state_dict().items()}
+    if shapes != {name: tuple(t.shape) for name, t in pipe.unet.state_dict().items()}:
+        raise InputError(f"--init {init_dir}: its UNet does not have the architecture of --model {model_dir}")
+    return pipe.unet

@@ -199,7 +199,10 @@ def export_fp32_onnx(pipe, component: str, out_path: Path) -> dict:
     if importlib.util.find_spec("onnxsim") is not None and model.ByteSize() < 2**31:
         import onnxsim
 
-        candidate, ok = onnxsim.simplify(model)
+        from edgekit.onnx_export import native_output_silenced
+
+        with native_output_silenced():
+            candidate, ok = onnxsim.simplify(model)
         if ok:
             model, simplified = candidate, True
     del model.graph.value_info[:]  # shape annotations ORT re-derives; they only add bytes

@@ -37,6 +37,7 @@ class ComponentJob:
     batch: int | None  # fixed batch size, or None for a dynamic batch axis
     precision: str
     calibration: dict | None = None  # spec-named input arrays (representative data), INT8 only
+    prequantized: Path | None = None  # an INT8 ONNX graph the quantize stage already made for this job
     notes: dict = field(default_factory=dict)
 
     def output_dir(self, stage: Path) -> Path:
@@ -55,6 +56,7 @@ class Target:
     extra: ClassVar[str] = ""  # pip extra that installs its converter
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
     needs_fixed_shapes: ClassVar[bool] = False  # the converter wants every axis pinned
+    takes_quantized_onnx: ClassVar[bool] = False  # int8 can ship the quantize stage's QDQ ONNX graphs as they are
 
     def check_profile(self, profile: TargetProfile) -> None:
         """Raise InputError when the profile asks for something this target cannot do."""
@@ -92,6 +94,11 @@ class ExportRequest:
     widths: tuple[float, ...] = (1.0,)
     calib_dir: Path | None = None
     force: bool = False
+    # Per-width UNet rows captured at that width (edgekit calibrate --width W); other rows come from calib_dir.
+    unet_calib_dirs: tuple[tuple[float, Path], ...] = ()
+    # Per-width outputs of the quantize stage (edgekit quantize, an ONNX method): targets that take QDQ ONNX
+    # ship those graphs for int8 (the text encoder and VAE decoder from the widest one).
+    quantized_dirs: tuple[tuple[float, Path], ...] = ()
 
 
 def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) -> list[dict]:
@@ -178,17 +185,21 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     widths = tuple(dict.fromkeys(float(w) for w in request.widths))
     if not widths or any(not 0 < w <= 1 for w in widths):
         raise InputError(f"--widths {list(request.widths)}: expected numbers in (0, 1]")
+    unet_calib = _unet_calibration(request, model_dir)
+    quantized = _quantized_graphs(request, target, precision)
 
     started = time.perf_counter()
     base = open_model(model_dir)  # text encoder and VAE are the same at every width
     pipes = {w: (base if w == 1.0 else open_model(model_dir, width=w)) for w in widths}
     defaults = sampling_defaults(model_dir)
     fixed = profile.fixed_shapes
-    jobs = [ComponentJob(base, "text_encoder", None, "text_encoder", 1 if fixed else None, precision)]
+    jobs = [ComponentJob(base, "text_encoder", None, "text_encoder", 1 if fixed else None, precision,
+                         prequantized=quantized.get(("text_encoder", None)))]
     for w in widths:
         jobs.append(ComponentJob(pipes[w], "unet", w, f"unet/w{width_key(w)}", profile.unet_batch if fixed else None,
-                                 precision))
-    jobs.append(ComponentJob(base, "vae_decoder", None, "vae_decoder", 1 if fixed else None, precision))
+                                 precision, prequantized=quantized.get(("unet", w))))
+    jobs.append(ComponentJob(base, "vae_decoder", None, "vae_decoder", 1 if fixed else None, precision,
+                             prequantized=quantized.get(("vae_decoder", None))))
 
     components: dict = {"unet": {"widths": {}}}
     verification: dict = {"unet": {"widths": {}}}
@@ -197,13 +208,14 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         for job in jobs:
             spec = component_spec(job.pipe, job.name)
             rows = job.batch or VERIFY_ROWS
-            inputs, source = _verification_inputs(job.pipe, job.name, rows, calib)
+            job_calib = {**calib, "unet": unet_calib[job.width]} if job.width in unet_calib else calib
+            inputs, source = _verification_inputs(job.pipe, job.name, rows, job_calib)
             if job.precision in target.needs_calibration:
-                if job.name not in calib:
+                if job.name not in job_calib:
                     raise CalibrationError(f"--calib {request.calib_dir}: has no rows for {job.name}")
                 from edgekit.components import inputs_from_calibration
 
-                data = calib[job.name]
+                data = job_calib[job.name]
                 n = len(next(iter(data.values())))
                 index = np.linspace(0, n - 1, min(n, CALIB_ROWS_INT8)).round().astype(int)
                 job.calibration = inputs_from_calibration(spec, data, index)
@@ -271,6 +283,45 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         manifest["created_with"]["export_s"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(stage, manifest)
     return manifest
+
+
+def _unet_calibration(request: ExportRequest, model_dir: Path) -> dict:
+    """width -> UNet rows captured at that width."""
+    from edgekit.calibration import CalibrationSet
+
+    rows = {}
+    for width, directory in request.unet_calib_dirs:
+        cset = CalibrationSet.open(directory, model_dir)
+        captured = float(cset.meta.get("width") or 1.0)
+        if captured != float(width):
+            raise CalibrationError(f"--calib {directory}: captured at width {captured:g}, used for the UNet at "
+                                   f"width {float(width):g}; re-run edgekit calibrate --width {float(width):g}")
+        rows[float(width)] = cset.load("unet")
+    return rows
+
+
+def _quantized_graphs(request: ExportRequest, target: Target, precision: str) -> dict:
+    """(component, width or None) -> the quantize stage's QDQ ONNX graph, where this target ships them."""
+    if not request.quantized_dirs or precision != "int8" or not target.takes_quantized_onnx:
+        return {}
+    from edgekit.quantize.artifact import QUANTIZED_DIR, read_manifest
+
+    graphs = {}
+    widest = max(float(w) for w, _ in request.quantized_dirs)
+    for width, directory in request.quantized_dirs:
+        manifest = read_manifest(Path(directory))
+        if float(manifest.get("width", 1.0)) != float(width):
+            raise InputError(f"{directory}: quantized at width {manifest.get('width')}, listed for width {width:g}")
+        for name, info in manifest["components"].items():
+            if info["kind"] != "onnx":
+                raise InputError(f"{directory}: {name} was quantized by '{manifest['method']}' into "
+                                 f"{info['kind']}, not an ONNX graph {target.name} can ship")
+            path = Path(directory) / QUANTIZED_DIR / name / Path(info["files"][0]).name
+            if name == "unet":
+                graphs[(name, float(width))] = path
+            elif float(width) == widest:
+                graphs[(name, None)] = path
+    return graphs
 
 
 def _scheduler_config(pipe) -> dict:

@@ -71,6 +71,7 @@ class OrtWebTarget(Target):
     file_format = "onnx"
     precisions = ("fp32", "fp16", "int8")
     extra = "onnx"
+    takes_quantized_onnx = True
 
     def created_with(self) -> dict:
         import onnx
@@ -92,6 +93,12 @@ class OrtWebTarget(Target):
         spec = component_spec(job.pipe, job.name)
         if job.precision == "fp32":
             export_onnx(job.pipe, job.name, path, opset=profile.opset, dynamic_batch=job.batch is None)
+        elif job.precision == "int8" and job.prequantized is not None:
+            import shutil
+
+            for f in job.prequantized.parent.glob(job.prequantized.name + "*"):  # graph + any external data
+                shutil.copyfile(f, folder / f.name.replace(job.prequantized.name, MODEL_FILE, 1))
+            job.notes["quantization"] = {"from": "quantize stage", "graph": str(job.prequantized)}
         else:
             raw_dir = stage / ".raw" / job.rel_dir
             raw = raw_dir / MODEL_FILE

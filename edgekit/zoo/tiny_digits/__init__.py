@@ -6,3 +6,6 @@ from pathlib import Path
 ZOO_DIR = Path(__file__).resolve().parent
 PIPELINE_DIR = ZOO_DIR / "pipeline"
 CLASSIFIER_DIR = ZOO_DIR / "classifier"
+# The same model made slimmable (widths 0.5, 0.75, 1.0; one weight set) by `edgekit slim`; shipped because
+# its training takes longer than a packaging run should (the command that made it is in its structure.json).
+SLIM_DIR = ZOO_DIR / "slim"

@@ -1,0 +1,107 @@
+"""`edgekit package`: prune/slim -> calibrate -> quantize -> export every target -> verify -> bench -> report."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json
+
+
+def _list(kind):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got '{text}'") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'")
+        return values
+    return parse
+
+
+def _precision(text: str) -> tuple[str, str]:
+    target, sep, precision = text.partition("=")
+    if not sep or not target or not precision:
+        raise argparse.ArgumentTypeError(f"expected TARGET=PRECISION such as ort-web=fp16, got '{text}'")
+    return target.strip(), precision.strip()
+
+
+def register(sub) -> None:
+    from edgekit.package import DEFAULT_PRECISIONS, DEFAULT_TARGETS, PackageConfig
+
+    p = sub.add_parser("package", help="the whole chain: slim/prune, calibrate, quantize, export and verify every "
+                                       "target, measure, report (resumable)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="local diffusers pipeline directory (default: the embedded tiny digits model, slimmable form)")
+    p.add_argument("--targets", type=_list(str), default=DEFAULT_TARGETS, help=f"default {','.join(DEFAULT_TARGETS)}")
+    p.add_argument("--widths", type=_list(float), default=None,
+                   help="width multipliers, e.g. 0.5,0.75,1.0 (default: the model's widths when slimmable, else 1.0); "
+                        "a model that is not slimmable is slimmed first")
+    p.add_argument("--prune", type=float, default=None, metavar="R", help="prune this fraction of inner channels "
+                                                                          "and heads first (then recover)")
+    p.add_argument("--recover-steps", type=int, default=PackageConfig.recover_steps)
+    p.add_argument("--slim-steps", type=int, default=PackageConfig.slim_steps,
+                   help="sandwich-rule training steps when the model must be made slimmable")
+    p.add_argument("--quant", default=PackageConfig.quant, metavar="METHOD", help="ort-static | nncf | fx")
+    p.add_argument("--precision", type=_precision, action="append", default=[], metavar="TARGET=PRECISION",
+                   help="a target's precision (default: " + ", ".join(f"{t}={v}" for t, v in DEFAULT_PRECISIONS.items()) + ")")
+    p.add_argument("--steps", type=_list(int), default=None, help="step counts to measure (default: each profile's)")
+    p.add_argument("--calib-samples", type=positive_int, default=PackageConfig.calib_samples,
+                   help="images generated per width for calibration")
+    p.add_argument("--samples-per-digit", type=positive_int, default=PackageConfig.samples_per_digit,
+                   help="images per digit for every quality number")
+    p.add_argument("--repeats", type=positive_int, default=PackageConfig.repeats, help="timed runs per table row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
+                                                              "(default: edgekit's policy_default.json)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (an earlier package output is resumed)")
+    p.add_argument("--force", action="store_true", help="start --out afresh instead of resuming it")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgekit.errors import EdgekitError
+    from edgekit.package import PackageConfig, package
+    from edgekit.zoo.tiny_digits import SLIM_DIR
+
+    policy = read_json(args.policy, "--policy") if args.policy is not None else None
+    config = PackageConfig(targets=tuple(args.targets), widths=args.widths, prune=args.prune,
+                           recover_steps=args.recover_steps, slim_steps=args.slim_steps, quant=args.quant,
+                           precisions=tuple(args.precision), steps=args.steps, calib_samples=args.calib_samples,
+                           samples_per_digit=args.samples_per_digit, repeats=args.repeats, seed=args.seed,
+                           policy=policy)
+    model = args.model or SLIM_DIR
+    try:
+        with progress() as bar:
+            summary = package(model, config, args.out, force=args.force, progress=bar)
+    except EdgekitError as exc:
+        if getattr(exc, "summary", None) is None:
+            raise
+        summary, failed = exc.summary, exc
+    else:
+        failed = None
+    emit(_payload(summary), args.json, _lines(summary))
+    if failed is not None:
+        raise failed
+    return 0
+
+
+def _payload(summary: dict) -> dict:
+    return {k: summary[k] for k in ("source", "model", "widths", "stages", "bundles", "failures", "report", "seconds")}
+
+
+def _lines(summary: dict) -> list[str]:
+    ran = [r["stage"] for r in summary["stages"] if r["ran"]]
+    lines = [f"packaged {summary['model']} at widths {', '.join(f'{w:g}' for w in summary['widths'])} in "
+             f"{summary['seconds']:.0f} s ({len(ran)} stages ran, {len(summary['stages']) - len(ran)} reused)"]
+    for target, b in summary["bundles"].items():
+        bench = b.get("bench") or {}
+        top = bench.get("top_choice")
+        tail = (f"policy's top choice w{top['width']:g}/{top['steps']} steps {top['latency_ms']:.0f} ms, accuracy "
+                f"{top['prompt_accuracy']:.2f}" if top else bench.get("skipped", "not measured"))
+        lines.append(f"  {target:8s} {b['precision']:5s} {b['bytes'] / 2**20:7.2f} MiB  {tail}")
+    for target, f in summary["failures"].items():
+        lines.append(f"  {target:8s} FAILED at {f.get('stage')}: {f['error']}")
+    lines.append(f"  report: {Path(summary['report_dir']) / summary['report']['markdown']}")
+    return lines

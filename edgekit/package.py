@@ -1,0 +1,453 @@
+"""`edgekit package`: the whole chain in one resumable run, from a diffusers directory to one verified,
+measured bundle per target and a report.
+
+    prune (optional) -> slim (when the widths need it) -> calibrate (per width) -> quantize (per width)
+    -> float quality (per width, torch) -> per target: export + verify -> bench (table into the manifest)
+    -> report.md + plots
+
+Every stage is the same code its own command runs; this module only chains them. Each stage's output
+is keyed by a digest of everything it reads (its inputs' keys, its settings, the edgekit version): a
+rerun into the same --out skips a stage whose output exists under the same key, and redoes it and
+everything after it otherwise. Each stage writes atomically, so an interrupted run resumes at the
+first unfinished stage. A target that fails is reported with its cause; the other targets still
+complete, and the run exits non-zero.
+
+Layout of --out::
+
+    package.json        what was asked, and per stage: key, ran or reused, seconds (written last)
+    report.md           the report; report.json has its numbers; plots/*.png
+    <target>/           one bundle per target, manifest.json carrying its measured table and policy
+    stages/             intermediate outputs (model, calib-w*, quant-w*) and one <stage>.json key per stage
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError, InputError
+
+STAGES_DIR = "stages"
+PACKAGE_FILE = "package.json"
+DEFAULT_TARGETS = ("ort-web", "tflite", "coreml")
+# What each target ships by default: the smallest precision whose numbers hold against torch here.
+DEFAULT_PRECISIONS = {"ort-web": "int8", "tflite": "int8", "coreml": "w8"}
+
+
+class PackageError(EdgekitError):
+    """Some targets failed; the others were written and the report lists what failed and why."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    widths: tuple[float, ...] | None = None  # None: the model's widths when slimmable, else full width only
+    prune: float | None = None
+    recover_steps: int = 200
+    slim_steps: int = 3000
+    slim_lr: float = 5e-4
+    quant: str = "ort-static"
+    precisions: tuple[tuple[str, str], ...] = ()  # (target, precision) overrides of DEFAULT_PRECISIONS
+    steps: tuple[int, ...] | None = None  # bench step counts; None: each target profile's
+    calib_samples: int = 44
+    samples_per_digit: int = 2
+    repeats: int = 3
+    seed: int = 0
+    policy: dict | None = None  # policy parameters for every bundle (default: edgekit's)
+
+    def __post_init__(self):
+        from edgekit.targets import get_target
+
+        if not self.targets:
+            raise InputError("--targets: expected at least one of " + ", ".join(DEFAULT_TARGETS))
+        for name in self.targets:
+            get_target(name)  # one clear error for an unknown target
+        if len(set(self.targets)) != len(self.targets):
+            raise InputError(f"--targets {','.join(self.targets)}: a target is listed twice")
+        for target, _ in self.precisions:
+            if target not in self.targets:
+                raise InputError(f"--precision {target}=...: {target} is not among --targets {','.join(self.targets)}")
+        if self.widths is not None:
+            if not self.widths or any(not 0.0 < float(w) <= 1.0 for w in self.widths):
+                raise InputError(f"--widths {','.join(f'{w:g}' for w in self.widths)}: expected multipliers in (0, 1]")
+        if self.prune is not None and not 0.0 < self.prune < 1.0:
+            raise InputError(f"--prune {self.prune:g}: expected a fraction of channels to remove in (0, 1)")
+        for flag, value in (("--recover-steps", self.recover_steps), ("--slim-steps", self.slim_steps)):
+            if value < 0:
+                raise InputError(f"{flag} {value}: expected a whole number >= 0")
+        for flag, value in (("--calib-samples", self.calib_samples), ("--samples-per-digit", self.samples_per_digit),
+                            ("--repeats", self.repeats)):
+            if value <= 0:
+                raise InputError(f"{flag} {value}: expected a positive whole number")
+        if self.policy is not None:
+            from edgekit.policy import PolicyConfig
+
+            PolicyConfig.from_dict(self.policy, "--policy")
+
+    def precision(self, target: str) -> str:
+        return dict(self.precisions).get(target, DEFAULT_PRECISIONS[target])
+
+
+def _digest(inputs: dict) -> str:
+    text = json.dumps({"edgekit": __version__, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from edgekit.fsutil import staged_file
+
+    with staged_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class Stages:
+    """Runs named stages, each skipped when its output exists under the same key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.records: list[dict] = []
+        self.current: str | None = None  # the stage running now (named in a failure)
+
+    def run(self, name: str, inputs: dict, build: Callable[[Path], dict], output: Path | None = None) -> dict:
+        """``build(output)`` makes the stage's output (atomically) and returns its JSON-able result. The key
+        digests ``inputs``; ``output`` is the directory whose presence, with the key file, marks it done."""
+        key = _digest(inputs)
+        self.current = name
+        state = self.root / STAGES_DIR / f"{name}.json"
+        if state.is_file() and (output is None or output.exists()):
+            saved = json.loads(state.read_text())
+            if saved.get("key") == key:
+                self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0})
+                return self._located(saved["result"], output)
+        state.unlink(missing_ok=True)
+        if output is not None and output.exists() and output.is_relative_to(self.root / STAGES_DIR):
+            shutil.rmtree(output)  # a stale intermediate; final bundles are replaced atomically by their stage
+        started = time.perf_counter()
+        try:
+            result = build(output)
+        except BaseException:
+            self.records.append({"stage": name, "key": key, "ran": True, "failed": True,
+                                 "seconds": round(time.perf_counter() - started, 1)})
+            raise
+        seconds = round(time.perf_counter() - started, 1)
+        _write_json(state, {"stage": name, "key": key, "seconds": seconds, "result": result})
+        self.records.append({"stage": name, "key": key, "ran": True, "seconds": seconds})
+        return self._located(result, output)
+
+    @staticmethod
+    def _located(result: dict, output: Path | None) -> dict:
+        """Results name their directory where it is now (a package output may have been moved)."""
+        return result if output is None else {**result, "dir": str(output)}
+
+    def key(self, name: str) -> str:
+        return next(r["key"] for r in reversed(self.records) if r["stage"] == name)
+
+
+@dataclass
+class Plan:
+    """What the run will do, settled before any work so that bad input fails first."""
+
+    source: Path
+    out: Path
+    widths: tuple[float, ...]
+    slim: bool
+    profiles: dict = field(default_factory=dict)  # target -> TargetProfile at its package precision
+
+
+def check_out(out: Path, source: Path, force: bool) -> Path:
+    """--out may be new, or an earlier package output (resumed); anything else needs --force."""
+    from edgekit.fsutil import check_output_path
+
+    resumable = Path(out).is_dir() and ((Path(out) / STAGES_DIR).is_dir() or (Path(out) / PACKAGE_FILE).is_file())
+    if resumable and not force:
+        return check_output_path(out, [source], force=True)
+    out = check_output_path(out, [source], force=force)
+    if out.exists():
+        shutil.rmtree(out)
+    return out
+
+
+def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False) -> Plan:
+    from edgekit.pipeline import check_model_dir
+    from edgekit.profiles import TargetProfile, profiles_dir
+    from edgekit.quantize import get_quantizer
+    from edgekit.structure import Structure
+    from edgekit.targets import DEFAULT_PROFILES, get_target
+
+    source = check_model_dir(model_dir)
+    structure = Structure.load(source)
+    slimmable = structure is not None and structure.slimmable
+    if slimmable:
+        offered = tuple(float(w) for w in structure.widths)
+        widths = tuple(config.widths or offered)
+        missing = [w for w in widths if float(w) not in offered]
+        if missing:
+            raise InputError(f"--widths {','.join(f'{w:g}' for w in widths)}: {source} is slimmable at "
+                             f"{','.join(f'{w:g}' for w in offered)} only")
+        if config.prune is not None:
+            raise InputError(f"--prune: {source} is already slimmable; prune its source model instead")
+    else:
+        widths = tuple(config.widths or (1.0,))
+    widths = tuple(sorted({float(w) for w in widths}, reverse=True))
+    slim = not slimmable and any(w < 1.0 for w in widths)
+    if slim:
+        from edgekit.compress.slim import SlimConfig
+        from edgekit.pipeline import load_pipeline
+        from edgekit.structure import check_widths
+
+        slim_config = SlimConfig(widths=tuple(sorted(set(widths) | {1.0})))  # the slim stage's checks, before any work
+        check_widths(load_pipeline(source).unet, slim_config.widths, slim_config.scope)
+    quantizer = get_quantizer(config.quant, "--quant")
+    quantizer.check_backend()
+    profiles = {}
+    for name in config.targets:
+        target = get_target(name)
+        profile = TargetProfile.from_yaml(profiles_dir() / f"{DEFAULT_PROFILES[name]}.yaml")
+        profile = profile.with_precision(config.precision(name))
+        target.check_profile(profile)
+        profiles[name] = profile
+    return Plan(source=source, out=check_out(out, source, force), widths=widths, slim=slim, profiles=profiles)
+
+
+def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = False, progress=None) -> dict:
+    """Run the chain; returns the summary written to package.json. Raises PackageError after writing
+    everything else when some target failed."""
+    from edgekit.fsutil import sha256_tree
+    from edgekit.pipeline import sampling_defaults
+
+    p = plan(model_dir, config, out, force)
+    stages = Stages(p.out)
+    work = p.out / STAGES_DIR
+    started = time.perf_counter()
+    source_key = sha256_tree(p.source)
+
+    model, model_key = p.source, source_key
+    if config.prune is not None:
+        model, model_key = _prune(stages, config, model, model_key, work / "pruned", progress)
+    if p.slim:
+        model, model_key = _slim(stages, config, p.widths, model, model_key, work / "slim", progress)
+    defaults = sampling_defaults(model)
+
+    calib, quant, quality = {}, {}, {}
+    widest = max(p.widths)
+    for w in p.widths:
+        calib[w] = _calibrate(stages, config, model, model_key, w, work / f"calib-w{w:.2f}", progress)
+    for w in p.widths:
+        quant[w] = _quantize(stages, config, model, model_key, w, w == widest, calib[w],
+                             work / f"quant-w{w:.2f}", progress)
+    for w in p.widths:
+        quality[w] = stages.run(f"quality-w{w:.2f}", {"model": model_key, "width": w, "steps": defaults.steps,
+                                                      "samples_per_digit": config.samples_per_digit,
+                                                      "seed": config.seed},
+                                lambda _, w=w: _float_quality(model, w, defaults, config, progress))
+
+    bundles, failures = {}, {}
+    for name, profile in p.profiles.items():
+        try:
+            bundles[name] = _target(stages, config, name, profile, model, model_key, p, calib, quant, progress)
+        except Exception as exc:  # one target's failure must not stop the others
+            failures[name] = {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgekitError) else str(exc),
+                              "stage": stages.current}
+            if not isinstance(exc, EdgekitError):
+                failures[name]["traceback"] = traceback.format_exc(limit=8)
+
+    summary = {
+        "edgekit": __version__,
+        "source": str(p.source),
+        "source_sha256": source_key,
+        "model": str(model),
+        "widths": list(p.widths),
+        "config": {**asdict(config), "precisions": {t: config.precision(t) for t in config.targets}},
+        "stages": stages.records,
+        "calibration": {f"{w:g}": c for w, c in calib.items()},
+        "quantize": {f"{w:g}": q for w, q in quant.items()},
+        "float_quality": {f"{w:g}": q for w, q in quality.items()},
+        "bundles": bundles,
+        "failures": failures,
+    }
+    from edgekit.report import write_report
+
+    summary["report"] = write_report(p.out, summary)
+    summary["report_dir"] = str(p.out)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    _write_json(p.out / PACKAGE_FILE, summary)
+    if failures:
+        error = PackageError(f"{len(failures)} of {len(p.profiles)} targets failed: "
+                           + "; ".join(f"{t}: {f['error']}" for t, f in failures.items())
+                           + f" (the others are in {p.out}; see {p.out / 'report.md'})")
+        error.summary = summary  # the CLI prints it before the error
+        raise error
+    return summary
+
+
+def _prune(stages: Stages, config: PackageConfig, model: Path, model_key: str, output: Path, progress):
+    from edgekit.compress.prune import PruneConfig, prune_model
+
+    prune_config = PruneConfig(ratio=config.prune, importance="taylor", recover_steps=config.recover_steps,
+                               recover_lr=3e-4, seed=config.seed)
+
+    def build(where: Path) -> dict:
+        report = prune_model(model, prune_config, where, None, progress)
+        return {"params": report["params"], "unet_macs": report["unet_macs"], "recovery": report["recovery"]}
+
+    stages.run("prune", {"model": model_key, "prune": asdict(prune_config)}, build, output)
+    return output, stages.key("prune")
+
+
+def _slim(stages: Stages, config: PackageConfig, widths, model: Path, model_key: str, output: Path, progress):
+    from edgekit.compress.slim import SlimConfig, slim_model
+
+    slim_config = SlimConfig(widths=tuple(sorted(set(widths) | {1.0})), train_steps=config.slim_steps,
+                             importance="taylor", lr=config.slim_lr, seed=config.seed, full_weight=2.0)
+
+    def build(where: Path) -> dict:
+        report = slim_model(model, slim_config, where, None, progress)
+        return {"widths": report["widths"], "training": report["training"]}
+
+    stages.run("slim", {"model": model_key, "slim": slim_config.to_dict()}, build, output)
+    return output, stages.key("slim")
+
+
+def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, output: Path,
+               progress) -> dict:
+    from edgekit.calibration import CalibrationConfig, capture, read_prompts
+    from edgekit.commands.common import default_prompts_file
+    from edgekit.fsutil import sha256_file, staged_dir
+    from edgekit.loader import open_model
+    from edgekit.pipeline import sampling_defaults
+
+    prompts_file = default_prompts_file()
+    defaults = sampling_defaults(model)
+    calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps,
+                                     samples=config.calib_samples, guidance_scale=defaults.guidance_scale,
+                                     seed=config.seed)
+
+    def build(where: Path) -> dict:
+        with staged_dir(where) as staging:
+            meta = capture(open_model(model, width=width), calib_config, staging, model, prompts_file.resolve(),
+                           progress)
+        return {"images": meta["images_generated"],
+                "rows": {k: v["rows"] for k, v in meta["components"].items()}}
+
+    return stages.run(f"calib-w{width:.2f}", {"model": model_key, "width": width, "prompts": sha256_file(prompts_file),
+                                              "config": asdict(calib_config)}, build, output)
+
+
+def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, widest: bool,
+              calib: dict, output: Path, progress) -> dict:
+    from edgekit.quantize import QuantizeOptions, quantize_model
+
+    options = QuantizeOptions(seed=config.seed)
+    # The text encoder and VAE decoder are the same at every width: quantized once, with the widest UNet.
+    components = ("unet", "text_encoder", "vae_decoder") if widest else ("unet",)
+
+    def build(where: Path) -> dict:
+        manifest = quantize_model(model, Path(calib["dir"]), config.quant, where, components=components,
+                                  width=None if width == 1.0 else width, options=options, progress=progress)
+        return {"method": config.quant, "seconds": manifest["seconds"],
+                "components": {name: {k: info[k] for k in ("kind", "heldout_rel_err", "bytes", "bytes_ratio_vs_fp32")}
+                               for name, info in manifest["components"].items()}}
+
+    return stages.run(f"quant-w{width:.2f}", {"model": model_key, "calib": stages.key(f"calib-w{width:.2f}"),
+                                              "method": config.quant, "components": components,
+                                              "options": options.to_dict()}, build, output)
+
+
+def _float_quality(model: Path, width: float, defaults, config: PackageConfig, progress) -> dict:
+    from edgekit.compress.prune import count_params
+    from edgekit.loader import open_model
+    from edgekit.quality import evaluate_digits
+    from edgekit.structure import unet_macs
+
+    pipe = open_model(model, width=width)
+    report = evaluate_digits(pipe, defaults.steps, config.samples_per_digit, config.seed, defaults.guidance_scale,
+                             progress)
+    return {"width": width, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": unet_macs(pipe.unet),
+            **report.to_dict()}
+
+
+def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Path, model_key: str, p: Plan,
+            calib: dict, quant: dict, progress) -> dict:
+    import platform
+
+    from edgekit.bundle import read_manifest
+    from edgekit.runtime.bench import BenchConfig, measure, write_table
+    from edgekit.targets import get_target
+    from edgekit.targets.base import ExportRequest, export_bundle
+
+    target = get_target(name)
+    widest = max(p.widths)
+    needs_calib = profile.precision in target.needs_calibration
+    onnx_quant = (target.takes_quantized_onnx and profile.precision == "int8"
+                  and all(c["kind"] == "onnx" for q in quant.values() for c in q["components"].values()))
+    request = ExportRequest(
+        model_dir=model, out=p.out / name, target=name, profile=profile, widths=p.widths,
+        calib_dir=Path(calib[widest]["dir"]) if needs_calib else None, force=True,
+        unet_calib_dirs=tuple((w, Path(calib[w]["dir"])) for w in p.widths) if needs_calib else (),
+        quantized_dirs=tuple((w, Path(quant[w]["dir"])) for w in p.widths) if onnx_quant else ())
+    export_inputs = {"model": model_key, "target": name, "profile": profile.to_dict(), "widths": p.widths,
+                     "calib": [stages.key(f"calib-w{w:.2f}") for w in p.widths] if needs_calib else None,
+                     "quant": [stages.key(f"quant-w{w:.2f}") for w in p.widths] if onnx_quant else None}
+
+    def export(where: Path) -> dict:
+        manifest = export_bundle(request, progress)
+        return _bundle_summary(where, manifest)
+
+    exported = stages.run(f"export-{name}", export_inputs, export, p.out / name)
+    exported["int8_graphs"] = f"quantize stage ({config.quant})" if onnx_quant else (
+        f"{name}'s own converter" if needs_calib else None)
+
+    steps = config.steps or tuple(profile.steps)
+    if target.file_format == "mlpackage" and platform.system() != "Darwin":
+        exported["bench"] = {"skipped": "Core ML runs only on Apple devices: the table is measured there "
+                                        "(edgekit bench --import-table)"}
+        return exported
+
+    def bench(_) -> dict:
+        bench_config = BenchConfig(steps=steps, widths=p.widths, samples_per_digit=config.samples_per_digit,
+                                   repeats=config.repeats, seed=config.seed)
+        rows, runtime = measure(p.out / name, bench_config, progress)
+        written, _ = write_table(p.out / name, read_manifest(p.out / name), rows, config.policy)
+        return {"runtime": runtime, "rows": rows, "policy": written["policy"],
+                "top_choice": _top_choice(written)}
+
+    exported["bench"] = stages.run(f"bench-{name}", {"export": stages.key(f"export-{name}"), "steps": steps,
+                                                      "samples_per_digit": config.samples_per_digit,
+                                                      "repeats": config.repeats, "seed": config.seed,
+                                                      "policy": config.policy}, bench)
+    return exported
+
+
+def _bundle_summary(bundle: Path, manifest: dict) -> dict:
+    from edgekit.bundle import component_entries, entry_label, lookup
+
+    components = []
+    for comp, width, entry in component_entries(manifest):
+        record = lookup(manifest["verification"], comp, width)
+        errors = [c["rel_err"] for c in record["checks"] if "rel_err" in c]
+        components.append({"component": entry_label(comp, width), "bytes": entry["bytes"],
+                           "precision": entry["precision"], "max_rel_err": max(errors) if errors else None,
+                           "runtimes": [c["runtime"] for c in record["checks"]]})
+    return {"dir": str(bundle), "precision": manifest["precision"], "components": components,
+            "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+            "export_s": manifest["created_with"].get("export_s")}
+
+
+def _top_choice(manifest: dict) -> dict:
+    """What the bundle's policy picks on a device in the best state (charging, full, nominal)."""
+    from edgekit.policy import DeviceState, Policy
+
+    policy = Policy.from_manifest(manifest)
+    decision = policy.decide(0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
+    row = next(r for r in manifest["table"] if int(r["steps"]) == decision.steps
+               and float(r["width"]) == float(decision.width))
+    return {"steps": decision.steps, "width": decision.width, "latency_ms": row["latency_ms"],
+            "prompt_accuracy": row["prompt_accuracy"], "frechet_distance": row.get("frechet_distance")}

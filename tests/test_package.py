@@ -1,0 +1,150 @@
+"""`edgekit package`: the chain end to end on small settings, resuming, per-target failure, bad input."""
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+FAST = ("--steps", "4", "--samples-per-digit", "1", "--repeats", "1", "--calib-samples", "4")
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory, default_model):
+    """One ort-web package of the default model (full width), shared by the tests that read it."""
+    from edgekit.cli import main
+
+    out = tmp_path_factory.mktemp("package") / "out"
+    code = main(["package", "--model", str(default_model), "--targets", "ort-web", *FAST, "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout)
+
+
+def test_package_writes_a_verified_measured_bundle_and_report(packaged):
+    from edgekit.bundle import read_manifest, verify
+
+    summary = json.loads((packaged / "package.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == ["calib-w1.00", "quant-w1.00", "quality-w1.00",
+                                                        "export-ort-web", "bench-ort-web"]
+    assert all(r["ran"] for r in summary["stages"]) and not summary["failures"]
+    manifest = read_manifest(packaged / "ort-web")
+    assert manifest["precision"] == "int8"
+    # the shipped INT8 UNet is the quantize stage's graph, checked against torch like any export
+    assert filecmp.cmp(packaged / "ort-web/unet/w1.00/model.onnx",
+                       packaged / "stages/quant-w1.00/quantized/unet/model.onnx", shallow=False)
+    assert verify(packaged / "ort-web")["files"] == len(manifest["files"])
+    [row] = manifest["table"]
+    assert (row["width"], row["steps"]) == (1.0, 4) and row["latency_ms"] > 0
+    assert 0.0 <= row["prompt_accuracy"] <= 1.0 and row["quality_images"] == 10
+    assert manifest["policy"], "the bench stage writes the policy parameters the device reads"
+
+    report = (packaged / "report.md").read_text()
+    for text in ("## Bundles", "ort-web", "Policy's top choice", "plots/quality_vs_latency.png",
+                 "plots/bundle_sizes.png"):
+        assert text in report
+    for plot in summary["report"]["plots"]:
+        data = (packaged / plot).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    numbers = json.loads((packaged / "report.json").read_text())
+    assert numbers["bundles"]["ort-web"]["bench"]["rows"][0]["latency_ms"] == row["latency_ms"]
+
+
+def test_rerun_reuses_every_stage_and_a_changed_setting_reruns_only_its_readers(run_cli, packaged, default_model):
+    from edgekit.fsutil import sha256_tree
+
+    before = sha256_tree(packaged / "ort-web")
+    args = ["package", "--model", default_model, "--targets", "ort-web", *FAST, "--out", packaged, "--json"]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert not any(r["ran"] for r in _summary(out)["stages"])
+    assert sha256_tree(packaged / "ort-web") == before
+
+    changed = [a if a != "1" or args[i - 1] != "--repeats" else "2" for i, a in enumerate(args)]
+    code, out, err = run_cli(*changed)
+    assert code == 0, err
+    assert [r["stage"] for r in _summary(out)["stages"] if r["ran"]] == ["bench-ort-web"]
+
+
+def test_a_failing_target_is_reported_and_the_others_complete(run_cli, packaged, default_model, tmp_path,
+                                                            monkeypatch):
+    from edgekit.bundle import verify
+    from edgekit.targets import get_target
+
+    out = tmp_path / "moved"
+    shutil.copytree(packaged, out)  # a moved package output still resumes
+
+    def broken(self, job, stage, profile):
+        raise RuntimeError("converter crashed on purpose")
+
+    monkeypatch.setattr(type(get_target("tflite")), "write", broken)
+    code, stdout, err = run_cli("package", "--model", default_model, "--targets", "tflite,ort-web", *FAST,
+                                "--out", out)
+    assert code == 1
+    assert "tflite" in err and "converter crashed on purpose" in err
+    assert "FAILED at export-tflite" in stdout
+    assert not (out / "tflite").exists()
+    verify(out / "ort-web")
+    summary = json.loads((out / "package.json").read_text())
+    assert summary["failures"]["tflite"]["stage"] == "export-tflite"
+    ran = {r["stage"]: r.get("failed", False) for r in summary["stages"] if r["ran"]}
+    assert ran.pop("export-tflite") is True
+    assert set(ran) <= {"bench-ort-web"}, "the shared stages and the ort-web export are reused"
+    assert "converter crashed on purpose" in (out / "report.md").read_text()
+
+
+def test_package_slims_a_model_that_is_not_slimmable(run_cli, digits_arch_model, tmp_path):
+    from edgekit.bundle import read_manifest
+    from edgekit.structure import Structure
+
+    out = tmp_path / "slimmed"
+    policy = json.loads((Path(__file__).parent.parent / "edgekit" / "policy_default.json").read_text())
+    (tmp_path / "policy.json").write_text(json.dumps({**policy, "min_prompt_accuracy": 0.0}))  # random weights
+    code, stdout, err = run_cli("package", "--model", digits_arch_model, "--targets", "ort-web", "--widths", "0.5,1.0",
+                                "--policy", tmp_path / "policy.json",
+                                "--slim-steps", "2", "--precision", "ort-web=fp32", "--steps", "3",
+                                "--samples-per-digit", "1", "--repeats", "1", "--calib-samples", "2", "--out", out,
+                                "--json")
+    assert code == 0, err
+    stages = [r["stage"] for r in _summary(stdout)["stages"]]
+    assert stages[0] == "slim" and "calib-w0.50" in stages and "quant-w0.50" in stages
+    assert Structure.load(out / "stages" / "slim").widths == (0.5, 1.0)
+    manifest = read_manifest(out / "ort-web")
+    assert manifest["widths"] == [1.0, 0.5]
+    assert sorted((r["width"], r["steps"]) for r in manifest["table"]) == [(0.5, 3), (1.0, 3)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prune", "1.5"], "--prune 1.5"),
+    (["--targets", "ort-web,nokia"], "nokia"),
+    (["--quant", "bogus"], "--quant bogus"),
+    (["--precision", "ort-web=w8"], "w8"),
+    (["--precision", "coreml=w8", "--targets", "ort-web"], "--precision coreml"),
+    (["--widths", "0.05,1.0"], "0.05"),
+    (["--widths", "1.5"], "--widths 1.5"),
+])
+def test_bad_input_is_one_clear_error_and_writes_nothing(run_cli, default_model, tmp_path, flags, message):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("package", "--model", default_model, *flags, "--out", out)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_existing_directory_that_is_not_a_package_needs_force(run_cli, default_model, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run_cli("package", "--model", default_model, "--out", out)
+    assert code == 2 and "already exists" in err
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_prune_of_a_slimmable_model_is_refused(run_cli, tmp_path):
+    from edgekit.zoo.tiny_digits import SLIM_DIR
+
+    code, _, err = run_cli("package", "--model", SLIM_DIR, "--prune", "0.25", "--out", tmp_path / "out")
+    assert code == 2 and "already slimmable" in err
