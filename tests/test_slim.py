@@ -130,3 +130,35 @@ def test_inner_scope_keeps_block_outputs(run_cli, digits_arch_model, tmp_path):
     assert unet.conv_in.out_channels == 64 and unet.down_blocks[0].resnets[0].conv2.out_channels == 64
     assert unet.down_blocks[0].resnets[0].conv1.out_channels == 32
     assert unet.mid_block.attentions[0].transformer_blocks[0].attn1.heads == 2
+
+
+def test_guidance_pairs_come_from_the_calibration_halves():
+    import numpy as np
+
+    from edgekit.compress.distill import guidance_pairs
+
+    ctx = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    rows = {"sample": np.zeros((4, 4, 8, 8), np.float32), "timestep": np.zeros(4, np.float32),
+            "encoder_hidden_states": ctx, "is_uncond": np.array([0, 1, 0, 1], np.int8)}
+    prompted, empty = guidance_pairs(rows)
+    assert list(prompted) == [0, 2]
+    assert torch.equal(empty, torch.as_tensor(ctx[1]))
+    assert guidance_pairs({k: v for k, v in rows.items() if k != "is_uncond"}) is None
+    assert guidance_pairs({**rows, "is_uncond": np.zeros(4, np.int8)}) is None  # guidance 1: no empty half
+
+
+def test_slim_continues_from_an_earlier_output(run_cli, slim_model, digits_arch_model, tmp_path):
+    earlier, _ = slim_model
+    code, stdout, err = run_cli("slim", "--model", digits_arch_model, "--init", earlier, "--train-steps", "2",
+                                "--batch-size", "2", "--out", tmp_path / "more", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["training"]["guidance_weight"] == 1.0  # the digits-architecture model samples with guidance
+    provenance = json.loads((tmp_path / "more" / "structure.json").read_text())["provenance"]
+    assert provenance["continued_from"]["path"] == str(earlier) and provenance["train_steps"] == 2
+
+    code, _, err = run_cli("slim", "--model", digits_arch_model, "--init", earlier, "--widths", "0.5,1.0",
+                           "--out", tmp_path / "other")
+    assert code == 2
+    _one_line(err, "--init", "slimmable at [0.5, 0.75, 1.0]")
+    assert not (tmp_path / "other").exists()
