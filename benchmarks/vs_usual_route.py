@@ -122,7 +122,8 @@ def find_bundles(bundle_dir: Path | None, model_dir: Path) -> dict[str, Path]:
                              f"not from --model {model_dir}")
         found.setdefault(manifest["precision"], path.parent)
     if not found:
-        raise InputError(f"--bundle-dir {bundle_dir}: no ort-web bundle (manifest.json) in it or one or two levels down")
+        raise InputError(f"--bundle-dir {bundle_dir}: no ort-web bundle (manifest.json) in it or one or two "
+                         "levels down")
     return found
 
 
@@ -282,7 +283,7 @@ def main() -> int:
                              "repeat it for several widths; a width without one is captured here")
     parser.add_argument("--widths", default="1.0,0.75,0.5")
     parser.add_argument("--samples-per-digit", type=int, default=10, help="seeds per digit in the quality grid")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved single-image latency rounds (median)")
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved single-image latency rounds (median)")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads, the same for every row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -379,13 +380,19 @@ def evaluate(rows: list[dict]) -> tuple[dict, list[str]]:
     else:
         goals["int8_w0.5_at_least_6x_smaller"] = {"met": slim["size_ratio"] >= GOAL_SMALLER,
                                                   "value": round(slim["size_ratio"], 2)}
-        goals["int8_w0.5_at_least_3x_faster"] = {"met": slim["speed_ratio"] >= GOAL_FASTER,
-                                                 "value": round(slim["speed_ratio"], 2)}
+        # Judged on the median and on the fastest round alike: on a loaded machine the two can disagree, and
+        # a goal met by one only is noise, not a result.
+        by_min = fp32["latency_min_ms"] / slim["latency_min_ms"]
+        goals["int8_w0.5_at_least_3x_faster"] = {
+            "met": slim["speed_ratio"] >= GOAL_FASTER and by_min >= GOAL_FASTER,
+            "value": f"{slim['speed_ratio']:.2f}x on medians, {by_min:.2f}x on fastest rounds"}
         goals["int8_w0.5_accuracy_within_3_points"] = {"met": slim["accuracy_delta_points"] >= -GOAL_ACC_POINTS,
                                                        "value": round(slim["accuracy_delta_points"], 1)}
     # "Beats on quality": accuracy not lower and Frechet distance not higher than the usual INT8.
     goals["policy_pick_beats_usual_int8_latency"] = {
-        "met": pick["latency_ms"] < dynamic["latency_ms"], "value": f"{pick['latency_ms']:.1f} vs {dynamic['latency_ms']:.1f} ms"}
+        "met": pick["latency_ms"] < dynamic["latency_ms"] and pick["latency_min_ms"] < dynamic["latency_min_ms"],
+        "value": f"{pick['latency_ms']:.1f} vs {dynamic['latency_ms']:.1f} ms (fastest rounds "
+                 f"{pick['latency_min_ms']:.1f} vs {dynamic['latency_min_ms']:.1f})"}
     goals["policy_pick_beats_usual_int8_quality"] = {
         "met": pick["prompt_accuracy"] >= dynamic["prompt_accuracy"]
         and pick["frechet_distance"] <= dynamic["frechet_distance"],
@@ -422,8 +429,8 @@ def evaluate(rows: list[dict]) -> tuple[dict, list[str]]:
                      "width cut removes (per-op dispatch of a small graph).")
     if slim is not None:
         fp32_slim = by.get(("edgekit", "fp32", 0.5, fp32["steps"]))
-        versus = "" if fp32_slim is None else \
-            f" (FP32 w0.50: {per_call(fp32_slim):.2f} ms, so INT8 is {per_call(slim) / per_call(fp32_slim):.2f}x its time)"
+        versus = "" if fp32_slim is None else (f" (FP32 w0.50: {per_call(fp32_slim):.2f} ms, so INT8 is "
+                                               f"{per_call(slim) / per_call(fp32_slim):.2f}x its time)")
         notes.append(f"INT8 w0.50 UNet call {per_call(slim):.2f} ms vs usual FP32 {per_call(fp32):.2f} ms{versus}; "
                      f"VAE {slim['vae_ms']:.1f} vs {fp32['vae_ms']:.1f} ms, text encoder {slim['text_encoder_ms']:.1f} "
                      f"vs {fp32['text_encoder_ms']:.1f} ms.")
@@ -440,18 +447,19 @@ def render(result: dict) -> str:
         "",
         f"Model `{result['model']}`, guidance {result['guidance_scale']}, {result['images_per_row']} images per row "
         f"(10 digits x {result['samples_per_digit']} seeds), latency = one image end to end (text encoder, every UNet "
-        f"step with guidance batch 2, VAE decoder), median of {result['latency_rounds']} interleaved rounds, ORT CPU "
-        f"with {result['ort_threads']} intra-op thread(s) for every row, on {result['machine']['device']}. "
+        f"step with guidance batch 2, VAE decoder), median (and fastest) of {result['latency_rounds']} interleaved "
+        f"rounds, ORT CPU with {result['ort_threads']} intra-op thread(s) for every row, on {result['machine']['device']}. "
         f"Same loop for every row: {result['loop']}. Ratios are against the usual FP32 export.",
         "",
-        "| row | width | steps | MB | smaller | latency ms | faster | TE / UNet / VAE ms | prompt acc | Δ acc (pts) | FD |",
+        "| row | width | steps | MB | smaller | latency ms (fastest) | faster | TE / UNet / VAE ms | prompt acc "
+        "| Δ acc (pts) | FD |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["row"] + (" **(policy pick)**" if r["policy_pick"] and "policy" not in r["row"] else "")
         lines.append(f"| {name} | {r['width']:.2f} | {r['steps']} | {r['bytes'] / 1e6:.2f} | {r['size_ratio']:.2f}x | "
-                     f"{r['latency_ms']:.1f} | {r['speed_ratio']:.2f}x | {r['text_encoder_ms']:.1f} / "
-                     f"{r['unet_ms']:.1f} / {r['vae_ms']:.1f} | {r['prompt_accuracy']:.2f} | "
+                     f"{r['latency_ms']:.1f} ({r['latency_min_ms']:.1f}) | {r['speed_ratio']:.2f}x | "
+                     f"{r['text_encoder_ms']:.1f} / {r['unet_ms']:.1f} / {r['vae_ms']:.1f} | {r['prompt_accuracy']:.2f} | "
                      f"{r['accuracy_delta_points']:+.1f} | {r['frechet_distance']:.1f} |")
     lines += ["", f"Frechet floor (real vs real digits, same count): {rows[0]['frechet_floor']:.1f} "
                   f"(std {rows[0]['frechet_floor_std']:.1f} over resamples: FD differences of that size are noise).",

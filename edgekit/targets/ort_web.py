@@ -131,11 +131,16 @@ class OrtWebTarget(Target):
         return entry
 
     def _quantize_int8(self, job: ComponentJob, raw: Path, dst: Path) -> None:
-        """QDQ INT8 (int8 activations, per-channel int8 weights) by the quantize stage's ort-static method,
-        calibrated on the representative rows."""
+        """QDQ INT8 by the quantize stage's ort-static method with its default options (uint8 activations,
+        per-channel int8 weights, compacted names), calibrated on the representative rows. ``edgekit package``
+        ships the quantize stage's own graphs instead (which also keep its most sensitive layers in float)."""
+        from edgekit.quantize import QuantizeOptions
         from edgekit.quantize.ort_static import quantize_onnx_static
 
-        report = quantize_onnx_static(raw, job.calibration, dst)
+        defaults = QuantizeOptions()
+        report = quantize_onnx_static(raw, job.calibration, dst, calibrate_method=defaults.calibrate_method,
+                                      activations=defaults.activations, per_channel=defaults.per_channel,
+                                      compact=True)
         job.notes["quantization"] = {k: report[k] for k in ("format", "calibrate_method", "activations", "weights",
                                                              "calibration_rows", "quantize_linear_nodes")}
 
