@@ -148,3 +148,23 @@ def test_prune_of_a_slimmable_model_is_refused(run_cli, tmp_path):
 
     code, _, err = run_cli("package", "--model", SLIM_DIR, "--prune", "0.25", "--out", tmp_path / "out")
     assert code == 2 and "already slimmable" in err
+
+
+@pytest.mark.slow
+def test_main_job_on_the_embedded_default(run_cli, tmp_path):
+    """The README's main job: every target, widths 0.5 / 0.75 / 1.0, default settings."""
+    from edgekit.bundle import read_manifest
+
+    out = tmp_path / "bundles"
+    code, stdout, err = run_cli("package", "--out", out, "--json")
+    assert code == 0, err
+    summary = _summary(stdout)
+    assert summary["widths"] == [1.0, 0.75, 0.5] and not summary["failures"]
+    for target in ("ort-web", "tflite", "coreml"):
+        manifest = read_manifest(out / target)
+        assert manifest["widths"] == [1.0, 0.75, 0.5]
+        if target != "coreml":  # Core ML predicts on Apple devices only; its table is imported from one
+            assert len(manifest["table"]) == 12 and manifest["policy"]
+    quality = json.loads((out / "package.json").read_text())["float_quality"]
+    assert quality["1"]["prompt_accuracy"] >= 0.9, "the shipped slimmable model keeps the full width's quality"
+    assert (out / "report.md").is_file() and len(list((out / "plots").glob("*.png"))) == 2

@@ -144,7 +144,12 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     base = pipe.unet
     check_widths(base, config.widths, config.scope)
     needs_rows = config.importance != "l1" or config.train_steps > 0
-    rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed) if needs_rows else None
+    # Distillation memorises few trajectories: after 5000 steps on 8k rows from 220 images the full width
+    # matched its teacher to 0.08% on those rows but 2% on fresh ones (and lost 5 points of accuracy), so
+    # long runs capture many more images (about one row per training sample) when no --calib is given.
+    samples = min(1500, max(22, config.train_steps * config.batch_size // 40))
+    rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed, samples=samples,
+                            max_rows=max(512, min(60000, samples * 40))) if needs_rows else None
     started = time.perf_counter()
     if init_dir is not None:
         ordered = _continued(init_dir, model_dir, config)
