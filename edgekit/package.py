@@ -95,6 +95,28 @@ class PackageConfig:
     def precision(self, target: str) -> str:
         return dict(self.precisions).get(target, DEFAULT_PRECISIONS[target])
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "PackageConfig":
+        """Strict: an unknown key is an error (with a "did you mean"); lists become tuples."""
+        from edgekit.compress.prune import _check_keys
+
+        _check_keys(data, cls)
+        values = dict(data)
+        for key in ("targets", "widths", "steps"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if "precisions" in values:
+            values["precisions"] = tuple(dict(values["precisions"]).items())
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for key in ("targets", "widths", "steps"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        out["precisions"] = dict(self.precisions)
+        return out
+
 
 def _digest(inputs: dict) -> str:
     text = json.dumps({"edgekit": __version__, **inputs}, sort_keys=True, default=str)
@@ -265,7 +287,7 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
         "source_sha256": source_key,
         "model": str(model),
         "widths": list(p.widths),
-        "config": {**asdict(config), "precisions": {t: config.precision(t) for t in config.targets}},
+        "config": {**config.to_dict(), "precisions": {t: config.precision(t) for t in config.targets}},
         "stages": stages.records,
         "calibration": {f"{w:g}": c for w, c in calib.items()},
         "quantize": {f"{w:g}": q for w, q in quant.items()},

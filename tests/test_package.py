@@ -168,3 +168,15 @@ def test_main_job_on_the_embedded_default(run_cli, tmp_path):
     quality = json.loads((out / "package.json").read_text())["float_quality"]
     assert quality["1"]["prompt_accuracy"] >= 0.9, "the shipped slimmable model keeps the full width's quality"
     assert (out / "report.md").is_file() and len(list((out / "plots").glob("*.png"))) == 2
+
+
+def test_config_round_trip_and_unknown_keys():
+    from edgekit.errors import InputError
+    from edgekit.package import PackageConfig
+
+    config = PackageConfig(targets=("ort-web", "coreml"), widths=(0.5, 1.0), prune=0.25, precisions=(("coreml", "fp16"),),
+                           steps=(4, 8))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert PackageConfig.from_dict(data) == config and config.precision("coreml") == "fp16"
+    with pytest.raises(InputError, match="did you mean 'widths'"):
+        PackageConfig.from_dict({"widthz": [0.5]})
