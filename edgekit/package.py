@@ -36,8 +36,9 @@ from edgekit.errors import EdgekitError, InputError
 STAGES_DIR = "stages"
 PACKAGE_FILE = "package.json"
 DEFAULT_TARGETS = ("ort-web", "tflite", "coreml")
-# What each target ships by default: the smallest precision whose numbers hold against torch here.
-DEFAULT_PRECISIONS = {"ort-web": "int8", "tflite": "int8", "coreml": "w8"}
+# What each target ships by default: the smallest precision that keeps prompt accuracy (tflite full-integer
+# INT8 passes its rel-err tolerance but measured 0.55 accuracy on the digits model, so LiteRT ships fp16).
+DEFAULT_PRECISIONS = {"ort-web": "int8", "tflite": "fp16", "coreml": "w8"}
 
 
 class PackageError(EdgekitError):
@@ -59,7 +60,7 @@ class PackageConfig:
     steps: tuple[int, ...] | None = None  # bench step counts; None: each target profile's
     calib_samples: int = 44
     samples_per_digit: int = 2
-    repeats: int = 3
+    repeats: int = 7  # timed images per table row (median): 3 left the policy choosing on noise
     seed: int = 0
     policy: dict | None = None  # policy parameters for every bundle (default: edgekit's)
 
