@@ -190,7 +190,10 @@ def add_slim(args, model_dir: Path) -> int:
     result = json.loads((args.out / "prune_slim.json").read_text())
     structure = load_pipeline(args.add_slim).edgekit_structure
     provenance = structure.provenance
-    steps = provenance.get("train_steps", 0) + provenance.get("continued_from", {}).get("train_steps", 0)
+    steps, link = 0, provenance
+    while link:  # a slim output continued from earlier ones: count every run's steps
+        steps += link.get("train_steps", 0)
+        link = link.get("continued_from")
     prefix = f"slim[{structure.width_scope}]"
     rows = [r for r in result["rows"] if not r.get("trained_elsewhere")]
     for width in sorted(structure.widths):
