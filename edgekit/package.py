@@ -393,7 +393,8 @@ def _float_quality(model: Path, width: float, defaults, config: PackageConfig, p
     pipe = open_model(model, width=width)
     report = evaluate_digits(pipe, defaults.steps, config.samples_per_digit, config.seed, defaults.guidance_scale,
                              progress)
-    return {"width": width, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": unet_macs(pipe.unet),
+    macs = unet_macs(pipe.unet, tokens=int(pipe.tokenizer.model_max_length))  # the context the model really sees
+    return {"width": width, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
             **report.to_dict()}
 
 

@@ -126,11 +126,29 @@ def _as_reader(rows: dict[str, np.ndarray], batch_size: int):
     return _Reader(rows, batch_size)
 
 
+def activation_matmuls(model) -> list[str]:
+    """MatMul nodes with no weight among their inputs (attention's query-key and score-value products).
+    Quantizing them saves no bytes and, on small graphs, costs time: each adds Quantize/Dequantize pairs
+    around activations (measured on the width-0.5 digits UNet, one batch-2 call on one thread: 2.30 ms
+    with them, 1.57 ms without, FP32 1.60 ms; same held-out error)."""
+    weights = {t.name for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def from_weight(name: str) -> bool:
+        while name not in weights and name in producers and producers[name].op_type in ("Transpose", "Cast", "Reshape"):
+            name = producers[name].input[0]
+        return name in weights
+
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.name and not any(from_weight(i) for i in n.input)]
+
+
 def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *,
                          calibrate_method: str = "minmax", activations: str = "int8", per_channel: bool = True,
                          nodes_to_exclude=(), op_types=DEFAULT_OP_TYPES, batch_size: int = 8,
-                         compact: bool = False) -> dict:
-    """FP32 ONNX + calibration rows -> QDQ INT8 ONNX at ``out_path``; returns the report."""
+                         compact: bool = False, weight_matmuls_only: bool = True) -> dict:
+    """FP32 ONNX + calibration rows -> QDQ INT8 ONNX at ``out_path``; returns the report.
+    ``weight_matmuls_only``: leave activation-by-activation MatMuls in float (see ``activation_matmuls``)."""
     import logging
 
     import onnx
@@ -150,6 +168,8 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
     if calibrate_method != "minmax":
         # ORT's histogram calibrators stack every batch's outputs into one array: all batches must be equal.
         batch_size = max(b for b in range(1, min(batch_size, n) + 1) if n % b == 0)
+    kept_float = activation_matmuls(onnx.load(str(model_path), load_external_data=False)) if weight_matmuls_only else []
+    nodes_to_exclude = list(nodes_to_exclude) + [n for n in kept_float if n not in nodes_to_exclude]
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer logs one warning per GroupNorm constant it leaves float
@@ -166,6 +186,7 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
     saved = compact_names(out_path) if compact else 0
     return {
         "names_compacted_bytes": saved,
+        "activation_matmuls_kept_float": len(kept_float),
         "format": "QDQ",
         "calibrate_method": calibrate_method,
         "activations": activations,
