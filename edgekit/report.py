@@ -51,8 +51,14 @@ def plot_pareto(summary: dict, path: Path) -> Path | None:
                           edgecolors=color, linewidths=2)
             ax_acc.scatter([top["latency_ms"]], [100 * top["prompt_accuracy"]], s=160, facecolors="none",
                            edgecolors=color, linewidths=2)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax in (ax_fd, ax_acc):
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ax.set_xticks([v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if lo <= v <= hi])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # plain numbers; minor labels overlap on a short range
         ax.set_xlabel("latency per image, ms (this host, log scale)")
         ax.grid(True, which="both", alpha=0.3)
     ax_fd.set_ylabel("Fréchet distance (lower is better)")
