@@ -34,6 +34,16 @@ def sd15_reduced(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd15_calib(sd15_reduced, tmp_path_factory) -> Path:
+    """`edgekit calibrate` output for the reduced SD-1.5 pipeline (short: 4 steps, 8 images)."""
+    from edgekit.cli import main
+
+    out = tmp_path_factory.mktemp("sd15_calib") / "calib"
+    assert main(["calibrate", "--model", str(sd15_reduced), "--steps", "4", "--samples", "8", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_arch_model(tmp_path_factory, sd15_reduced):
     """A pipeline whose UNet has the default model's architecture (random weights): fast and independent of
     the trained weights, which the benchmark measures. Shared by the prune and slim tests."""

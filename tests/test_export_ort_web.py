@@ -144,13 +144,6 @@ def test_existing_output_is_refused_without_force(sd15_reduced, tmp_path, run_cl
     assert sha256_tree(sd15_reduced) == before
 
 
-@pytest.fixture(scope="module")
-def sd15_calib(sd15_reduced, tmp_path_factory):
-    out = tmp_path_factory.mktemp("calib") / "calib"
-    assert _cli("calibrate", "--model", sd15_reduced, "--steps", "4", "--samples", "8", "--out", out) == 0
-    return out
-
-
 @pytest.mark.slow
 def test_int8_qdq_bundle_from_calibration(sd15_reduced, sd15_calib, tmp_path, run_cli):
     out = tmp_path / "int8"

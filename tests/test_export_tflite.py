@@ -94,12 +94,10 @@ def test_tflite_bundle_with_unet_loads_in_stock_litert(sd15_reduced, tmp_path, r
 
 
 @pytest.mark.slow
-def test_tflite_int8_bundle_from_calibration_shards(sd15_reduced, tmp_path, run_cli):
-    calib = tmp_path / "calib"
-    assert run_cli("calibrate", "--model", sd15_reduced, "--steps", "4", "--samples", "8", "--out", calib)[0] == 0
+def test_tflite_int8_bundle_from_calibration_shards(sd15_reduced, sd15_calib, tmp_path, run_cli):
     out = tmp_path / "int8"
     code, _, err = run_cli("export", "--model", sd15_reduced, "--target", "tflite", "--precision", "int8",
-                           "--calib", calib, "--out", out)
+                           "--calib", sd15_calib, "--out", out)
     assert code == 0, err
     m = read_manifest(out)
     unet = m["components"]["unet"]["widths"]["1.00"]
