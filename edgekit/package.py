@@ -237,6 +237,16 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         profile = profile.with_precision(config.precision(name))
         target.check_profile(profile)
         profiles[name] = profile
+    if config.steps:  # a bundle carries schedules for its profile's step counts and the model's default only
+        from edgekit.pipeline import sampling_defaults
+
+        default_steps = sampling_defaults(source).steps
+        for name, profile in profiles.items():
+            missing = sorted(set(config.steps) - set(profile.steps) - {default_steps})
+            if missing:
+                raise InputError(f"--steps {','.join(map(str, missing))}: a {name} bundle has schedules for "
+                                 f"{','.join(map(str, sorted(set(profile.steps) | {default_steps})))} steps "
+                                 f"(profile '{profile.name}')")
     return Plan(source=source, out=check_out(out, source, force), widths=widths, slim=slim, profiles=profiles)
 
 

@@ -3,20 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    import argparse
-
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 4,8,12,20, got '{text}'") \
-            from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 4,8,12,20, got '{text}'")
-    return values
+from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
 
 
 def _width_list(text: str) -> tuple[float, ...]:
@@ -35,7 +22,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure latency and quality per (width, steps) with the bundle's own runtime "
                                      "and write the table into its manifest")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
-    p.add_argument("--steps", type=_int_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
+    p.add_argument("--steps", type=step_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
     p.add_argument("--widths", type=_width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
     p.add_argument("--samples-per-digit", type=positive_int, default=2,

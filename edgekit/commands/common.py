@@ -16,6 +16,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def step_list(text: str) -> tuple[int, ...]:
+    """--steps 4,8,12,20: positive sampling step counts."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 4,8,12,20, got '{text}'") \
+            from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 4,8,12,20, got '{text}'")
+    return values
+
+
 def number(text: str) -> float:
     try:
         return float(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json
+from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
 
 
 def _list(kind):
@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--quant", default=PackageConfig.quant, metavar="METHOD", help="ort-static | nncf | fx")
     p.add_argument("--precision", type=_precision, action="append", default=[], metavar="TARGET=PRECISION",
                    help="a target's precision (default: " + ", ".join(f"{t}={v}" for t, v in DEFAULT_PRECISIONS.items()) + ")")
-    p.add_argument("--steps", type=_list(int), default=None, help="step counts to measure (default: each profile's)")
+    p.add_argument("--steps", type=step_list, default=None, help="step counts to measure (default: each profile's)")
     p.add_argument("--calib-samples", type=positive_int, default=PackageConfig.calib_samples,
                    help="images generated per width for calibration")
     p.add_argument("--samples-per-digit", type=positive_int, default=PackageConfig.samples_per_digit,
