@@ -376,11 +376,11 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
 
 def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, widest: bool,
               calib: dict, output: Path, progress) -> dict:
-    from edgekit.quantize import QuantizeOptions, quantize_model
+    from edgekit.quantize import DEFAULT_COMPONENTS, QuantizeOptions, quantize_model
 
     options = QuantizeOptions(seed=config.seed)
     # The text encoder and VAE decoder are the same at every width: quantized once, with the widest UNet.
-    components = ("unet", "text_encoder", "vae_decoder") if widest else ("unet",)
+    components = DEFAULT_COMPONENTS if widest else ("unet",)
 
     def build(where: Path) -> dict:
         manifest = quantize_model(model, Path(calib["dir"]), config.quant, where, components=components,

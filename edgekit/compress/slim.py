@@ -143,6 +143,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
                          f"{', '.join(f'{w:g}' for w in pipe.edgekit_structure.widths)}); slim its source instead")
     base = pipe.unet
     check_widths(base, config.widths, config.scope)
+    earlier = _continued(init_dir, base, config) if init_dir is not None else None  # before any long work
     needs_rows = config.importance != "l1" or config.train_steps > 0
     # Distillation memorises few trajectories: after 5000 steps on 8k rows from 220 images the full width
     # matched its teacher to 0.08% on those rows but 2% on fresh ones (and lost 5 points of accuracy), so
@@ -151,8 +152,8 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed, samples=samples,
                             max_rows=max(512, min(60000, samples * 40))) if needs_rows else None
     started = time.perf_counter()
-    if init_dir is not None:
-        ordered = _continued(init_dir, model_dir, config)
+    if earlier is not None:
+        ordered = earlier.unet
     else:
         ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
     order_seconds = time.perf_counter() - started
@@ -161,9 +162,8 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
                                config.guidance_weight) if config.train_steps else {}
     ordered.eval().requires_grad_(False)
     provenance = {"command": "slim", "source": str(model_dir), **config.to_dict()}
-    if init_dir is not None:
-        earlier = load_pipeline(init_dir).edgekit_structure.provenance
-        provenance["continued_from"] = {"path": str(init_dir), **earlier}
+    if earlier is not None:
+        provenance["continued_from"] = {"path": str(init_dir), **earlier.edgekit_structure.provenance}
     structure = record(ordered, widths=config.widths, width_scope=config.scope, provenance=provenance)
     report = {"out": str(out), "config": config.to_dict(), "order_seconds": round(order_seconds, 2),
               "training": training, "widths": width_table(ordered, config.widths, config.scope)}
@@ -174,8 +174,9 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     return report
 
 
-def _continued(init_dir: Path, model_dir: Path, config: SlimConfig):
-    """The full-width UNet of an earlier slim output of ``model_dir``, checked to match ``config``."""
+def _continued(init_dir: Path, base, config: SlimConfig):
+    """The pipeline of an earlier slim output whose UNet has ``base``'s architecture, checked to match ``config``
+    (its full-width UNet is where training continues)."""
     from edgekit.pipeline import check_model_dir, load_pipeline
 
     init_dir = check_model_dir(init_dir, "--init")
@@ -186,7 +187,7 @@ def _continued(init_dir: Path, model_dir: Path, config: SlimConfig):
     if tuple(float(w) for w in structure.widths) != config.widths or structure.width_scope != config.scope:
         raise InputError(f"--init {init_dir}: slimmable at {list(structure.widths)} ({structure.width_scope}), "
                          f"not {list(config.widths)} ({config.scope})")
-    shapes = {name: tuple(t.shape) for name, t in load_pipeline(model_dir).unet.state_dict().items()}
+    shapes = {name: tuple(t.shape) for name, t in base.state_dict().items()}
     if shapes != {name: tuple(t.shape) for name, t in pipe.unet.state_dict().items()}:
-        raise InputError(f"--init {init_dir}: its UNet does not have the architecture of --model {model_dir}")
-    return pipe.unet
+        raise InputError(f"--init {init_dir}: its UNet does not have the architecture of --model")
+    return pipe

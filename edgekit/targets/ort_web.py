@@ -9,6 +9,7 @@ whole bundle once more in onnxruntime-web (wasm) under Node when the profile ask
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,6 @@ class OrtWebTarget(Target):
         if job.precision == "fp32":
             export_onnx(job.pipe, job.name, path, opset=profile.opset, dynamic_batch=job.batch is None)
         elif job.precision == "int8" and job.prequantized is not None:
-            import shutil
-
             for f in job.prequantized.parent.glob(job.prequantized.name + "*"):  # graph + any external data
                 shutil.copyfile(f, folder / f.name.replace(job.prequantized.name, MODEL_FILE, 1))
             job.notes["quantization"] = {"from": "quantize stage", "graph": str(job.prequantized)}
@@ -107,8 +106,6 @@ class OrtWebTarget(Target):
                 to_float16(raw, path)
             else:
                 self._quantize_int8(job, raw, path)
-            import shutil
-
             shutil.rmtree(stage / ".raw")
         files = sorted(p for p in folder.iterdir() if p.is_file())
         external = []
