@@ -2,20 +2,35 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from edgekit.pipeline import generate, sampling_defaults
 
 
-def test_loads_with_plain_diffusers(default_model):
+@pytest.mark.parametrize("which", ["pipeline", "slim"])
+def test_loads_and_runs_with_plain_diffusers(which):
+    """The shipped directories run with the plain call any hub checkpoint gets (no dtype argument), and draw
+    what edgekit's own loader draws for the same generator."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(default_model)
+    from edgekit.pipeline import load_pipeline
+    from edgekit.zoo.tiny_digits import CLASSIFIER_DIR
+
+    model = CLASSIFIER_DIR.parent / which
+    pipe = StableDiffusionPipeline.from_pretrained(model)
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
     assert type(pipe.vae).__name__ == "AutoencoderKL"
     assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
     assert type(pipe.tokenizer).__name__ == "CLIPTokenizer"
     assert "Multistep" in type(pipe.scheduler).__name__
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe("a handwritten digit seven", num_inference_steps=4, guidance_scale=2.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    ours = generate(load_pipeline(model), ["a handwritten digit seven"], [0], steps=4, guidance_scale=2.0)
+    assert np.isfinite(plain).all()
+    np.testing.assert_allclose(plain, ours, atol=1e-5)
 
 
 def test_structure_later_issues_need(default_pipe):

@@ -183,6 +183,9 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path, dtype
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.to(dtype)
+    # transformers loads a component at its stored dtype while diffusers loads at float32: the (tiny) text
+    # encoder is stored in float32 so that a plain `from_pretrained(dir)` runs without a dtype argument.
+    pipe.text_encoder.to(torch.float32)
     pipe.save_pretrained(out, safe_serialization=True)
     write_sampling_defaults(out)
 
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae": sum(p.numel() for p in vae.parameters()),
         "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
     }
-    report["weights_dtype"] = "float16" if args.fp16 else "float32"
+    report["weights_dtype"] = "float16 (text encoder float32)" if args.fp16 else "float32"
     (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in ("pipeline", "classifier", "training.json"):
         target = out / name
