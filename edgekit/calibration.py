@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.constants import CALIB_COMPONENTS, CALIB_META
-from edgekit.errors import CalibrationError, InputError
+from edgekit.errors import CalibrationError, InputError, NumericError
 from edgekit.fsutil import sha256_file, sha256_tree
 
 FORMAT_VERSION = 1
@@ -49,18 +49,76 @@ class CalibrationConfig:
                 raise InputError(f"--max-rows for {name}: expected a positive whole number, got {rows}")
 
 
+PROMPTS_FIELD = "calibration_prompts"  # edgekit_defaults.json: a prompts file inside the model directory
+GENERAL_PROMPTS_FILE = Path(__file__).resolve().parent.parent / "calibration_data" / "general_prompts.txt"
+
+
+def default_prompts_file(model_dir: Path | None = None) -> Path:
+    """The prompts a model is calibrated with when the user names none: the file its directory declares
+    (edgekit_defaults.json "calibration_prompts", relative to the directory; prune, slim and quantize
+    outputs copy it), else the general set written for any model (calibration_data/general_prompts.txt).
+    ``None`` is the embedded default model."""
+    import json
+
+    from edgekit.constants import EDGEKIT_DEFAULTS
+    from edgekit.errors import ModelFormatError
+
+    if model_dir is None:
+        from edgekit.pipeline import default_model_dir
+
+        model_dir = default_model_dir()
+    path = Path(model_dir) / EDGEKIT_DEFAULTS
+    if not path.is_file():
+        return GENERAL_PROMPTS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not a readable JSON file ({exc})") from None
+    name = data.get(PROMPTS_FIELD) if isinstance(data, dict) else None
+    if name is None:
+        return GENERAL_PROMPTS_FILE
+    declared = Path(model_dir) / str(name)
+    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or not declared.is_file():
+        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' is {name!r}, expected the name of a prompts file inside "
+                               f"{model_dir}")
+    return declared
+
+
 def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    """One prompt per line; blank lines and lines starting with '#' are skipped. A line in double quotes is a
+    JSON string: ``""`` is the empty prompt (the one guidance runs), ``"# not a comment"`` keeps its '#'."""
+    import json
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{flag} {path}: no such file (expected a text file, one prompt per line)")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from None
+    if b"\0" in data:
+        raise InputError(f"{flag} {path}: a binary file (NUL bytes), expected UTF-8 text with one prompt per line")
+    try:
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise InputError(f"{flag} {path}: not UTF-8 text (expected one prompt per line)") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    prompts, comments = [], 0
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("#"):
+            comments += 1
+            continue
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            try:
+                text = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{flag} {path}: line {number} is not a valid quoted prompt ({exc.msg})") from None
+        prompts.append(text)
     if not prompts:
-        raise InputError(f"{flag} {path}: no prompts (expected one prompt per line)")
+        what = f"only comments ({comments} lines)" if comments else "empty"
+        raise InputError(f"{flag} {path}: no prompts, the file is {what} (expected one prompt per line)")
     return prompts
 
 
@@ -171,6 +229,11 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
             raise CalibrationError(f"the pipeline never called {name}; nothing to calibrate it with")
         arrays = reservoir.stacked()
         arrays.pop("order")
+        for key, values in arrays.items():
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                bad = int((~np.isfinite(values.reshape(len(values), -1))).any(axis=1).sum())
+                raise NumericError(f"calibrate: {name} input '{key}' holds NaN/Inf in {bad} of {len(values)} "
+                                   "captured rows; nothing written")
         comp_dir = out_dir / name
         comp_dir.mkdir(parents=True)
         rows = len(next(iter(arrays.values())))
@@ -202,6 +265,33 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
     return meta
 
 
+def _check_meta(meta, meta_path: Path) -> None:
+    """The shape every reader of meta.json relies on, or one CalibrationError naming the field."""
+    def fail(what: str):
+        raise CalibrationError(f"{meta_path}: {what} (expected the {CALIB_META} edgekit calibrate writes)")
+
+    if not isinstance(meta, dict):
+        fail(f"a JSON {type(meta).__name__}, not an object")
+    if not isinstance(meta.get("components"), dict):
+        fail("'components' missing or not an object")
+    for key in ("model", "config"):
+        if not isinstance(meta.get(key, {}), dict):
+            fail(f"'{key}' is not an object")
+    width = meta.get("width", meta.get("config", {}).get("width", 1.0))
+    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1):
+        fail(f"width {width!r} is not a width multiplier in (0, 1]")
+    meta.setdefault("model", {})
+    for name, info in meta["components"].items():
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list) or not all(
+                isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("sha256"), str)
+                and not Path(sh["file"]).is_absolute() and ".." not in Path(sh["file"]).parts
+                for sh in shards):
+            fail(f"components.{name}.shards is not a list of {{file, sha256}} entries inside the directory")
+        if not isinstance(info.get("inputs", {}), dict):
+            fail(f"components.{name}.inputs is not an object")
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """A read-only view of a calibration directory, checked against the model it is used with."""
@@ -218,17 +308,19 @@ class CalibrationSet:
         if not meta_path.is_file():
             raise CalibrationError(f"{flag} {directory}: {CALIB_META} missing (expected the output of edgekit calibrate)")
         try:
-            meta = json.loads(meta_path.read_text())
-            components = meta["components"]
-        except (json.JSONDecodeError, KeyError) as exc:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CalibrationError(f"{meta_path}: cannot be read ({exc.strerror or exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CalibrationError(f"{meta_path}: not a calibration meta file ({exc})") from None
-        if not components:
+        _check_meta(meta, meta_path)
+        if not meta["components"]:
             raise CalibrationError(f"{flag} {directory}: holds no calibration rows")
         if model_dir is not None:
             expected = sha256_tree(model_dir)
-            if meta.get("model", {}).get("sha256") != expected:
+            if meta["model"].get("sha256") != expected:
                 raise CalibrationError(f"{flag} {directory}: captured from another model "
-                                       f"({meta.get('model', {}).get('path')}); re-run edgekit calibrate on {model_dir}")
+                                       f"({meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
         return cls(directory, meta)
 
     def components(self) -> list[str]:

@@ -28,3 +28,9 @@ class VerificationError(EdgekitError):
     """An exported artifact disagrees with the torch reference beyond its tolerance."""
 
     exit_code = 1
+
+
+class NumericError(EdgekitError):
+    """A stage produced NaN or Inf (a generated image, calibration rows); the message names the stage."""
+
+    exit_code = 1

@@ -5,7 +5,9 @@ file instead of a traceback: model_index.json, the five components, and every sa
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.constants import EDGEKIT_DEFAULTS, MODEL_INDEX, PIPELINE_COMPONENTS, SAFETENSORS_SUFFIX
-from edgekit.errors import InputError, ModelFormatError
+from edgekit.errors import InputError, ModelFormatError, NumericError
 
 # Classes each component may have; anything else is not an SD-1.x/2.x-style pipeline.
 EXPECTED_CLASSES = {
@@ -45,12 +47,34 @@ def check_safetensors(path: Path) -> None:
             if header_len <= 0 or 8 + header_len > size:
                 raise ValueError(f"header length {header_len} exceeds the file size {size}")
             header = json.loads(fh.read(header_len))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        if not isinstance(header, dict):
+            raise ValueError(f"its JSON header is a {type(header).__name__}, expected an object of tensors")
+        ends = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            offsets = info.get("data_offsets") if isinstance(info, dict) else None
+            if not isinstance(offsets, list) or len(offsets) != 2:
+                raise ValueError(f"tensor '{name}' has no [begin, end] data_offsets")
+            ends.append(int(offsets[1]))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise ModelFormatError(f"{path}: not a valid safetensors file ({exc})") from None
     expected = 8 + header_len + (max(ends) if ends else 0)
     if expected != size:
         raise ModelFormatError(f"{path}: truncated or corrupt safetensors file ({size} bytes, header says {expected})")
+
+
+def _read_json_object(path: Path) -> dict:
+    """A model file that must hold one JSON object, or a ModelFormatError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
 
 
 def _weights_file(component_dir: Path) -> Path | None:
@@ -70,10 +94,7 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
     index_path = path / MODEL_INDEX
     if not index_path.is_file():
         raise ModelFormatError(f"{flag} {path}: not a diffusers pipeline directory ({MODEL_INDEX} missing)")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{index_path}: not valid JSON ({exc})") from None
+    index = _read_json_object(index_path)
     for component in PIPELINE_COMPONENTS:
         entry = index.get(component)
         if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
@@ -101,14 +122,100 @@ class SamplingDefaults:
 
 def sampling_defaults(model_dir: Path) -> SamplingDefaults:
     """The model's own guidance/steps defaults (edgekit_defaults.json), else diffusers' defaults."""
-    data = {}
     path = Path(model_dir) / EDGEKIT_DEFAULTS
-    if path.is_file():
-        data = json.loads(path.read_text())
-    return SamplingDefaults(
-        guidance_scale=float(data.get("guidance_scale", DIFFUSERS_GUIDANCE_DEFAULT)),
-        steps=int(data.get("num_inference_steps", DIFFUSERS_STEPS_DEFAULT)),
-    )
+    data = _read_json_object(path) if path.is_file() else {}
+    guidance = data.get("guidance_scale", DIFFUSERS_GUIDANCE_DEFAULT)
+    steps = data.get("num_inference_steps", DIFFUSERS_STEPS_DEFAULT)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ModelFormatError(f"{path}: guidance_scale {guidance!r}: expected a finite number")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number")
+    return SamplingDefaults(guidance_scale=float(guidance), steps=steps)
+
+
+def steps_source(explicit: int | None, model_dir: Path) -> str:
+    """What to name when a step count is refused: the flag, or the model's defaults file it came from."""
+    return "--steps" if explicit is not None else f"{Path(model_dir) / EDGEKIT_DEFAULTS} num_inference_steps"
+
+
+def scheduler_config(model_dir: Path) -> dict:
+    """The model's scheduler/scheduler_config.json as a dict, or a ModelFormatError naming it."""
+    path = Path(model_dir) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing (the scheduler's configuration)")
+    return _read_json_object(path)
+
+
+def _scheduler_from_config(config: dict):
+    import diffusers
+
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        raise ModelFormatError(f"scheduler config: _class_name {name!r} is not a diffusers scheduler")
+    return cls.from_config(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _scheduler_stays_finite(config_json: str, steps: int) -> bool:
+    """Run the scheduler alone for ``steps`` steps on a small seeded latent with seeded unit-normal model
+    outputs: True when every latent stays finite. Some schedulers accept step counts they cannot take
+    (DPMSolverMultistep with 1000 linspace timesteps over 1000 training steps repeats one timestep, and
+    the zero step size turns every latent into NaN); this finds that before the model runs."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # stochastic schedulers draw from the global generator
+        torch.manual_seed(0)
+        sched = _scheduler_from_config(json.loads(config_json))
+        try:
+            sched.set_timesteps(steps)
+            x = torch.randn(1, 4, 2, 2) * float(sched.init_noise_sigma)
+            for t in sched.timesteps:
+                model_input = sched.scale_model_input(x, t)
+                if not torch.isfinite(model_input).all():
+                    return False
+                x = sched.step(torch.randn(1, 4, 2, 2), t, x, return_dict=False)[0]
+                if not torch.isfinite(x).all():
+                    return False
+        except (ValueError, IndexError, ZeroDivisionError, RuntimeError):
+            return False
+    return True
+
+
+def max_scheduler_steps(config: dict) -> int:
+    """The largest step count up to the scheduler's num_train_timesteps that it takes with finite latents
+    (searched by bisection: a scheduler that fails does so from some count upwards)."""
+    limit = int(_scheduler_from_config(config).config.num_train_timesteps)
+    text = json.dumps(config, sort_keys=True, default=str)
+    if _scheduler_stays_finite(text, limit):
+        return limit
+    good, bad = 0, limit
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if _scheduler_stays_finite(text, mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def check_scheduler_steps(config: dict, steps: int, flag: str = "--steps") -> int:
+    """Refuse a step count the scheduler cannot take, naming its limit, before any model runs."""
+    check_steps(steps, flag)
+    sched = _scheduler_from_config(config)
+    trained = int(sched.config.num_train_timesteps)
+    name = type(sched).__name__
+    if steps > trained or not _scheduler_stays_finite(json.dumps(config, sort_keys=True, default=str), steps):
+        limit = max_scheduler_steps(config)
+        why = (f"more than its {trained} training timesteps" if steps > trained
+               else "its latents turn to NaN/Inf at that count")
+        raise InputError(f"{flag} {steps}: the model's {name} takes at most {limit} steps ({why})")
+    return steps
+
+
+def check_model_steps(model_dir: Path, steps: int, flag: str = "--steps") -> int:
+    """``check_scheduler_steps`` for the scheduler of a pipeline directory on disk."""
+    return check_scheduler_steps(scheduler_config(model_dir), steps, flag)
 
 
 def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", width: float | None = None):
@@ -161,10 +268,15 @@ def check_steps(steps: int, flag: str = "--steps") -> int:
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float,
              batch_size: int = 50, on_batch=None) -> np.ndarray:
     """Run the pipeline; image i uses its own generator seeded with seeds[i], so it does not depend on
-    how the prompts are batched. Returns (N, H, W, 3) float32 in [0, 1]."""
+    how the prompts are batched. Returns (N, H, W, 3) float32 in [0, 1].
+
+    A step count the scheduler cannot take is refused first (InputError); an image holding NaN or Inf
+    raises NumericError naming it, never returned (it would be saved as a black picture)."""
     import torch
 
-    check_steps(steps)
+    check_scheduler_steps({**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}, steps)
+    if not math.isfinite(guidance_scale):
+        raise InputError(f"--guidance {guidance_scale}: expected a finite number")
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     images = []
@@ -174,7 +286,14 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_sc
         with torch.inference_mode():
             out = pipe(prompt=prompts[chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
                        generator=generators, output_type="np")
-        images.append(out.images.astype(np.float32))
+        batch = out.images.astype(np.float32)
+        finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
+        if not finite.all():
+            i = start + int(np.argmin(finite))
+            raise NumericError(f"generate: image {i} (prompt {prompts[i]!r}, seed {seeds[i]}) holds NaN/Inf after "
+                               f"{steps} steps at guidance {guidance_scale:g}; {int((~finite).sum())} of "
+                               f"{len(batch)} images in its batch diverged")
+        images.append(batch)
         if on_batch is not None:
             on_batch(len(generators))
     return np.concatenate(images, axis=0)

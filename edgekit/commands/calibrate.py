@@ -13,7 +13,8 @@ def register(sub) -> None:
     add_width_flag(p)
     add_sampling_flags(p)
     p.add_argument("--prompts", type=Path, default=None,
-                   help="text file, one prompt per line (default: calibration_data/prompts.txt)")
+                   help="text file, one prompt per line (default: the prompts the model directory declares, "
+                        "else calibration_data/general_prompts.txt)")
     p.add_argument("--samples", type=positive_int, default=None, help="images to generate (prompts cycled)")
     p.add_argument("--max-rows-unet", type=positive_int, default=1024, help="bound on kept UNet input rows")
     p.add_argument("--max-rows-text", type=positive_int, default=256)
@@ -28,15 +29,16 @@ def run(args) -> int:
     from edgekit.calibration import CalibrationConfig, capture, read_prompts
     from edgekit.fsutil import check_output_path, staged_dir
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, sampling_defaults
+    from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
 
     model_dir = check_model_dir(args.model)
-    prompts_file = Path(args.prompts) if args.prompts else default_prompts_file()
+    prompts_file = Path(args.prompts) if args.prompts else default_prompts_file(model_dir)
     prompts = read_prompts(prompts_file)
     out = check_output_path(args.out, [model_dir, prompts_file], force=args.force)
     defaults = sampling_defaults(model_dir)
+    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
     config = CalibrationConfig(
-        prompts=tuple(prompts), steps=args.steps or defaults.steps, samples=args.samples,
+        prompts=tuple(prompts), steps=steps, samples=args.samples,
         guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance, seed=args.seed,
         max_rows={"text_encoder": args.max_rows_text, "unet": args.max_rows_unet, "vae_decoder": args.max_rows_vae},
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -16,23 +17,55 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _comma_parts(text: str, example: str) -> list[str]:
+    """The parts of a comma-separated flag value; an empty part (``4,,8``, a trailing comma) is refused."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in parts):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as {example} with no empty "
+                                         f"entries, got '{text}'")
+    return parts
+
+
 def step_list(text: str) -> tuple[int, ...]:
     """--steps 4,8,12,20: positive sampling step counts."""
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in _comma_parts(text, "4,8,12,20"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 4,8,12,20, got '{text}'") \
             from None
-    if not values or any(v <= 0 for v in values):
+    if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 4,8,12,20, got '{text}'")
     return values
 
 
 def number(text: str) -> float:
+    """A finite number: nan and inf are refused here, before they reach a sampler or an optimiser."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+# The unsigned 32-bit range: the browser runtime reads a seed as `seed >>> 0`, and torch.Generator and
+# numpy's default_rng take every such value unchanged (also seed + i, the per-image seeds commands derive).
+SEED_MAX = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole-number seed from 0 to {SEED_MAX}, got '{text}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole-number seed from 0 to {SEED_MAX}, got {text.strip()}")
+    return value
+
+
+def add_seed_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=seed, default=0, help=f"random seed, 0 to {SEED_MAX} (default 0)")
 
 
 def add_model_flag(p: argparse.ArgumentParser) -> None:
@@ -43,7 +76,7 @@ def add_model_flag(p: argparse.ArgumentParser) -> None:
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=number, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_flag(p)
 
 
 def width_multiplier(text: str) -> float:
@@ -59,6 +92,16 @@ def width_multiplier(text: str) -> float:
 def add_width_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=width_multiplier, default=None,
                    help="width multiplier of a slimmable model (default: full width)")
+
+
+def width_list(text: str) -> tuple[float, ...]:
+    """--widths 0.5,0.75,1.0: width multipliers in (0, 1], no empty entries."""
+    parts = _comma_parts(text, "0.5,0.75,1.0")
+    try:
+        return tuple(width_multiplier(part) for part in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated width multipliers in (0, 1] such as "
+                                         f"0.5,0.75,1.0, got '{text}'") from None
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
@@ -82,8 +125,11 @@ def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
         print("\n".join(lines))
 
 
-def default_prompts_file() -> Path:
-    return Path(__file__).resolve().parent.parent.parent / "calibration_data" / "prompts.txt"
+def default_prompts_file(model_dir: Path | None = None) -> Path:
+    """The model's declared calibration prompts, else the general set (edgekit.calibration)."""
+    from edgekit.calibration import default_prompts_file as library_default
+
+    return library_default(model_dir)
 
 
 def read_json(path: Path, flag: str):

@@ -4,28 +4,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress
+from edgekit.commands.common import (add_json_flag, add_model_flag, add_seed_flag, emit, number, positive_int, progress,
+                                     width_list)
 
 
-def _fraction(text: str) -> float:
+def _count(text: str) -> int:
+    """A whole number >= 0 (a number of training steps)."""
     try:
-        return float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-
-
-def _widths(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated width multipliers like 0.5,0.75,1.0, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
 
 
 def _common(p) -> None:
@@ -33,9 +24,9 @@ def _common(p) -> None:
     p.add_argument("--calib", type=Path, default=None,
                    help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
     p.add_argument("--importance", choices=("l1", "activation", "taylor"), default="l1")
-    p.add_argument("--lr", type=_fraction, default=1e-4, help="learning rate of the distillation steps")
-    p.add_argument("--batch-size", type=_whole, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=number, default=1e-4, help="learning rate of the distillation steps")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    add_seed_flag(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
@@ -43,21 +34,21 @@ def _common(p) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("prune", help="remove UNet inner channels and attention heads (physically smaller tensors)")
-    p.add_argument("--ratio", type=_fraction, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
-    p.add_argument("--heads-ratio", type=_fraction, default=None, help="fraction of attention heads to remove (default: --ratio)")
-    p.add_argument("--recover-steps", type=_whole, default=0, help="distillation steps from the unpruned teacher")
-    p.add_argument("--feature-weight", type=_fraction, default=0.5, help="weight of the block-output distillation term")
+    p.add_argument("--ratio", type=number, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
+    p.add_argument("--heads-ratio", type=number, default=None, help="fraction of attention heads to remove (default: --ratio)")
+    p.add_argument("--recover-steps", type=_count, default=0, help="distillation steps from the unpruned teacher")
+    p.add_argument("--feature-weight", type=number, default=0.5, help="weight of the block-output distillation term")
     _common(p)
     p.set_defaults(func=run_prune)
 
     s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
-    s.add_argument("--widths", type=_widths, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
-    s.add_argument("--train-steps", type=_whole, default=0, help="sandwich-rule steps with in-place distillation")
+    s.add_argument("--widths", type=width_list, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
+    s.add_argument("--train-steps", type=_count, default=0, help="sandwich-rule steps with in-place distillation")
     s.add_argument("--scope", choices=("all", "inner"), default="all",
                    help="what a narrower width shrinks: all channels (default; width 0.5 ~ 0.28x MACs) or only "
                         "the inner channels and heads pruning removes (block outputs keep their width)")
-    s.add_argument("--full-weight", type=_fraction, default=1.0, help="weight of the full-width term (anchors it to the source model)")
-    s.add_argument("--guidance-weight", type=_fraction, default=1.0,
+    s.add_argument("--full-weight", type=number, default=1.0, help="weight of the full-width term (anchors it to the source model)")
+    s.add_argument("--guidance-weight", type=number, default=1.0,
                    help="weight of the guidance-direction term (prompted minus empty-prompt prediction); 0 turns it off")
     s.add_argument("--init", type=Path, default=None,
                    help="an earlier edgekit slim output of --model to continue training from")

@@ -18,12 +18,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, sampling_defaults
+    from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
     from edgekit.quality import evaluate_digits
 
     model_dir = check_model_dir(args.model)
     defaults = sampling_defaults(model_dir)
-    steps = args.steps or defaults.steps
+    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
     guidance = defaults.guidance_scale if args.guidance is None else args.guidance
     pipe = open_model(model_dir, width=args.width)
     started = time.perf_counter()

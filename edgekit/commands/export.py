@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress, width_multiplier
+from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress, width_list
 
 TARGETS = ("ort-web", "tflite", "coreml")
 
@@ -15,8 +15,8 @@ def register(sub) -> None:
     p.add_argument("--precision", default=None,
                    help="fp32 | fp16 | int8 (ort-web, tflite) | w8 | palettize6 (coreml); default: the profile's")
     p.add_argument("--calib", type=Path, default=None, help="calibration directory (edgekit calibrate); int8 needs it")
-    p.add_argument("--widths", type=width_multiplier, nargs="+", default=None,
-                   help="UNet width multipliers to export (slimmable models); default 1.0")
+    p.add_argument("--widths", type=width_list, nargs="+", default=None,
+                   help="UNet width multipliers to export (slimmable models), e.g. 0.5,1.0 or 0.5 1.0; default 1.0")
     p.add_argument("--profile", type=Path, default=None,
                    help="target profile YAML (default: targets/<the target's profile>.yaml)")
     p.add_argument("--out", type=Path, required=True)
@@ -42,7 +42,7 @@ def run_export(args) -> int:
     profile_path = args.profile or profiles_dir() / f"{DEFAULT_PROFILES[target.name]}.yaml"
     profile = TargetProfile.from_yaml(profile_path).with_precision(args.precision)
     request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
-                            widths=tuple(args.widths or (1.0,)), calib_dir=args.calib, force=args.force)
+                            widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force)
     with progress() as bar:
         manifest = export_bundle(request, bar)
     lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, "

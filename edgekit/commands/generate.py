@@ -15,6 +15,7 @@ def register(sub) -> None:
     add_sampling_flags(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--scale", type=positive_int, default=1, help="enlarge the PNG by this factor (nearest)")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -25,14 +26,14 @@ def run(args) -> int:
 
     from edgekit.fsutil import check_output_path, staged_file
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, generate, sampling_defaults
+    from edgekit.pipeline import check_model_dir, check_model_steps, generate, sampling_defaults, steps_source
 
     model_dir = check_model_dir(args.model)
-    out = check_output_path(args.out, [model_dir], flag="--out", force=True, is_file=True)
-    if out.suffix.lower() != ".png" or out.is_dir():
-        raise InputError(f"--out {out}: expected a .png file name")
+    if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: expected a .png file name")
+    out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
     defaults = sampling_defaults(model_dir)
-    steps = args.steps or defaults.steps
+    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
     guidance = defaults.guidance_scale if args.guidance is None else args.guidance
     pipe = open_model(model_dir, width=args.width)
     started = time.perf_counter()
