@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, NumericError
 
 
 def load_tokenizer(path: Path, max_length: int, pad_id: int | None = None) -> Callable[[list[str]], np.ndarray]:
@@ -86,12 +86,26 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
     from edgekit.schedule import run_table
 
     latents = run_table(table, x0, model).astype(np.float32)
+    _check_finite(latents, "the UNet loop's latents", table, prompts, seeds, guidance)
     t2 = time.perf_counter()
     images = components.vae_decoder(latents / scaling_factor)
     timing.vae_s = time.perf_counter() - t2
     timing.total_s = time.perf_counter() - start
-    images = np.clip(np.asarray(images, dtype=np.float32) / 2 + 0.5, 0.0, 1.0)
+    images = np.asarray(images, dtype=np.float32)
+    _check_finite(images, "the VAE decoder's images", table, prompts, seeds, guidance)
+    images = np.clip(images / 2 + 0.5, 0.0, 1.0)
     return images.transpose(0, 2, 3, 1), timing
+
+
+def _check_finite(arrays: np.ndarray, stage: str, table: dict, prompts: list[str], seeds: list[int],
+                  guidance: float) -> None:
+    """NaN or Inf in a bundle's outputs is an error, never an image (clipping would hide it as black)."""
+    finite = np.isfinite(arrays).reshape(len(arrays), -1).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise NumericError(f"bundle sampler: {stage} hold NaN/Inf for image {i} (prompt {prompts[i]!r}, seed "
+                           f"{seeds[i]}, {len(table['timesteps'])} steps, guidance {guidance:g}); "
+                           f"{int((~finite).sum())} of {len(arrays)} images diverged")
 
 
 class BundleSampler:
