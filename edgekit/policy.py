@@ -1,11 +1,23 @@
 """Runtime policy: device state (battery, charging, low-power mode, thermal) -> (steps, width).
 
-The state sets a latency budget; the policy picks the best-quality row of the bundle's measured table
-that fits it. It steps down at once when the current row no longer fits, and steps up only after a
-better row has fitted for ``dwell_s`` seconds in a row (hysteresis: a phone that warms and cools
-around a threshold does not flip quality every frame). All numbers are data (``PolicyConfig``, kept
-in the manifest's "policy"); the JS, Kotlin and Swift twins implement the same rule and run the same
-JSON test vectors (edgekit/twin_vectors/policy.json).
+The state sets a latency budget; the policy picks a row of the bundle's measured table that fits it.
+Rows carry a quality value with a 95% interval (manifest "table", see ``parse_table``), and the choice
+never prefers a costlier row on a difference the intervals cannot tell from noise:
+
+    fitting    = the rows with latency_ms <= budget (rows below ``min_quality`` are never considered)
+    best       = the fitting row with the highest quality.value (ties: the cheaper one)
+    candidates = the fitting rows r with best.value - r.value <= sqrt(half(best)^2 + half(r)^2),
+                 half(r) = (ci95[1] - ci95[0]) / 2
+    choice     = the cheapest candidate (lowest latency_ms; ties: higher value, then wider, then fewer steps)
+
+When nothing fits, the cheapest row is used (flagged over budget). Hysteresis: a choice cheaper than
+the current row (or a current row that no longer fits) is taken at once (step down); a choice that
+differs from the current row and costs at least as much is taken only after it has been the choice for
+``dwell_s`` seconds in a row, at the smallest budget seen in that window (step up). When the rule's
+choice is the current row, nothing moves, however the budget changed. All numbers are data
+(``PolicyConfig``, the manifest's "policy"); the JS, Kotlin and Swift twins implement the same rule and
+run the same JSON vectors (edgekit/twin_vectors/policy.json). ``sqrt`` of a sum of squares rather than
+``hypot``: every platform rounds it the same way.
 
 Budget, in milliseconds per image:
     reference_ms * thermal_budget[effective thermal] * battery factor (when not charging)
@@ -14,6 +26,12 @@ where reference_ms is ``reference_latency_ms`` or, when that is null, the slowes
 so one policy serves a table measured on a laptop and one measured on a phone. The effective thermal
 state is the worse of the reported one and the one the optional headroom reaches (``headroom_thresholds``,
 Android's getThermalHeadroom scale: 1.0 means severe throttling is imminent).
+
+A device times its own first runs and rescales the table before the policy reads it
+(``latency_ratio``, ``rescale_table``, ``Policy.rescaled``): the median of measured / table latency over
+the runs multiplies every row's latency, so a table measured on the packaging host does not set a
+phone's budget. With ``reference_latency_ms`` null the budget scales with the rows and only the
+predicted times change; with a fixed reference the choice changes too.
 """
 from __future__ import annotations
 
@@ -21,14 +39,14 @@ import difflib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgekit.errors import InputError
 
 LOG = logging.getLogger("edgekit.policy")
 
-POLICY_FORMAT = "edgekit-policy/1"
+POLICY_FORMAT = "edgekit-policy/2"  # /1 ranked rows by digit prompt accuracy
 THERMAL_STATES = ("nominal", "fair", "serious", "critical")
 REASONS = ("initial", "hold", "dwell", "step_down", "step_up", "fallback")
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent / "policy_default.json"
@@ -90,18 +108,23 @@ class PolicyConfig:
     headroom_thresholds: dict = field(default_factory=dict)  # thermal state -> headroom at which it applies
     dwell_s: float = 10.0
     reference_latency_ms: float | None = None
-    min_prompt_accuracy: float = 0.0  # rows below it are never chosen (e.g. a slimmed width not yet recovered)
+    # rows whose quality.value is below it are never chosen (units of the table's quality.metric; None: no floor)
+    min_quality: float | None = None
 
     KEYS = ("format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds", "dwell_s",
-            "reference_latency_ms", "min_prompt_accuracy")
+            "reference_latency_ms", "min_quality")
 
     @classmethod
     def from_dict(cls, data, where: str = "policy") -> "PolicyConfig":
         if not isinstance(data, dict) or not data:
             raise InputError(f"{where}: expected a non-empty policy object (run `edgekit bench` to write one)")
+        if "min_prompt_accuracy" in data:
+            raise InputError(f"{where}.min_prompt_accuracy: replaced by 'min_quality' (a floor on the table's "
+                             "quality.value, null for none); re-run `edgekit bench BUNDLE` to write the new policy")
         _unknown_keys(data, cls.KEYS, where)
         if data.get("format", POLICY_FORMAT) != POLICY_FORMAT:
-            raise InputError(f"{where}.format: expected '{POLICY_FORMAT}', got {data.get('format')!r}")
+            raise InputError(f"{where}.format: expected '{POLICY_FORMAT}', got {data.get('format')!r} "
+                             "(re-run `edgekit bench BUNDLE` to write the current policy)")
         budget = data.get("thermal_budget")
         if not isinstance(budget, dict):
             raise InputError(f"{where}.thermal_budget: expected an object with a fraction per thermal state")
@@ -124,6 +147,7 @@ class PolicyConfig:
         _unknown_keys(heads, THERMAL_STATES[1:], f"{where}.headroom_thresholds")
         heads = {s: _number(v, f"{where}.headroom_thresholds.{s}", 0.0) for s, v in heads.items()}
         ref = data.get("reference_latency_ms")
+        floor = data.get("min_quality")
         return cls(
             thermal_budget=thermal,
             battery_tiers=tiers,
@@ -133,7 +157,7 @@ class PolicyConfig:
             dwell_s=_number(data.get("dwell_s", 10.0), f"{where}.dwell_s", 0.0),
             reference_latency_ms=None if ref is None else _number(ref, f"{where}.reference_latency_ms", 0.0,
                                                                   low_open=True),
-            min_prompt_accuracy=_number(data.get("min_prompt_accuracy", 0.0), f"{where}.min_prompt_accuracy", 0.0, 1.0),
+            min_quality=None if floor is None else _number(floor, f"{where}.min_quality"),
         )
 
     @classmethod
@@ -149,7 +173,7 @@ class PolicyConfig:
             "headroom_thresholds": dict(self.headroom_thresholds),
             "dwell_s": self.dwell_s,
             "reference_latency_ms": self.reference_latency_ms,
-            "min_prompt_accuracy": self.min_prompt_accuracy,
+            "min_quality": self.min_quality,
         }
 
 
@@ -195,44 +219,120 @@ def _thermal(value, where: str) -> str:
 
 @dataclass(frozen=True)
 class Row:
+    """One measured table row, as the policy reads it (the manifest row itself is kept in ``measured``)."""
+
     width: float
     steps: int
     latency_ms: float
-    prompt_accuracy: float
-    frechet_distance: float | None
-    device: str
+    quality: float  # quality.value: higher is better, in the units of ``metric``
+    quality_ci95: tuple[float, float]
+    metric: str = ""
+    device: str = ""
+    measured: dict = field(default_factory=dict, compare=False, hash=False)  # extras: ssim, prompt accuracy, ...
 
-    def quality_key(self) -> tuple:
-        """Smaller is better: accuracy first, then Frechet distance, then the cheaper, then the wider."""
-        fd = math.inf if self.frechet_distance is None else self.frechet_distance
-        return (-self.prompt_accuracy, fd, self.latency_ms, -self.width, -self.steps)
+    @property
+    def key(self) -> tuple[float, int]:
+        return (self.width, self.steps)
+
+    @property
+    def half_interval(self) -> float:
+        return (self.quality_ci95[1] - self.quality_ci95[0]) / 2.0
+
+    def cost_key(self) -> tuple:
+        """Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps."""
+        return (self.latency_ms, -self.quality, -self.width, self.steps)
+
+    def best_key(self) -> tuple:
+        """Smaller is better: the highest quality value, ties to the cheaper row."""
+        return (-self.quality,) + self.cost_key()
+
+
+def not_significantly_worse(row: Row, best: Row) -> bool:
+    """``row`` is within the combined 95% half-intervals of ``best`` (equality counts as a tie)."""
+    hb, hr = best.half_interval, row.half_interval
+    return best.quality - row.quality <= math.sqrt(hb * hb + hr * hr)
+
+
+def choose(rows, budget_ms: float) -> Row | None:
+    """The rule's row for a budget (None when no row fits): the cheapest row not significantly worse than
+    the best fitting one."""
+    fitting = [r for r in rows if r.latency_ms <= budget_ms]
+    if not fitting:
+        return None
+    best = min(fitting, key=Row.best_key)
+    return min((r for r in fitting if not_significantly_worse(r, best)), key=Row.cost_key)
+
+
+_OLD_ROW_HINT = "re-run `edgekit bench BUNDLE` to measure rows with a quality value and interval"
+
+
+def _interval(value, where: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"{where}: expected [low, high], got {value!r}")
+    low, high = _number(value[0], f"{where}[0]"), _number(value[1], f"{where}[1]")
+    if low > high:
+        raise InputError(f"{where}: low {low} is above high {high}")
+    return low, high
 
 
 def parse_table(rows, where: str = "table") -> tuple[Row, ...]:
+    """The manifest's measured rows: {width, steps, latency_ms, quality: {value, ci95, metric, ...}, ...}.
+    Rows of the old accuracy-ranked format are refused with the command that re-measures them."""
     if not isinstance(rows, list) or not rows:
         raise InputError(f"{where}: expected a non-empty list of measured rows (run `edgekit bench` to fill it)")
     out, seen = [], set()
     for i, r in enumerate(rows):
         w = f"{where}[{i}]"
         if not isinstance(r, dict):
-            raise InputError(f"{w}: expected an object with width, steps, latency_ms, prompt_accuracy")
-        for key in ("width", "steps", "latency_ms", "prompt_accuracy"):
+            raise InputError(f"{w}: expected an object with width, steps, latency_ms, quality")
+        if "quality" not in r and "prompt_accuracy" in r:
+            raise InputError(f"{w}: a row of the old format (prompt_accuracy, no 'quality'); {_OLD_ROW_HINT}")
+        for key in ("width", "steps", "latency_ms", "quality"):
             if key not in r:
                 raise InputError(f"{w}: missing '{key}'")
         steps = r["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
             raise InputError(f"{w}.steps: expected a positive whole number, got {steps!r}")
-        fd = r.get("frechet_distance")
+        q = r["quality"]
+        if not isinstance(q, dict) or "value" not in q or "ci95" not in q:
+            raise InputError(f"{w}.quality: expected an object with 'value' and 'ci95' [low, high]; {_OLD_ROW_HINT}")
         row = Row(width=_number(r["width"], f"{w}.width", 0.0, 1.0, low_open=True), steps=steps,
                   latency_ms=_number(r["latency_ms"], f"{w}.latency_ms", 0.0, low_open=True),
-                  prompt_accuracy=_number(r["prompt_accuracy"], f"{w}.prompt_accuracy", 0.0, 1.0),
-                  frechet_distance=None if fd is None else _number(fd, f"{w}.frechet_distance", 0.0),
-                  device=str(r.get("device", "")))
-        if (row.width, row.steps) in seen:
+                  quality=_number(q["value"], f"{w}.quality.value"),
+                  quality_ci95=_interval(q["ci95"], f"{w}.quality.ci95"),
+                  metric=str(q.get("metric", "")), device=str(r.get("device", "")), measured=dict(r))
+        if row.key in seen:
             raise InputError(f"{w}: a second row for width {row.width} and {row.steps} steps")
-        seen.add((row.width, row.steps))
+        seen.add(row.key)
         out.append(row)
     return tuple(out)
+
+
+def latency_ratio(runs, rows) -> float:
+    """How much slower (> 1) or faster (< 1) this device is than the table: the median over timed runs of
+    measured_ms / the table's latency_ms for the row the run used. ``runs``: [{width, steps, measured_ms}]."""
+    if not isinstance(runs, list) or not runs:
+        raise InputError("latency runs: expected at least one timed run {width, steps, measured_ms}")
+    by_key = {r.key: r for r in rows}
+    ratios = []
+    for i, run in enumerate(runs):
+        w = f"latency runs[{i}]"
+        if not isinstance(run, dict) or not {"width", "steps", "measured_ms"} <= set(run):
+            raise InputError(f"{w}: expected an object with width, steps, measured_ms")
+        measured = _number(run["measured_ms"], f"{w}.measured_ms", 0.0, low_open=True)
+        key = (_number(run["width"], f"{w}.width"), run["steps"])
+        if key not in by_key:
+            raise InputError(f"{w}: width {key[0]} and {key[1]} steps is not a row of the table")
+        ratios.append(measured / by_key[key].latency_ms)
+    ratios.sort()
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2.0
+
+
+def rescale_table(rows, ratio: float) -> tuple[Row, ...]:
+    """Every row's latency multiplied by ``ratio`` (a device's measured / table latency)."""
+    ratio = _number(ratio, "latency ratio", 0.0, low_open=True)
+    return tuple(replace(r, latency_ms=r.latency_ms * ratio) for r in rows)
 
 
 @dataclass(frozen=True)
@@ -245,26 +345,34 @@ class Decision:
     reason: str  # one of REASONS
     over_budget: bool  # no row fits the budget; the cheapest row was taken
     detail: str
+    quality: float | None = None  # the chosen row's quality.value (None: a fallback without a table)
+    quality_ci95: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         return {"t": self.t, "steps": self.steps, "width": self.width, "latency_ms": self.latency_ms,
                 "budget_ms": round(self.budget_ms, 3), "reason": self.reason, "over_budget": self.over_budget,
+                "quality": self.quality, "quality_ci95": None if self.quality_ci95 is None else list(self.quality_ci95),
                 "detail": self.detail}
 
 
 class Policy:
     """Stateful chooser over one table; feed it samples in time order with ``decide``."""
 
-    def __init__(self, config: PolicyConfig, table) -> None:
+    def __init__(self, config: PolicyConfig, table, latency_ratio: float = 1.0) -> None:
         self.config = config
-        self.rows = table if isinstance(table, tuple) and all(isinstance(r, Row) for r in table) else parse_table(table)
-        eligible = [r for r in self.rows if r.prompt_accuracy >= config.min_prompt_accuracy]
+        measured = table if isinstance(table, tuple) and all(isinstance(r, Row) for r in table) else parse_table(table)
+        self.table_rows = measured  # as measured; ``rows`` are rescaled by ``latency_ratio``
+        self.latency_ratio = _number(latency_ratio, "latency ratio", 0.0, low_open=True)
+        self.rows = measured if latency_ratio == 1.0 else rescale_table(measured, latency_ratio)
+        floor = config.min_quality
+        eligible = [r for r in self.rows if floor is None or r.quality >= floor]
         if not eligible:
-            raise InputError(f"policy.min_prompt_accuracy {config.min_prompt_accuracy}: no table row reaches it "
-                             f"(best {max(r.prompt_accuracy for r in self.rows)})")
+            best = max(self.rows, key=lambda r: r.quality)
+            raise InputError(f"policy.min_quality {floor}: no table row reaches it "
+                             f"(best {best.quality:g} {best.metric}, width {best.width:g}, {best.steps} steps)")
+        self.eligible = tuple(eligible)
         self.reference_ms = config.reference_latency_ms or max(r.latency_ms for r in eligible)
-        self.ranked = sorted(eligible, key=Row.quality_key)
-        self.cheapest = min(eligible, key=lambda r: (r.latency_ms, r.quality_key()))
+        self.cheapest = min(eligible, key=Row.cost_key)
         self.current: Row | None = None
         self.last_t: float | None = None
         self._pending_since: float | None = None
@@ -279,8 +387,8 @@ class Policy:
             raise InputError(f"{where}: no 'policy' parameters (run `edgekit bench BUNDLE` to write them)")
         if "table" not in manifest or not manifest["table"]:
             raise InputError(f"{where}: no measured 'table' rows (run `edgekit bench BUNDLE` to measure them)")
-        config = PolicyConfig.from_dict(manifest["policy"], f"{where}: policy")
         rows = parse_table(manifest["table"], f"{where}: table")
+        config = PolicyConfig.from_dict(manifest["policy"], f"{where}: policy")
         widths = {float(w) for w in manifest.get("widths", [])}
         schedules = {int(s) for s in manifest.get("sampling", {}).get("schedules", {})}
         for i, r in enumerate(rows):
@@ -291,6 +399,15 @@ class Policy:
                 raise InputError(f"{where}: table[{i}] names {r.steps} steps, which the bundle has no schedule for "
                                  f"(schedules: {sorted(schedules)})")
         return cls(config, rows)
+
+    def rescaled(self, ratio: float) -> "Policy":
+        """This policy over the table rescaled by ``ratio`` (relative to the table as measured), keeping the
+        current row and the clock; a pending step up starts over."""
+        other = Policy(self.config, self.table_rows, ratio)
+        if self.current is not None:
+            other.current = next(r for r in other.eligible if r.key == self.current.key)
+        other.last_t = self.last_t
+        return other
 
     def budget_ms(self, state: DeviceState) -> tuple[float, str]:
         c = self.config
@@ -314,14 +431,8 @@ class Policy:
             why.append("low-power mode")
         return self.reference_ms * factor, ", ".join(why)
 
-    def best_fitting(self, budget: float) -> Row | None:
-        for row in self.ranked:
-            if row.latency_ms <= budget:
-                return row
-        return None
-
-    def _better(self, a: Row, b: Row) -> bool:
-        return a.quality_key() < b.quality_key()
+    def choose(self, budget: float) -> Row | None:
+        return choose(self.eligible, budget)
 
     def decide(self, t: float, state: DeviceState) -> Decision:
         """The row to use at time ``t`` (seconds, non-decreasing) for ``state``."""
@@ -330,33 +441,34 @@ class Policy:
             raise InputError(f"t: samples must come in time order ({t} after {self.last_t})")
         self.last_t = t
         budget, why = self.budget_ms(state)
-        best = self.best_fitting(budget)
-        target = best or self.cheapest
+        target = self.choose(budget) or self.cheapest
         cur = self.current
         if cur is None:
             reason, chosen = "initial", target
             self._pending_since = None
-        elif cur.latency_ms > budget and target != cur:
+        elif target.key == cur.key:
+            reason, chosen = "hold", cur
+            self._pending_since = None
+        elif target.latency_ms < cur.latency_ms or cur.latency_ms > budget:
             reason, chosen = "step_down", target
             self._pending_since = None
-        elif best is not None and self._better(best, cur):
+        else:  # the rule now chooses a row costing at least as much, and the current row fits: dwell first
             if self._pending_since is None:
                 self._pending_since, self._window_budget = t, budget
             else:
                 self._window_budget = min(self._window_budget, budget)
-            candidate = self.best_fitting(self._window_budget)
-            if t - self._pending_since >= self.config.dwell_s and candidate is not None and self._better(candidate, cur):
-                reason, chosen = "step_up", candidate
+            up = self.choose(self._window_budget)
+            if (t - self._pending_since >= self.config.dwell_s and up is not None and up.key != cur.key
+                    and up.latency_ms >= cur.latency_ms):
+                reason, chosen = "step_up", up
                 self._pending_since = None
             else:
                 reason, chosen = "dwell", cur
-        else:
-            reason, chosen = "hold", cur
-            self._pending_since = None
         self.current = chosen
         over = chosen.latency_ms > budget
         detail = f"{why}: budget {budget:.1f} ms" + ("; no row fits, cheapest taken" if over else "")
-        return Decision(t, chosen.steps, chosen.width, chosen.latency_ms, budget, reason, over, detail)
+        return Decision(t, chosen.steps, chosen.width, chosen.latency_ms, budget, reason, over, detail,
+                        chosen.quality, chosen.quality_ci95)
 
     def decide_or_fallback(self, t, state_dict) -> Decision:
         """What a device does: a state it cannot read gives the cheapest row and a logged warning."""
@@ -368,7 +480,7 @@ class Policy:
             self._pending_since = None
             row = self.cheapest
             return Decision(float(t) if isinstance(t, (int, float)) else 0.0, row.steps, row.width, row.latency_ms,
-                            0.0, "fallback", False, f"unreadable state: {exc}")
+                            0.0, "fallback", False, f"unreadable state: {exc}", row.quality, row.quality_ci95)
 
 
 def _worse(a: str, b: str) -> bool:

@@ -6,30 +6,104 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import InputError
-from edgekit.policy import (DeviceState, Policy, PolicyConfig, fallback_decision, load_trace, parse_table,
-                            read_desktop_state, simulate)
+from edgekit.policy import (DeviceState, Policy, PolicyConfig, choose, fallback_decision, latency_ratio, load_trace,
+                            parse_table, read_desktop_state, rescale_table, simulate)
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors" / "policy.json").read_text())
+TABLE = VECTORS["tables"]["separated"]
 
 
-def _policy(overrides=None, table=None):
-    return Policy(PolicyConfig.from_dict({**VECTORS["policy"], **(overrides or {})}), table or VECTORS["table"])
+def _policy(overrides=None, table=None, ratio=1.0):
+    return Policy(PolicyConfig.from_dict({**VECTORS["policy"], **(overrides or {})}), table or TABLE, ratio)
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"][:40])
 def test_shared_vectors(case):
-    policy = _policy(case["policy_overrides"])
+    rows = parse_table(VECTORS["tables"][case["table"]])
+    ratio = 1.0
+    if "rescale" in case:
+        ratio = latency_ratio(case["rescale"]["runs"], rows)
+        assert math.isclose(ratio, case["rescale"]["ratio"], rel_tol=1e-12)
+    policy = _policy(case["policy_overrides"], rows, ratio)
     for sample in case["samples"]:
+        if "latency_ratio" in sample:
+            policy = policy.rescaled(sample["latency_ratio"])
         d = policy.decide_or_fallback(sample["t"], sample["state"])
         e = sample["expect"]
         assert (d.steps, d.width, d.reason, d.over_budget) == (e["steps"], e["width"], e["reason"], e["over_budget"]), \
             f"t={sample['t']}: {d}"
         assert math.isclose(d.budget_ms, e["budget_ms"], rel_tol=1e-6, abs_tol=1e-9)
+        assert math.isclose(d.latency_ms, e["latency_ms"], rel_tol=1e-6)
 
 
-def test_vectors_cover_every_reason():
+@pytest.mark.parametrize("case", VECTORS["latency_ratios"], ids=lambda c: c["name"][:40])
+def test_latency_ratio_vectors(case):
+    assert math.isclose(latency_ratio(case["runs"], parse_table(VECTORS["tables"][case["table"]])), case["ratio"],
+                        rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("bad", VECTORS["bad_rescales"], ids=lambda b: b["name"])
+def test_bad_rescales_name_the_problem(bad):
+    rows = parse_table(VECTORS["tables"][bad["table"]])
+    with pytest.raises(InputError, match=bad["error_contains"]):
+        latency_ratio(bad["runs"], rows) if "runs" in bad else rescale_table(rows, bad["ratio"])
+
+
+def _brute_force_choice(rows, budget):
+    """The rule written out the slow way: every fitting row r is a candidate unless it is significantly
+    worse than some fitting row of the highest value."""
+    fitting = [r for r in rows if r.latency_ms <= budget]
+    if not fitting:
+        return None
+    top = max(r.quality for r in fitting)
+    best = min((r for r in fitting if r.quality == top), key=lambda r: (r.latency_ms, -r.width, r.steps))
+    ok = [r for r in fitting
+          if (best.quality - r.quality) ** 2 <= (best.half_interval ** 2 + r.half_interval ** 2) or r.quality >= best.quality]
+    return sorted(ok, key=lambda r: (r.latency_ms, -r.quality, -r.width, r.steps))[0]
+
+
+def test_choice_matches_the_rule_on_random_tables():
+    import random
+
+    rng = random.Random(11)
+    for _ in range(300):
+        rows = []
+        for w in (1.0, 0.75, 0.5):
+            for s in (4, 8, 20):
+                v = rng.uniform(20, 30)
+                half = rng.choice([0.05, 0.5, 2.0])
+                rows.append({"width": w, "steps": s, "latency_ms": round(rng.uniform(10, 100), 1),
+                             "quality": {"value": v, "ci95": [v - half, v + half]}})
+        table = parse_table(rows)
+        for budget in (5.0, 30.0, 60.0, 200.0):
+            assert choose(table, budget) == _brute_force_choice(table, budget)
+
+
+def test_old_rows_and_old_policy_keys_say_to_rerun_bench():
+    old = [{"width": 1.0, "steps": 8, "latency_ms": 12.0, "prompt_accuracy": 0.95, "device": "x"}]
+    with pytest.raises(InputError, match=r"table\[0\]: a row of the old format .*edgekit bench"):
+        parse_table(old)
+    with pytest.raises(InputError, match="min_prompt_accuracy: replaced by 'min_quality'.*edgekit bench"):
+        PolicyConfig.from_dict({**VECTORS["policy"], "min_prompt_accuracy": 0.5})
+
+
+def test_rows_keep_their_measured_extras():
+    row = {**TABLE[0], "ssim": {"value": 0.91, "ci95": [0.9, 0.92], "n": 20}, "prompt_accuracy": 0.95,
+           "latency_spread_ms": [390.0, 410.0]}
+    [parsed] = parse_table([row])
+    assert parsed.measured["ssim"]["value"] == 0.91 and parsed.metric == "psnr_db"
+    assert parsed.quality == 30.0 and parsed.quality_ci95 == (29.7, 30.3)
+
+
+def test_min_quality_that_no_row_reaches_names_the_best():
+    with pytest.raises(InputError, match=r"min_quality 40.0: no table row reaches it \(best 30 psnr_db"):
+        _policy({"min_quality": 40.0})
+
+
+def test_vectors_cover_every_reason_and_table():
     reasons = {s["expect"]["reason"] for c in VECTORS["cases"] for s in c["samples"]}
     assert reasons == {"initial", "hold", "dwell", "step_down", "step_up", "fallback"}
+    assert {c["table"] for c in VECTORS["cases"]} == set(VECTORS["tables"])
 
 
 @pytest.mark.parametrize("bad", VECTORS["bad_policies"], ids=lambda b: b["name"])
@@ -68,7 +142,7 @@ def test_never_picks_a_row_outside_the_table_under_random_states():
 
     rng = random.Random(3)
     policy = _policy({"dwell_s": 2.0})
-    rows = {(r["width"], r["steps"]) for r in VECTORS["table"]}
+    rows = {(r["width"], r["steps"]) for r in TABLE}
     for i in range(500):
         state = DeviceState(rng.random(), rng.random() < 0.3, rng.random() < 0.2,
                             rng.choice(["nominal", "fair", "serious", "critical"]),
@@ -76,12 +150,12 @@ def test_never_picks_a_row_outside_the_table_under_random_states():
         d = policy.decide(i * 0.5, state)
         assert (d.width, d.steps) in rows
         # the row fits the budget unless none does, in which case it is the cheapest
-        assert d.latency_ms <= d.budget_ms or d.latency_ms == min(r["latency_ms"] for r in VECTORS["table"])
+        assert d.latency_ms <= d.budget_ms or d.latency_ms == min(r["latency_ms"] for r in TABLE)
 
 
 def _manifest(**extra):
     base = {"widths": ["1.00", "0.50"], "sampling": {"schedules": {"4": {}, "8": {}, "20": {}}},
-            "table": VECTORS["table"], "policy": VECTORS["policy"]}
+            "table": TABLE, "policy": VECTORS["policy"]}
     base.update(extra)
     return base
 
