@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { Policy, fallbackDecision, parsePolicy, parseState, parseTable } from "../edgekit/targets/web/policy.js";
+import { Policy, fallbackDecision, latencyRatio, parsePolicy, parseState, parseTable, rescaleTable } from "../edgekit/targets/web/policy.js";
 import { ClipTokenizer } from "../edgekit/targets/web/tokenizer.js";
 import { runTable, guide } from "../edgekit/targets/web/scheduler.js";
 
@@ -15,18 +15,33 @@ const check = (ok, what) => { if (ok) passed++; else failures.push(what); };
 const close = (a, b, rel) => Math.abs(a - b) <= rel * Math.max(1, Math.abs(b));
 
 const pv = load("policy.json");
-for (const c of pv.cases) {
-  const policy = new Policy(parsePolicy({ ...pv.policy, ...c.policy_overrides }), parseTable(pv.table));
-  for (const s of c.samples) {
-    const d = policy.decideOrFallback(s.t, s.state, () => {});
-    const e = s.expect;
-    check(d.steps === e.steps && d.width === e.width && d.reason === e.reason && d.overBudget === e.over_budget
-      && close(d.budgetMs, e.budget_ms, 1e-6), `${c.name} t=${s.t}: got ${JSON.stringify(d)}`);
-  }
-}
 const expectError = (fn, needle, what) => {
   try { fn(); check(false, `${what}: no error`); } catch (err) { check(err.message.includes(needle), `${what}: ${err.message}`); }
 };
+for (const c of pv.cases) {
+  const rows = parseTable(pv.tables[c.table]);
+  let ratio = 1;
+  if (c.rescale) {
+    ratio = latencyRatio(c.rescale.runs, rows);
+    check(close(ratio, c.rescale.ratio, 1e-12), `${c.name}: ratio ${ratio}`);
+  }
+  let policy = new Policy(parsePolicy({ ...pv.policy, ...c.policy_overrides }), rows, ratio);
+  for (const s of c.samples) {
+    if ("latency_ratio" in s) policy = policy.rescaled(s.latency_ratio);
+    const d = policy.decideOrFallback(s.t, s.state, () => {});
+    const e = s.expect;
+    check(d.steps === e.steps && d.width === e.width && d.reason === e.reason && d.overBudget === e.over_budget
+      && close(d.budgetMs, e.budget_ms, 1e-6) && close(d.latencyMs, e.latency_ms, 1e-6), `${c.name} t=${s.t}: got ${JSON.stringify(d)}`);
+  }
+}
+for (const r of pv.latency_ratios) {
+  const got = latencyRatio(r.runs, parseTable(pv.tables[r.table]));
+  check(close(got, r.ratio, 1e-12), `${r.name}: ${got}`);
+}
+for (const b of pv.bad_rescales) {
+  const rows = parseTable(pv.tables[b.table]);
+  expectError(() => ("runs" in b ? latencyRatio(b.runs, rows) : rescaleTable(rows, b.ratio)), b.error_contains, b.name);
+}
 for (const b of pv.bad_policies) expectError(() => parsePolicy(b.policy), b.error_contains, b.name);
 for (const b of pv.bad_states) expectError(() => parseState(b.state), b.error_contains, b.name);
 for (const b of pv.bad_tables) expectError(() => parseTable(b.table), b.error_contains, b.name);

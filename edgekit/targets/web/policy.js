@@ -1,10 +1,16 @@
 // Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
 // table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
 // (edgekit/twin_vectors/policy.json). No browser APIs here, so Node runs the vectors too.
+//
+// The rule: among the rows that fit the budget, best = the highest quality.value (ties: the cheaper);
+// candidates = rows with best.value - r.value <= sqrt(half(best)^2 + half(r)^2), half = (ci95[1] - ci95[0]) / 2;
+// choice = the cheapest candidate (latency, then higher value, wider, fewer steps). A cheaper choice (or a
+// current row that no longer fits) is taken at once; a choice costing at least as much only after dwell_s.
 
+export const POLICY_FORMAT = "edgekit-policy/2";
 export const THERMAL_STATES = ["nominal", "fair", "serious", "critical"];
 const POLICY_KEYS = ["format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds",
-  "dwell_s", "reference_latency_ms", "min_prompt_accuracy"];
+  "dwell_s", "reference_latency_ms", "min_quality"];
 const STATE_KEYS = ["battery_level", "charging", "low_power", "thermal", "headroom", "t"];
 
 export class PolicyError extends Error {}
@@ -28,7 +34,13 @@ function isObject(v) { return v !== null && typeof v === "object" && !Array.isAr
 
 export function parsePolicy(data, where = "policy") {
   if (!isObject(data) || Object.keys(data).length === 0) throw new PolicyError(`${where}: expected a non-empty policy object`);
+  if ("min_prompt_accuracy" in data) {
+    throw new PolicyError(`${where}.min_prompt_accuracy: replaced by 'min_quality' (a floor on the table's quality.value, null for none); re-run \`edgekit bench BUNDLE\``);
+  }
   unknownKeys(data, POLICY_KEYS, where);
+  if ((data.format ?? POLICY_FORMAT) !== POLICY_FORMAT) {
+    throw new PolicyError(`${where}.format: expected '${POLICY_FORMAT}', got ${JSON.stringify(data.format)} (re-run \`edgekit bench BUNDLE\`)`);
+  }
   const budget = data.thermal_budget;
   if (!isObject(budget)) throw new PolicyError(`${where}.thermal_budget: expected an object with a fraction per thermal state`);
   unknownKeys(budget, THERMAL_STATES, `${where}.thermal_budget`);
@@ -53,6 +65,7 @@ export function parsePolicy(data, where = "policy") {
   const headroom = {};
   for (const [k, v] of Object.entries(heads)) headroom[k] = num(v, `${where}.headroom_thresholds.${k}`, 0);
   const ref = data.reference_latency_ms ?? null;
+  const floor = data.min_quality ?? null;
   return {
     thermalBudget: thermal,
     batteryTiers: tiers,
@@ -60,7 +73,7 @@ export function parsePolicy(data, where = "policy") {
     headroomThresholds: headroom,
     dwellS: num(data.dwell_s ?? 10, `${where}.dwell_s`, 0),
     referenceLatencyMs: ref === null ? null : num(ref, `${where}.reference_latency_ms`, 0, null, true),
-    minPromptAccuracy: num(data.min_prompt_accuracy ?? 0, `${where}.min_prompt_accuracy`, 0, 1),
+    minQuality: floor === null ? null : num(floor, `${where}.min_quality`),
   };
 }
 
@@ -81,19 +94,33 @@ export function parseState(data, where = "state") {
   };
 }
 
+const OLD_ROW_HINT = "re-run `edgekit bench BUNDLE` to measure rows with a quality value and interval";
+
+function interval(v, where) {
+  if (!Array.isArray(v) || v.length !== 2) throw new PolicyError(`${where}: expected [low, high], got ${JSON.stringify(v)}`);
+  const low = num(v[0], `${where}[0]`), high = num(v[1], `${where}[1]`);
+  if (low > high) throw new PolicyError(`${where}: low ${low} is above high ${high}`);
+  return [low, high];
+}
+
 export function parseTable(rows, where = "table") {
   if (!Array.isArray(rows) || rows.length === 0) throw new PolicyError(`${where}: expected a non-empty list of measured rows`);
   const seen = new Set();
   return rows.map((r, i) => {
     const w = `${where}[${i}]`;
     if (!isObject(r)) throw new PolicyError(`${w}: expected an object`);
-    for (const k of ["width", "steps", "latency_ms", "prompt_accuracy"]) if (!(k in r)) throw new PolicyError(`${w}: missing '${k}'`);
+    if (!("quality" in r) && "prompt_accuracy" in r) throw new PolicyError(`${w}: a row of the old format (prompt_accuracy, no 'quality'); ${OLD_ROW_HINT}`);
+    for (const k of ["width", "steps", "latency_ms", "quality"]) if (!(k in r)) throw new PolicyError(`${w}: missing '${k}'`);
     if (!Number.isInteger(r.steps) || r.steps <= 0) throw new PolicyError(`${w}.steps: expected a positive whole number`);
+    const q = r.quality;
+    if (!isObject(q) || !("value" in q) || !("ci95" in q)) throw new PolicyError(`${w}.quality: expected an object with 'value' and 'ci95' [low, high]; ${OLD_ROW_HINT}`);
     const row = {
       width: num(r.width, `${w}.width`, 0, 1, true), steps: r.steps,
       latencyMs: num(r.latency_ms, `${w}.latency_ms`, 0, null, true),
-      promptAccuracy: num(r.prompt_accuracy, `${w}.prompt_accuracy`, 0, 1),
-      frechetDistance: r.frechet_distance == null ? null : num(r.frechet_distance, `${w}.frechet_distance`, 0),
+      quality: num(q.value, `${w}.quality.value`),
+      qualityCi95: interval(q.ci95, `${w}.quality.ci95`),
+      metric: typeof q.metric === "string" ? q.metric : "",
+      device: typeof r.device === "string" ? r.device : "",
     };
     const key = `${row.width}/${row.steps}`;
     if (seen.has(key)) throw new PolicyError(`${w}: a second row for width ${row.width} and ${row.steps} steps`);
@@ -102,26 +129,66 @@ export function parseTable(rows, where = "table") {
   });
 }
 
-// Smaller is better: accuracy, then Frechet distance, then the cheaper, then the wider, then more steps.
-function qualityKey(r) {
-  return [-r.promptAccuracy, r.frechetDistance ?? Infinity, r.latencyMs, -r.width, -r.steps];
+const halfInterval = (r) => (r.qualityCi95[1] - r.qualityCi95[0]) / 2;
+const sameRow = (a, b) => a.width === b.width && a.steps === b.steps;
+
+// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps.
+export function compareCost(a, b) {
+  return (a.latencyMs - b.latencyMs) || (b.quality - a.quality) || (b.width - a.width) || (a.steps - b.steps);
 }
-function compareRows(a, b) {
-  const ka = qualityKey(a), kb = qualityKey(b);
-  for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i]) return ka[i] < kb[i] ? -1 : 1;
-  return 0;
+// Smaller is better: the highest quality value, ties to the cheaper row.
+function compareBest(a, b) { return (b.quality - a.quality) || compareCost(a, b); }
+
+export function notSignificantlyWorse(row, best) {
+  const hb = halfInterval(best), hr = halfInterval(row);
+  return best.quality - row.quality <= Math.sqrt(hb * hb + hr * hr);
+}
+
+// The rule's row for a budget (null when none fits).
+export function choose(rows, budgetMs) {
+  const fitting = rows.filter((r) => r.latencyMs <= budgetMs);
+  if (!fitting.length) return null;
+  const best = [...fitting].sort(compareBest)[0];
+  return fitting.filter((r) => notSignificantlyWorse(r, best)).sort(compareCost)[0];
+}
+
+// This device's measured / table latency: the median over timed runs [{width, steps, measured_ms}].
+export function latencyRatio(runs, rows) {
+  if (!Array.isArray(runs) || runs.length === 0) throw new PolicyError("latency runs: expected at least one timed run {width, steps, measured_ms}");
+  const ratios = runs.map((run, i) => {
+    const w = `latency runs[${i}]`;
+    if (!isObject(run) || !("width" in run) || !("steps" in run) || !("measured_ms" in run)) {
+      throw new PolicyError(`${w}: expected an object with width, steps, measured_ms`);
+    }
+    const measured = num(run.measured_ms, `${w}.measured_ms`, 0, null, true);
+    const row = rows.find((r) => r.width === run.width && r.steps === run.steps);
+    if (!row) throw new PolicyError(`${w}: width ${run.width} and ${run.steps} steps is not a row of the table`);
+    return measured / row.latencyMs;
+  }).sort((a, b) => a - b);
+  const mid = Math.floor(ratios.length / 2);
+  return ratios.length % 2 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
+}
+
+// Every row's latency multiplied by ratio (a device's measured / table latency).
+export function rescaleTable(rows, ratio) {
+  num(ratio, "latency ratio", 0, null, true);
+  return rows.map((r) => ({ ...r, latencyMs: r.latencyMs * ratio }));
 }
 
 export class Policy {
-  constructor(config, rows) {
+  // rows: parseTable's rows as measured; latencyRatio rescales them (1 = the table as measured).
+  constructor(config, rows, latencyRatio = 1) {
     this.config = config;
-    this.rows = rows;
-    // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
-    const eligible = rows.filter((r) => r.promptAccuracy >= config.minPromptAccuracy);
-    if (!eligible.length) throw new PolicyError(`policy.min_prompt_accuracy ${config.minPromptAccuracy}: no table row reaches it`);
+    this.tableRows = rows;
+    this.latencyRatio = num(latencyRatio, "latency ratio", 0, null, true);
+    this.rows = latencyRatio === 1 ? rows : rescaleTable(rows, latencyRatio);
+    // Rows below the quality floor are never chosen (e.g. a slimmed width not yet recovered).
+    const floor = config.minQuality;
+    const eligible = this.rows.filter((r) => floor === null || r.quality >= floor);
+    if (!eligible.length) throw new PolicyError(`policy.min_quality ${floor}: no table row reaches it`);
+    this.eligible = eligible;
     this.referenceMs = config.referenceLatencyMs ?? Math.max(...eligible.map((r) => r.latencyMs));
-    this.ranked = [...eligible].sort(compareRows);
-    this.cheapest = [...eligible].sort((a, b) => (a.latencyMs - b.latencyMs) || compareRows(a, b))[0];
+    this.cheapest = [...eligible].sort(compareCost)[0];
     this.current = null;
     this.lastT = null;
     this.pendingSince = null;
@@ -139,6 +206,15 @@ export class Policy {
       if (schedules.size && !schedules.has(r.steps)) throw new PolicyError(`manifest: table[${i}] names ${r.steps} steps, which the bundle has no schedule for`);
     });
     return new Policy(parsePolicy(manifest.policy, "manifest: policy"), rows);
+  }
+
+  // This policy over the table rescaled by ratio (relative to the table as measured), keeping the
+  // current row and the clock; a pending step up starts over.
+  rescaled(ratio) {
+    const other = new Policy(this.config, this.tableRows, ratio);
+    if (this.current !== null) other.current = other.eligible.find((r) => sameRow(r, this.current));
+    other.lastT = this.lastT;
+    return other;
   }
 
   budgetMs(state) {
@@ -160,31 +236,32 @@ export class Policy {
     return { budget: this.referenceMs * factor, why: why.join(", ") };
   }
 
-  bestFitting(budget) { return this.ranked.find((r) => r.latencyMs <= budget) ?? null; }
+  choose(budget) { return choose(this.eligible, budget); }
 
   decide(t, state) {
     num(t, "t");
     if (this.lastT !== null && t < this.lastT) throw new PolicyError(`t: samples must come in time order (${t} after ${this.lastT})`);
     this.lastT = t;
     const { budget, why } = this.budgetMs(state);
-    const best = this.bestFitting(budget);
-    const target = best ?? this.cheapest;
+    const target = this.choose(budget) ?? this.cheapest;
     const cur = this.current;
     let reason, chosen;
     if (cur === null) { reason = "initial"; chosen = target; this.pendingSince = null; }
-    else if (cur.latencyMs > budget && target !== cur) { reason = "step_down"; chosen = target; this.pendingSince = null; }
-    else if (best !== null && compareRows(best, cur) < 0) {
+    else if (sameRow(target, cur)) { reason = "hold"; chosen = cur; this.pendingSince = null; }
+    else if (target.latencyMs < cur.latencyMs || cur.latencyMs > budget) { reason = "step_down"; chosen = target; this.pendingSince = null; }
+    else {  // the rule now chooses a row costing at least as much, and the current row fits: dwell first
       if (this.pendingSince === null) { this.pendingSince = t; this.windowBudget = budget; }
       else this.windowBudget = Math.min(this.windowBudget, budget);
-      const candidate = this.bestFitting(this.windowBudget);
-      if (t - this.pendingSince >= this.config.dwellS && candidate !== null && compareRows(candidate, cur) < 0) {
-        reason = "step_up"; chosen = candidate; this.pendingSince = null;
+      const up = this.choose(this.windowBudget);
+      if (t - this.pendingSince >= this.config.dwellS && up !== null && !sameRow(up, cur) && up.latencyMs >= cur.latencyMs) {
+        reason = "step_up"; chosen = up; this.pendingSince = null;
       } else { reason = "dwell"; chosen = cur; }
-    } else { reason = "hold"; chosen = cur; this.pendingSince = null; }
+    }
     this.current = chosen;
     const over = chosen.latencyMs > budget;
     return { t, steps: chosen.steps, width: chosen.width, latencyMs: chosen.latencyMs, budgetMs: budget, reason,
-      overBudget: over, detail: `${why}: budget ${budget.toFixed(1)} ms${over ? "; no row fits, cheapest taken" : ""}` };
+      overBudget: over, quality: chosen.quality, qualityCi95: chosen.qualityCi95, metric: chosen.metric,
+      detail: `${why}: budget ${budget.toFixed(1)} ms${over ? "; no row fits, cheapest taken" : ""}` };
   }
 
   // What a device does with a state it cannot read: the cheapest row and a logged warning.
@@ -198,7 +275,7 @@ export class Policy {
       this.pendingSince = null;
       const r = this.cheapest;
       return { t, steps: r.steps, width: r.width, latencyMs: r.latencyMs, budgetMs: 0, reason: "fallback",
-        overBudget: false, detail: `unreadable state: ${err.message}` };
+        overBudget: false, quality: r.quality, qualityCi95: r.qualityCi95, metric: r.metric, detail: `unreadable state: ${err.message}` };
     }
   }
 }

@@ -4,13 +4,20 @@ package dev.edgekit.core
  * Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
  * table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
  * (edgekit/twin_vectors/policy.json). Pure Kotlin: the Android glue feeds it PowerManager and
- * BatteryManager readings.
+ * BatteryManager readings, and the times of its own first runs (latencyRatio, Policy.rescaled).
+ *
+ * The rule: among the rows that fit the budget, best = the highest quality.value (ties: the cheaper);
+ * candidates = rows with best.value - r.value <= sqrt(half(best)^2 + half(r)^2), half = (ci95[1] - ci95[0]) / 2;
+ * choice = the cheapest candidate (latency, then higher value, wider, fewer steps). A cheaper choice (or a
+ * current row that no longer fits) is taken at once; a choice costing at least as much only after dwellS.
  */
 class PolicyException(message: String) : RuntimeException(message)
 
+const val POLICY_FORMAT = "edgekit-policy/2"
 val THERMAL_STATES = listOf("nominal", "fair", "serious", "critical")
 private val POLICY_KEYS = listOf("format", "thermal_budget", "battery_tiers", "low_power_factor",
-    "headroom_thresholds", "dwell_s", "reference_latency_ms", "min_prompt_accuracy")
+    "headroom_thresholds", "dwell_s", "reference_latency_ms", "min_quality")
+private const val OLD_ROW_HINT = "re-run `edgekit bench BUNDLE` to measure rows with a quality value and interval"
 private val STATE_KEYS = listOf("battery_level", "charging", "low_power", "thermal", "headroom", "t")
 
 private fun num(v: Any?, where: String, low: Double? = null, high: Double? = null, lowOpen: Boolean = false): Double {
@@ -41,13 +48,21 @@ data class PolicyConfig(
     val headroomThresholds: Map<String, Double>,
     val dwellS: Double,
     val referenceLatencyMs: Double?,
-    val minPromptAccuracy: Double = 0.0
+    val minQuality: Double? = null
 ) {
     companion object {
         fun fromMap(data: Any?, where: String = "policy"): PolicyConfig {
             val m = asMap(data, where)
             if (m.isEmpty()) throw PolicyException("$where: expected a non-empty policy object")
+            if ("min_prompt_accuracy" in m) {
+                throw PolicyException("$where.min_prompt_accuracy: replaced by 'min_quality' (a floor on the table's " +
+                    "quality.value, null for none); re-run `edgekit bench BUNDLE`")
+            }
             unknownKeys(m, POLICY_KEYS, where)
+            val format = m["format"] ?: POLICY_FORMAT
+            if (format != POLICY_FORMAT) {
+                throw PolicyException("$where.format: expected '$POLICY_FORMAT', got $format (re-run `edgekit bench BUNDLE`)")
+            }
             if (m["thermal_budget"] !is Map<*, *>) {
                 throw PolicyException("$where.thermal_budget: expected an object with a fraction per thermal state")
             }
@@ -77,13 +92,14 @@ data class PolicyConfig(
             unknownKeys(heads, THERMAL_STATES.drop(1), "$where.headroom_thresholds")
             val headroom = heads.mapValues { (k, v) -> num(v, "$where.headroom_thresholds.$k", 0.0) }
             val ref = m["reference_latency_ms"]
+            val floor = m["min_quality"]
             return PolicyConfig(
                 thermal, tiers,
                 num(m["low_power_factor"] ?: 0.5, "$where.low_power_factor", 0.0, 1.0, true),
                 headroom,
                 num(m["dwell_s"] ?: 10.0, "$where.dwell_s", 0.0),
                 if (ref == null) null else num(ref, "$where.reference_latency_ms", 0.0, null, true),
-                num(m["min_prompt_accuracy"] ?: 0.0, "$where.min_prompt_accuracy", 0.0, 1.0)
+                if (floor == null) null else num(floor, "$where.min_quality")
             )
         }
     }
@@ -120,13 +136,43 @@ data class Row(
     val width: Double,
     val steps: Int,
     val latencyMs: Double,
-    val promptAccuracy: Double,
-    val frechetDistance: Double?
-)
+    val quality: Double,
+    val qualityLow: Double,
+    val qualityHigh: Double,
+    val metric: String = "",
+    val device: String = ""
+) {
+    val halfInterval: Double get() = (qualityHigh - qualityLow) / 2.0
+    fun sameRow(o: Row) = width == o.width && steps == o.steps
+}
 
-/** Smaller is better: accuracy, then Frechet distance, then the cheaper, then the wider, then more steps. */
-val QUALITY_ORDER: Comparator<Row> = compareBy<Row>({ -it.promptAccuracy }, { it.frechetDistance ?: Double.POSITIVE_INFINITY },
-    { it.latencyMs }, { -it.width }, { -it.steps })
+/** Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps. */
+val COST_ORDER: Comparator<Row> = compareBy<Row>({ it.latencyMs }, { -it.quality }, { -it.width }, { it.steps })
+/** Smaller is better: the highest quality value, ties to the cheaper row. */
+val BEST_ORDER: Comparator<Row> = compareBy<Row> { -it.quality }.then(COST_ORDER)
+
+fun notSignificantlyWorse(row: Row, best: Row): Boolean {
+    val hb = best.halfInterval
+    val hr = row.halfInterval
+    return best.quality - row.quality <= Math.sqrt(hb * hb + hr * hr)
+}
+
+/** The rule's row for a budget (null when none fits). */
+fun choose(rows: List<Row>, budgetMs: Double): Row? {
+    val fitting = rows.filter { it.latencyMs <= budgetMs }
+    if (fitting.isEmpty()) return null
+    val best = fitting.sortedWith(BEST_ORDER).first()
+    return fitting.filter { notSignificantlyWorse(it, best) }.sortedWith(COST_ORDER).first()
+}
+
+private fun interval(v: Any?, where: String): Pair<Double, Double> {
+    val list = v as? List<*>
+    if (list == null || list.size != 2) throw PolicyException("$where: expected [low, high], got $v")
+    val low = num(list[0], "$where[0]")
+    val high = num(list[1], "$where[1]")
+    if (low > high) throw PolicyException("$where: low $low is above high $high")
+    return Pair(low, high)
+}
 
 fun parseTable(rows: Any?, where: String = "table"): List<Row> {
     val list = rows as? List<*> ?: throw PolicyException("$where: expected a non-empty list of measured rows")
@@ -135,16 +181,57 @@ fun parseTable(rows: Any?, where: String = "table"): List<Row> {
     return list.mapIndexed { i, r ->
         val w = "$where[$i]"
         val m = asMap(r, w)
-        for (k in listOf("width", "steps", "latency_ms", "prompt_accuracy")) if (k !in m) throw PolicyException("$w: missing '$k'")
+        if ("quality" !in m && "prompt_accuracy" in m) {
+            throw PolicyException("$w: a row of the old format (prompt_accuracy, no 'quality'); $OLD_ROW_HINT")
+        }
+        for (k in listOf("width", "steps", "latency_ms", "quality")) if (k !in m) throw PolicyException("$w: missing '$k'")
         val steps = num(m["steps"], "$w.steps", 1.0)
         if (steps != Math.floor(steps)) throw PolicyException("$w.steps: expected a positive whole number")
-        val fd = m["frechet_distance"]
+        val q = m["quality"] as? Map<*, *>
+        if (q == null || "value" !in q || "ci95" !in q) {
+            throw PolicyException("$w.quality: expected an object with 'value' and 'ci95' [low, high]; $OLD_ROW_HINT")
+        }
+        val ci = interval(q["ci95"], "$w.quality.ci95")
         val row = Row(num(m["width"], "$w.width", 0.0, 1.0, true), steps.toInt(),
-            num(m["latency_ms"], "$w.latency_ms", 0.0, null, true), num(m["prompt_accuracy"], "$w.prompt_accuracy", 0.0, 1.0),
-            if (fd == null) null else num(fd, "$w.frechet_distance", 0.0))
+            num(m["latency_ms"], "$w.latency_ms", 0.0, null, true), num(q["value"], "$w.quality.value"),
+            ci.first, ci.second, q["metric"] as? String ?: "", m["device"] as? String ?: "")
         if (!seen.add(Pair(row.width, row.steps))) throw PolicyException("$w: a second row for width ${row.width} and ${row.steps} steps")
         row
     }
+}
+
+/** One generation this device timed: the row it ran and how long it took, end to end. */
+data class LatencyRun(val width: Double, val steps: Int, val measuredMs: Double) {
+    companion object {
+        fun fromMap(data: Any?, where: String = "latency run"): LatencyRun {
+            val m = asMap(data, where)
+            for (k in listOf("width", "steps", "measured_ms")) if (k !in m) {
+                throw PolicyException("$where: expected an object with width, steps, measured_ms")
+            }
+            return LatencyRun(num(m["width"], "$where.width"), num(m["steps"], "$where.steps").toInt(),
+                num(m["measured_ms"], "$where.measured_ms"))
+        }
+    }
+}
+
+/** This device's measured / table latency: the median over timed runs of measuredMs / the row's latencyMs. */
+fun latencyRatio(runs: List<LatencyRun>, rows: List<Row>): Double {
+    if (runs.isEmpty()) throw PolicyException("latency runs: expected at least one timed run {width, steps, measured_ms}")
+    val ratios = runs.mapIndexed { i, run ->
+        val w = "latency runs[$i]"
+        val measured = num(run.measuredMs, "$w.measured_ms", 0.0, null, true)
+        val row = rows.firstOrNull { it.width == run.width && it.steps == run.steps }
+            ?: throw PolicyException("$w: width ${run.width} and ${run.steps} steps is not a row of the table")
+        measured / row.latencyMs
+    }.sorted()
+    val mid = ratios.size / 2
+    return if (ratios.size % 2 == 1) ratios[mid] else (ratios[mid - 1] + ratios[mid]) / 2.0
+}
+
+/** Every row's latency multiplied by ratio (a device's measured / table latency). */
+fun rescaleTable(rows: List<Row>, ratio: Double): List<Row> {
+    num(ratio, "latency ratio", 0.0, null, true)
+    return rows.map { it.copy(latencyMs = it.latencyMs * ratio) }
 }
 
 data class Decision(
@@ -155,17 +242,23 @@ data class Decision(
     val budgetMs: Double,
     val reason: String,
     val overBudget: Boolean,
-    val detail: String
+    val detail: String,
+    val quality: Double? = null
 )
 
-class Policy(val config: PolicyConfig, val rows: List<Row>) {
-    // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
-    private val eligible = rows.filter { it.promptAccuracy >= config.minPromptAccuracy }.also {
-        if (it.isEmpty()) throw PolicyException("policy.min_prompt_accuracy ${config.minPromptAccuracy}: no table row reaches it")
+/** tableRows: parseTable's rows as measured; latencyRatio rescales them (1 = the table as measured). */
+class Policy(val config: PolicyConfig, val tableRows: List<Row>, val latencyRatio: Double = 1.0) {
+    init {
+        num(latencyRatio, "latency ratio", 0.0, null, true)
+    }
+
+    val rows: List<Row> = if (latencyRatio == 1.0) tableRows else rescaleTable(tableRows, latencyRatio)
+    // Rows below the quality floor are never chosen (e.g. a slimmed width not yet recovered).
+    val eligible: List<Row> = rows.filter { r -> config.minQuality.let { it == null || r.quality >= it } }.also {
+        if (it.isEmpty()) throw PolicyException("policy.min_quality ${config.minQuality}: no table row reaches it")
     }
     val referenceMs: Double = config.referenceLatencyMs ?: eligible.map { it.latencyMs }.max()!!
-    private val ranked = eligible.sortedWith(QUALITY_ORDER)
-    val cheapest: Row = eligible.sortedWith(compareBy<Row> { it.latencyMs }.then(QUALITY_ORDER)).first()
+    val cheapest: Row = eligible.sortedWith(COST_ORDER).first()
     var current: Row? = null
         private set
     private var lastT: Double? = null
@@ -189,6 +282,18 @@ class Policy(val config: PolicyConfig, val rows: List<Row>) {
             }
             return Policy(PolicyConfig.fromMap(p, "manifest: policy"), rows)
         }
+    }
+
+    /**
+     * This policy over the table rescaled by ratio (relative to the table as measured), keeping the
+     * current row and the clock; a pending step up starts over.
+     */
+    fun rescaled(ratio: Double): Policy {
+        val other = Policy(config, tableRows, ratio)
+        val cur = current
+        if (cur != null) other.current = other.eligible.first { it.sameRow(cur) }
+        other.lastT = lastT
+        return other
     }
 
     fun budgetMs(state: DeviceState): Pair<Double, String> {
@@ -216,42 +321,40 @@ class Policy(val config: PolicyConfig, val rows: List<Row>) {
         return Pair(referenceMs * factor, why.joinToString(", "))
     }
 
-    fun bestFitting(budget: Double): Row? = ranked.firstOrNull { it.latencyMs <= budget }
-
-    private fun better(a: Row, b: Row) = QUALITY_ORDER.compare(a, b) < 0
+    fun choose(budget: Double): Row? = choose(eligible, budget)
 
     fun decide(t: Double, state: DeviceState): Decision {
         val last = lastT
         if (last != null && t < last) throw PolicyException("t: samples must come in time order ($t after $last)")
         lastT = t
         val (budget, why) = budgetMs(state)
-        val best = bestFitting(budget)
-        val target = best ?: cheapest
+        val target = choose(budget) ?: cheapest
         val cur = current
         val reason: String
         val chosen: Row
         if (cur == null) {
             reason = "initial"; chosen = target; pendingSince = null
-        } else if (cur.latencyMs > budget && target != cur) {
+        } else if (target.sameRow(cur)) {
+            reason = "hold"; chosen = cur; pendingSince = null
+        } else if (target.latencyMs < cur.latencyMs || cur.latencyMs > budget) {
             reason = "step_down"; chosen = target; pendingSince = null
-        } else if (best != null && better(best, cur)) {
+        } else {
+            // the rule now chooses a row costing at least as much, and the current row fits: dwell first
             val since = pendingSince
             if (since == null) {
                 pendingSince = t; windowBudget = budget
             } else windowBudget = Math.min(windowBudget, budget)
-            val candidate = bestFitting(windowBudget)
-            if (t - pendingSince!! >= config.dwellS && candidate != null && better(candidate, cur)) {
-                reason = "step_up"; chosen = candidate; pendingSince = null
+            val up = choose(windowBudget)
+            if (t - pendingSince!! >= config.dwellS && up != null && !up.sameRow(cur) && up.latencyMs >= cur.latencyMs) {
+                reason = "step_up"; chosen = up; pendingSince = null
             } else {
                 reason = "dwell"; chosen = cur
             }
-        } else {
-            reason = "hold"; chosen = cur; pendingSince = null
         }
         current = chosen
         val over = chosen.latencyMs > budget
         val detail = "$why: budget ${String.format("%.1f", budget)} ms" + if (over) "; no row fits, cheapest taken" else ""
-        return Decision(t, chosen.steps, chosen.width, chosen.latencyMs, budget, reason, over, detail)
+        return Decision(t, chosen.steps, chosen.width, chosen.latencyMs, budget, reason, over, detail, chosen.quality)
     }
 
     /** What a device does with a state it cannot read: the cheapest row and a logged warning. */
@@ -262,7 +365,8 @@ class Policy(val config: PolicyConfig, val rows: List<Row>) {
             warn("policy fallback to the cheapest row: ${e.message}")
             current = cheapest
             pendingSince = null
-            Decision(t, cheapest.steps, cheapest.width, cheapest.latencyMs, 0.0, "fallback", false, "unreadable state: ${e.message}")
+            Decision(t, cheapest.steps, cheapest.width, cheapest.latencyMs, 0.0, "fallback", false,
+                "unreadable state: ${e.message}", cheapest.quality)
         }
     }
 }

@@ -14,6 +14,12 @@ class TwinVectorsTest {
 
     private fun load(name: String): Map<String, Any?> = Json.parse(File(root, name).readText()) as Map<String, Any?>
 
+    private fun close(expected: Double, got: Double, rel: Double) = Math.abs(got - expected) <= rel * Math.max(1.0, Math.abs(expected))
+
+    private fun table(v: Map<String, Any?>, name: Any?): List<Row> = parseTable((v["tables"] as Map<String, Any?>)[name as String])
+
+    private fun runs(data: Any?): List<LatencyRun> = (data as List<Any?>).mapIndexed { i, r -> LatencyRun.fromMap(r, "latency runs[$i]") }
+
     @Test
     fun policyCases() {
         val v = load("policy.json")
@@ -21,8 +27,17 @@ class TwinVectorsTest {
         for (c in v["cases"] as List<Map<String, Any?>>) {
             val merged = LinkedHashMap(v["policy"] as Map<String, Any?>)
             merged.putAll(c["policy_overrides"] as Map<String, Any?>)
-            val policy = Policy(PolicyConfig.fromMap(merged), parseTable(v["table"]))
+            val rows = table(v, c["table"])
+            var ratio = 1.0
+            val rescale = c["rescale"] as Map<String, Any?>?
+            if (rescale != null) {
+                ratio = latencyRatio(runs(rescale["runs"]), rows)
+                assertTrue("${c["name"]}: ratio $ratio", close(rescale["ratio"] as Double, ratio, 1e-12))
+            }
+            var policy = Policy(PolicyConfig.fromMap(merged), rows, ratio)
             for (s in c["samples"] as List<Map<String, Any?>>) {
+                val r = s["latency_ratio"]
+                if (r != null) policy = policy.rescaled(r as Double)
                 val d = policy.decideOrFallback(s["t"] as Double, s["state"]) { }
                 val e = s["expect"] as Map<String, Any?>
                 val where = "${c["name"]} t=${s["t"]}: $d"
@@ -30,11 +45,16 @@ class TwinVectorsTest {
                 assertEquals(where, e["width"] as Double, d.width, 0.0)
                 assertEquals(where, e["reason"], d.reason)
                 assertEquals(where, e["over_budget"], d.overBudget)
-                assertEquals(where, e["budget_ms"] as Double, d.budgetMs, 1e-6 * Math.max(1.0, d.budgetMs))
+                assertTrue(where, close(e["budget_ms"] as Double, d.budgetMs, 1e-6))
+                assertTrue(where, close(e["latency_ms"] as Double, d.latencyMs, 1e-6))
                 checked++
             }
         }
-        assertTrue(checked >= 30)
+        assertTrue(checked >= 60)
+        for (r in v["latency_ratios"] as List<Map<String, Any?>>) {
+            val got = latencyRatio(runs(r["runs"]), table(v, r["table"]))
+            assertTrue("${r["name"]}: $got", close(r["ratio"] as Double, got, 1e-12))
+        }
     }
 
     private fun expectError(needle: String, what: String, block: () -> Unit) {
@@ -52,6 +72,12 @@ class TwinVectorsTest {
         for (b in v["bad_policies"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { PolicyConfig.fromMap(b["policy"]) }
         for (b in v["bad_states"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { DeviceState.fromMap(b["state"]) }
         for (b in v["bad_tables"] as List<Map<String, Any?>>) expectError(b["error_contains"] as String, b["name"] as String) { parseTable(b["table"]) }
+        for (b in v["bad_rescales"] as List<Map<String, Any?>>) {
+            val rows = table(v, b["table"])
+            expectError(b["error_contains"] as String, b["name"] as String) {
+                if ("runs" in b) latencyRatio(runs(b["runs"]), rows) else rescaleTable(rows, b["ratio"] as Double)
+            }
+        }
         for (b in v["bad_manifests"] as List<Map<String, Any?>>) {
             val manifest = b["manifest"] as Map<String, Any?>
             expectError(b["error_contains"] as String, b["name"] as String) { Policy.fromManifest(manifest) }
