@@ -1,6 +1,12 @@
 // Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
 // table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
-// (edgekit/twin_vectors/policy.json). No UIKit here: the app feeds it ProcessInfo and UIDevice readings.
+// (edgekit/twin_vectors/policy.json). No UIKit here: the app feeds it ProcessInfo and UIDevice readings,
+// and the times of its own first runs (latencyRatio, Policy.rescaled).
+//
+// The rule: among the rows that fit the budget, best = the highest quality.value (ties: the cheaper);
+// candidates = rows with best.value - r.value <= sqrt(half(best)^2 + half(r)^2), half = (ci95[1] - ci95[0]) / 2;
+// choice = the cheapest candidate (latency, then higher value, wider, fewer steps). A cheaper choice (or a
+// current row that no longer fits) is taken at once; a choice costing at least as much only after dwellS.
 import Foundation
 
 public struct PolicyError: Error, CustomStringConvertible {
@@ -8,9 +14,14 @@ public struct PolicyError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+public let policyFormat = "edgekit-policy/2"
 public let thermalStates = ["nominal", "fair", "serious", "critical"]
 private let policyKeys = ["format", "thermal_budget", "battery_tiers", "low_power_factor", "headroom_thresholds",
-                          "dwell_s", "reference_latency_ms", "min_prompt_accuracy"]
+                          "dwell_s", "reference_latency_ms", "min_quality"]
+private let oldRowHint = "re-run `edgekit bench BUNDLE` to measure rows with a quality value and interval"
+
+/// A JSON null (NSNull from JSONSerialization) or a missing key.
+func isNull(_ v: Any?) -> Bool { v == nil || v is NSNull }
 private let stateKeys = ["battery_level", "charging", "low_power", "thermal", "headroom", "t"]
 
 /// JSONSerialization turns true/false into NSNumber; tell them apart from numbers.
@@ -46,11 +57,18 @@ public struct PolicyConfig: Equatable {
     public let headroomThresholds: [String: Double]
     public let dwellS: Double
     public let referenceLatencyMs: Double?
-    public let minPromptAccuracy: Double
+    public let minQuality: Double?
 
     public static func from(_ data: Any?, where where_: String = "policy") throws -> PolicyConfig {
         guard let m = data as? [String: Any], !m.isEmpty else { throw PolicyError(message: "\(where_): expected a non-empty policy object") }
+        if m["min_prompt_accuracy"] != nil {
+            throw PolicyError(message: "\(where_).min_prompt_accuracy: replaced by 'min_quality' (a floor on the table's "
+                              + "quality.value, null for none); re-run `edgekit bench BUNDLE`")
+        }
         try unknownKeys(m, policyKeys, where_)
+        if !isNull(m["format"]) && (m["format"] as? String) != policyFormat {
+            throw PolicyError(message: "\(where_).format: expected '\(policyFormat)', got \(m["format"]!) (re-run `edgekit bench BUNDLE`)")
+        }
         guard let budget = m["thermal_budget"] as? [String: Any] else {
             throw PolicyError(message: "\(where_).thermal_budget: expected an object with a fraction per thermal state")
         }
@@ -80,13 +98,14 @@ public struct PolicyConfig: Equatable {
         var headroom: [String: Double] = [:]
         for (k, v) in heads { headroom[k] = try number(v, "\(where_).headroom_thresholds.\(k)", low: 0) }
         let ref = m["reference_latency_ms"]
+        let floor = m["min_quality"]
         return PolicyConfig(
             thermalBudget: thermal, batteryTiers: tiers,
             lowPowerFactor: try number(m["low_power_factor"] ?? 0.5, "\(where_).low_power_factor", low: 0, high: 1, lowOpen: true),
             headroomThresholds: headroom,
             dwellS: try number(m["dwell_s"] ?? 10.0, "\(where_).dwell_s", low: 0),
             referenceLatencyMs: (ref == nil || ref is NSNull) ? nil : try number(ref, "\(where_).reference_latency_ms", low: 0, lowOpen: true),
-            minPromptAccuracy: try number(m["min_prompt_accuracy"] ?? 0.0, "\(where_).min_prompt_accuracy", low: 0, high: 1))
+            minQuality: isNull(floor) ? nil : try number(floor, "\(where_).min_quality"))
     }
 }
 
@@ -124,16 +143,51 @@ public struct Row: Equatable {
     public let width: Double
     public let steps: Int
     public let latencyMs: Double
-    public let promptAccuracy: Double
-    public let frechetDistance: Double?
+    public let quality: Double
+    public let qualityLow: Double
+    public let qualityHigh: Double
+    public let metric: String
+    public let device: String
 
-    /// Smaller is better: accuracy, then Frechet distance, then the cheaper, then the wider, then more steps.
-    func isBetter(than o: Row) -> Bool {
-        let a = [-promptAccuracy, frechetDistance ?? .infinity, latencyMs, -width, -Double(steps)]
-        let b = [-o.promptAccuracy, o.frechetDistance ?? .infinity, o.latencyMs, -o.width, -Double(o.steps)]
+    public var halfInterval: Double { (qualityHigh - qualityLow) / 2 }
+    func sameRow(_ o: Row) -> Bool { width == o.width && steps == o.steps }
+
+    func withLatency(_ ms: Double) -> Row {
+        Row(width: width, steps: steps, latencyMs: ms, quality: quality, qualityLow: qualityLow, qualityHigh: qualityHigh,
+            metric: metric, device: device)
+    }
+
+    /// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps.
+    func isCheaper(than o: Row) -> Bool {
+        let a = [latencyMs, -quality, -width, Double(steps)]
+        let b = [o.latencyMs, -o.quality, -o.width, Double(o.steps)]
         for (x, y) in zip(a, b) where x != y { return x < y }
         return false
     }
+
+    /// Smaller is better: the highest quality value, ties to the cheaper row.
+    func isBetter(than o: Row) -> Bool { quality != o.quality ? quality > o.quality : isCheaper(than: o) }
+}
+
+public func notSignificantlyWorse(_ row: Row, than best: Row) -> Bool {
+    let hb = best.halfInterval, hr = row.halfInterval
+    return best.quality - row.quality <= (hb * hb + hr * hr).squareRoot()
+}
+
+/// The rule's row for a budget (nil when none fits).
+public func choose(_ rows: [Row], budgetMs: Double) -> Row? {
+    let fitting = rows.filter { $0.latencyMs <= budgetMs }
+    guard let best = fitting.sorted(by: { $0.isBetter(than: $1) }).first else { return nil }
+    return fitting.filter { notSignificantlyWorse($0, than: best) }.sorted(by: { $0.isCheaper(than: $1) }).first
+}
+
+private func interval(_ v: Any?, _ where_: String) throws -> (Double, Double) {
+    guard let list = v as? [Any], list.count == 2 else {
+        throw PolicyError(message: "\(where_): expected [low, high], got \(String(describing: v))")
+    }
+    let low = try number(list[0], "\(where_)[0]"), high = try number(list[1], "\(where_)[1]")
+    guard low <= high else { throw PolicyError(message: "\(where_): low \(low) is above high \(high)") }
+    return (low, high)
 }
 
 public func parseTable(_ rows: Any?, where where_: String = "table") throws -> [Row] {
@@ -142,19 +196,65 @@ public func parseTable(_ rows: Any?, where where_: String = "table") throws -> [
     return try list.enumerated().map { i, r in
         let w = "\(where_)[\(i)]"
         guard let m = r as? [String: Any] else { throw PolicyError(message: "\(w): expected an object") }
-        for k in ["width", "steps", "latency_ms", "prompt_accuracy"] where m[k] == nil { throw PolicyError(message: "\(w): missing '\(k)'") }
+        if m["quality"] == nil && m["prompt_accuracy"] != nil {
+            throw PolicyError(message: "\(w): a row of the old format (prompt_accuracy, no 'quality'); \(oldRowHint)")
+        }
+        for k in ["width", "steps", "latency_ms", "quality"] where m[k] == nil { throw PolicyError(message: "\(w): missing '\(k)'") }
         let steps = try number(m["steps"], "\(w).steps", low: 1)
         guard steps == steps.rounded() else { throw PolicyError(message: "\(w).steps: expected a positive whole number") }
-        let fd = m["frechet_distance"]
+        guard let q = m["quality"] as? [String: Any], q["value"] != nil, q["ci95"] != nil else {
+            throw PolicyError(message: "\(w).quality: expected an object with 'value' and 'ci95' [low, high]; \(oldRowHint)")
+        }
+        let ci = try interval(q["ci95"], "\(w).quality.ci95")
         let row = Row(width: try number(m["width"], "\(w).width", low: 0, high: 1, lowOpen: true), steps: Int(steps),
                       latencyMs: try number(m["latency_ms"], "\(w).latency_ms", low: 0, lowOpen: true),
-                      promptAccuracy: try number(m["prompt_accuracy"], "\(w).prompt_accuracy", low: 0, high: 1),
-                      frechetDistance: (fd == nil || fd is NSNull) ? nil : try number(fd, "\(w).frechet_distance", low: 0))
+                      quality: try number(q["value"], "\(w).quality.value"), qualityLow: ci.0, qualityHigh: ci.1,
+                      metric: (q["metric"] as? String) ?? "", device: (m["device"] as? String) ?? "")
         guard seen.insert("\(row.width)/\(row.steps)").inserted else {
             throw PolicyError(message: "\(w): a second row for width \(row.width) and \(row.steps) steps")
         }
         return row
     }
+}
+
+/// One generation this device timed: the row it ran and how long it took, end to end.
+public struct LatencyRun: Equatable {
+    public let width: Double
+    public let steps: Int
+    public let measuredMs: Double
+
+    public init(width: Double, steps: Int, measuredMs: Double) {
+        self.width = width; self.steps = steps; self.measuredMs = measuredMs
+    }
+
+    public static func from(_ data: Any?, where where_: String = "latency run") throws -> LatencyRun {
+        guard let m = data as? [String: Any], m["width"] != nil, m["steps"] != nil, m["measured_ms"] != nil else {
+            throw PolicyError(message: "\(where_): expected an object with width, steps, measured_ms")
+        }
+        return LatencyRun(width: try number(m["width"], "\(where_).width"), steps: Int(try number(m["steps"], "\(where_).steps")),
+                          measuredMs: try number(m["measured_ms"], "\(where_).measured_ms"))
+    }
+}
+
+/// This device's measured / table latency: the median over timed runs of measuredMs / the row's latencyMs.
+public func latencyRatio(_ runs: [LatencyRun], rows: [Row]) throws -> Double {
+    guard !runs.isEmpty else { throw PolicyError(message: "latency runs: expected at least one timed run {width, steps, measured_ms}") }
+    let ratios = try runs.enumerated().map { i, run -> Double in
+        let w = "latency runs[\(i)]"
+        let measured = try number(run.measuredMs, "\(w).measured_ms", low: 0, lowOpen: true)
+        guard let row = rows.first(where: { $0.width == run.width && $0.steps == run.steps }) else {
+            throw PolicyError(message: "\(w): width \(run.width) and \(run.steps) steps is not a row of the table")
+        }
+        return measured / row.latencyMs
+    }.sorted()
+    let mid = ratios.count / 2
+    return ratios.count % 2 == 1 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2
+}
+
+/// Every row's latency multiplied by ratio (a device's measured / table latency).
+public func rescaleTable(_ rows: [Row], ratio: Double) throws -> [Row] {
+    _ = try number(ratio, "latency ratio", low: 0, lowOpen: true)
+    return rows.map { $0.withLatency($0.latencyMs * ratio) }
 }
 
 public struct Decision {
@@ -166,30 +266,37 @@ public struct Decision {
     public let reason: String
     public let overBudget: Bool
     public let detail: String
+    public let quality: Double?
 }
 
 public final class Policy {
     public let config: PolicyConfig
+    /// The table as measured; `rows` is it rescaled by `latencyRatio`.
+    public let tableRows: [Row]
+    public let latencyRatio: Double
     public let rows: [Row]
+    public let eligible: [Row]
     public let referenceMs: Double
     public let cheapest: Row
-    private let ranked: [Row]
     public private(set) var current: Row?
     private var lastT: Double?
     private var pendingSince: Double?
     private var windowBudget = Double.infinity
 
-    public init(config: PolicyConfig, rows: [Row]) throws {
+    public init(config: PolicyConfig, rows tableRows: [Row], latencyRatio: Double = 1) throws {
         self.config = config
+        self.tableRows = tableRows
+        self.latencyRatio = try number(latencyRatio, "latency ratio", low: 0, lowOpen: true)
+        let rows = latencyRatio == 1 ? tableRows : try rescaleTable(tableRows, ratio: latencyRatio)
         self.rows = rows
-        // Rows below the accuracy floor are never chosen (e.g. a slimmed width not yet recovered).
-        let eligible = rows.filter { $0.promptAccuracy >= config.minPromptAccuracy }
-        guard !eligible.isEmpty else {
-            throw PolicyError(message: "policy.min_prompt_accuracy \(config.minPromptAccuracy): no table row reaches it")
+        // Rows below the quality floor are never chosen (e.g. a slimmed width not yet recovered).
+        let eligible = rows.filter { row in config.minQuality.map { row.quality >= $0 } ?? true }
+        guard let cheapest = eligible.sorted(by: { $0.isCheaper(than: $1) }).first else {
+            throw PolicyError(message: "policy.min_quality \(config.minQuality.map { "\($0)" } ?? "null"): no table row reaches it")
         }
+        self.eligible = eligible
+        self.cheapest = cheapest
         referenceMs = config.referenceLatencyMs ?? eligible.map { $0.latencyMs }.max()!
-        ranked = eligible.sorted { $0.isBetter(than: $1) }
-        cheapest = eligible.sorted { $0.latencyMs != $1.latencyMs ? $0.latencyMs < $1.latencyMs : $0.isBetter(than: $1) }[0]
     }
 
     /// The policy a bundle ships; refuses table rows naming a width or step count the bundle lacks.
@@ -204,6 +311,15 @@ public final class Policy {
             if !schedules.isEmpty && !schedules.contains(r.steps) { throw PolicyError(message: "manifest: table[\(i)] names \(r.steps) steps, which the bundle has no schedule for") }
         }
         return try Policy(config: try PolicyConfig.from(p, where: "manifest: policy"), rows: rows)
+    }
+
+    /// This policy over the table rescaled by `ratio` (relative to the table as measured), keeping the
+    /// current row and the clock; a pending step up starts over.
+    public func rescaled(_ ratio: Double) throws -> Policy {
+        let other = try Policy(config: config, rows: tableRows, latencyRatio: ratio)
+        if let cur = current { other.current = other.eligible.first { $0.sameRow(cur) } }
+        other.lastT = lastT
+        return other
     }
 
     public func budgetMs(_ state: DeviceState) -> (Double, String) {
@@ -224,31 +340,33 @@ public final class Policy {
         return (referenceMs * factor, why.joined(separator: ", "))
     }
 
-    public func bestFitting(_ budget: Double) -> Row? { ranked.first { $0.latencyMs <= budget } }
+    public func choose(_ budget: Double) -> Row? { EdgekitCore.choose(eligible, budgetMs: budget) }
 
     public func decide(t: Double, state: DeviceState) throws -> Decision {
         if let last = lastT, t < last { throw PolicyError(message: "t: samples must come in time order (\(t) after \(last))") }
         lastT = t
         let (budget, why) = budgetMs(state)
-        let best = bestFitting(budget)
-        let target = best ?? cheapest
+        let target = choose(budget) ?? cheapest
         var reason: String
         var chosen: Row
         if let cur = current {
-            if cur.latencyMs > budget && target != cur {
+            if target.sameRow(cur) {
+                reason = "hold"; chosen = cur; pendingSince = nil
+            } else if target.latencyMs < cur.latencyMs || cur.latencyMs > budget {
                 reason = "step_down"; chosen = target; pendingSince = nil
-            } else if let b = best, b.isBetter(than: cur) {
+            } else {
+                // the rule now chooses a row costing at least as much, and the current row fits: dwell first
                 if pendingSince == nil { pendingSince = t; windowBudget = budget } else { windowBudget = min(windowBudget, budget) }
-                if t - pendingSince! >= config.dwellS, let c = bestFitting(windowBudget), c.isBetter(than: cur) {
-                    reason = "step_up"; chosen = c; pendingSince = nil
+                if t - pendingSince! >= config.dwellS, let up = choose(windowBudget), !up.sameRow(cur), up.latencyMs >= cur.latencyMs {
+                    reason = "step_up"; chosen = up; pendingSince = nil
                 } else { reason = "dwell"; chosen = cur }
-            } else { reason = "hold"; chosen = cur; pendingSince = nil }
+            }
         } else { reason = "initial"; chosen = target; pendingSince = nil }
         current = chosen
         let over = chosen.latencyMs > budget
         let detail = "\(why): budget \(String(format: "%.1f", budget)) ms" + (over ? "; no row fits, cheapest taken" : "")
         return Decision(t: t, steps: chosen.steps, width: chosen.width, latencyMs: chosen.latencyMs, budgetMs: budget,
-                        reason: reason, overBudget: over, detail: detail)
+                        reason: reason, overBudget: over, detail: detail, quality: chosen.quality)
     }
 
     /// What a device does with a state it cannot read: the cheapest row and a logged warning.
@@ -260,7 +378,7 @@ public final class Policy {
             current = cheapest
             pendingSince = nil
             return Decision(t: t, steps: cheapest.steps, width: cheapest.width, latencyMs: cheapest.latencyMs, budgetMs: 0,
-                            reason: "fallback", overBudget: false, detail: "unreadable state: \(error)")
+                            reason: "fallback", overBudget: false, detail: "unreadable state: \(error)", quality: cheapest.quality)
         }
     }
 }
@@ -275,5 +393,5 @@ public func fallbackDecision(_ manifest: [String: Any], why: String, t: Double =
         throw PolicyError(message: "manifest: no widths or schedules to fall back to (\(why))")
     }
     return Decision(t: t, steps: s, width: w, latencyMs: 0, budgetMs: 0, reason: "fallback", overBudget: false,
-                    detail: "no usable policy: \(why)")
+                    detail: "no usable policy: \(why)", quality: nil)
 }

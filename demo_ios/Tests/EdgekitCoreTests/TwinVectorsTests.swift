@@ -13,28 +13,51 @@ final class TwinVectorsTests: XCTestCase {
         return try JSONSerialization.jsonObject(with: data) as! [String: Any]
     }
 
+    func double(_ v: Any?) -> Double { (v as! NSNumber).doubleValue }
+
+    func close(_ expected: Double, _ got: Double, _ rel: Double) -> Bool { abs(got - expected) <= rel * max(1, abs(expected)) }
+
+    func table(_ v: [String: Any], _ name: Any?) throws -> [Row] {
+        try parseTable((v["tables"] as! [String: Any])[name as! String])
+    }
+
+    func runs(_ data: Any?) throws -> [LatencyRun] {
+        try (data as! [Any]).enumerated().map { i, r in try LatencyRun.from(r, where: "latency runs[\(i)]") }
+    }
+
     func testPolicyCases() throws {
         let v = try load("policy.json")
         var checked = 0
         for c in v["cases"] as! [[String: Any]] {
             var merged = v["policy"] as! [String: Any]
             for (k, val) in c["policy_overrides"] as! [String: Any] { merged[k] = val }
-            let policy = try Policy(config: try PolicyConfig.from(merged), rows: try parseTable(v["table"]))
+            let rows = try table(v, c["table"])
+            var ratio = 1.0
+            if let rescale = c["rescale"] as? [String: Any] {
+                ratio = try latencyRatio(try runs(rescale["runs"]), rows: rows)
+                XCTAssertTrue(close(double(rescale["ratio"]), ratio, 1e-12), "\(c["name"]!): ratio \(ratio)")
+            }
+            var policy = try Policy(config: try PolicyConfig.from(merged), rows: rows, latencyRatio: ratio)
             for s in c["samples"] as! [[String: Any]] {
-                let t = (s["t"] as! NSNumber).doubleValue
+                if let r = s["latency_ratio"] { policy = try policy.rescaled(double(r)) }
+                let t = double(s["t"])
                 let d = policy.decideOrFallback(t: t, state: s["state"], warn: { _ in })
                 let e = s["expect"] as! [String: Any]
                 let at = "\(c["name"]!) t=\(t)"
                 XCTAssertEqual(d.steps, e["steps"] as? Int, at)
-                XCTAssertEqual(d.width, (e["width"] as! NSNumber).doubleValue, at)
+                XCTAssertEqual(d.width, double(e["width"]), at)
                 XCTAssertEqual(d.reason, e["reason"] as? String, at)
                 XCTAssertEqual(d.overBudget, e["over_budget"] as? Bool, at)
-                let budget = (e["budget_ms"] as! NSNumber).doubleValue
-                XCTAssertEqual(d.budgetMs, budget, accuracy: 1e-6 * max(1, budget), at)
+                XCTAssertTrue(close(double(e["budget_ms"]), d.budgetMs, 1e-6), "\(at): budget \(d.budgetMs)")
+                XCTAssertTrue(close(double(e["latency_ms"]), d.latencyMs, 1e-6), "\(at): latency \(d.latencyMs)")
                 checked += 1
             }
         }
-        XCTAssertGreaterThanOrEqual(checked, 30)
+        XCTAssertGreaterThanOrEqual(checked, 60)
+        for r in v["latency_ratios"] as! [[String: Any]] {
+            let got = try latencyRatio(try runs(r["runs"]), rows: try table(v, r["table"]))
+            XCTAssertTrue(close(double(r["ratio"]), got, 1e-12), "\(r["name"]!): \(got)")
+        }
     }
 
     func testBadInputsNameTheKey() throws {
@@ -45,6 +68,12 @@ final class TwinVectorsTests: XCTestCase {
         for b in v["bad_policies"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try PolicyConfig.from(b["policy"]) } }
         for b in v["bad_states"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try DeviceState.from(b["state"]) } }
         for b in v["bad_tables"] as! [[String: Any]] { expect(b["error_contains"] as! String, b["name"] as! String) { _ = try parseTable(b["table"]) } }
+        for b in v["bad_rescales"] as! [[String: Any]] {
+            let rows = try table(v, b["table"])
+            expect(b["error_contains"] as! String, b["name"] as! String) {
+                if b["runs"] != nil { _ = try latencyRatio(try runs(b["runs"]), rows: rows) } else { _ = try rescaleTable(rows, ratio: double(b["ratio"])) }
+            }
+        }
         for b in v["bad_manifests"] as! [[String: Any]] {
             let manifest = b["manifest"] as! [String: Any]
             expect(b["error_contains"] as! String, b["name"] as! String) { _ = try Policy.fromManifest(manifest) }
