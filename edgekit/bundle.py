@@ -12,12 +12,12 @@ Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shor
       "target": "ort-web",
       "profile": {"name": "web-ort", "...": "the validated profile, as used"},
       "created_with": {"edgekit": "0.1.0", "torch": "2.13.0+cpu", "onnxruntime": "1.32.0"},
-      "source_model": {"path": "/abs/model", "sha256": "<sha256_tree of the model dir>"},
+      "source_model": {"name": "pipeline", "sha256": "<sha256_tree of the model dir>", "calibration": null},
       "precision": "fp32",
       "components": {
         "text_encoder": {"format": "onnx", "file": "text_encoder/model.onnx",
                          "files": ["text_encoder/model.onnx"], "precision": "fp32", "layout": "NCHW",
-                         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", 16]}],
+                         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["batch", 16]}],
                          "outputs": [{"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", 16, 64]}],
                          "bytes": 301234},
         "unet": {"widths": {
@@ -50,7 +50,7 @@ Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shor
                                     {"runtime": "onnxruntime-web 1.30.0 (node, wasm)", "rel_err": 4e-07,
                                      "max_abs_err": 1e-06}],
                          "data": {"inputs": {"input_ids": {"file": "verification/text_encoder/input_ids.bin",
-                                                           "dtype": "int64", "shape": [2, 16]}},
+                                                           "dtype": "int32", "shape": [2, 16]}},
                                   "expected": {"file": "verification/text_encoder/expected.bin",
                                                "dtype": "float32", "shape": [2, 16, 64]}}},
         "unet": {"widths": {"1.00": {"...": "same keys"}}},
@@ -207,7 +207,7 @@ def check_manifest(m, where: str) -> None:
         raise InputError(f"{where}: format_version {m['format_version']} (this edgekit reads {FORMAT_VERSION})")
     if m["stage"] != STAGE:
         raise InputError(f"{where}: stage '{m['stage']}', expected '{STAGE}'")
-    for key in ("path", "sha256"):
+    for key in ("name", "sha256"):  # by name and hash: no path of the packaging host
         if not isinstance(m["source_model"].get(key), str):
             raise InputError(f"{where}: source_model.{key} should be a string")
     if not m["widths"] or not all(isinstance(w, (int, float)) and 0 < w <= 1 for w in m["widths"]):

@@ -78,7 +78,8 @@ def component_spec(pipe, name: str) -> ComponentSpec:
     if name == "text_encoder":
         length = int(pipe.tokenizer.model_max_length)
         hidden = int(pipe.text_encoder.config.hidden_size)
-        return ComponentSpec(name, (TensorSpec("input_ids", "int64", ("batch", length)),),
+        # int32 token ids: what diffusers, optimum and the onnxruntime-web demos feed (and all LiteRT/Core ML take)
+        return ComponentSpec(name, (TensorSpec("input_ids", "int32", ("batch", length)),),
                              (TensorSpec("last_hidden_state", "float32", ("batch", length, hidden)),))
     if name == "unet":
         cfg = pipe.unet.config
@@ -116,7 +117,7 @@ def example_inputs(pipe, name: str, batch: int = 1, seed: int = 0) -> dict[str, 
     for t in spec.inputs:
         shape = t.concrete(batch)
         if t.name == "input_ids":
-            out[t.name] = rng.integers(0, len(pipe.tokenizer), size=shape).astype(np.int64)
+            out[t.name] = rng.integers(0, len(pipe.tokenizer), size=shape).astype(t.dtype)
         elif t.name == "timestep":
             out[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
         else:

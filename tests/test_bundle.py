@@ -22,7 +22,7 @@ def _entry(rel):
 def _manifest():
     return {
         "format_version": 1, "stage": "export", "target": "ort-web", "profile": {"name": "web-ort"},
-        "created_with": {"edgekit": "test"}, "source_model": {"path": "/m", "sha256": "0" * 64},
+        "created_with": {"edgekit": "test"}, "source_model": {"name": "m", "sha256": "0" * 64},
         "precision": "fp32",
         "components": {"text_encoder": _entry("text_encoder/model.onnx"),
                        "unet": {"widths": {"1.00": _entry("unet/w1.00/model.onnx"),

@@ -134,7 +134,7 @@ class OrtTextEncoder(_OrtComponent):
     def forward(self, input_ids, attention_mask=None, output_hidden_states=None, return_dict=None, **_ignored):
         if output_hidden_states:
             raise NotImplementedError("the INT8 text encoder returns only the last hidden state (no clip_skip)")
-        return (self._run({"input_ids": input_ids.detach().numpy().astype(np.int64)}),)
+        return (self._run({"input_ids": input_ids.detach().numpy().astype(np.int32)}),)
 
 
 class OrtVaeDecoder(nn.Module):

@@ -26,7 +26,7 @@ def load_tokenizer(path: Path, max_length: int, pad_id: int | None = None) -> Ca
     tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
 
     def encode(prompts: list[str]) -> np.ndarray:
-        return np.array([e.ids for e in tok.encode_batch(list(prompts))], dtype=np.int64)
+        return np.array([e.ids for e in tok.encode_batch(list(prompts))], dtype=np.int32)
 
     return encode
 
@@ -35,7 +35,7 @@ def load_tokenizer(path: Path, max_length: int, pad_id: int | None = None) -> Ca
 class Components:
     """The three networks as plain callables over numpy arrays (one bundle width), any number of rows."""
 
-    text_encoder: Callable[[np.ndarray], np.ndarray]  # input_ids (B, L) int64 -> hidden (B, L, D)
+    text_encoder: Callable[[np.ndarray], np.ndarray]  # input_ids (B, L) int32 -> hidden (B, L, D)
     unet: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # sample, timestep (B,), hidden -> eps
     vae_decoder: Callable[[np.ndarray], np.ndarray]  # latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]
 

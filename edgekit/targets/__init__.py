@@ -1,4 +1,4 @@
-"""Export targets by name: ``ort-web``, ``tflite``, ``coreml``. A target is one module holding a
+"""Export targets by name: ``ort-web``, ``tflite``, ``coreml``, ``onnx``. A target is one module holding a
 ``Target`` subclass; adding a target is adding a module and registering it here. Modules load lazily,
 so importing this package loads no converter SDK."""
 from __future__ import annotations
@@ -36,5 +36,6 @@ def get_target(name: str, flag: str = "--target"):
 register("ort-web", "edgekit.targets.ort_web")
 register("tflite", "edgekit.targets.tflite")
 register("coreml", "edgekit.targets.coreml")
+register("onnx", "edgekit.targets.onnx")
 
-DEFAULT_PROFILES = {"ort-web": "web-ort", "tflite": "android-tflite", "coreml": "ios-coreml"}
+DEFAULT_PROFILES = {"ort-web": "web-ort", "tflite": "android-tflite", "coreml": "ios-coreml", "onnx": "onnx"}

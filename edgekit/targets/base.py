@@ -80,6 +80,11 @@ class Target:
         per runtime, or {runtime, skipped: why} where no runtime can run it here."""
         raise NotImplementedError
 
+    def lay_out(self, stage: Path, manifest: dict, jobs: list[ComponentJob], profile: TargetProfile) -> dict:
+        """Write files derived from the finished components (e.g. another tool's directory layout) before
+        the manifest lists every file; returns the manifest, possibly with more keys."""
+        return manifest
+
     def finish(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
         """A last whole-bundle check (e.g. onnxruntime-web); returns the manifest, possibly with more checks."""
         return manifest
@@ -261,8 +266,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             "target": target.name,
             "profile": profile.to_dict(),
             "created_with": {"edgekit": __version__, "torch": torch.__version__, **target.created_with()},
-            "source_model": {"path": str(model_dir), "sha256": sha256_tree(model_dir),
-                             "calibration": str(Path(request.calib_dir).resolve()) if request.calib_dir else None},
+            "source_model": _source_model(model_dir, request.calib_dir),
             "precision": precision,
             "components": components,
             "widths": list(widths),
@@ -278,11 +282,25 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             "policy": {},
             "files": {},
         }
+        manifest = target.lay_out(stage, manifest, jobs, profile)
         write_manifest(stage, manifest)  # the whole-bundle check below reads it like a device would
         manifest = target.finish(stage, manifest, profile)
         manifest["created_with"]["export_s"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(stage, manifest)
     return manifest
+
+
+def _source_model(model_dir: Path, calib_dir: Path | None) -> dict:
+    """Where the bundle came from, by name and content hash: no path of the packaging host travels with it."""
+    from edgekit.fsutil import sha256_file, sha256_tree
+
+    calibration = None
+    if calib_dir is not None:
+        from edgekit.constants import CALIB_META
+
+        calibration = {"name": Path(calib_dir).resolve().name,
+                       "meta_sha256": sha256_file(Path(calib_dir) / CALIB_META)}
+    return {"name": Path(model_dir).resolve().name, "sha256": sha256_tree(model_dir), "calibration": calibration}
 
 
 def _unet_calibration(request: ExportRequest, model_dir: Path) -> dict:

@@ -24,7 +24,7 @@ PACKAGE = "model.mlpackage"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 # The op that must appear in the program for each weight compression (iOS16 opset names).
 COMPRESSION_OPS = {"w8": "constexpr_affine_dequantize", "palettize6": "constexpr_lut_to_dense"}
-DTYPES = {"int64": np.int32, "float32": np.float32}  # Core ML has no int64 inputs: token ids go in as int32
+DTYPES = {"int32": np.int32, "int64": np.int32, "float32": np.float32}  # Core ML has no int64 inputs
 
 
 def _ct():

@@ -97,7 +97,12 @@ class OrtWebTarget(Target):
         elif job.precision == "int8" and job.prequantized is not None:
             for f in job.prequantized.parent.glob(job.prequantized.name + "*"):  # graph + any external data
                 shutil.copyfile(f, folder / f.name.replace(job.prequantized.name, MODEL_FILE, 1))
-            job.notes["quantization"] = {"from": "quantize stage", "graph": str(job.prequantized)}
+            # named inside the quantize stage's output and by content: no host path travels with the bundle
+            from edgekit.fsutil import sha256_file
+
+            job.notes["quantization"] = {"from": "quantize stage",
+                                         "graph": job.prequantized.relative_to(job.prequantized.parents[2]).as_posix(),
+                                         "sha256": sha256_file(job.prequantized)}
         else:
             raw_dir = stage / ".raw" / job.rel_dir
             raw = raw_dir / MODEL_FILE

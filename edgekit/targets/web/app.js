@@ -127,7 +127,8 @@ async function generate(prompt, seed) {
   document.body.dataset.status = "generating";
   $("generate").disabled = true;
   const L = m.tokenizer.max_length;
-  const ids = BigInt64Array.from([...demo.tokenizer.encode("", L), ...demo.tokenizer.encode(prompt, L)], BigInt);
+  // int32 token ids, as every edgekit text encoder graph takes them (and diffusers and optimum feed)
+  const ids = Int32Array.from([...demo.tokenizer.encode("", L), ...demo.tokenizer.encode(prompt, L)]);
   const te = m.components.text_encoder;
   const hidden = await runRows(te, "text_encoder", { [te.inputs[0].name]: { data: ids, dims: [2, L] } }, 2);
   const tText = performance.now();

@@ -68,10 +68,11 @@ class LiteRtPipeline(private val bundle: File) : AutoCloseable {
     private fun encode(prompt: String): DoubleArray {
         val spec = components["text_encoder"] as Map<String, Any?>
         val ids = tokenizer.encode(prompt, maxLength)
-        // The manifest says the graph's id type (LiteRT exports take int32, ONNX int64).
-        val wide = (spec["inputs"] as List<Map<String, Any?>>)[0]["dtype"] == "int64"
-        val idsBuf = ByteBuffer.allocateDirect(ids.size * (if (wide) 8 else 4)).order(ByteOrder.nativeOrder())
-        ids.forEach { if (wide) idsBuf.putLong(it.toLong()) else idsBuf.putInt(it) }
+        // Every edgekit text encoder takes int32 token ids (LiteRT, Core ML and ONNX alike).
+        val idType = (spec["inputs"] as List<Map<String, Any?>>)[0]["dtype"]
+        require(idType == "int32") { "text_encoder input_ids dtype $idType: expected int32 (re-export the bundle)" }
+        val idsBuf = ByteBuffer.allocateDirect(ids.size * 4).order(ByteOrder.nativeOrder())
+        ids.forEach { idsBuf.putInt(it) }
         idsBuf.rewind()
         val outShape = ((spec["outputs"] as List<Map<String, Any?>>)[0]["shape"] as List<Any?>).drop(1).map { (it as Double).toInt() }
         return run(interpreter("text_encoder", spec), spec, mapOf("input_ids" to idsBuf), outShape.fold(1) { a, b -> a * b })
