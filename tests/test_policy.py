@@ -57,8 +57,8 @@ def _brute_force_choice(rows, budget):
         return None
     top = max(r.quality for r in fitting)
     best = min((r for r in fitting if r.quality == top), key=lambda r: (r.latency_ms, -r.width, r.steps))
-    ok = [r for r in fitting
-          if (best.quality - r.quality) ** 2 <= (best.half_interval ** 2 + r.half_interval ** 2) or r.quality >= best.quality]
+    ok = [r for r in fitting if r.quality >= best.quality
+          or (best.quality - r.quality) ** 2 <= best.half_interval ** 2 + r.half_interval ** 2]
     return sorted(ok, key=lambda r: (r.latency_ms, -r.quality, -r.width, r.steps))[0]
 
 

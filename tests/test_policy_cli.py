@@ -17,7 +17,7 @@ def bundle(tmp_path):
     d.mkdir()
     manifest = {"target": "test-fixture", "widths": ["1.00", "0.50"],
                 "sampling": {"schedules": {"4": {}, "8": {}, "20": {}}},
-                "table": VECTORS["table"], "policy": {**VECTORS["policy"], "dwell_s": 4.0}}
+                "table": VECTORS["tables"]["separated"], "policy": {**VECTORS["policy"], "dwell_s": 4.0}}
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
 
@@ -40,7 +40,10 @@ def test_thermal_ramp_json_and_plot(run_cli, bundle, tmp_path):
     assert [d["reason"] for d in decisions] == ["initial", "step_down", "step_down", "step_down", "dwell", "dwell",
                                                 "step_up", "hold"]
     assert [d["latency_ms"] for d in decisions][:4] == [400.0, 170.0, 100.0, 55.0]
-    assert all({"t", "steps", "width", "latency_ms", "reason"} <= set(d) for d in decisions)
+    assert [d["quality"] for d in decisions][:4] == [30.0, 28.0, 24.0, 20.0]
+    assert decisions[0]["quality_ci95"] == [29.7, 30.3]
+    assert json.loads(out)["quality"] == {"metric": "psnr_db", "evaluator": "test-data", "n": 20}
+    assert all({"t", "steps", "width", "latency_ms", "reason", "quality"} <= set(d) for d in decisions)
     from PIL import Image
 
     with Image.open(plot) as img:
@@ -49,6 +52,16 @@ def test_thermal_ramp_json_and_plot(run_cli, bundle, tmp_path):
         assert (245, 190, 190) in {c for _, c in img.getcolors(1 << 16)}
     code, out, err = run_cli("policy", "simulate", "--bundle", bundle / "manifest.json", "--trace", trace)
     assert code == 0 and "step_down" in out and "critical" in out
+    assert "quality: psnr_db (test-data)" in out and "30.00 ± 0.30" in out and "20.00 ± 0.50" in out
+
+
+def test_a_manifest_with_old_rows_says_to_rerun_bench(run_cli, bundle, tmp_path):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["table"] = [{"width": 1.0, "steps": 20, "latency_ms": 400.0, "prompt_accuracy": 1.0, "device": "x"}]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli("policy", "simulate", "--bundle", bundle, "--trace", _trace(tmp_path, [_sample(0)]))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "table[0]: a row of the old format" in err and "edgekit bench" in err
 
 
 @pytest.mark.parametrize("content,needle", [
