@@ -72,18 +72,30 @@ def run_simulate(args) -> int:
     if args.plot is not None:
         with staged_file(args.plot) as tmp:
             draw_decisions(decisions, samples, tmp, title=f"{manifest.get('target', 'bundle')} policy")
-    payload = {"bundle": str(args.bundle), "trace": str(args.trace), "decisions": [d.to_dict() for d in decisions]}
+    quality = quality_source(policy)
+    payload = {"bundle": str(args.bundle), "trace": str(args.trace), "quality": quality,
+               "decisions": [d.to_dict() for d in decisions]}
     if args.plot is not None:
         payload["plot"] = str(args.plot)
-    lines = [f"{'t (s)':>8}  {'thermal':<8} {'battery':>7}  {'steps':>5} {'width':>5} {'latency':>9} {'budget':>9}  reason"]
+    lines = [f"quality: {quality['metric'] or 'unnamed metric'} ({quality['evaluator'] or 'evaluator not named'}), "
+             "value ± half its 95% interval; a costlier row wins only by more than the rows' combined half-intervals",
+             f"{'t (s)':>8}  {'thermal':<8} {'battery':>7}  {'steps':>5} {'width':>5} {'latency':>9} {'budget':>9} "
+             f"{'quality':>13}  reason"]
     for d, (_, s) in zip(decisions, samples):
         battery = f"{s.battery_level:.0%}" + ("+" if s.charging else "")
+        q = "-" if d.quality is None else f"{d.quality:.2f} ± {(d.quality_ci95[1] - d.quality_ci95[0]) / 2:.2f}"
         lines.append(f"{d.t:8.1f}  {s.thermal:<8} {battery:>7}  {d.steps:5d} {d.width:5.2f} {d.latency_ms:7.1f}ms "
-                     f"{d.budget_ms:7.1f}ms  {d.reason}{' (over budget)' if d.over_budget else ''}")
+                     f"{d.budget_ms:7.1f}ms {q:>13}  {d.reason}{' (over budget)' if d.over_budget else ''}")
     if args.plot is not None:
         lines.append(f"plot written to {args.plot}")
     emit(payload, args.json, lines)
     return 0
+
+
+def quality_source(policy) -> dict:
+    """What the table's quality numbers are: metric, evaluator and images per row (from the first row)."""
+    q = policy.rows[0].measured.get("quality", {}) if policy.rows else {}
+    return {"metric": q.get("metric", ""), "evaluator": q.get("evaluator", ""), "n": q.get("n")}
 
 
 THERMAL_COLOURS = {"nominal": (220, 240, 220), "fair": (250, 240, 200), "serious": (250, 215, 180),
@@ -128,10 +140,13 @@ def draw_decisions(decisions, samples, path: Path, title: str) -> None:
     last = None
     for d in decisions:
         if (d.steps, d.width) != last:
-            draw.text((x(d.t) + 3, y(d.latency_ms) - 14), f"{d.steps} st, w{d.width:g}", fill=(20, 60, 200), font=font)
+            q = "" if d.quality is None else f", q {d.quality:.1f}"
+            draw.text((x(d.t) + 3, y(d.latency_ms) - 14), f"{d.steps} st, w{d.width:g}{q}", fill=(20, 60, 200),
+                      font=font)
             last = (d.steps, d.width)
-    draw.text((left, 10), f"{title}: chosen row latency (blue), budget (grey); background = thermal state "
-              "(green nominal, yellow fair, orange serious, red critical)", fill="black", font=font)
+    draw.text((left, 10), f"{title}: chosen row latency (blue, labelled steps, width, quality), budget (grey); "
+              "background = thermal state (green nominal, yellow fair, orange serious, red critical)", fill="black",
+              font=font)
     draw.text((left, h - 25), "time (s)", fill="black", font=font)
     img.save(path, format="PNG")
 
