@@ -1,11 +1,24 @@
 """Bundles shared by the policy/bench/web-demo tests: the default model exported for ort-web once per
-session, and a copy benched on this host (steps 4 and 20, width 1.0). Built lazily and cached."""
+session, and a copy benched on this host (steps 4 and 20, width 1.0). Built lazily and cached. Also
+``made_up_row``: a table row in the manifest's format (notes/schema.md) whose numbers are TEST DATA."""
 import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _CACHE: dict[str, Path] = {}
 BENCH_STEPS = "4,20"
+BENCH_SAMPLES = 10
+
+
+def made_up_row(width: float, steps: int, latency_ms: float, quality: float, half: float, device: str = "test data",
+             metric: str = "psnr_db") -> dict:
+    """A full table row with made-up numbers, as `edgekit bench --import-table` takes rows from elsewhere."""
+    return {"width": width, "steps": steps, "latency_ms": latency_ms,
+            "latency_spread_ms": [round(latency_ms * 0.95, 2), round(latency_ms * 1.05, 2)], "latency_rounds": 7,
+            "device": device, "runtime": "test data", "measured_at": "2026-12-02T17:00:00Z",
+            "quality": {"evaluator": "reference-fidelity", "metric": metric, "value": quality,
+                        "ci95": [quality - half, quality + half], "n": 20, "reference": "test data"},
+            "ssim": {"value": 0.9, "ci95": [0.88, 0.92], "n": 20}}
 
 
 def _cli(*argv) -> None:
@@ -34,6 +47,6 @@ def benched(tmp_path_factory, default_model) -> Path:
         src = exported(tmp_path_factory, default_model)
         out = src.parent / "ort-web-benched"
         shutil.copytree(src, out)
-        _cli("bench", out, "--steps", BENCH_STEPS, "--samples-per-digit", "2", "--repeats", "1", "--threads", "1")
+        _cli("bench", out, "--steps", BENCH_STEPS, "--samples", BENCH_SAMPLES, "--repeats", "1", "--threads", "1")
         _CACHE["benched"] = out
     return _CACHE["benched"]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from policy_bundles import BENCH_STEPS, benched, exported
+from policy_bundles import BENCH_SAMPLES, BENCH_STEPS, benched, exported, made_up_row
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,16 @@ def test_bench_writes_measured_rows_and_verify_still_passes(bundle, run_cli):
     manifest = json.loads((bundle / "manifest.json").read_text())
     rows = manifest["table"]
     assert sorted((r["width"], r["steps"]) for r in rows) == [(1.0, int(s)) for s in BENCH_STEPS.split(",")]
-    for r in rows:
-        assert r["latency_ms"] > 0 and 0 <= r["prompt_accuracy"] <= 1 and r["frechet_distance"] >= 0
-        assert "onnxruntime" in r["runtime"] and r["device"] and r["quality_images"] == 20
-    assert manifest["policy"]["format"] == "edgekit-policy/1"
+    for r in rows:  # the row format of notes/schema.md
+        assert r["latency_ms"] > 0 and r["latency_rounds"] == 1
+        assert r["latency_spread_ms"][0] <= r["latency_ms"] <= r["latency_spread_ms"][1]
+        q = r["quality"]
+        assert (q["evaluator"], q["metric"], q["n"]) == ("reference-fidelity", "psnr_db", BENCH_SAMPLES)
+        assert q["ci95"][0] <= q["value"] <= q["ci95"][1] and 0 < q["value"] <= 100.0
+        assert r["ssim"]["n"] == BENCH_SAMPLES and r["ssim"]["ci95"][0] <= r["ssim"]["value"] <= r["ssim"]["ci95"][1]
+        assert 0 <= r["prompt_accuracy"] <= 1  # the digits model keeps its extras beside fidelity
+        assert "onnxruntime" in r["runtime"] and r["device"]
+    assert manifest["policy"]["format"] == "edgekit-policy/2" and manifest["policy"]["min_quality"] is None
     code, out, err = run_cli("verify", bundle, "--files-only")
     assert code == 0, err
     from edgekit.policy import DeviceState, Policy
@@ -34,6 +40,11 @@ def test_bench_writes_measured_rows_and_verify_still_passes(bundle, run_cli):
     policy = Policy.from_manifest(manifest)
     cool = policy.decide(0, DeviceState(1.0, True, False, "nominal"))
     assert (cool.width, cool.steps) in {(r["width"], r["steps"]) for r in rows}
+    # the rule on the measured rows: 20 steps only when its fidelity beats 4 steps beyond both intervals
+    by_steps = {r["steps"]: r["quality"] for r in rows}
+    half = {s: (q["ci95"][1] - q["ci95"][0]) / 2 for s, q in by_steps.items()}
+    separated = by_steps[20]["value"] - by_steps[4]["value"] > (half[20] ** 2 + half[4] ** 2) ** 0.5
+    assert cool.steps == (20 if separated else 4), (by_steps, cool)
 
 
 def test_simulate_on_a_benched_bundle(bundle, run_cli, tmp_path):
@@ -56,13 +67,15 @@ def test_bench_refuses_bad_input_and_leaves_the_bundle_alone(plain, run_cli, tmp
     code, _, err = run_cli("bench", plain, "--steps", "four")
     assert code == 2 and "--steps" in err
     phone = tmp_path / "phone.json"
-    phone.write_text(json.dumps([{"width": 0.5, "steps": 4, "latency_ms": 90, "prompt_accuracy": 0.9,
-                                  "device": "Pixel 8 (test data)"}]))
+    phone.write_text(json.dumps([made_up_row(0.5, 4, 90.0, 20.0, 0.5, "Pixel 8 (test data)")]))
     code, _, err = run_cli("bench", plain, "--import-table", phone)
     assert code == 2 and "width 0.5, which the bundle lacks" in err
-    phone.write_text(json.dumps([{"width": 1.0, "steps": 4, "latency_ms": 90, "prompt_accuracy": 0.9}]))
+    phone.write_text(json.dumps([{k: v for k, v in made_up_row(1.0, 4, 90.0, 20.0, 0.5).items() if k != "device"}]))
     code, _, err = run_cli("bench", plain, "--import-table", phone)
     assert code == 2 and "'device'" in err
+    phone.write_text(json.dumps([{"width": 1.0, "steps": 4, "latency_ms": 90, "prompt_accuracy": 0.9, "device": "x"}]))
+    code, _, err = run_cli("bench", plain, "--import-table", phone)
+    assert code == 2 and "old format" in err and "edgekit bench" in err
     bad_policy = tmp_path / "policy.json"
     bad_policy.write_text(json.dumps({"thermal_budget": {"nominal": 1.0}}))
     code, _, err = run_cli("bench", plain, "--import-table", phone, "--policy", bad_policy)
@@ -78,16 +91,18 @@ def test_a_phone_table_replaces_the_host_rows(bundle, run_cli, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     phone = tmp_path / "phone.json"
-    rows = [{"width": 1.0, "steps": 4, "latency_ms": 310.0, "prompt_accuracy": 0.8, "frechet_distance": 20.0,
-             "device": "Pixel 8, LiteRT GPU (test data)"},
-            {"width": 1.0, "steps": 20, "latency_ms": 1450.0, "prompt_accuracy": 1.0, "frechet_distance": 8.0,
-             "device": "Pixel 8, LiteRT GPU (test data)"}]
+    rows = [made_up_row(1.0, 4, 310.0, 24.0, 0.5, "Pixel 8, LiteRT GPU (test data)"),
+            made_up_row(1.0, 20, 1450.0, 30.0, 0.5, "Pixel 8, LiteRT GPU (test data)")]
     phone.write_text(json.dumps(rows))
     code, out, err = run_cli("bench", copy, "--import-table", phone, "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["dropped_rows"] == 2 and [r["device"] for r in result["table"]] == [rows[0]["device"]] * 2
     assert run_cli("verify", copy, "--files-only")[0] == 0
+    from edgekit.policy import DeviceState, Policy
+
+    policy = Policy.from_manifest(json.loads((copy / "manifest.json").read_text()))
+    assert policy.decide(0, DeviceState(1.0, True, False, "nominal")).steps == 20  # 30 +- 0.5 dB beats 24 +- 0.5
 
 
 def test_bundle_sampler_matches_the_diffusers_pipeline(plain, default_pipe):

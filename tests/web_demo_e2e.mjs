@@ -1,7 +1,8 @@
 // Drives the browser demo in real headless Debian Chromium through playwright-core (no browser download):
 //   node tests/web_demo_e2e.mjs URL USER_DATA_DIR PROMPT SEED
 // Generates PROMPT at the policy's choice for a cool, charging device, then forces "critical" thermal and
-// generates again. Prints one JSON line: {before, after, images, steps_seen, apis, console}.
+// generates again; records the page's own latency rescale (runs timed, ratio shown, rows the policy reads)
+// before and after each run. Prints one JSON line: {apis, initial, before, forced, after, console}.
 import { chromium } from "playwright-core";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
@@ -26,6 +27,12 @@ try {
   await page.selectOption("#thermal", "nominal");
   await page.fill("#prompt", prompt);
   await page.fill("#seed", seed);
+  // What the page shows about this tab's speed versus the table, and the latencies the policy reads.
+  const latency = () => page.evaluate(() => ({ text: document.getElementById("latency-ratio").textContent,
+    ratio: window.edgekitDemo.latency.ratio, runs: window.edgekitDemo.latency.runs,
+    rows: window.edgekitDemo.policy.rows.map((r) => ({ width: r.width, steps: r.steps, latencyMs: r.latencyMs })),
+    tableRows: window.edgekitDemo.policy.tableRows.map((r) => ({ width: r.width, steps: r.steps, latencyMs: r.latencyMs })) }));
+  const initial = await latency();
 
   async function run() {
     const steps = [];
@@ -41,13 +48,13 @@ try {
     const result = await page.evaluate(() => ({ status: document.body.dataset.status, error: document.getElementById("error").textContent,
       used: window.edgekitDemo.decision, progress: window.edgekitDemo.progress, image: window.edgekitDemo.image, timing: window.edgekitDemo.timing,
       shown: document.getElementById("decision").textContent }));
-    return { decision, steps, ...result };
+    return { decision, steps, ...result, latency: await latency() };
   }
   const before = await run();
   await page.selectOption("#thermal", "critical");
   const forced = await page.evaluate(() => ({ decision: window.edgekitDemo.decision, shown: document.getElementById("decision").textContent }));
   const after = await run();
-  console.log(JSON.stringify({ apis, before, forced, after, console: messages }));
+  console.log(JSON.stringify({ apis, initial, before, forced, after, console: messages }));
 } finally {
   await context.close();
 }
