@@ -1,6 +1,7 @@
 """The browser demo end to end in real headless Debian Chromium (driven by playwright-core from npm, no
 browser download): `edgekit serve` on 127.0.0.1, generate from a prompt with onnxruntime-web, check the
-image is the asked digit with the classifier, and check that forcing "critical" thermal lowers the cost."""
+image is the asked digit with the classifier, check that forcing "critical" thermal lowers the cost, and
+check the tab's own latency rescale: the runs it timed, the ratio it shows, the latencies the policy reads."""
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy_bundles import exported
+from policy_bundles import exported, made_up_row
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).with_name("web_demo_e2e.mjs")
@@ -18,17 +19,15 @@ DRIVER = Path(__file__).with_name("web_demo_e2e.mjs")
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, default_model):
-    """The exported bundle with a table of TEST DATA (more steps = better and slower): on the tiny model the
-    host bench measures the same accuracy at 4 and 20 steps, so with the measured table the policy rightly
-    always picks 4 steps and a thermal change would have nothing to step down from; and this test must not
-    depend on how fast the shared machine happens to be. `edgekit bench` itself is tested elsewhere."""
+    """The exported bundle with a table of TEST DATA (more steps = better beyond the intervals, and slower):
+    this test must not depend on what the host bench measures or on how fast the shared machine happens to
+    be (the rescale is checked against the page's own timings). `edgekit bench` itself is tested elsewhere."""
     from edgekit.cli import main
 
     src = exported(tmp_path_factory, default_model)
     out = tmp_path_factory.mktemp("web_demo") / "bundle"
     shutil.copytree(src, out)
-    rows = [{"width": 1.0, "steps": s, "latency_ms": ms, "prompt_accuracy": acc, "frechet_distance": None,
-             "device": "test data"} for s, ms, acc in ((4, 100.0, 0.9), (20, 500.0, 1.0))]
+    rows = [made_up_row(1.0, 4, 100.0, 24.0, 0.5), made_up_row(1.0, 20, 500.0, 30.0, 0.5)]
     table = out.parent / "table.json"
     table.write_text(json.dumps(rows))
     assert main(["bench", str(out), "--import-table", str(table)]) == 0
@@ -71,8 +70,11 @@ def test_browser_generates_the_asked_digit_and_critical_thermal_lowers_cost(serv
     # forcing critical: fewer steps or a narrower UNet, chosen at once (step down) and predicted cheaper
     assert (after["used"]["steps"], after["used"]["width"]) != (used["steps"], used["width"])
     assert after["used"]["steps"] < used["steps"] or after["used"]["width"] < used["width"]
-    assert forced["decision"]["reason"] == "step_down" and forced["decision"]["latencyMs"] < used["latencyMs"]
-    from edgekit.quality import DigitScorer
+    rescaled = {(r["width"], r["steps"]): r["latencyMs"] for r in before["latency"]["rows"]}
+    assert forced["decision"]["reason"] == "step_down"
+    assert forced["decision"]["latencyMs"] < rescaled[(used["width"], used["steps"])]
+    _check_latency_rescale(result)
+    from edgekit.quality.digit_classifier import DigitScorer
 
     scorer = DigitScorer.load()
     images = [np.asarray(r["image"]["rgb"], dtype=np.float32).reshape(r["image"]["size"], r["image"]["size"], 3)
@@ -80,6 +82,32 @@ def test_browser_generates_the_asked_digit_and_critical_thermal_lowers_cost(serv
     predicted = scorer.predict(np.stack(images))
     assert predicted[0] == 7, f"the browser's image at {used['steps']} steps was classified as {predicted[0]}"
     assert not [m for m in result["console"] if m.startswith(("error", "pageerror"))], result["console"]
+
+
+def _check_latency_rescale(result):
+    """The page timed its first runs, showed measured / table latency (median over runs), and the policy
+    reads every table latency times that ratio."""
+    import re
+
+    initial = result["initial"]
+    table = {(r["width"], r["steps"]): r["latencyMs"] for r in initial["tableRows"]}
+    assert table == {(1.0, 4): 100.0, (1.0, 20): 500.0}
+    assert "not measured in this tab yet" in initial["text"] and initial["ratio"] == 1 and initial["runs"] == []
+    assert {(r["width"], r["steps"]): r["latencyMs"] for r in initial["rows"]} == table
+    ratios = []
+    for n, run in enumerate((result["before"], result["after"]), start=1):
+        lat = run["latency"]
+        assert len(lat["runs"]) == n
+        timed = lat["runs"][-1]
+        assert (timed["width"], timed["steps"]) == (run["decision"]["width"], run["decision"]["steps"])
+        assert timed["measured_ms"] == pytest.approx(run["timing"]["total_ms"], rel=1e-12)
+        ratios.append(timed["measured_ms"] / table[(timed["width"], timed["steps"])])
+        expected = float(np.median(ratios))
+        assert lat["ratio"] == pytest.approx(expected, rel=1e-9)
+        shown = re.fullmatch(r"measured (\d+\.\d\d) of the table's latency \((\d+) runs?\); .*", lat["text"])
+        assert shown and float(shown[1]) == pytest.approx(expected, abs=0.006) and int(shown[2]) == n, lat["text"]
+        for r in lat["rows"]:
+            assert r["latencyMs"] == pytest.approx(table[(r["width"], r["steps"])] * expected, rel=1e-9)
 
 
 def test_serve_refuses_bad_bundles(run_cli, tmp_path, bundle):

@@ -1,13 +1,18 @@
 // The browser demo: prompt -> image with onnxruntime-web (wasm; webgpu when the browser has it), steps and
 // width chosen by the bundle's policy from Battery Status / Compute Pressure or the manual overrides.
+// The tab times its own first runs and rescales the table's latencies by the measured ratio before the
+// policy reads them (a table measured on the packaging host does not set this tab's budget).
 // Served by `edgekit serve BUNDLE`: the bundle's files under bundle/, onnxruntime-web under ort/.
 import * as ort from "./ort/ort.all.min.mjs";
-import { Policy, PolicyError, fallbackDecision } from "./policy.js";
+import { Policy, PolicyError, fallbackDecision, latencyRatio } from "./policy.js";
 import { ClipTokenizer } from "./tokenizer.js";
 import { runTable, guide } from "./scheduler.js";
 
 const $ = (id) => document.getElementById(id);
-const demo = { threads: 1, manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null };
+// The first TIMED_RUNS generations are timed (sessions created beforehand) to rescale the table.
+const TIMED_RUNS = 3;
+const demo = { threads: 1, manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null,
+  latency: { runs: [], ratio: 1, timedRuns: TIMED_RUNS } };
 window.edgekitDemo = demo;  // read by the end-to-end test and handy in the console
 const readings = { battery: null, pressure: null };
 const sessions = new Map();
@@ -43,8 +48,11 @@ function decide() {
   }
   demo.decision = d;
   $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
+  const ratio = demo.latency.ratio;
+  const quality = d.quality == null ? ""
+    : `; quality ${d.quality.toFixed(2)} ± ${((d.qualityCi95[1] - d.qualityCi95[0]) / 2).toFixed(2)} ${d.metric}`;
   $("detail").textContent = `${d.detail}; predicted ${d.latencyMs > 0 ? d.latencyMs.toFixed(0) + " ms" : "unknown"}`
-    + ` (table measured on ${demo.manifest.table?.[0]?.device ?? "nothing"})`;
+    + ` (table measured on ${demo.manifest.table?.[0]?.device ?? "nothing"}${ratio !== 1 ? `, times ${ratio.toFixed(2)} here` : ""})${quality}`;
   document.body.dataset.steps = d.steps;
   document.body.dataset.width = d.width;
   document.body.dataset.reason = d.reason;
@@ -120,9 +128,37 @@ function gaussian(n, seed) {
   return out;
 }
 
+// This tab's measured / table latency from its first TIMED_RUNS runs (median), applied to every row the
+// policy reads; shown on the page. A run on a row the table lacks (pinned by the address) is not counted.
+function recordRun(d, totalMs) {
+  const lat = demo.latency;
+  if (!demo.policy || lat.runs.length >= TIMED_RUNS) return;
+  const run = { width: d.width, steps: d.steps, measured_ms: totalMs };
+  let ratio;
+  try { ratio = latencyRatio([...lat.runs, run], demo.policy.tableRows); }
+  catch (err) { if (err instanceof PolicyError) return; throw err; }
+  lat.runs.push(run);
+  lat.ratio = ratio;
+  demo.policy = demo.policy.rescaled(ratio);
+  showLatencyRatio();
+}
+
+function showLatencyRatio() {
+  const { runs, ratio } = demo.latency;
+  $("latency-ratio").textContent = runs.length === 0
+    ? `latency: not measured in this tab yet (the first ${TIMED_RUNS} runs are timed; until then the table's own times)`
+    : `measured ${ratio.toFixed(2)} of the table's latency (${runs.length} run${runs.length === 1 ? "" : "s"}); `
+      + `the policy reads every row's latency times ${ratio.toFixed(2)}`;
+  document.body.dataset.latencyRatio = ratio;
+}
+
 async function generate(prompt, seed) {
   const m = demo.manifest;
   const d = decide();
+  // Sessions first, so a timed run is generation only, as the table's rows are.
+  const key = d.width.toFixed(2);
+  await Promise.all([session("text_encoder", m.components.text_encoder), session("vae_decoder", m.components.vae_decoder),
+    session(`unet/${key}`, m.components.unet.widths[key])]);
   const t0 = performance.now();
   document.body.dataset.status = "generating";
   $("generate").disabled = true;
@@ -182,6 +218,8 @@ async function generate(prompt, seed) {
   demo.timing = { text_encoder_ms: tText - t0, unet_ms: tUnet - tText, vae_ms: tEnd - tUnet, total_ms: tEnd - t0 };
   $("timing").textContent = `${d.steps} steps at width ${widthKey} in ${demo.timing.total_ms.toFixed(0)} ms `
     + `(text ${demo.timing.text_encoder_ms.toFixed(0)}, UNet ${demo.timing.unet_ms.toFixed(0)}, VAE ${demo.timing.vae_ms.toFixed(0)}) on ${demo.provider}`;
+  recordRun(d, demo.timing.total_ms);
+  decide();  // the rescaled table may already move the choice
   $("generate").disabled = false;
   document.body.dataset.status = "done";
 }
@@ -204,6 +242,7 @@ async function main() {
   $("bundle-info").textContent = `${m.target} bundle, ${m.precision}, widths ${Object.keys(m.components.unet.widths).join(", ")}, `
     + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web on ${demo.provider}`;
   await watchDevice();
+  showLatencyRatio();
   const first = decide();
   // Compile the graphs before the first click, so generation times exclude session creation.
   const t0 = performance.now();
