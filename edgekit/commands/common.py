@@ -49,6 +49,20 @@ def number(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    return value
+
+
 # The unsigned 32-bit range: the browser runtime reads a seed as `seed >>> 0`, and torch.Generator and
 # numpy's default_rng take every such value unchanged (also seed + i, the per-image seeds commands derive).
 SEED_MAX = 2**32 - 1

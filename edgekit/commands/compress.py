@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.commands.common import (add_json_flag, add_model_flag, add_seed_flag, emit, number, positive_int, progress,
-                                     width_list)
+from edgekit.commands.common import (add_json_flag, add_model_flag, add_seed_flag, emit, non_negative_number, number,
+                                     positive_int, positive_number, progress, width_list)
 
 
 def _count(text: str) -> int:
@@ -24,7 +24,7 @@ def _common(p) -> None:
     p.add_argument("--calib", type=Path, default=None,
                    help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
     p.add_argument("--importance", choices=("l1", "activation", "taylor"), default="l1")
-    p.add_argument("--lr", type=number, default=1e-4, help="learning rate of the distillation steps")
+    p.add_argument("--lr", type=positive_number, default=1e-4, help="learning rate of the distillation steps")
     p.add_argument("--batch-size", type=positive_int, default=16)
     add_seed_flag(p)
     p.add_argument("--out", type=Path, required=True)
@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--ratio", type=number, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
     p.add_argument("--heads-ratio", type=number, default=None, help="fraction of attention heads to remove (default: --ratio)")
     p.add_argument("--recover-steps", type=_count, default=0, help="distillation steps from the unpruned teacher")
-    p.add_argument("--feature-weight", type=number, default=0.5, help="weight of the block-output distillation term")
+    p.add_argument("--feature-weight", type=non_negative_number, default=0.5, help="weight of the block-output distillation term")
     _common(p)
     p.set_defaults(func=run_prune)
 

@@ -1,11 +1,23 @@
 """`edgekit generate`: one image from a prompt, deterministic for a seed."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int
 from edgekit.errors import InputError
+
+
+# A 512-pixel image at 32x is 16384 pixels a side (768 MiB of RGB): past that a typo exhausts memory.
+MAX_SCALE = 32
+
+
+def _scale(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"expected an enlargement factor from 1 to {MAX_SCALE}, got {value}")
+    return value
 
 
 def register(sub) -> None:
@@ -16,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the PNG by this factor (nearest)")
+    p.add_argument("--scale", type=_scale, default=1, help=f"enlarge the PNG by this factor, 1 to {MAX_SCALE} (nearest)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
