@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,10 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
         if not (path / component).is_dir():
             raise ModelFormatError(f"{flag} {path}: component folder '{component}/' missing")
     for component in WEIGHT_COMPONENTS:
+        config_path = path / component / "config.json"
+        if not config_path.is_file():
+            raise ModelFormatError(f"{config_path}: missing (the {component}'s configuration)")
+        _read_json_object(config_path)
         weights = _weights_file(path / component)
         if weights is None:
             raise ModelFormatError(f"{path / component}: no weights file (*.safetensors or *.bin)")
@@ -242,11 +247,14 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
         raise InputError(f"--width {width}: {path} is not a slimmable model (no structure.json); "
                          "make one with edgekit slim")
     extra = {"unet": load_structured_unet(path / "unet", structure)} if structure is not None else {}
+    scheduler_config(path)  # a broken one would otherwise reach diffusers' hub fallback
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=torch.float32, local_files_only=True, safety_checker=None,
-            requires_safety_checker=False, **extra,
-        )
+        with warnings.catch_warnings():  # a library deprecation notice would break the one-line error
+            warnings.simplefilter("ignore")
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, dtype=torch.float32, local_files_only=True, safety_checker=None,
+                requires_safety_checker=False, **extra,
+            )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"{flag} {path}: diffusers could not load it ({first})") from None

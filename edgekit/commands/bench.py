@@ -3,19 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.commands.common import add_seed_flag, width_list
 from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
-
-
-def _width_list(text: str) -> tuple[float, ...]:
-    import argparse
-
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 1.0,0.5, got '{text}'") from None
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected widths in (0, 1] such as 1.0,0.5, got '{text}'")
-    return values
 
 
 def register(sub) -> None:
@@ -24,11 +13,11 @@ def register(sub) -> None:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--steps", type=step_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
-    p.add_argument("--widths", type=_width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
+    p.add_argument("--widths", type=width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
     p.add_argument("--samples-per-digit", type=positive_int, default=2,
                    help="images per digit for prompt accuracy and Frechet distance (default 2)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed single-image runs per row (median)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_flag(p)
     p.add_argument("--threads", type=positive_int, default=None, help="runtime CPU threads (default: the runtime's)")
     p.add_argument("--policy", type=Path, default=None,
                    help="policy parameters JSON to write (default: keep the bundle's, or edgekit's default)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgekit.commands.common import add_seed_flag, width_list
 from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
 
 
@@ -34,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="local diffusers pipeline directory (default: the embedded tiny digits model, slimmable form)")
     p.add_argument("--targets", type=_list(str), default=DEFAULT_TARGETS, help=f"default {','.join(DEFAULT_TARGETS)}")
-    p.add_argument("--widths", type=_list(float), default=None,
+    p.add_argument("--widths", type=width_list, default=None,
                    help="width multipliers, e.g. 0.5,0.75,1.0 (default: the model's widths when slimmable, else 1.0); "
                         "a model that is not slimmable is slimmed first")
     p.add_argument("--prune", type=float, default=None, metavar="R", help="prune this fraction of inner channels "
@@ -51,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--samples-per-digit", type=positive_int, default=PackageConfig.samples_per_digit,
                    help="images per digit for every quality number")
     p.add_argument("--repeats", type=positive_int, default=PackageConfig.repeats, help="timed runs per table row")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_flag(p)
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
                                                               "(default: edgekit's policy_default.json)")
     p.add_argument("--out", type=Path, required=True, help="output directory (an earlier package output is resumed)")

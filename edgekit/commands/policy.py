@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgekit.commands.common import add_seed_flag
 from edgekit.commands.common import add_json_flag, emit
 
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
                                             "steps and width, and generate with the bundle's own runtime")
     g.add_argument("--bundle", type=Path, required=True, help="bundle directory (onnx or tflite components)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--seed", type=int, default=0)
+    add_seed_flag(g)
     g.add_argument("--state", type=Path, default=None,
                    help='JSON {"battery_level", "charging", "low_power", "thermal"} instead of reading psutil')
     g.add_argument("--out", type=Path, required=True, help="PNG file to write")
