@@ -47,6 +47,7 @@ def benched(tmp_path_factory, default_model) -> Path:
         src = exported(tmp_path_factory, default_model)
         out = src.parent / "ort-web-benched"
         shutil.copytree(src, out)
-        _cli("bench", out, "--steps", BENCH_STEPS, "--samples", BENCH_SAMPLES, "--repeats", "1", "--threads", "1")
+        _cli("bench", out, "--steps", BENCH_STEPS, "--samples", BENCH_SAMPLES, "--repeats", "1", "--threads", "1",
+             "--reference-model", default_model)
         _CACHE["benched"] = out
     return _CACHE["benched"]

@@ -110,8 +110,10 @@ def test_bundle_sampler_matches_the_diffusers_pipeline(plain, default_pipe):
 
     from edgekit.runtime.sampler import BundleSampler
 
+    from edgekit.noise import initial_latents
+
     sampler = BundleSampler(plain)
-    x0 = np.random.default_rng(3).standard_normal((1, *sampler.latent_shape)).astype(np.float32)
+    x0 = initial_latents([3], sampler.latent_shape)  # the noise the sampler draws for seed 3
     sigma = default_pipe.scheduler.init_noise_sigma
     ref = default_pipe(["a handwritten digit three"], num_inference_steps=8, guidance_scale=4.0,
                        latents=torch.from_numpy(x0 * sigma), output_type="np").images
