@@ -1,0 +1,112 @@
+"""Bundles other tools can load: the text encoder takes int32 ids everywhere, an onnx bundle reads per width
+as the directory diffusers' OnnxStableDiffusionPipeline loads and draws edgekit's image for the same noise,
+and no manifest carries a path of the packaging host."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.bundle import read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    """The embedded digits model (VAE scaling factor 1.325, not the 0.18215 the ONNX pipelines assume)."""
+    from edgekit.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "bundle"
+    assert main(["export", "--target", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_text_encoder_graph_takes_int32_ids(onnx_bundle):
+    import onnx
+
+    m = read_manifest(onnx_bundle)
+    assert m["components"]["text_encoder"]["inputs"][0] == {"name": "input_ids", "dtype": "int32", "shape": ["batch", 16]}
+    for path in (onnx_bundle / "text_encoder/model.onnx", onnx_bundle / "w1.00/text_encoder/model.onnx"):
+        graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
+        assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert m["verification"]["text_encoder"]["data"]["inputs"]["input_ids"]["dtype"] == "int32"
+
+
+def test_onnx_bundle_loads_in_diffusers_and_draws_edgekits_image(onnx_bundle):
+    from diffusers import OnnxStableDiffusionPipeline
+
+    from edgekit.runtime.sampler import BundleSampler
+
+    m = read_manifest(onnx_bundle)
+    view = onnx_bundle / m["components"]["unet"]["widths"]["1.00"]["pipeline_dir"]
+    index = json.loads((view / "model_index.json").read_text())
+    assert index["_class_name"] == "OnnxStableDiffusionPipeline"
+    for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        assert (view / name / "model.onnx").is_file() and (view / name / "config.json").is_file()
+    # one copy on disk: the view's UNet is the manifest's file (a hard link where the file system has them)
+    assert (view / "unet/model.onnx").read_bytes() == (onnx_bundle / "unet/w1.00/model.onnx").read_bytes()
+
+    sampler = BundleSampler(onnx_bundle)
+    prompt, seed, steps, guidance = "a handwritten digit seven", 3, 8, 4.0
+    ours, _ = sampler.generate([prompt], [seed], steps, 1.0, guidance=guidance)
+    pipe = OnnxStableDiffusionPipeline.from_pretrained(view, provider="CPUExecutionProvider")
+    pipe.set_progress_bar_config(disable=True)
+    try:  # the seeded noise the bundle sampler draws (edgekit.noise where the shared generator exists)
+        from edgekit.noise import initial_latents
+    except ImportError:
+        def initial_latents(seeds, shape):
+            return np.stack([np.random.default_rng(s).standard_normal(shape) for s in seeds]).astype(np.float32)
+    noise = np.asarray(initial_latents([seed], sampler.latent_shape), dtype=np.float32)
+    side = sampler.latent_shape[-1] * 8  # that pipeline derives the latent size as height // 8
+    theirs = pipe(prompt, height=side, width=side, num_inference_steps=steps, guidance_scale=guidance,
+                  latents=noise, output_type="np").images
+    assert theirs.shape == ours.shape == (1, 32, 32, 3)
+    assert np.abs(theirs - ours).max() < 1e-4
+    assert ours.std() > 0.05  # a drawn digit, not a flat image
+    # the VAE encoder round-trips an image through the pipelines' latent units
+    image = ours.transpose(0, 3, 1, 2) * 2 - 1
+    latents = pipe.vae_encoder(sample=image.astype(np.float32))[0] * 0.18215
+    back = pipe.vae_decoder(latent_sample=latents / 0.18215)[0]
+    assert np.abs(np.clip(back / 2 + 0.5, 0, 1) - ours.transpose(0, 3, 1, 2)).mean() < 0.1
+
+
+def _host_paths(tmp_root: Path) -> list[str]:
+    home = str(Path.home())
+    return [p for p in {str(tmp_root), str(REPO), str(REPO.resolve()), home} if len(p) > 1]
+
+
+def _assert_no_host_paths(manifests: list[Path], roots: list[str]) -> None:
+    assert manifests
+    for path in manifests:
+        text = path.read_text()
+        leaked = [r for r in roots if r in text]
+        assert not leaked, f"{path}: names host paths {leaked}"
+
+
+def test_bundle_manifest_holds_no_host_paths(onnx_bundle, default_model):
+    m = read_manifest(onnx_bundle)
+    assert m["source_model"]["name"] == default_model.name and m["source_model"]["calibration"] is None
+    _assert_no_host_paths(sorted(onnx_bundle.rglob("manifest.json")),
+                          _host_paths(onnx_bundle.parent.parent) + [str(default_model.parent)])
+
+
+@pytest.mark.slow
+def test_int8_manifest_from_the_quantize_stage_holds_no_host_paths(sd15_reduced, sd15_calib, tmp_path, run_cli):
+    """An ort-web INT8 bundle shipping the quantize stage's graphs (which recorded a host path before)."""
+    from edgekit.profiles import shipped_profile
+    from edgekit.targets.base import ExportRequest, export_bundle
+
+    quantized = tmp_path / "quantized"
+    code, _, err = run_cli("quantize", "--model", sd15_reduced, "--calib", sd15_calib, "--method", "ort-static",
+                           "--components", "unet", "--float-budget", "0", "--out", quantized)
+    assert code == 0, err
+    out = tmp_path / "int8"
+    export_bundle(ExportRequest(model_dir=sd15_reduced, out=out, target="ort-web",
+                                profile=shipped_profile("web-ort").with_precision("int8"), calib_dir=sd15_calib,
+                                quantized_dirs=((1.0, quantized),)))
+    unet = read_manifest(out)["components"]["unet"]["widths"]["1.00"]
+    assert unet["quantization"]["from"] == "quantize stage"
+    assert unet["quantization"]["graph"] == "quantized/unet/model.onnx"
+    _assert_no_host_paths(sorted(out.rglob("manifest.json")), _host_paths(tmp_path.parent) + [str(sd15_calib.parent)])
+    assert read_manifest(out)["source_model"]["calibration"]["name"] == sd15_calib.name
