@@ -102,7 +102,7 @@ def test_package_slims_a_model_that_is_not_slimmable(run_cli, digits_arch_model,
 
     out = tmp_path / "slimmed"
     policy = json.loads((Path(__file__).parent.parent / "edgekit" / "policy_default.json").read_text())
-    (tmp_path / "policy.json").write_text(json.dumps({**policy, "min_prompt_accuracy": 0.0}))  # random weights
+    (tmp_path / "policy.json").write_text(json.dumps({**policy, "min_quality": None}))  # random weights: no floor
     code, stdout, err = run_cli("package", "--model", digits_arch_model, "--targets", "ort-web", "--widths", "0.5,1.0",
                                 "--policy", tmp_path / "policy.json",
                                 "--slim-steps", "2", "--precision", "ort-web=fp32", "--steps", "3",
