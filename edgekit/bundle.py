@@ -7,7 +7,7 @@ export finished. Every platform (Python runners, the browser, Android, iOS) read
 Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shortened)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "stage": "export",
       "target": "ort-web",
       "profile": {"name": "web-ort", "...": "the validated profile, as used"},
@@ -58,7 +58,9 @@ Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shor
       },
       "table": [],
       "policy": {},
-      "files": {"text_encoder/model.onnx": {"sha256": "<hex>", "bytes": 301234}, "...": "every file but this one"}
+      "files": {"text_encoder/model.onnx": {"sha256": "<hex>", "bytes": 301234}, "...": "every file but this one"},
+      "integrity": {"format": "edgekit-canonical-json/1", "sha256": "<hex of the canonical body>",
+                    "sections": {"components": "<hex>", "...": "one per top-level key but this one"}}
     }
 
 Per-format extras in a component entry: ort-web ``opset``, and for split weights ``external_data``
@@ -72,12 +74,35 @@ sizes in ``shape`` (UNet: 2 for ``batching: batch2``, 1 for ``two-calls``; text 
 ort-web keeps "batch" as a free axis.
 
 ``table`` rows are {width, steps, latency_ms, device, prompt_accuracy, frechet_distance}, filled by
-``edgekit bench``; ``policy`` is filled by the runtime-policy stage. Verification data are raw
-little-endian arrays (C order) so that any platform can replay the check without a numpy reader.
+``edgekit bench``; each names a width in ``widths`` and a step count in ``sampling.schedules``.
+``policy`` is filled by the runtime-policy stage. Verification data are raw little-endian arrays
+(C order) so that any platform can replay the check without a numpy reader.
+
+What is trusted, and how:
+
+- ``files`` lists every file of the bundle (but manifest.json) with its sha256 and size; a file on
+  disk that is not listed, hidden files and symbolic links included, makes the bundle invalid. A
+  bundle holds no hidden files at all.
+- ``integrity`` covers the manifest's own content: ``sha256`` of the canonical JSON of everything
+  but ``integrity`` (keys sorted, separators "," and ":", ASCII, non-finite numbers as the strings
+  above: Python's ``json.dumps(body, sort_keys=True, separators=(",", ":"))``), and the same digest
+  per top-level key in ``sections``, so that an edited manifest is refused naming the key it changed.
+  It catches edits and damage, not a forger who recomputes it.
+- Only the first write of a freshly exported directory lists the files. Every later write (``bench``,
+  ``--import-table``) first checks the files against the manifest on disk and refuses a damaged
+  bundle, so a rewrite never renews the checksum of a changed file.
+- ``verify`` also checks meaning: the schedules are recomputed from ``scheduler.config`` (which must
+  equal ``scheduler.file``), the tokenizer's special ids are looked up in its own files, and the
+  geometry must match the components' shapes.
+
+``format_version`` 2 added ``integrity``; a manifest of another version is refused with one line
+(re-export the bundle).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -88,19 +113,23 @@ from edgekit.constants import MANIFEST
 from edgekit.errors import InputError, VerificationError
 from edgekit.fsutil import sha256_file, staged_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STAGE = "export"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 BATCHING = ("batch2", "two-calls")
 FORMATS = ("onnx", "tflite", "mlpackage")
+CANONICAL = "edgekit-canonical-json/1"
 TOP_LEVEL = {
     "format_version": int, "stage": str, "target": str, "profile": dict, "created_with": dict,
     "source_model": dict, "precision": str, "components": dict, "widths": list, "geometry": dict,
     "tokenizer": dict, "scheduler": dict, "sampling": dict, "verification": dict, "table": list,
-    "policy": dict, "files": dict,
+    "policy": dict, "files": dict, "integrity": dict,
 }
 ENTRY_KEYS = {"format": str, "file": str, "files": list, "precision": str, "layout": str, "inputs": list,
               "outputs": list, "bytes": int}
+# Recomputed schedules may differ from the stored ones by float noise across diffusers/torch versions.
+SCHEDULE_RTOL = 1e-6
+SCHEDULE_ATOL = 1e-9
 
 
 def width_key(width: float) -> str:
@@ -133,12 +162,32 @@ def lookup(section: dict, name: str, width: str | None) -> dict | None:
     return comp.get("widths", {}).get(width) if width is not None else comp
 
 
+def _disk_entries(bundle_dir: Path) -> dict[str, Path]:
+    """Every non-directory entry below ``bundle_dir`` (hidden ones and symbolic links included, links not
+    followed), by relative POSIX path, except the top-level manifest.json."""
+    entries = {}
+    for root, dirs, names in os.walk(bundle_dir, followlinks=False):
+        root_path = Path(root)
+        for name in names + [d for d in dirs if (root_path / d).is_symlink()]:
+            path = root_path / name
+            rel = path.relative_to(bundle_dir).as_posix()
+            if rel != MANIFEST:
+                entries[rel] = path
+    return dict(sorted(entries.items()))
+
+
+def _refuse_odd_entry(bundle_dir: Path, rel: str, path: Path) -> None:
+    if any(part.startswith(".") for part in Path(rel).parts):
+        raise VerificationError(f"{path}: hidden file in the bundle (a bundle holds no hidden files; remove it)")
+    if path.is_symlink() or not path.is_file():
+        raise VerificationError(f"{path}: not a regular file (a bundle holds regular files only, no links)")
+
+
 def _collect_files(bundle_dir: Path) -> dict:
+    """The ``files`` listing of a freshly exported directory; refuses hidden files and links."""
     files = {}
-    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(bundle_dir).as_posix()
-        if rel == MANIFEST or any(part.startswith(".") for part in Path(rel).parts):
-            continue
+    for rel, path in _disk_entries(bundle_dir).items():
+        _refuse_odd_entry(bundle_dir, rel, path)
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
 
@@ -163,38 +212,115 @@ def scheduler_config(manifest: dict) -> dict:
     return {k: NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in manifest["scheduler"]["config"].items()}
 
 
+def _canonical_sha256(value) -> str:
+    text = json.dumps(strict_json(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def integrity(manifest: dict) -> dict:
+    """The ``integrity`` record of ``manifest``: sha256 of its canonical body (everything but ``integrity``)
+    and of each top-level key, so that a changed manifest can be refused naming what changed."""
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    return {"format": CANONICAL, "sha256": _canonical_sha256(body),
+            "sections": {k: _canonical_sha256(v) for k, v in sorted(body.items())}}
+
+
+def check_integrity(m: dict, where: str) -> None:
+    """Raise VerificationError when the manifest's content differs from what its ``integrity`` records."""
+    recorded = m["integrity"]
+    if recorded.get("format") != CANONICAL:
+        raise VerificationError(f"{where}: integrity.format {recorded.get('format')!r}, expected '{CANONICAL}'")
+    expected = integrity(m)
+    if recorded.get("sha256") == expected["sha256"]:
+        return
+    sections = recorded.get("sections") if isinstance(recorded.get("sections"), dict) else {}
+    changed = [k for k in expected["sections"] if sections.get(k) != expected["sections"][k]]
+    changed += sorted(set(sections) - set(expected["sections"]))
+    if not changed:
+        raise VerificationError(f"{where}: integrity.sha256 does not match the manifest's content (the manifest "
+                                "was edited after edgekit wrote it; re-export the bundle)")
+    raise VerificationError(f"{where}: '{changed[0]}' changed after edgekit wrote the manifest (its sha256 differs "
+                            f"from integrity.sections{f'; also {changed[1:]}' if len(changed) > 1 else ''}); "
+                            "re-export the bundle or re-run the command that wrote it")
+
+
 def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
-    """Recompute every file's sha256 and size, check the schema, and write manifest.json atomically.
+    """Write manifest.json atomically, with every file's sha256 and size and the manifest's ``integrity``.
+
+    With no manifest.json in ``bundle_dir`` yet (a fresh export) every file is listed. Otherwise this is
+    a rewrite (bench, an imported table, an export's last write): the files on disk are first verified
+    against the manifest already there, and the bundle is refused (VerificationError naming the file)
+    when one was changed, removed or added, so damage is never blessed with a fresh checksum.
 
     Returns the manifest as written (a new dict; the caller's is not changed)."""
     bundle_dir = Path(bundle_dir)
-    out = strict_json({**manifest, "files": _collect_files(bundle_dir)})
+    if (bundle_dir / MANIFEST).exists():
+        on_disk = read_manifest(bundle_dir)
+        verify_files(bundle_dir, on_disk)
+        files = on_disk["files"]
+    elif manifest.get("files"):
+        raise InputError(f"{bundle_dir}: {MANIFEST} missing, so its files cannot be checked before the manifest "
+                         "is rewritten (not a finished bundle)")
+    else:
+        files = _collect_files(bundle_dir)
+    out = strict_json({k: v for k, v in manifest.items() if k != "integrity"} | {"files": files})
+    out["integrity"] = integrity(out)
     check_manifest(out, str(bundle_dir / MANIFEST))
     with staged_file(bundle_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
     return out
 
 
-def read_manifest(bundle_dir: Path | str, flag: str = "BUNDLE") -> dict:
-    """Parse and schema-check a bundle's manifest.json; errors name the file and the key."""
+def _parse_manifest(path: Path, flag: str) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path | str, flag: str = "BUNDLE", checked: bool = True) -> dict:
+    """Parse a bundle's manifest.json, check its schema and its ``integrity``; errors name the file and key.
+
+    ``checked=False`` only parses, and also takes a manifest.json path: for readers that use nothing but
+    the table and policy of a hand-written manifest (``policy simulate``) and load no bundle file."""
     bundle_dir = Path(bundle_dir)
+    if not checked:
+        path = bundle_dir / MANIFEST if bundle_dir.is_dir() else bundle_dir
+        if not path.is_file():
+            raise InputError(f"{flag} {bundle_dir}: no {MANIFEST} (expected a bundle directory written by "
+                             "`edgekit export`, or its manifest.json)")
+        return _parse_manifest(path, flag)
     if not bundle_dir.is_dir():
         raise InputError(f"{flag} {bundle_dir}: no such directory (expected a bundle written by edgekit export)")
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise InputError(f"{flag} {bundle_dir}: {MANIFEST} missing (not a finished bundle)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    manifest = _parse_manifest(path, flag)
     check_manifest(manifest, str(path))
+    check_integrity(manifest, str(path))
     return manifest
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_manifest(m, where: str) -> None:
     """Raise InputError at the first key that is missing, of the wrong type, or inconsistent."""
     if not isinstance(m, dict):
         raise InputError(f"{where}: expected a JSON object")
+    version = m.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{where}: 'format_version' missing or not a whole number (not an edgekit bundle manifest)")
+    if version != FORMAT_VERSION:
+        age = "an older" if version < FORMAT_VERSION else "a newer"
+        raise InputError(f"{where}: format_version {version} was written by {age} edgekit (this edgekit reads "
+                         f"{FORMAT_VERSION}); re-export the bundle with this edgekit")
     for key, tp in TOP_LEVEL.items():
         if key not in m:
             raise InputError(f"{where}: missing key '{key}'")
@@ -203,8 +329,6 @@ def check_manifest(m, where: str) -> None:
     unknown = set(m) - set(TOP_LEVEL)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {sorted(unknown)}")
-    if m["format_version"] != FORMAT_VERSION:
-        raise InputError(f"{where}: format_version {m['format_version']} (this edgekit reads {FORMAT_VERSION})")
     if m["stage"] != STAGE:
         raise InputError(f"{where}: stage '{m['stage']}', expected '{STAGE}'")
     for key in ("name", "sha256"):  # by name and hash: no path of the packaging host
@@ -239,43 +363,187 @@ def check_manifest(m, where: str) -> None:
     for key in ("files", "max_length", "bos_id", "eos_id", "pad_id"):
         if key not in m["tokenizer"]:
             raise InputError(f"{where}: tokenizer.{key} missing")
+    for key in ("max_length", "bos_id", "eos_id", "pad_id"):
+        value = m["tokenizer"][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{where}: tokenizer.{key} {value!r} should be a whole number >= 0")
     if not isinstance(m["scheduler"].get("config"), dict) or "_class_name" not in m["scheduler"]["config"]:
         raise InputError(f"{where}: scheduler.config should be a diffusers scheduler config with _class_name")
     s = m["sampling"]
     for key in ("guidance_scale", "default_steps", "batching", "schedules"):
         if key not in s:
             raise InputError(f"{where}: sampling.{key} missing")
+    if not _is_number(s["guidance_scale"]) or s["guidance_scale"] < 0:
+        raise InputError(f"{where}: sampling.guidance_scale {s['guidance_scale']!r} should be a finite number >= 0")
     if s["batching"] not in BATCHING:
         raise InputError(f"{where}: sampling.batching '{s['batching']}' is not one of {BATCHING}")
+    if not isinstance(s["schedules"], dict) or not s["schedules"]:
+        raise InputError(f"{where}: sampling.schedules should be a non-empty object of schedule tables")
     for steps, table in s["schedules"].items():
         if not steps.isdigit() or not isinstance(table, dict) or table.get("steps") != int(steps) \
                 or not table.get("timesteps"):
             raise InputError(f"{where}: sampling.schedules['{steps}'] is not a schedule table of {steps} steps")
+    if str(s["default_steps"]) not in s["schedules"]:
+        raise InputError(f"{where}: sampling.default_steps {s['default_steps']!r} has no schedule in "
+                         f"sampling.schedules {sorted(s['schedules'], key=int)}")
     for rel, info in m["files"].items():
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("bytes"), int)):
             raise InputError(f"{where}: files['{rel}'] should be {{sha256, bytes}}")
-        if rel.startswith("/") or ".." in Path(rel).parts:
+        if rel.startswith("/") or ".." in Path(rel).parts or rel == MANIFEST:
             raise InputError(f"{where}: files['{rel}'] is not a path inside the bundle")
-    for row in m["table"]:
+    widths = {width_key(w) for w in m["widths"]}
+    for i, row in enumerate(m["table"]):
         if not isinstance(row, dict):
             raise InputError(f"{where}: table rows should be objects")
+        width, steps = row.get("width"), row.get("steps")
+        if not _is_number(width) or width_key(width) not in widths:
+            raise InputError(f"{where}: table row {i} names width {width!r}, which the bundle lacks "
+                             f"(widths {sorted(widths, reverse=True)})")
+        if not isinstance(steps, int) or isinstance(steps, bool) or str(steps) not in s["schedules"]:
+            raise InputError(f"{where}: table row {i} names {steps!r} steps, which have no schedule in the bundle "
+                             f"(schedules {sorted(s['schedules'], key=int)})")
 
 
 def verify_files(bundle_dir: Path, manifest: dict) -> int:
-    """Check every listed file's size and sha256, and that no unlisted file was added. Returns the count."""
+    """Check every listed file's size and sha256, and that nothing unlisted is on disk (hidden files and
+    links included: a bundle has none). Returns the count. The fast check before loading a bundle."""
     bundle_dir = Path(bundle_dir)
+    on_disk = _disk_entries(bundle_dir)
+    for rel, path in on_disk.items():
+        if rel not in manifest["files"]:
+            hidden = any(part.startswith(".") for part in Path(rel).parts)
+            raise VerificationError(f"{path}: not listed in {MANIFEST}" + (" (a hidden file; a bundle holds none)"
+                                                                          if hidden else ""))
     for rel, info in manifest["files"].items():
         path = bundle_dir / rel
-        if not path.is_file():
+        if rel not in on_disk:
             raise VerificationError(f"{path}: missing (listed in {MANIFEST})")
+        _refuse_odd_entry(bundle_dir, rel, path)
         if path.stat().st_size != info["bytes"]:
             raise VerificationError(f"{path}: {path.stat().st_size} bytes, {MANIFEST} says {info['bytes']}")
         if sha256_file(path) != info["sha256"]:
             raise VerificationError(f"{path}: sha256 differs from {MANIFEST} (file changed or corrupted)")
-    extra = sorted(set(_collect_files(bundle_dir)) - set(manifest["files"]))
-    if extra:
-        raise VerificationError(f"{bundle_dir / extra[0]}: not listed in {MANIFEST}")
     return len(manifest["files"])
+
+
+def _first_difference(stored, expected, path: str) -> tuple[str, object, object] | None:
+    """(path, stored, expected) of the first number or shape that differs beyond the schedule tolerance."""
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(stored, list) or len(stored) != len(expected):
+            return path, f"{len(stored) if isinstance(stored, list) else stored!r} entries", f"{len(expected)} entries"
+        for i, (a, b) in enumerate(zip(stored, expected)):
+            diff = _first_difference(a, b, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        if not _is_number(stored) or abs(stored - expected) > SCHEDULE_ATOL + SCHEDULE_RTOL * abs(expected):
+            return path, stored, expected
+        return None
+    return None if stored == expected else (path, stored, expected)
+
+
+def _check_schedules(bundle_dir: Path, m: dict, where: str) -> None:
+    from edgekit.schedule import schedule_table
+
+    sched = m["scheduler"]
+    if sched.get("file"):
+        path = bundle_dir / sched["file"]
+        try:
+            on_disk = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VerificationError(f"{path}: not a readable scheduler config ({exc})") from None
+        if _canonical_sha256(on_disk) != _canonical_sha256(sched["config"]):
+            raise VerificationError(f"{where}: scheduler.config differs from {path}")
+    config = scheduler_config(m)
+    for steps, table in m["sampling"]["schedules"].items():
+        try:
+            expected = strict_json(schedule_table(config, int(steps)))
+        except InputError as exc:
+            raise VerificationError(f"{where}: scheduler.config cannot be tabulated ({exc})") from None
+        for key, value in expected.items():
+            diff = _first_difference(table.get(key), value, f"sampling.schedules['{steps}'].{key}")
+            if diff:
+                raise VerificationError(f"{where}: {diff[0]} is {diff[1]!r}, but scheduler.config "
+                                        f"({config['_class_name']}) gives {diff[2]!r}")
+
+
+def _token_id(vocab: dict, token) -> int | None:
+    if isinstance(token, dict):
+        token = token.get("content")
+    return vocab.get(token) if isinstance(token, str) else None
+
+
+def _check_tokenizer(bundle_dir: Path, m: dict, where: str) -> None:
+    """The special ids against the tokenizer's own files (tokenizer.json's vocabulary and added tokens;
+    tokenizer_config.json's token names and max length, where the bundle ships one)."""
+    tok = m["tokenizer"]
+    if not tok.get("tokenizer_json"):
+        return
+    path = bundle_dir / tok["tokenizer_json"]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = data["model"]["vocab"]
+        # BPE/WordPiece: {token: id}; Unigram: [[token, score], ...] with the position as the id
+        vocab = dict(raw) if isinstance(raw, dict) else {entry[0]: i for i, entry in enumerate(raw)}
+        vocab.update({t["content"]: t["id"] for t in data.get("added_tokens") or []})
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise VerificationError(f"{path}: not a readable tokenizer.json ({type(exc).__name__}: {exc})") from None
+    ids = set(vocab.values())
+    for key in ("bos_id", "eos_id", "pad_id"):
+        if tok[key] not in ids:
+            raise VerificationError(f"{where}: tokenizer.{key} {tok[key]} is not a token id of {path}")
+    if "vocab_size" in tok and tok["vocab_size"] != len(ids):
+        raise VerificationError(f"{where}: tokenizer.vocab_size {tok['vocab_size']}, but {path} holds {len(ids)} ids")
+    names = {}
+    config_path = path.parent / "tokenizer_config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VerificationError(f"{config_path}: not valid JSON ({exc})") from None
+        if isinstance(config, dict):
+            names = {"bos_id": config.get("bos_token"), "eos_id": config.get("eos_token"),
+                     "pad_id": config.get("pad_token")}
+            if isinstance(config.get("model_max_length"), int) and config["model_max_length"] != tok["max_length"]:
+                raise VerificationError(f"{where}: tokenizer.max_length {tok['max_length']}, but {config_path} says "
+                                        f"model_max_length {config['model_max_length']}")
+    post = data.get("post_processor") or {}
+    if not names.get("eos_id") and isinstance(post.get("sep"), list):
+        names["eos_id"] = post["sep"][0]
+    if not names.get("bos_id") and isinstance(post.get("cls"), list):
+        names["bos_id"] = post["cls"][0]
+    for key, name in names.items():
+        expected = _token_id(vocab, name)
+        if expected is not None and expected != tok[key]:
+            raise VerificationError(f"{where}: tokenizer.{key} {tok[key]}, but {path.parent.name}'s own files give "
+                                    f"{expected} for {name if isinstance(name, str) else name.get('content')!r}")
+
+
+def _check_geometry(m: dict, where: str) -> None:
+    g = m["geometry"]
+    for name, width, entry in component_entries(m):
+        if name == "unet" and entry["inputs"]:
+            shape = entry["inputs"][0]["shape"][1:]
+            if all(isinstance(d, int) for d in shape) and list(shape) != list(g["latent_shape"]):
+                raise VerificationError(f"{where}: geometry.latent_shape {g['latent_shape']}, but "
+                                        f"components.unet.widths.{width} takes {shape}")
+        if name == "vae_decoder" and entry["outputs"]:
+            shape = entry["outputs"][0]["shape"]
+            side = shape[-1] if entry.get("layout", "NCHW") == "NCHW" else shape[-2]
+            if isinstance(side, int) and side != g["image_size"]:
+                raise VerificationError(f"{where}: geometry.image_size {g['image_size']}, but "
+                                        f"components.vae_decoder gives {side}")
+
+
+def check_meaning(bundle_dir: Path | str, manifest: dict) -> None:
+    """What the bytes mean: schedules recomputed from the scheduler config, tokenizer ids against the
+    tokenizer's files, geometry against the components' shapes. Raises VerificationError naming the key."""
+    bundle_dir = Path(bundle_dir)
+    where = str(bundle_dir / MANIFEST)
+    _check_geometry(manifest, where)
+    _check_tokenizer(bundle_dir, manifest, where)
+    _check_schedules(bundle_dir, manifest, where)
 
 
 def save_array(bundle_dir: Path, rel: str, array: np.ndarray) -> dict:
@@ -295,13 +563,15 @@ def load_array(bundle_dir: Path, record: dict) -> np.ndarray:
 
 
 def verify(bundle_dir: Path | str, numeric: bool = True, node: bool = False) -> dict:
-    """Check a bundle: schema, every file's sha256, then (``numeric``) replay each component's stored
-    verification inputs in the runtime that exists here and compare with the stored torch outputs.
+    """Check a bundle: schema and the manifest's integrity, every file's sha256 (and nothing unlisted), what
+    the manifest means (check_meaning), then (``numeric``) replay each component's stored verification
+    inputs in the runtime that exists here and compare with the stored torch outputs.
 
-    Returns {"files": n, "checks": [...]} ; raises VerificationError naming the file or component."""
+    Returns {"files": n, "checks": [...]} ; raises VerificationError naming the file, key or component."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     count = verify_files(bundle_dir, manifest)
+    check_meaning(bundle_dir, manifest)
     checks = []
     if numeric:
         from edgekit.runtime.runners import recheck_entry

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.bundle import (check_manifest, load_array, read_manifest, save_array, verify_files, width_key,
-                            write_manifest)
+from edgekit.bundle import (FORMAT_VERSION, check_manifest, load_array, read_manifest, save_array, verify_files,
+                            width_key, write_manifest)
 from edgekit.errors import InputError, VerificationError
 
 ENTRY = {"format": "onnx", "precision": "fp32", "layout": "NCHW", "bytes": 4,
@@ -21,7 +21,7 @@ def _entry(rel):
 
 def _manifest():
     return {
-        "format_version": 1, "stage": "export", "target": "ort-web", "profile": {"name": "web-ort"},
+        "format_version": FORMAT_VERSION, "stage": "export", "target": "ort-web", "profile": {"name": "web-ort"},
         "created_with": {"edgekit": "test"}, "source_model": {"name": "m", "sha256": "0" * 64},
         "precision": "fp32",
         "components": {"text_encoder": _entry("text_encoder/model.onnx"),
@@ -63,12 +63,13 @@ def test_write_manifest_lists_every_file_with_sha256_and_is_readable(bundle):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
-def test_write_manifest_recomputes_after_a_change(bundle):
+def test_write_manifest_refuses_to_renew_a_changed_file(bundle):
     root, written = bundle
+    before = (root / "manifest.json").read_bytes()
     (root / "vae_decoder/model.onnx").write_bytes(b"new weights")
-    again = write_manifest(root, written)
-    assert again["files"]["vae_decoder/model.onnx"]["bytes"] == len(b"new weights")
-    assert verify_files(root, again) == 5
+    with pytest.raises(VerificationError, match="vae_decoder/model.onnx: .*bytes, manifest.json says"):
+        write_manifest(root, written)
+    assert (root / "manifest.json").read_bytes() == before
 
 
 def test_flipped_byte_missing_and_extra_files_are_named(bundle):

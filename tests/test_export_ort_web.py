@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgekit.bundle import component_entries, read_manifest
+from edgekit.bundle import FORMAT_VERSION, component_entries, read_manifest
 from edgekit.cli import main
 
 
@@ -27,7 +27,8 @@ def test_manifest_follows_the_contract(ort_bundle, sd15_reduced):
     from edgekit.schedule import schedule_table
 
     m = read_manifest(ort_bundle)
-    assert (m["format_version"], m["stage"], m["target"], m["precision"]) == (1, "export", "ort-web", "fp32")
+    assert (m["format_version"], m["stage"], m["target"], m["precision"]) == (FORMAT_VERSION, "export", "ort-web",
+                                                                         "fp32")
     assert m["source_model"]["sha256"] == sha256_tree(sd15_reduced)
     assert m["widths"] == [1.0] and list(m["components"]["unet"]["widths"]) == ["1.00"]
     unet = m["components"]["unet"]["widths"]["1.00"]

@@ -117,6 +117,9 @@ def test_serve_refuses_bad_bundles(run_cli, tmp_path, bundle):
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["target"] = "tflite"
+    from edgekit.bundle import integrity
+
+    manifest["integrity"] = integrity(manifest)  # a consistent manifest of another target, not an edited one
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli("serve", copy)
     assert code == 2 and "needs an ort-web bundle" in err

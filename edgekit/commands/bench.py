@@ -1,4 +1,7 @@
-"""`edgekit bench BUNDLE`: measure the (width, steps) table on this host and write it into the manifest."""
+"""`edgekit bench BUNDLE`: measure the (width, steps) table on this host and write it into the manifest.
+
+The bundle's files are checked against its manifest first: a changed, missing or unlisted file stops the
+command (exit 1) before anything is measured, and the manifest is never rewritten over damage."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,10 +34,11 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    from edgekit.bundle import read_manifest
+    from edgekit.bundle import read_manifest, verify_files
     from edgekit.runtime.bench import BenchConfig, import_rows, measure, write_table
 
     manifest = read_manifest(args.bundle)
+    verify_files(args.bundle, manifest)  # a damaged bundle is refused before any work (and again at the write)
     policy = read_json(args.policy, "--policy") if args.policy is not None else None
     if args.import_table is not None:
         rows, runtime = import_rows(args.import_table, manifest), "imported"
@@ -46,14 +50,22 @@ def run(args) -> int:
     written, dropped = write_table(args.bundle, manifest, rows, policy)
     lines = [f"{args.bundle}: {len(rows)} rows {'imported' if args.import_table else 'measured'} ({runtime}) on "
              f"{rows[0]['device']}",
-             f"  {'width':>5} {'steps':>5} {'latency':>10} {'accuracy':>8} {'Frechet':>8}"]
+             f"  {'width':>5} {'steps':>5} {'latency':>10}  quality"]
     for r in rows:
-        fd = r.get("frechet_distance")
-        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms {r['prompt_accuracy']:8.3f} "
-                     f"{'-' if fd is None else f'{fd:8.2f}':>8}")
+        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms  {_quality_text(r)}")
     if dropped:
         lines.append(f"  dropped {dropped} earlier rows measured on another device")
     lines.append(f"  manifest table now {len(written['table'])} rows; policy {json.dumps(written['policy'])}")
     emit({"bundle": str(args.bundle), "rows": rows, "table": written["table"], "policy": written["policy"],
           "dropped_rows": dropped}, args.json, lines)
     return 0
+
+
+def _quality_text(row: dict) -> str:
+    """A row's quality as printed: the ranked value with its interval and metric (older rows: accuracy)."""
+    q = row.get("quality")
+    if isinstance(q, dict) and "value" in q:
+        ci = q.get("ci95") or [q["value"], q["value"]]
+        return f"{q['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {q.get('metric', '')}".rstrip()
+    fd = row.get("frechet_distance")
+    return f"accuracy {row.get('prompt_accuracy', float('nan')):.3f}" + ("" if fd is None else f", Frechet {fd:.2f}")

@@ -2,7 +2,8 @@
 
 Paths: the page (the bundle's web/ folder when it ships one, else edgekit's own targets/web), the bundle's
 files under /bundle/, onnxruntime-web under /ort/ (the bundle's web/ort, else the repository's
-node_modules). Cross-origin isolation headers let onnxruntime-web use wasm threads."""
+node_modules). Cross-origin isolation headers let onnxruntime-web use wasm threads. The bundle's files are
+checked against its manifest (sha256, nothing unlisted) before the server starts."""
 from __future__ import annotations
 
 import sys
@@ -23,13 +24,14 @@ def register(sub) -> None:
 
 
 def resolve_roots(bundle: Path) -> dict[str, Path]:
-    from edgekit.bundle import read_manifest
+    from edgekit.bundle import read_manifest, verify_files
     from edgekit.errors import InputError, MissingBackendError
 
     manifest = read_manifest(bundle)
     if manifest["target"] != "ort-web":
         raise InputError(f"BUNDLE {bundle}: is a '{manifest['target']}' bundle; the browser demo needs an ort-web "
                          "bundle (edgekit export --target ort-web)")
+    verify_files(bundle, manifest)  # serve nothing changed, missing or unlisted (hidden files included)
     page = bundle / "web" if (bundle / "web" / "index.html").is_file() else PAGE_DIR
     ort = page / "ort" if (page / "ort" / "ort.all.min.mjs").is_file() else REPO_ORT
     if not (ort / "ort.all.min.mjs").is_file():

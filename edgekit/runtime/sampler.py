@@ -110,13 +110,15 @@ def _check_finite(arrays: np.ndarray, stage: str, table: dict, prompts: list[str
 
 class BundleSampler:
     """An exported bundle opened for generation: tokenizer.json, the text encoder and VAE once, one UNet
-    per width on demand, each through the runner its format needs (edgekit.runtime.runners)."""
+    per width on demand, each through the runner its format needs (edgekit.runtime.runners). Every file
+    is checked against the manifest (sha256, nothing unlisted) before anything is loaded."""
 
     def __init__(self, bundle_dir: Path, manifest: dict | None = None, threads: int | None = None) -> None:
-        from edgekit.bundle import read_manifest
+        from edgekit.bundle import read_manifest, verify_files
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else read_manifest(self.bundle_dir)
+        verify_files(self.bundle_dir, self.manifest)
         self.threads = threads
         tok = self.manifest["tokenizer"]
         self.encode = load_tokenizer(self.bundle_dir / tok["tokenizer_json"], int(tok["max_length"]), tok.get("pad_id"))
