@@ -211,3 +211,73 @@ def test_bad_manifests_error_in_the_library_and_fall_back_on_a_device(bad):
         Policy.from_manifest(bad["manifest"])
     d = fallback_decision(bad["manifest"], "test")
     assert (d.steps, d.width, d.reason) == (bad["fallback"]["steps"], bad["fallback"]["width"], "fallback")
+
+
+JS_REPLAY = """
+import { readFileSync } from "node:fs";
+import { Policy, parsePolicy, parseTable } from "%s";
+const cases = JSON.parse(readFileSync(0, "utf8"));
+const out = cases.map((c) => {
+  let policy = new Policy(parsePolicy(c.policy), parseTable(c.table), c.ratio);
+  return c.samples.map((s) => {
+    if (s.latency_ratio) policy = policy.rescaled(s.latency_ratio);
+    const d = policy.decideOrFallback(s.t, s.state, () => {});
+    return [d.steps, d.width, d.reason, d.overBudget, d.budgetMs, d.latencyMs];
+  });
+});
+console.log(JSON.stringify(out));
+"""
+
+
+def test_js_twin_decides_like_python_on_random_tables_and_traces():
+    """Beyond the hand-written vectors: random tables (overlapping and separate intervals, non-monotone
+    latencies), random states and mid-run rescales give the same decisions in Python and in policy.js."""
+    import random
+    import shutil
+    import subprocess
+
+    assert shutil.which("node"), "node is needed for the JS twin (scripts/setup.sh)"
+    rng = random.Random(5)
+    cases, expected = [], []
+    for _ in range(120):
+        rows = []
+        for w in (1.0, 0.5):
+            for s in (4, 8, 20):
+                v, half = round(rng.uniform(20, 30), 2), rng.choice([0.05, 0.4, 1.5])
+                rows.append({"width": w, "steps": s, "latency_ms": round(rng.uniform(5, 100), 1),
+                             "quality": {"value": v, "ci95": [round(v - half, 3), round(v + half, 3)]}})
+        policy = {**VECTORS["policy"], "dwell_s": rng.choice([0.0, 2.0, 5.0]),
+                  "reference_latency_ms": rng.choice([None, 60.0]), "min_quality": rng.choice([None, 22.0])}
+        if policy["min_quality"] and not any(r["quality"]["value"] >= 22.0 for r in rows):
+            policy["min_quality"] = None
+        samples, t = [], 0.0
+        for _ in range(25):
+            t += rng.choice([0.5, 1.0, 3.0])
+            state = {"battery_level": round(rng.random(), 2), "charging": rng.random() < 0.3,
+                     "low_power": rng.random() < 0.2, "thermal": rng.choice(["nominal", "fair", "serious", "critical"])}
+            sample = {"t": t, "state": state}
+            if rng.random() < 0.1:
+                sample["latency_ratio"] = round(rng.uniform(0.5, 3.0), 3)
+            samples.append(sample)
+        ratio = round(rng.uniform(0.5, 3.0), 3)
+        cases.append({"policy": policy, "table": rows, "ratio": ratio, "samples": samples})
+        p = Policy(PolicyConfig.from_dict(policy), rows, ratio)
+        got = []
+        for s in samples:
+            if "latency_ratio" in s:
+                p = p.rescaled(s["latency_ratio"])
+            d = p.decide_or_fallback(s["t"], s["state"])
+            got.append([d.steps, d.width, d.reason, d.over_budget, d.budget_ms, d.latency_ms])
+        expected.append(got)
+    policy_js = Path(__file__).resolve().parent.parent / "edgekit" / "targets" / "web" / "policy.js"
+    proc = subprocess.run(["node", "--input-type=module", "-e", JS_REPLAY % policy_js.as_posix()],
+                          input=json.dumps(cases), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    js = json.loads(proc.stdout)
+    reasons = set()
+    for case, py_case, js_case in zip(cases, expected, js):
+        for k, (a, b) in enumerate(zip(py_case, js_case)):
+            same = a[:4] == b[:4] and math.isclose(a[4], b[4], rel_tol=1e-12) and math.isclose(a[5], b[5], rel_tol=1e-12)
+            assert same, (k, a, b, case["table"])
+            reasons.add(a[2])
+    assert reasons >= {"initial", "hold", "dwell", "step_down", "step_up"}
