@@ -110,3 +110,36 @@ def test_int8_manifest_from_the_quantize_stage_holds_no_host_paths(sd15_reduced,
     assert unet["quantization"]["graph"] == "quantized/unet/model.onnx"
     _assert_no_host_paths(sorted(out.rglob("manifest.json")), _host_paths(tmp_path.parent) + [str(sd15_calib.parent)])
     assert read_manifest(out)["source_model"]["calibration"]["name"] == sd15_calib.name
+
+
+def test_generate_runs_the_bundle_on_its_own_runtime(onnx_bundle, tmp_path, run_cli, monkeypatch):
+    from PIL import Image
+
+    from edgekit.runtime.sampler import BundleSampler
+
+    monkeypatch.chdir(tmp_path)  # from any directory
+    code, out, err = run_cli("generate", "--bundle", onnx_bundle, "--prompt", "a handwritten digit two", "--steps", "8",
+                             "--guidance", "3", "--seed", "5", "--out", "two.png", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["runtime"].startswith("onnxruntime") and payload["steps"] == 8 and payload["width"] == 1.0
+    expected, _ = BundleSampler(onnx_bundle).generate(["a handwritten digit two"], [5], 8, 1.0, guidance=3.0)
+    png = np.asarray(Image.open(tmp_path / "two.png"), dtype=np.float32) / 255
+    assert np.abs(png - expected[0]).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--steps", "7"), "no schedule for 7 steps"),
+    (("--width", "0.5"), "the bundle has UNet widths 1.00"),
+    (("--model", "."), "give one"),
+    (("--out", "x.jpg"), "expected a .png"),
+])
+def test_generate_bundle_bad_input_exits_2(onnx_bundle, tmp_path, run_cli, flags, message):
+    argv = ["generate", "--bundle", onnx_bundle, "--prompt", "x", *flags]
+    if "--out" not in flags:
+        argv += ["--out", tmp_path / "x.png"]
+    code, _, err = run_cli(*argv)
+    assert code == 2 and message in err, err
+    assert not list(tmp_path.iterdir())
+    code, _, err = run_cli("generate", "--bundle", tmp_path / "none", "--prompt", "x", "--out", tmp_path / "y.png")
+    assert code == 2 and "not a directory" in err

@@ -23,6 +23,9 @@ def _scale(text: str) -> int:
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate one image from a prompt")
     add_model_flag(p)
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="an exported bundle (edgekit export/package): run it on its own runtime (ORT, LiteRT) "
+                        "instead of torch, as the device will")
     add_width_flag(p)
     add_sampling_flags(p)
     p.add_argument("--prompt", required=True)
@@ -40,6 +43,8 @@ def run(args) -> int:
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, generate, sampling_defaults, steps_source
 
+    if args.bundle is not None:
+        return _run_bundle(args)
     model_dir = check_model_dir(args.model)
     if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
         raise InputError(f"--out {args.out}: expected a .png file name")
@@ -60,3 +65,50 @@ def run(args) -> int:
                "seed": args.seed, "seconds": round(seconds, 3), "size": [pil.width, pil.height]}
     emit(payload, args.json, [f"wrote {out} ({pil.width}x{pil.height}, {steps} steps, {seconds:.2f} s)"])
     return 0
+
+
+def _run_bundle(args) -> int:
+    """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
+    from edgekit.bundle import read_manifest, width_key
+    from edgekit.fsutil import check_output_path
+    from edgekit.runtime.sampler import BundleSampler
+
+    if args.model is not None:
+        raise InputError(f"--bundle {args.bundle} and --model {args.model}: give one (a bundle or a model directory)")
+    if not Path(args.bundle).is_dir():
+        raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
+    if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: expected a .png file name")
+    out = check_output_path(args.out, [Path(args.bundle)], flag="--out", force=args.force, is_file=True)
+    manifest = read_manifest(args.bundle, flag="--bundle")
+    sampler = BundleSampler(args.bundle, manifest)
+    widths = sampler.widths()
+    width = float(widths[0]) if args.width is None else args.width
+    if width_key(width) not in widths:
+        raise InputError(f"--width {args.width}: the bundle has UNet widths {', '.join(widths)}")
+    steps = args.steps or int(manifest["sampling"]["default_steps"])
+    sampler.table(steps)  # InputError naming the step counts the bundle carries
+    started = time.perf_counter()
+    images, timing = sampler.generate([args.prompt], [args.seed], steps, width, guidance=args.guidance)
+    seconds = time.perf_counter() - started
+    guidance = float(manifest["sampling"]["guidance_scale"]) if args.guidance is None else args.guidance
+    size = _write_png(images[0], out, args.scale)
+    payload = {"out": str(out), "bundle": str(args.bundle), "target": manifest["target"],
+               "runtime": sampler.runtime, "width": float(width_key(width)), "prompt": args.prompt, "steps": steps,
+               "guidance_scale": guidance, "seed": args.seed, "seconds": round(seconds, 3), "size": size}
+    emit(payload, args.json, [f"wrote {out} ({size[0]}x{size[1]}, {manifest['target']} bundle on {sampler.runtime}, "
+                              f"width {width_key(width)}, {steps} steps, {seconds:.2f} s)"])
+    return 0
+
+
+def _write_png(image, out: Path, scale: int) -> list[int]:
+    from PIL import Image
+
+    from edgekit.fsutil import staged_file
+
+    pil = Image.fromarray((image * 255).round().astype("uint8"))
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    with staged_file(out) as tmp:
+        pil.save(tmp, format="PNG")
+    return [pil.width, pil.height]
