@@ -189,12 +189,14 @@ def _scheduler_stays_finite(config_json: str, steps: int) -> bool:
 
 def max_scheduler_steps(config: dict) -> int:
     """The largest step count up to the scheduler's num_train_timesteps that it takes with finite latents
-    (searched by bisection: a scheduler that fails does so from some count upwards)."""
+    (the count below the top first: the usual failure is the top count alone repeating a timestep; else
+    bisection, as a scheduler that fails does so from some count upwards)."""
     limit = int(_scheduler_from_config(config).config.num_train_timesteps)
     text = json.dumps(config, sort_keys=True, default=str)
-    if _scheduler_stays_finite(text, limit):
-        return limit
-    good, bad = 0, limit
+    for count in (limit, limit - 1):
+        if count >= 1 and _scheduler_stays_finite(text, count):
+            return count
+    good, bad = 0, limit - 1
     while bad - good > 1:
         mid = (good + bad) // 2
         if _scheduler_stays_finite(text, mid):
