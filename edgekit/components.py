@@ -42,8 +42,10 @@ class UNetForExport(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        # timestep_cond: the guidance embedding of a UNet with time_cond_proj_dim (LCM), one row per sample
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
 
 class VaeDecoderForExport(nn.Module):
@@ -85,11 +87,13 @@ def component_spec(pipe, name: str) -> ComponentSpec:
         cfg = pipe.unet.config
         size = int(cfg.sample_size)
         length = int(pipe.tokenizer.model_max_length)
+        guidance_embedding = getattr(cfg, "time_cond_proj_dim", None)
         return ComponentSpec(name, (
             TensorSpec("sample", "float32", ("batch", int(cfg.in_channels), size, size)),
             TensorSpec("timestep", "float32", ("batch",)),
             TensorSpec("encoder_hidden_states", "float32", ("batch", length, int(cfg.cross_attention_dim))),
-        ), (TensorSpec("out_sample", "float32", ("batch", int(cfg.out_channels), size, size)),))
+        ) + ((TensorSpec("timestep_cond", "float32", ("batch", int(guidance_embedding))),) if guidance_embedding else ()),
+            (TensorSpec("out_sample", "float32", ("batch", int(cfg.out_channels), size, size)),))
     if name == "vae_decoder":
         latent_channels = int(pipe.vae.config.latent_channels)
         latent = int(pipe.unet.config.sample_size)

@@ -57,7 +57,8 @@ class PackageConfig:
     slim_lr: float = 5e-4
     quant: str = "ort-static"
     precisions: tuple[tuple[str, str], ...] = ()  # (target, precision) overrides of DEFAULT_PRECISIONS
-    steps: tuple[int, ...] | None = None  # bench step counts; None: each target profile's
+    steps: tuple[int, ...] | None = None  # the bundles' (and bench's) step counts; None: the model's, else each profile's
+    guidance: float | None = None  # the bundles' guidance scale; None: the model's edgekit_defaults.json
     calib_samples: int = 44
     samples_per_digit: int = 2
     repeats: int = 7  # timed images per table row (median): 3 left the policy choosing on noise
@@ -237,17 +238,11 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         profile = profile.with_precision(config.precision(name))
         target.check_profile(profile)
         profiles[name] = profile
-    if config.steps:  # a bundle carries schedules for its profile's step counts and the model's default only
-        from edgekit.pipeline import sampling_defaults
+    from edgekit.targets.base import sampling_plan
 
-        default_steps = sampling_defaults(source).steps
-        for name, profile in profiles.items():
-            missing = sorted(set(config.steps) - set(profile.steps) - {default_steps})
-            if missing:
-                raise InputError(f"--steps {','.join(map(str, missing))}: a {name} bundle has schedules for "
-                                 f"{','.join(map(str, sorted(set(profile.steps) | {default_steps})))} steps "
-                                 f"(profile '{profile.name}')")
-    return Plan(source=source, out=check_out(out, source, force), widths=widths, slim=slim, profiles=profiles)
+    for profile in profiles.values():  # the scheduler, step counts and guidance every export will take
+        sampling_plan(source, profile, config.steps, config.guidance)
+    return Plan(source=source, out=out_dir.path, widths=widths, slim=slim, profiles=profiles, out_dir=out_dir)
 
 
 def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = False, progress=None) -> dict:
@@ -426,10 +421,12 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
         model_dir=model, out=p.out / name, target=name, profile=profile, widths=p.widths,
         calib_dir=Path(calib[widest]["dir"]) if needs_calib else None, force=True,
         unet_calib_dirs=tuple((w, Path(calib[w]["dir"])) for w in p.widths) if needs_calib else (),
-        quantized_dirs=tuple((w, Path(quant[w]["dir"])) for w in p.widths) if onnx_quant else ())
+        quantized_dirs=tuple((w, Path(quant[w]["dir"])) for w in p.widths) if onnx_quant else (),
+        steps=config.steps, guidance=config.guidance)
     export_inputs = {"model": model_key, "target": name, "profile": profile.to_dict(), "widths": p.widths,
                      "calib": [stages.key(f"calib-w{w:.2f}") for w in p.widths] if needs_calib else None,
-                     "quant": [stages.key(f"quant-w{w:.2f}") for w in p.widths] if onnx_quant else None}
+                     "quant": [stages.key(f"quant-w{w:.2f}") for w in p.widths] if onnx_quant else None,
+                     "steps": config.steps, "guidance": config.guidance}
 
     def export(where: Path) -> dict:
         manifest = export_bundle(request, progress)
@@ -439,7 +436,7 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
     exported["int8_graphs"] = f"quantize stage ({config.quant})" if onnx_quant else (
         f"{name}'s own converter" if needs_calib else None)
 
-    steps = config.steps or tuple(profile.steps)
+    steps = config.steps or tuple(sorted(int(s) for s in read_manifest(p.out / name)["sampling"]["schedules"]))
     if target.file_format == "mlpackage" and platform.system() != "Darwin":
         exported["bench"] = {"skipped": "Core ML runs only on Apple devices: the table is measured there "
                                         "(edgekit bench --import-table)"}

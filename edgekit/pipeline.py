@@ -123,19 +123,35 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
 class SamplingDefaults:
     guidance_scale: float
     steps: int
+    offered_steps: tuple[int, ...] | None = None  # the step counts a bundle ships (None: the target profile's)
 
 
 def sampling_defaults(model_dir: Path) -> SamplingDefaults:
-    """The model's own guidance/steps defaults (edgekit_defaults.json), else diffusers' defaults."""
+    """The model's own sampling defaults, else diffusers' (guidance 7.5, 50 steps).
+
+    A model directory may hold ``edgekit_defaults.json`` (every key optional)::
+
+        {"guidance_scale": 0.0,          # as diffusers' pipeline takes it; <= 1 turns guidance off
+         "num_inference_steps": 1,       # the default step count
+         "offered_steps": [1, 2, 4]}     # the step counts every bundle ships (replacing the profile's)
+
+    e.g. a turbo-style model: 1-4 steps at guidance 0; an LCM: 2-8 steps, its guidance_scale fed through
+    the UNet's guidance embedding. ``export``/``package`` --steps and --guidance override it. Other stages
+    read their own keys from the same file (calibration_prompts, quality_evaluators)."""
     path = Path(model_dir) / EDGEKIT_DEFAULTS
     data = _read_json_object(path) if path.is_file() else {}
     guidance = data.get("guidance_scale", DIFFUSERS_GUIDANCE_DEFAULT)
     steps = data.get("num_inference_steps", DIFFUSERS_STEPS_DEFAULT)
+    offered = data.get("offered_steps")
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise ModelFormatError(f"{path}: guidance_scale {guidance!r}: expected a finite number")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number")
-    return SamplingDefaults(guidance_scale=float(guidance), steps=steps)
+    if offered is not None and (not isinstance(offered, list) or not offered
+                                or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in offered)):
+        raise ModelFormatError(f"{path}: offered_steps {offered!r}: expected a non-empty list of positive whole numbers")
+    return SamplingDefaults(guidance_scale=float(guidance), steps=steps,
+                            offered_steps=tuple(sorted(set(offered))) if offered else None)
 
 
 def steps_source(explicit: int | None, model_dir: Path) -> str:

@@ -35,7 +35,7 @@ def _junit(jars, vectors: Path):
 
 def test_kotlin_core_passes_the_shared_vectors(jars):
     proc = _junit(jars, VECTORS)
-    assert proc.returncode == 0 and "OK (5 tests)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and "OK (7 tests)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def test_kotlin_core_fails_on_a_wrong_expectation(jars, tmp_path):

@@ -14,16 +14,6 @@ VECTORS = Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors"
 TEXTS = ["a handwritten digit seven", "  A   Handwritten DIGIT 7!! ", "zebra café", "an ink sketch of the digit two",
          "the number seven, drawn in ink with a pen on paper again and again", "", "it's 3's sketch"]
 MAX_LENGTH = 16
-GUIDANCE = 4.0
-X0 = [0.5, -1.25, 0.75, 2.0, -0.3, 0.0]
-
-
-def fake_cond(x, t):
-    return [0.3 * v + 0.001 * t + 0.01 * i for i, v in enumerate(x)]
-
-
-def fake_uncond(x, t):
-    return [0.2 * v - 0.0005 * t for v in x]
 
 
 def build_tokenizer_vectors(tmp: Path) -> tuple[str, dict]:
@@ -43,27 +33,10 @@ def build_tokenizer_vectors(tmp: Path) -> tuple[str, dict]:
 
 
 def build_scheduler_vectors() -> dict:
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    """The scheduler loop's vectors (guidance modes, stochastic tables): built by tests/sampling_vectors.py."""
+    from sampling_vectors import build_scheduler_vectors as build
 
-    from edgekit.schedule import run_table, schedule_table
-    from edgekit.zoo.tiny_digits.train import SCHEDULER_BETAS
-
-    config = dict(DPMSolverMultistepScheduler.from_config(DDPMScheduler(**SCHEDULER_BETAS).config).config)
-    config["_class_name"] = "DPMSolverMultistepScheduler"
-    cases = []
-    for steps in (4, 8):
-        table = schedule_table(config, steps)
-
-        def model(x, t):
-            c, u = np.array(fake_cond(list(x), t)), np.array(fake_uncond(list(x), t))
-            return u + GUIDANCE * (c - u)
-
-        out = run_table(table, np.array(X0, dtype=np.float64), model)
-        cases.append({"steps": steps, "table": table, "x0": X0, "guidance_scale": GUIDANCE,
-                      "expected": [float(v) for v in out]})
-    return {"format": "edgekit-scheduler-vectors/1",
-            "model": "cond[i] = 0.3*x[i] + 0.001*t + 0.01*i; uncond[i] = 0.2*x[i] - 0.0005*t; "
-                     "eps = uncond + guidance_scale*(cond - uncond)", "cases": cases}
+    return build()
 
 
 def _write(tmp: Path) -> None:

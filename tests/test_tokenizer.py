@@ -21,3 +21,25 @@ def test_prompt_words_are_single_tokens_and_any_text_still_tokenizes(tmp_path):
     unknown = tok("zebra crossing!").input_ids
     assert tok.decode(unknown, skip_special_tokens=True).replace(" ", "") == "zebracrossing!"
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["model_max_length"] == 16
+
+
+def test_sd2_style_padding_vectors_match_transformers(tmp_path):
+    """SD-2.x tokenizers pad with "!" (id 0), not <|endoftext|>: the vectors every twin pads by."""
+    from pathlib import Path
+
+    from sampling_vectors import VECTORS, build_pad_vectors
+
+    stored = json.loads((VECTORS / "tokenizer_pad_cases.json").read_text(encoding="utf-8"))
+    assert stored == build_pad_vectors(Path(tmp_path))
+    assert stored["pad_id"] == 0 and any(c["ids"][-1] == 0 for c in stored["cases"])
+
+
+def test_runtime_tokenizer_pads_with_the_manifest_pad_id():
+    from sampling_vectors import VECTORS
+
+    from edgekit.runtime.sampler import load_tokenizer
+
+    cases = json.loads((VECTORS / "tokenizer_pad_cases.json").read_text(encoding="utf-8"))
+    encode = load_tokenizer(VECTORS / cases["tokenizer"], cases["max_length"], cases["pad_id"])
+    for case in cases["cases"]:
+        assert encode([case["text"]])[0].tolist() == case["ids"], case["text"]

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { Policy, fallbackDecision, latencyRatio, parsePolicy, parseState, parseTable, rescaleTable } from "../edgekit/targets/web/policy.js";
 import { ClipTokenizer } from "../edgekit/targets/web/tokenizer.js";
-import { runTable, guide } from "../edgekit/targets/web/scheduler.js";
+import { runTable, guide, guidanceMode, normals, noiseWords, philox4x32 } from "../edgekit/targets/web/scheduler.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "edgekit", "twin_vectors");
 const load = (name) => JSON.parse(readFileSync(join(root, name), "utf8"));
@@ -58,16 +58,42 @@ for (const c of tv.cases) {
   check(JSON.stringify(ids) === JSON.stringify(c.ids), `tokenizer ${JSON.stringify(c.text)}: ${ids}`);
 }
 
+const pad = load("tokenizer_pad_cases.json");
+const padTok = ClipTokenizer.fromTokenizerJson(load(pad.tokenizer), { padId: pad.pad_id });
+for (const c of pad.cases) {
+  const ids = padTok.encode(c.text, pad.max_length);
+  check(JSON.stringify(ids) === JSON.stringify(c.ids), `tokenizer padded with ${pad.pad} ${JSON.stringify(c.text)}: ${ids}`);
+}
+
+const nv = load("noise.json");
+for (const k of nv.philox4x32_10) {
+  const w = philox4x32(k.counter, k.key);
+  check(JSON.stringify(w) === JSON.stringify(k.words), `philox ${k.counter} ${k.key}: ${w}`);
+}
+for (const s of nv.streams) {
+  const w = noiseWords(s.seed, s.stream, s.words.length);
+  const z = normals(s.seed, s.stream, s.normals.length);
+  check(JSON.stringify(w) === JSON.stringify(s.words) && s.normals.every((v, i) => Math.abs(z[i] - v) <= 1e-12),
+    `noise seed ${s.seed} stream ${s.stream}: ${w} ${Array.from(z)}`);
+}
+
 const sv = load("scheduler.json");
 for (const c of sv.cases) {
-  const model = (x, t) => {
-    const cond = Float64Array.from(x, (v, i) => 0.3 * v + 0.001 * t + 0.01 * i);
-    const uncond = Float64Array.from(x, (v) => 0.2 * v - 0.0005 * t);
-    return guide(uncond, cond, c.guidance_scale, Float64Array);
-  };
+  const mode = guidanceMode(c.sampling);
+  const calls = { cond: 0, uncond: 0 };
+  const g = c.sampling.guidance_scale;
+  const cond = (x, t) => { calls.cond++; return Float64Array.from(x, (v, i) => 0.3 * v + 0.001 * t + 0.01 * i); };
+  const uncond = (x, t) => { calls.uncond++; return Float64Array.from(x, (v) => 0.2 * v - 0.0005 * t); };
+  const model = (x, t) => (mode === "classifier-free" ? guide(uncond(x, t), cond(x, t), g, Float64Array) : cond(x, t));
+  const n = c.x0.length;
+  const x0 = normals(c.seed, 0, n);
   let steps = 0;
-  const out = await runTable(c.table, c.x0, model, { ArrayType: Float64Array, onStep: () => { steps++; } });
-  check(steps === c.steps && c.expected.every((v, i) => close(out[i], v, 1e-9)), `scheduler ${c.steps} steps: ${Array.from(out)}`);
+  const out = await runTable(c.table, x0, model, { ArrayType: Float64Array, onStep: () => { steps++; },
+    noise: (j) => normals(c.seed, j + 1, n) });
+  check(mode === c.guidance_mode && calls.cond === c.cond_calls && calls.uncond === c.uncond_calls
+    && steps === c.table.timesteps.length && c.x0.every((v, i) => close(x0[i], v, 1e-12))
+    && c.expected.every((v, i) => close(out[i], v, 1e-9)),
+  `scheduler ${c.name}: mode ${mode} calls ${JSON.stringify(calls)} ${Array.from(out)}`);
 }
 console.log(JSON.stringify({ passed, failures }));
 process.exit(failures.length ? 1 : 0);

@@ -18,7 +18,8 @@ final class CoreMLPipeline {
         manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: bundle.appendingPathComponent("manifest.json")),
                                                     options: [.json5Allowed]) as! [String: Any]
         let tok = manifest["tokenizer"] as! [String: Any]
-        tokenizer = try ClipTokenizer.fromTokenizerJson(Data(contentsOf: bundle.appendingPathComponent(tok["tokenizer_json"] as! String)))
+        tokenizer = try ClipTokenizer.fromTokenizerJson(Data(contentsOf: bundle.appendingPathComponent(tok["tokenizer_json"] as! String)),
+                                                        padId: (tok["pad_id"] as? NSNumber)?.intValue)
     }
 
     private func model(_ key: String, _ spec: [String: Any]) throws -> MLModel {
@@ -54,38 +55,47 @@ final class CoreMLPipeline {
         return try run(model("text_encoder", spec), spec, ["input_ids": array(ids.map(Double.init), shape: [1, maxLength], type: .int32)])
     }
 
-    func generate(prompt: String, steps: Int, width: Double, seed: UInt64, onStep: @escaping (Int, Int) -> Void) throws -> CGImage {
+    func generate(prompt: String, steps: Int, width: Double, seed: UInt32, onStep: @escaping (Int, Int) -> Void) throws -> CGImage {
         let sampling = manifest["sampling"] as! [String: Any]
         let geometry = manifest["geometry"] as! [String: Any]
         let components = manifest["components"] as! [String: Any]
         let table = try ScheduleTable.from((sampling["schedules"] as! [String: Any])["\(steps)"] as! [String: Any])
         let guidance = (sampling["guidance_scale"] as! NSNumber).doubleValue
+        // Guidance as diffusers applies it: the empty prompt's pass only for classifier-free guidance.
+        let cfg = guidanceMode(sampling) == guidanceCFG
+        let embedding = sampling["guidance_embedding"] as? [String: Any]  // an LCM-style UNet's timestep_cond
+        let timestepCond = (embedding?["values"] as? [NSNumber])?.map { $0.doubleValue }
         let latentShape = geometry["latent_shape"] as! [Int]
         let n = latentShape.reduce(1, *)
-        let cond = try encode(prompt), uncond = try encode("")
+        let cond = try encode(prompt)
+        let uncond = try cfg ? encode("") : []
         let tokens = (manifest["tokenizer"] as! [String: Any])["max_length"] as! Int
         let hiddenShape = [1, tokens, cond.count / tokens]
         let key = String(format: "%.2f", width)
         let spec = ((components["unet"] as! [String: Any])["widths"] as! [String: Any])[key] as! [String: Any]
         let unet = try model("unet/\(key)", spec)
-        var rng = SplitMix64(seed: seed)
-        let x0 = (0..<n).map { _ in rng.nextGaussian() }
+        // Initial and per-step noise from the shared counter-based generator: the same image as Python and the web.
+        let x0 = Noise.normals(seed: seed, stream: 0, count: n)
         // A UNet exported with batch 2 (manifest "batching": "batch2") takes [uncond, cond] in one call.
         let unetBatch = ((spec["inputs"] as! [[String: Any]])[0]["shape"] as? [Any])?.first as? Int ?? 1
+        func unetRun(_ x: [Double], _ t: Double, _ hidden: [Double], rows: Int) throws -> [Double] {
+            var feeds: [String: MLMultiArray] = try [
+                "sample": array(Array([[Double]](repeating: x, count: rows).joined()), shape: [rows] + latentShape),
+                "timestep": array([Double](repeating: t, count: rows), shape: [rows]),
+                "encoder_hidden_states": array(hidden, shape: [rows] + hiddenShape.dropFirst())]
+            if let w = timestepCond {
+                feeds["timestep_cond"] = try array(Array([[Double]](repeating: w, count: rows).joined()), shape: [rows, w.count])
+            }
+            return try run(unet, spec, feeds)
+        }
         let latents = try runTable(table, x0: x0, model: { x, t, _ in
+            if !cfg { return try unetRun(x, t, cond, rows: 1) }
             if unetBatch == 2 {
-                let out = try self.run(unet, spec, ["sample": self.array(x + x, shape: [2] + latentShape),
-                                                    "timestep": self.array([t, t], shape: [2]),
-                                                    "encoder_hidden_states": self.array(uncond + cond, shape: [2] + hiddenShape.dropFirst())])
+                let out = try unetRun(x, t, uncond + cond, rows: 2)
                 return guide(Array(out[0..<n]), Array(out[n..<(2 * n)]), scale: guidance)
             }
-            func eps(_ hidden: [Double]) throws -> [Double] {
-                try self.run(unet, spec, ["sample": self.array(x, shape: [1] + latentShape),
-                                          "timestep": self.array([t], shape: [1]),
-                                          "encoder_hidden_states": self.array(hidden, shape: hiddenShape)])
-            }
-            return guide(try eps(uncond), try eps(cond), scale: guidance)
-        }, onStep: onStep)
+            return guide(try unetRun(x, t, uncond, rows: 1), try unetRun(x, t, cond, rows: 1), scale: guidance)
+        }, onStep: onStep, noise: { j in Noise.normals(seed: seed, stream: UInt32(j + 1), count: n) })
         let vaeSpec = components["vae_decoder"] as! [String: Any]
         let scaling = (geometry["vae_scaling_factor"] as! NSNumber).doubleValue
         let size = geometry["image_size"] as! Int
@@ -98,22 +108,5 @@ final class CoreMLPipeline {
         return CGImage(width: size, height: size, bitsPerComponent: 8, bitsPerPixel: 32, bytesPerRow: size * 4,
                        space: CGColorSpaceCreateDeviceRGB(), bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.noneSkipLast.rawValue),
                        provider: provider, decode: nil, shouldInterpolate: false, intent: .defaultIntent)!
-    }
-}
-
-/// Seeded normal noise (SplitMix64 + Box-Muller): reproducible images per seed on every device.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-    mutating func nextGaussian() -> Double {
-        let u1 = max(Double(next() >> 11) / Double(1 << 53), 1e-12), u2 = Double(next() >> 11) / Double(1 << 53)
-        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
     }
 }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_model_flag, emit, progress, width_list
+from edgekit.commands.common import add_json_flag, add_model_flag, emit, number, progress, step_list, width_list
 
 TARGETS = ("ort-web", "tflite", "coreml")
 
@@ -19,6 +19,11 @@ def register(sub) -> None:
                    help="UNet width multipliers to export (slimmable models), e.g. 0.5,1.0 or 0.5 1.0; default 1.0")
     p.add_argument("--profile", type=Path, default=None,
                    help="target profile YAML (default: targets/<the target's profile>.yaml)")
+    p.add_argument("--steps", type=step_list, default=None,
+                   help="step counts whose schedules the bundle carries, e.g. 1,2,4 (default: the model's "
+                        "edgekit_defaults.json offered_steps, else the profile's plus the model's default)")
+    p.add_argument("--guidance", type=number, default=None,
+                   help="guidance scale the bundle samples at; <= 1 turns guidance off (default: the model's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
@@ -42,7 +47,8 @@ def run_export(args) -> int:
     profile_path = args.profile or profiles_dir() / f"{DEFAULT_PROFILES[target.name]}.yaml"
     profile = TargetProfile.from_yaml(profile_path).with_precision(args.precision)
     request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
-                            widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force)
+                            widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force,
+                            steps=args.steps, guidance=args.guidance)
     with progress() as bar:
         manifest = export_bundle(request, bar)
     lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, "

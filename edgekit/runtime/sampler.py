@@ -1,6 +1,6 @@
 """Generate images from an exported bundle the way a device does: tokenizer.json, text encoder, UNet with
-classifier-free guidance looped over the manifest's schedule table (edgekit.schedule.run_table), VAE
-decoder. Components run through the bundle's own runtime (edgekit.runtime.runners), never torch."""
+guidance as diffusers applies it looped over the manifest's schedule table (edgekit.schedule.run_table) with
+the shared seeded noise (edgekit.noise), VAE decoder. Components run through the bundle's own runtime (edgekit.runtime.runners), never torch."""
 from __future__ import annotations
 
 import time
@@ -36,7 +36,8 @@ class Components:
     """The three networks as plain callables over numpy arrays (one bundle width), any number of rows."""
 
     text_encoder: Callable[[np.ndarray], np.ndarray]  # input_ids (B, L) int32 -> hidden (B, L, D)
-    unet: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # sample, timestep (B,), hidden -> eps
+    # sample, timestep (B,), hidden[, timestep_cond (B, D) where the UNet has a guidance embedding] -> eps
+    unet: Callable[..., np.ndarray]
     vae_decoder: Callable[[np.ndarray], np.ndarray]  # latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]
 
 
@@ -50,42 +51,51 @@ class Timing:
 
 
 def sample(components: Components, encode, table: dict, prompts: list[str], seeds: list[int], guidance: float,
-           latent_shape: tuple[int, int, int], scaling_factor: float, on_step=None) -> tuple[np.ndarray, Timing]:
-    """Images (N, H, W, 3) in [0, 1] for ``prompts``; one image per prompt, noise from numpy ``seeds``."""
+           latent_shape: tuple[int, int, int], scaling_factor: float, on_step=None, mode: str | None = None,
+           timestep_cond: np.ndarray | None = None) -> tuple[np.ndarray, Timing]:
+    """Images (N, H, W, 3) in [0, 1] for ``prompts``; one image per prompt, its noise from ``seeds``
+    (edgekit.noise: stream 0 the initial latents, stream j + 1 step j's draw of a stochastic table).
+
+    ``mode`` (edgekit.schedule.GUIDANCE_MODES; default from ``guidance`` as diffusers decides) says whether
+    the unconditional pass runs; ``timestep_cond`` (D,) is fed to a UNet with a guidance embedding input."""
+    from edgekit.noise import initial_latents, step_noise
+    from edgekit.schedule import GUIDANCE_CFG, guidance_mode, run_table
+
+    mode = mode or guidance_mode(guidance)
     timing = Timing()
     start = time.perf_counter()
+    n = len(prompts)
     ids = encode(prompts)
-    uncond_ids = encode([""] * len(prompts))
     t0 = time.perf_counter()
     cond = components.text_encoder(ids).astype(np.float32)
-    uncond = components.text_encoder(uncond_ids).astype(np.float32)
+    uncond = components.text_encoder(encode([""] * n)).astype(np.float32) if mode == GUIDANCE_CFG else None
     timing.text_encoder_s = time.perf_counter() - t0
-    x0 = np.stack([np.random.default_rng(s).standard_normal(latent_shape) for s in seeds]).astype(np.float32)
-    n = len(prompts)
+    # The shared counter-based generator (edgekit.noise): the browser, Kotlin and Swift draw the same numbers.
+    x0 = initial_latents(seeds, latent_shape)
 
     def unet(sample_in: np.ndarray, hidden: np.ndarray, t: float) -> np.ndarray:
         timing.unet_calls += 1  # the runner slices rows itself when the graph's batch axis is fixed
-        return components.unet(sample_in, np.full((len(sample_in),), t, dtype=np.float32), hidden)
+        extra = () if timestep_cond is None else (np.repeat(np.asarray(timestep_cond, np.float32)[None],
+                                                           len(sample_in), axis=0),)
+        return components.unet(sample_in, np.full((len(sample_in),), t, dtype=np.float32), hidden, *extra)
 
     step = [0]
 
     def model(x: np.ndarray, t: float) -> np.ndarray:
         t1 = time.perf_counter()
         x = x.astype(np.float32)
-        if guidance == 1.0:
-            eps = unet(x, cond, t)
-        else:
+        if mode == GUIDANCE_CFG:
             both = unet(np.concatenate([x, x]), np.concatenate([uncond, cond]), t)
             eps = both[:n] + guidance * (both[n:] - both[:n])
+        else:
+            eps = unet(x, cond, t)
         timing.unet_s += time.perf_counter() - t1
         step[0] += 1
         if on_step is not None:
             on_step(step[0], len(table["timesteps"]))
         return eps
 
-    from edgekit.schedule import run_table
-
-    latents = run_table(table, x0, model).astype(np.float32)
+    latents = run_table(table, x0, model, lambda j: step_noise(seeds, j, latent_shape)).astype(np.float32)
     _check_finite(latents, "the UNet loop's latents", table, prompts, seeds, guidance)
     t2 = time.perf_counter()
     images = components.vae_decoder(latents / scaling_factor)
@@ -169,8 +179,21 @@ class BundleSampler:
                              f"(has: {', '.join(sorted(schedules, key=int))})")
         return schedules[str(steps)]
 
+    def guidance(self, guidance: float | None = None) -> tuple[float, str, np.ndarray | None]:
+        """(scale, mode, timestep_cond) for ``guidance`` (None: the manifest's), as diffusers applies it."""
+        from edgekit.schedule import GUIDANCE_EMBEDDING, guidance_embedding, guidance_mode
+
+        sampling = self.manifest["sampling"]
+        g = float(sampling["guidance_scale"]) if guidance is None else float(guidance)
+        unet_inputs = next(iter(self.manifest["components"]["unet"]["widths"].values()))["inputs"]
+        cond_input = next((t for t in unet_inputs if t["name"] == "timestep_cond"), None)
+        dim = int(cond_input["shape"][-1]) if cond_input else None
+        mode = sampling.get("guidance_mode") if guidance is None else None
+        mode = mode or guidance_mode(g, dim)
+        return g, mode, guidance_embedding(g, dim) if mode == GUIDANCE_EMBEDDING else None
+
     def generate(self, prompts: list[str], seeds: list[int], steps: int, width: float,
                  guidance: float | None = None, on_step=None) -> tuple[np.ndarray, Timing]:
-        g = float(self.manifest["sampling"]["guidance_scale"]) if guidance is None else guidance
+        g, mode, timestep_cond = self.guidance(guidance)
         return sample(self.components(width), self.encode, self.table(steps), prompts, seeds, g, self.latent_shape,
-                      self.scaling_factor, on_step)
+                      self.scaling_factor, on_step, mode=mode, timestep_cond=timestep_cond)

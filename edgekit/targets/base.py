@@ -104,6 +104,10 @@ class ExportRequest:
     # Per-width outputs of the quantize stage (edgekit quantize, an ONNX method): targets that take QDQ ONNX
     # ship those graphs for int8 (the text encoder and VAE decoder from the widest one).
     quantized_dirs: tuple[tuple[float, Path], ...] = ()
+    # Step counts whose schedules the bundle carries (replacing the profile's and the model's own lists) and
+    # the guidance scale it samples at; None: the model's edgekit_defaults.json, else the profile's / diffusers'.
+    steps: tuple[int, ...] | None = None
+    guidance: float | None = None
 
 
 def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) -> list[dict]:
@@ -166,8 +170,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     from edgekit.components import component_spec, export_module, run_torch
     from edgekit.fsutil import check_output_path, sha256_tree, staged_dir
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, sampling_defaults
-    from edgekit.schedule import schedule_table
+    from edgekit.pipeline import check_model_dir
+    from edgekit.schedule import GUIDANCE_CFG
     from edgekit.targets import get_target
 
     target = get_target(request.target)
@@ -176,6 +180,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         raise InputError(f"--profile {profile.name}: is a profile for target '{profile.target}', not '{target.name}'")
     target.check_profile(profile)
     model_dir = check_model_dir(request.model_dir)
+    sampling = sampling_plan(model_dir, profile, request.steps, request.guidance)  # refuses a scheduler first
     precision = profile.precision
     protected = [model_dir] + ([Path(request.calib_dir)] if request.calib_dir else [])
     out = check_output_path(request.out, protected, force=request.force)
@@ -196,12 +201,12 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     started = time.perf_counter()
     base = open_model(model_dir)  # text encoder and VAE are the same at every width
     pipes = {w: (base if w == 1.0 else open_model(model_dir, width=w)) for w in widths}
-    defaults = sampling_defaults(model_dir)
     fixed = profile.fixed_shapes
+    unet_batch = profile.unet_batch if sampling["guidance_mode"] == GUIDANCE_CFG else 1  # one pass without CFG
     jobs = [ComponentJob(base, "text_encoder", None, "text_encoder", 1 if fixed else None, precision,
                          prequantized=quantized.get(("text_encoder", None)))]
     for w in widths:
-        jobs.append(ComponentJob(pipes[w], "unet", w, f"unet/w{width_key(w)}", profile.unet_batch if fixed else None,
+        jobs.append(ComponentJob(pipes[w], "unet", w, f"unet/w{width_key(w)}", unet_batch if fixed else None,
                                  precision, prequantized=quantized.get(("unet", w))))
     jobs.append(ComponentJob(base, "vae_decoder", None, "vae_decoder", 1 if fixed else None, precision,
                              prequantized=quantized.get(("vae_decoder", None))))
@@ -233,6 +238,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                                  for f in entry["files"])
             if job.name == "unet":
                 entry["params"] = int(sum(p.numel() for p in job.pipe.unet.parameters()))
+                _check_guidance_input(job, entry)
             entry.update(job.notes)
             key = job.rel_dir.replace("/", "_")
             data = {"inputs": {n: save_array(stage, f"verification/{key}/{n}.bin", v) for n, v in inputs.items()},
@@ -256,8 +262,6 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             if task is not None:
                 progress.update(task, advance=1)
 
-        schedules = {str(s): schedule_table(_scheduler_config(base), s)
-                     for s in sorted(set(profile.steps) | {defaults.steps})}
         latent = component_spec(base, "unet").inputs[0].shape[1:]
         image = component_spec(base, "vae_decoder").outputs[0].shape[1:]
         manifest = {
@@ -275,8 +279,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                          "vae_scaling_factor": float(base.vae.config.scaling_factor), "image_range": [-1.0, 1.0]},
             "tokenizer": _write_tokenizer(base, model_dir, stage),
             "scheduler": _scheduler(base, stage),
-            "sampling": {"guidance_scale": defaults.guidance_scale, "default_steps": defaults.steps,
-                         "batching": profile.guidance_batching, "schedules": schedules},
+            "sampling": {**sampling, "batching": profile.guidance_batching if unet_batch == profile.unet_batch
+                         else "two-calls"},
             "verification": verification,
             "table": [],
             "policy": {},
@@ -301,6 +305,55 @@ def _source_model(model_dir: Path, calib_dir: Path | None) -> dict:
         calibration = {"name": Path(calib_dir).resolve().name,
                        "meta_sha256": sha256_file(Path(calib_dir) / CALIB_META)}
     return {"name": Path(model_dir).resolve().name, "sha256": sha256_tree(model_dir), "calibration": calibration}
+
+
+def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance: float | None = None) -> dict:
+    """The manifest's "sampling" (less batching): guidance scale and mode, the guidance embedding an
+    LCM-style UNet takes, the default step count and one schedule table per step count. Reads only small
+    files (the scheduler and UNet configs), so an unsupported scheduler or step count is refused before
+    any export work. Step counts: ``steps``, else the model's edgekit_defaults.json "offered_steps", else
+    the profile's plus the model's default."""
+    import math
+
+    from edgekit.pipeline import check_steps, sampling_defaults, scheduler_config
+    from edgekit.schedule import GUIDANCE_EMBEDDING, check_supported, guidance_embedding, guidance_mode, schedule_table
+
+    config = scheduler_config(model_dir)
+    check_supported(config, f"{Path(model_dir) / 'scheduler' / 'scheduler_config.json'}")
+    defaults = sampling_defaults(model_dir)
+    if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
+        raise InputError(f"--guidance {guidance}: expected a finite number")
+    scale = float(defaults.guidance_scale if guidance is None else guidance)
+    counts = tuple(steps) if steps else (defaults.offered_steps or tuple(profile.steps) + (defaults.steps,))
+    for s in counts:
+        check_steps(s, "--steps" if steps else "steps")
+    counts = sorted(set(counts))
+    default_steps = defaults.steps if defaults.steps in counts else max(counts)
+    unet_config = Path(model_dir) / "unet" / "config.json"
+    dim = json.loads(unet_config.read_text()).get("time_cond_proj_dim") if unet_config.is_file() else None
+    mode = guidance_mode(scale, dim)
+    out = {"guidance_scale": scale, "guidance_mode": mode, "default_steps": default_steps,
+           "noise": _noise_name(), "schedules": {str(s): schedule_table(config, s) for s in counts}}
+    if mode == GUIDANCE_EMBEDDING:
+        out["guidance_embedding"] = {"input": "timestep_cond", "dim": int(dim),
+                                     "values": [float(v) for v in guidance_embedding(scale, int(dim))]}
+    return out
+
+
+def _noise_name() -> str:
+    from edgekit.noise import NAME
+
+    return NAME
+
+
+def _check_guidance_input(job: ComponentJob, entry: dict) -> None:
+    """A UNet with a guidance embedding (time_cond_proj_dim) must ship its timestep_cond input."""
+    dim = getattr(job.pipe.unet.config, "time_cond_proj_dim", None)
+    names = [t["name"] for t in entry["inputs"]]
+    if dim and "timestep_cond" not in names:
+        raise VerificationError(f"unet@{width_key(job.width)}: the UNet takes a guidance embedding "
+                                f"(time_cond_proj_dim {dim}) but the exported graph has no timestep_cond input "
+                                f"(inputs: {', '.join(names)})")
 
 
 def _unet_calibration(request: ExportRequest, model_dir: Path) -> dict:

@@ -1,6 +1,8 @@
 // CLIP byte-level BPE tokenizer read from the bundle's tokenizer.json, as the pipeline tokenizes: NFC,
 // whitespace collapsed, lower case, CLIP's word pattern, BPE with "</w>" word ends,
-// <|startoftext|> ids <|endoftext|>, truncated and padded. Checked by edgekit/twin_vectors/tokenizer_cases.json.
+// <|startoftext|> ids <|endoftext|>, truncated and padded with the manifest's tokenizer.pad_id (SD-1.x pads with
+// <|endoftext|>, SD-2.x with "!", id 0). Checked by edgekit/twin_vectors/tokenizer_cases.json and
+// tokenizer_pad_cases.json.
 import Foundation
 
 public final class ClipTokenizer {
@@ -9,6 +11,7 @@ public final class ClipTokenizer {
     private let suffix: String
     private let bosId: Int
     private let eosId: Int
+    private let padId: Int
     private let byteTable: [String]
     private var cache: [String: [String]] = [:]
     private static let word = try! NSRegularExpression(
@@ -16,7 +19,7 @@ public final class ClipTokenizer {
     private static let spaces = try! NSRegularExpression(pattern: "\\s+")
 
     public init(vocab: [String: Int], merges: [(String, String)], suffix: String = "</w>",
-                bos: String = "<|startoftext|>", eos: String = "<|endoftext|>") {
+                bos: String = "<|startoftext|>", eos: String = "<|endoftext|>", padId: Int? = nil) {
         self.vocab = vocab
         var r: [String: Int] = [:]
         for (i, m) in merges.enumerated() where r["\(m.0) \(m.1)"] == nil { r["\(m.0) \(m.1)"] = i }
@@ -24,6 +27,7 @@ public final class ClipTokenizer {
         self.suffix = suffix
         bosId = vocab[bos]!
         eosId = vocab[eos]!
+        self.padId = padId ?? vocab[eos]!
         byteTable = ClipTokenizer.bytesToUnicode()
     }
 
@@ -37,7 +41,8 @@ public final class ClipTokenizer {
         return table
     }
 
-    public static func fromTokenizerJson(_ data: Data) throws -> ClipTokenizer {
+    /// `padId`: the manifest's tokenizer.pad_id (nil: <|endoftext|>'s id).
+    public static func fromTokenizerJson(_ data: Data, padId: Int? = nil) throws -> ClipTokenizer {
         guard let json = try JSONSerialization.jsonObject(with: data) as? [String: Any],
               let model = json["model"] as? [String: Any], let v = model["vocab"] as? [String: Int] else {
             throw PolicyError(message: "tokenizer.json: expected a BPE model with a vocab")
@@ -49,7 +54,8 @@ public final class ClipTokenizer {
             let l = m as! [String]
             return (l[0], l[1])
         }
-        return ClipTokenizer(vocab: vocab, merges: merges, suffix: (model["end_of_word_suffix"] as? String) ?? "</w>")
+        return ClipTokenizer(vocab: vocab, merges: merges, suffix: (model["end_of_word_suffix"] as? String) ?? "</w>",
+                             padId: padId)
     }
 
     private func bpe(_ word: String) -> [String] {
@@ -85,7 +91,7 @@ public final class ClipTokenizer {
             for tok in bpe(w) { ids.append(vocab[tok] ?? eosId) }
         }
         var out = [bosId] + ids.prefix(maxLength - 2) + [eosId]
-        while out.count < maxLength { out.append(eosId) }
+        while out.count < maxLength { out.append(padId) }
         return out
     }
 }

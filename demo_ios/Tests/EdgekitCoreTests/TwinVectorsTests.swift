@@ -94,21 +94,59 @@ final class TwinVectorsTests: XCTestCase {
         }
     }
 
+    func testTokenizerPadsWithTheManifestPadId() throws {
+        let v = try load("tokenizer_pad_cases.json")
+        let tok = try ClipTokenizer.fromTokenizerJson(try Data(contentsOf: Self.root.appendingPathComponent(v["tokenizer"] as! String)),
+                                                      padId: v["pad_id"] as? Int)
+        let maxLength = v["max_length"] as! Int
+        for c in v["cases"] as! [[String: Any]] {
+            XCTAssertEqual(tok.encode(c["text"] as! String, maxLength: maxLength), c["ids"] as! [Int], "padded: \(c["text"] as! String)")
+        }
+    }
+
+    func testNoiseGenerator() throws {
+        let v = try load("noise.json")
+        func words(_ x: Any?) -> [UInt32] { (x as! [NSNumber]).map { $0.uint32Value } }
+        for k in v["philox4x32_10"] as! [[String: Any]] {
+            XCTAssertEqual(Noise.philox4x32(words(k["counter"]), key: words(k["key"])), words(k["words"]))
+        }
+        for s in v["streams"] as! [[String: Any]] {
+            let seed = (s["seed"] as! NSNumber).uint32Value, stream = (s["stream"] as! NSNumber).uint32Value
+            let expectedWords = words(s["words"])
+            XCTAssertEqual(Noise.words(seed: seed, stream: stream, count: expectedWords.count), expectedWords)
+            let expected = (s["normals"] as! [NSNumber]).map { $0.doubleValue }
+            let z = Noise.normals(seed: seed, stream: stream, count: expected.count)
+            for (i, e) in expected.enumerated() { XCTAssertEqual(z[i], e, accuracy: 1e-12, "normals \(seed)/\(stream) [\(i)]") }
+        }
+    }
+
     func testSchedulerCases() throws {
         let v = try load("scheduler.json")
         for c in v["cases"] as! [[String: Any]] {
+            let name = c["name"] as! String
             let table = try ScheduleTable.from(c["table"] as! [String: Any])
-            let g = (c["guidance_scale"] as! NSNumber).doubleValue
-            let x0 = (c["x0"] as! [NSNumber]).map { $0.doubleValue }
-            var steps = 0
-            let out = runTable(table, x0: x0, model: { x, t, _ in
+            let sampling = c["sampling"] as! [String: Any]
+            let mode = guidanceMode(sampling)
+            XCTAssertEqual(mode, c["guidance_mode"] as? String, name)
+            let g = (sampling["guidance_scale"] as! NSNumber).doubleValue
+            let seed = (c["seed"] as! NSNumber).uint32Value
+            let stored = (c["x0"] as! [NSNumber]).map { $0.doubleValue }
+            let n = stored.count
+            let x0 = Noise.normals(seed: seed, stream: 0, count: n)
+            for (i, e) in stored.enumerated() { XCTAssertEqual(x0[i], e, accuracy: 1e-12, "\(name) x0[\(i)]") }
+            var condCalls = 0, uncondCalls = 0, steps = 0
+            let out = try runTable(table, x0: x0, model: { x, t, _ in
+                condCalls += 1
                 let cond = x.enumerated().map { i, v in 0.3 * v + 0.001 * t + 0.01 * Double(i) }
-                let uncond = x.map { 0.2 * $0 - 0.0005 * t }
-                return guide(uncond, cond, scale: g)
-            }, onStep: { _, _ in steps += 1 })
-            XCTAssertEqual(steps, c["steps"] as? Int)
+                if mode != guidanceCFG { return cond }
+                uncondCalls += 1
+                return guide(x.map { 0.2 * $0 - 0.0005 * t }, cond, scale: g)
+            }, onStep: { _, _ in steps += 1 }, noise: { j in Noise.normals(seed: seed, stream: UInt32(j + 1), count: n) })
+            XCTAssertEqual(steps, table.timesteps.count, name)
+            XCTAssertEqual(condCalls, c["cond_calls"] as? Int, name)
+            XCTAssertEqual(uncondCalls, c["uncond_calls"] as? Int, name)
             for (i, e) in (c["expected"] as! [NSNumber]).map({ $0.doubleValue }).enumerated() {
-                XCTAssertEqual(out[i], e, accuracy: 1e-9 * max(1, abs(e)), "x[\(i)]")
+                XCTAssertEqual(out[i], e, accuracy: 1e-9 * max(1, abs(e)), "\(name) x[\(i)]")
             }
         }
     }

@@ -6,7 +6,7 @@
 import * as ort from "./ort/ort.all.min.mjs";
 import { Policy, PolicyError, fallbackDecision, latencyRatio } from "./policy.js";
 import { ClipTokenizer } from "./tokenizer.js";
-import { runTable, guide } from "./scheduler.js";
+import { runTable, guide, guidanceMode, normals } from "./scheduler.js";
 
 const $ = (id) => document.getElementById(id);
 // The first TIMED_RUNS generations are timed (sessions created beforehand) to rescale the table.
@@ -115,19 +115,6 @@ async function runRows(entry, key, feeds, rows) {
   return { data: all, dims: [rows, ...parts[0].dims.slice(1)] };
 }
 
-// Seeded standard normal noise (mulberry32 + Box-Muller): the same image for the same seed.
-function gaussian(n, seed) {
-  let a = seed >>> 0;
-  const rand = () => { a = (a + 0x6D2B79F5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const u = Math.max(rand(), 1e-12), v = rand(), r = Math.sqrt(-2 * Math.log(u));
-    out[i] = r * Math.cos(2 * Math.PI * v);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * v);
-  }
-  return out;
-}
-
 // This tab's measured / table latency from its first TIMED_RUNS runs (median), applied to every row the
 // policy reads; shown on the page. A run on a row the table lacks (pinned by the address) is not counted.
 function recordRun(d, totalMs) {
@@ -164,9 +151,13 @@ async function generate(prompt, seed) {
   $("generate").disabled = true;
   const L = m.tokenizer.max_length;
   // int32 token ids, as every edgekit text encoder graph takes them (and diffusers and optimum feed)
-  const ids = Int32Array.from([...demo.tokenizer.encode("", L), ...demo.tokenizer.encode(prompt, L)]);
+  // Guidance as diffusers applies it (scheduler.js guidanceMode): only classifier-free guidance needs the
+  // empty prompt's pass; rows are [uncond, cond] then, [cond] otherwise.
+  const mode = guidanceMode(m.sampling);
+  const rows = mode === "classifier-free" ? 2 : 1;
+  const ids = Int32Array.from([...(rows === 2 ? demo.tokenizer.encode("", L) : []), ...demo.tokenizer.encode(prompt, L)]);
   const te = m.components.text_encoder;
-  const hidden = await runRows(te, "text_encoder", { [te.inputs[0].name]: { data: ids, dims: [2, L] } }, 2);
+  const hidden = await runRows(te, "text_encoder", { [te.inputs[0].name]: { data: ids, dims: [rows, L] } }, rows);
   const tText = performance.now();
   const widthKey = d.width.toFixed(2);
   const unetEntry = m.components.unet.widths[widthKey];
@@ -175,18 +166,27 @@ async function generate(prompt, seed) {
   const n = latentShape.reduce((a, b) => a * b, 1);
   const guidance = m.sampling.guidance_scale;
   const [sampleName, timestepName, hiddenName] = unetEntry.inputs.map((i) => i.name);
+  const embedding = m.sampling.guidance_embedding;  // an LCM-style UNet's timestep_cond, one row per sample
   $("progress").max = table.timesteps.length;
   demo.progress = [];
-  const latents = await runTable(table, gaussian(n, seed), async (x, t) => {
-    const both = new Float32Array(2 * n);
-    both.set(x, 0); both.set(x, n);
-    const out = await runRows(unetEntry, `unet/${widthKey}`, {
-      [sampleName]: { data: both, dims: [2, ...latentShape] },
-      [timestepName]: { data: new Float32Array([t, t]), dims: [2] },
+  // Initial and per-step noise from the shared counter-based generator: the same image as Python, Kotlin, Swift.
+  const latents = await runTable(table, normals(seed, 0, n, Float32Array), async (x, t) => {
+    const batch = new Float32Array(rows * n);
+    for (let r = 0; r < rows; r++) batch.set(x, r * n);
+    const feeds = {
+      [sampleName]: { data: batch, dims: [rows, ...latentShape] },
+      [timestepName]: { data: new Float32Array(rows).fill(t), dims: [rows] },
       [hiddenName]: { data: hidden.data, dims: hidden.dims },
-    }, 2);
-    return guide(out.data.subarray(0, n), out.data.subarray(n), guidance);
+    };
+    if (embedding) {
+      const cond = new Float32Array(rows * embedding.dim);
+      for (let r = 0; r < rows; r++) cond.set(embedding.values, r * embedding.dim);
+      feeds[embedding.input] = { data: cond, dims: [rows, embedding.dim] };
+    }
+    const out = await runRows(unetEntry, `unet/${widthKey}`, feeds, rows);
+    return rows === 2 ? guide(out.data.subarray(0, n), out.data.subarray(n), guidance) : out.data.subarray(0, n);
   }, {
+    noise: (j) => normals(seed, j + 1, n, Float32Array),
     onStep: async (done, total) => {
       $("progress").value = done;
       $("step").textContent = `step ${done} / ${total}`;
@@ -238,7 +238,8 @@ async function main() {
   demo.manifest = m;
   try { demo.policy = Policy.fromManifest(m); }
   catch (err) { if (!(err instanceof PolicyError)) throw err; demo.policyError = err.message; }
-  demo.tokenizer = ClipTokenizer.fromTokenizerJson(await (await fetch(`bundle/${m.tokenizer.tokenizer_json}`)).json());
+  demo.tokenizer = ClipTokenizer.fromTokenizerJson(await (await fetch(`bundle/${m.tokenizer.tokenizer_json}`)).json(),
+    { padId: m.tokenizer.pad_id });
   $("bundle-info").textContent = `${m.target} bundle, ${m.precision}, widths ${Object.keys(m.components.unet.widths).join(", ")}, `
     + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web on ${demo.provider}`;
   await watchDevice();

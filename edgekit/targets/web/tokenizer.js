@@ -1,7 +1,8 @@
 // CLIP byte-level BPE tokenizer read from a tokenizer.json (Hugging Face `tokenizers` format), as the
 // pipeline tokenizes: NFC, whitespace collapsed, lower case, CLIP's word pattern, BPE with "</w>" word
-// ends, <|startoftext|> ids <|endoftext|>, truncated and padded to the model's max length.
-// Checked against transformers' CLIPTokenizer by edgekit/twin_vectors/tokenizer_cases.json.
+// ends, <|startoftext|> ids <|endoftext|>, truncated and padded to the model's max length with the
+// manifest's tokenizer.pad_id (SD-1.x pads with <|endoftext|>, SD-2.x with "!", id 0). Checked against
+// transformers' CLIPTokenizer by edgekit/twin_vectors/tokenizer_cases.json and tokenizer_pad_cases.json.
 
 const WORD = /<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+/gu;
 
@@ -21,24 +22,25 @@ function bytesToUnicode() {
 }
 
 export class ClipTokenizer {
-  constructor(vocab, merges, { bos = "<|startoftext|>", eos = "<|endoftext|>", pad = null, suffix = "</w>" } = {}) {
+  constructor(vocab, merges, { bos = "<|startoftext|>", eos = "<|endoftext|>", pad = null, padId = null, suffix = "</w>" } = {}) {
     this.vocab = vocab;
     this.ranks = new Map(merges.map((m, i) => [Array.isArray(m) ? m.join(" ") : m, i]));
     this.suffix = suffix;
     this.bosId = vocab[bos];
     this.eosId = vocab[eos];
-    this.padId = vocab[pad ?? eos];
+    this.padId = padId ?? vocab[pad ?? eos];
     this.byteTable = bytesToUnicode();
     this.encoder = new TextEncoder();
     this.cache = new Map();
   }
 
-  static fromTokenizerJson(json) {
+  // `padId`: the manifest's tokenizer.pad_id (default: <|endoftext|>'s id).
+  static fromTokenizerJson(json, { padId = null } = {}) {
     const model = json.model;
     if (!model || model.type !== "BPE") throw new Error("tokenizer.json: expected a BPE model");
     const added = Object.fromEntries((json.added_tokens ?? []).map((t) => [t.content, t.id]));
     const vocab = { ...model.vocab, ...added };
-    return new ClipTokenizer(vocab, model.merges, { suffix: model.end_of_word_suffix ?? "</w>" });
+    return new ClipTokenizer(vocab, model.merges, { suffix: model.end_of_word_suffix ?? "</w>", padId });
   }
 
   bpe(word) {

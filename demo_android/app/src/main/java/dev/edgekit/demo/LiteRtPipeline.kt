@@ -3,8 +3,11 @@ package dev.edgekit.demo
 import android.graphics.Bitmap
 import android.util.Log
 import dev.edgekit.core.ClipTokenizer
+import dev.edgekit.core.GUIDANCE_CFG
 import dev.edgekit.core.Json
+import dev.edgekit.core.Noise
 import dev.edgekit.core.ScheduleTable
+import dev.edgekit.core.guidanceMode
 import dev.edgekit.core.guide
 import dev.edgekit.core.runTable
 import org.tensorflow.lite.Interpreter
@@ -13,7 +16,6 @@ import org.tensorflow.lite.gpu.GpuDelegate
 import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
-import java.util.Random
 
 /**
  * Runs a TFLite bundle (edgekit export --target tflite) with the LiteRT Interpreter: the GPU delegate
@@ -25,7 +27,8 @@ class LiteRtPipeline(private val bundle: File) : AutoCloseable {
     val manifest = Json.parse(File(bundle, "manifest.json").readText()) as Map<String, Any?>
     private val components = manifest["components"] as Map<String, Any?>
     private val tokenizerInfo = manifest["tokenizer"] as Map<String, Any?>
-    private val tokenizer = ClipTokenizer.fromTokenizerJson(File(bundle, tokenizerInfo["tokenizer_json"] as String).readText())
+    private val tokenizer = ClipTokenizer.fromTokenizerJson(File(bundle, tokenizerInfo["tokenizer_json"] as String).readText(),
+        (tokenizerInfo["pad_id"] as? Double)?.toInt())
     private val maxLength = (tokenizerInfo["max_length"] as Double).toInt()
     private val sampling = manifest["sampling"] as Map<String, Any?>
     private val geometry = manifest["geometry"] as Map<String, Any?>
@@ -83,27 +86,35 @@ class LiteRtPipeline(private val bundle: File) : AutoCloseable {
         val schedules = sampling["schedules"] as Map<String, Any?>
         val table = ScheduleTable.fromMap(schedules[steps.toString()] as Map<String, Any?>)
         val guidance = sampling["guidance_scale"] as Double
+        // Guidance as diffusers applies it: the empty prompt's pass only for classifier-free guidance.
+        val cfg = guidanceMode(sampling) == GUIDANCE_CFG
+        val embedding = sampling["guidance_embedding"] as Map<String, Any?>?  // an LCM-style UNet's timestep_cond
+        val timestepCond = (embedding?.get("values") as List<Any?>?)?.map { it as Double }?.toDoubleArray()
         val latentShape = (geometry["latent_shape"] as List<Any?>).map { (it as Double).toInt() }
         val n = latentShape.fold(1) { a, b -> a * b }
         val cond = encode(prompt)
-        val uncond = encode("")
+        val uncond = if (cfg) encode("") else DoubleArray(0)
         val spec = unetSpec(width)
         val unet = interpreter("unet/$width", spec)
-        val rng = Random(seed)
-        val x0 = DoubleArray(n) { rng.nextGaussian() }
+        // Initial and per-step noise from the shared counter-based generator: the same image as Python and the web.
+        val x0 = Noise.normals(seed, 0, n)
         // A UNet exported with batch 2 (manifest "batching": "batch2") takes [uncond, cond] in one call.
         val unetBatch = (((spec["inputs"] as List<Map<String, Any?>>)[0]["shape"] as List<Any?>)[0] as? Double)?.toInt() ?: 1
+        fun unetRun(x: DoubleArray, t: Double, hidden: DoubleArray, rows: Int): DoubleArray {
+            val feeds = HashMap<String, Any>()
+            feeds["sample"] = floats(DoubleArray(rows * n) { x[it % n] })
+            feeds["timestep"] = floats(DoubleArray(rows) { t })
+            feeds["encoder_hidden_states"] = floats(hidden)
+            if (timestepCond != null) feeds["timestep_cond"] = floats(DoubleArray(rows * timestepCond.size) { timestepCond[it % timestepCond.size] })
+            return run(unet, spec, feeds, rows * n)
+        }
         val latents = runTable(table, x0, { x, t, _ ->
-            if (unetBatch == 2) {
-                val out = run(unet, spec, mapOf("sample" to floats(x + x), "timestep" to floats(doubleArrayOf(t, t)),
-                    "encoder_hidden_states" to floats(uncond + cond)), 2 * n)
-                guide(out.copyOfRange(0, n), out.copyOfRange(n, 2 * n), guidance)
-            } else {
-                fun eps(hidden: DoubleArray) = run(unet, spec, mapOf("sample" to floats(x), "timestep" to floats(doubleArrayOf(t)),
-                    "encoder_hidden_states" to floats(hidden)), n)
-                guide(eps(uncond), eps(cond), guidance)
+            when {
+                !cfg -> unetRun(x, t, cond, 1)
+                unetBatch == 2 -> { val out = unetRun(x, t, uncond + cond, 2); guide(out.copyOfRange(0, n), out.copyOfRange(n, 2 * n), guidance) }
+                else -> guide(unetRun(x, t, uncond, 1), unetRun(x, t, cond, 1), guidance)
             }
-        }, onStep)
+        }, onStep, { j -> Noise.normals(seed, (j + 1).toLong(), n) })
         val vaeSpec = components["vae_decoder"] as Map<String, Any?>
         val scaling = geometry["vae_scaling_factor"] as Double
         val size = (geometry["image_size"] as Double).toInt()

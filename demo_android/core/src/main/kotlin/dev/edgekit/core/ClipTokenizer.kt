@@ -6,19 +6,22 @@ import java.util.Locale
 /**
  * CLIP byte-level BPE tokenizer read from the bundle's tokenizer.json, as the pipeline tokenizes:
  * NFC, whitespace collapsed, lower case, CLIP's word pattern, BPE with "</w>" word ends,
- * <|startoftext|> ids <|endoftext|>, truncated and padded to max length. Checked against
- * edgekit/twin_vectors/tokenizer_cases.json (made by transformers' CLIPTokenizer).
+ * <|startoftext|> ids <|endoftext|>, truncated and padded to max length with the manifest's tokenizer.pad_id
+ * (SD-1.x pads with <|endoftext|>, SD-2.x with "!", id 0). Checked against edgekit/twin_vectors/
+ * tokenizer_cases.json and tokenizer_pad_cases.json (made by transformers' CLIPTokenizer).
  */
 class ClipTokenizer(
     private val vocab: Map<String, Int>,
     merges: List<Pair<String, String>>,
     private val suffix: String = "</w>",
     bos: String = "<|startoftext|>",
-    eos: String = "<|endoftext|>"
+    eos: String = "<|endoftext|>",
+    padId: Int? = null
 ) {
     private val ranks: Map<Pair<String, String>, Int> = merges.withIndex().associate { it.value to it.index }
     private val bosId = vocab.getValue(bos)
     private val eosId = vocab.getValue(eos)
+    private val padId = padId ?: eosId
     private val byteTable = bytesToUnicode()
     private val cache = HashMap<String, List<String>>()
 
@@ -39,7 +42,8 @@ class ClipTokenizer(
         }
 
         @Suppress("UNCHECKED_CAST")
-        fun fromTokenizerJson(text: String): ClipTokenizer {
+        /** `padId`: the manifest's tokenizer.pad_id (null: <|endoftext|>'s id). */
+        fun fromTokenizerJson(text: String, padId: Int? = null): ClipTokenizer {
             val json = Json.parse(text) as Map<String, Any?>
             val model = json["model"] as Map<String, Any?>
             val vocab = HashMap<String, Int>()
@@ -48,7 +52,7 @@ class ClipTokenizer(
             val merges = (model["merges"] as List<Any?>).map {
                 if (it is String) { val p = it.split(" "); Pair(p[0], p[1]) } else { val l = it as List<*>; Pair(l[0] as String, l[1] as String) }
             }
-            return ClipTokenizer(vocab, merges, (model["end_of_word_suffix"] as? String) ?: "</w>")
+            return ClipTokenizer(vocab, merges, (model["end_of_word_suffix"] as? String) ?: "</w>", padId = padId)
         }
     }
 
@@ -85,7 +89,7 @@ class ClipTokenizer(
         out.add(bosId)
         out.addAll(ids.take(maxLength - 2))
         out.add(eosId)
-        while (out.size < maxLength) out.add(eosId)
+        while (out.size < maxLength) out.add(padId)
         return out.toIntArray()
     }
 }

@@ -112,21 +112,64 @@ class TwinVectorsTest {
     }
 
     @Test
+    fun tokenizerPadsWithTheManifestPadId() {
+        val v = load("tokenizer_pad_cases.json")
+        val tok = ClipTokenizer.fromTokenizerJson(File(root, v["tokenizer"] as String).readText(), (v["pad_id"] as Double).toInt())
+        val max = (v["max_length"] as Double).toInt()
+        for (c in v["cases"] as List<Map<String, Any?>>) {
+            val expected = (c["ids"] as List<Any?>).map { (it as Double).toInt() }.toIntArray()
+            assertArrayEquals("tokenizer padded with ${v["pad"]}: ${c["text"]}", expected, tok.encode(c["text"] as String, max))
+        }
+    }
+
+    @Test
+    fun noiseGenerator() {
+        val v = load("noise.json")
+        fun longs(x: Any?) = (x as List<Any?>).map { (it as Double).toLong() }.toLongArray()
+        for (k in v["philox4x32_10"] as List<Map<String, Any?>>) {
+            assertArrayEquals("philox ${k["counter"]}", longs(k["words"]), Noise.philox4x32(longs(k["counter"]), longs(k["key"])))
+        }
+        for (s in v["streams"] as List<Map<String, Any?>>) {
+            val seed = (s["seed"] as Double).toLong()
+            val stream = (s["stream"] as Double).toLong()
+            val words = longs(s["words"])
+            assertArrayEquals("words $seed/$stream", words, Noise.words(seed, stream, words.size))
+            val expected = (s["normals"] as List<Any?>).map { it as Double }
+            val z = Noise.normals(seed, stream, expected.size)
+            expected.forEachIndexed { i, e -> assertEquals("normals $seed/$stream [$i]", e, z[i], 1e-12) }
+        }
+    }
+
+    @Test
     fun schedulerCases() {
         val v = load("scheduler.json")
         for (c in v["cases"] as List<Map<String, Any?>>) {
+            val name = c["name"] as String
             val table = ScheduleTable.fromMap(c["table"] as Map<String, Any?>)
-            val g = c["guidance_scale"] as Double
-            val x0 = (c["x0"] as List<Any?>).map { it as Double }.toDoubleArray()
+            val sampling = c["sampling"] as Map<String, Any?>
+            val mode = guidanceMode(sampling)
+            assertEquals(name, c["guidance_mode"], mode)
+            val g = sampling["guidance_scale"] as Double
+            val seed = (c["seed"] as Double).toLong()
+            val n = (c["x0"] as List<Any?>).size
+            val x0 = Noise.normals(seed, 0, n)
+            (c["x0"] as List<Any?>).forEachIndexed { i, e -> assertEquals("$name x0[$i]", e as Double, x0[i], 1e-12) }
+            var condCalls = 0
+            var uncondCalls = 0
             var steps = 0
             val out = runTable(table, x0, { x, t, _ ->
+                condCalls++
                 val cond = DoubleArray(x.size) { 0.3 * x[it] + 0.001 * t + 0.01 * it }
-                val uncond = DoubleArray(x.size) { 0.2 * x[it] - 0.0005 * t }
-                guide(uncond, cond, g)
-            }, { _, _ -> steps++ })
-            assertEquals((c["steps"] as Double).toInt(), steps)
+                if (mode == GUIDANCE_CFG) {
+                    uncondCalls++
+                    guide(DoubleArray(x.size) { 0.2 * x[it] - 0.0005 * t }, cond, g)
+                } else cond
+            }, { _, _ -> steps++ }, { j -> Noise.normals(seed, (j + 1).toLong(), n) })
+            assertEquals(name, table.steps, steps)
+            assertEquals(name, (c["cond_calls"] as Double).toInt(), condCalls)
+            assertEquals(name, (c["uncond_calls"] as Double).toInt(), uncondCalls)
             val expected = (c["expected"] as List<Any?>).map { it as Double }
-            expected.forEachIndexed { i, e -> assertEquals("scheduler ${c["steps"]} x[$i]", e, out[i], 1e-9 * Math.max(1.0, Math.abs(e))) }
+            expected.forEachIndexed { i, e -> assertEquals("$name x[$i]", e, out[i], 1e-9 * Math.max(1.0, Math.abs(e))) }
         }
     }
 }
