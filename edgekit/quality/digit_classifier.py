@@ -1,5 +1,8 @@
-"""Measured quality: a digit classifier scores generations (prompt accuracy, Frechet distance), and
-helpers compare a compressed model's outputs with the FP32 reference at equal seeds (rel-err, PSNR).
+"""The digit classifier of the embedded digits model: its network, training, and what it measures on
+generations (prompt accuracy, Frechet distance on its features against real digits).
+
+Only the digits evaluator (edgekit.quality.digits) and the digits model's training script import this
+module; every other quality number comes from evaluators that work for any model.
 """
 from __future__ import annotations
 
@@ -141,20 +144,6 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     covmean = np.real(covmean)
     diff = mu_a - mu_b
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
-
-
-def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
-    """||actual - reference|| / ||reference|| over the whole array."""
-    actual = np.asarray(actual, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    return float(np.linalg.norm(actual - reference) / max(np.linalg.norm(reference), 1e-12))
-
-
-def psnr(actual: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(actual, np.float64) - np.asarray(reference, np.float64)) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(data_range**2 / mse))
 
 
 FLOOR_DRAWS = 10

@@ -1,0 +1,178 @@
+"""The one quality interface eval, package, bench and the report use, chosen per model, never per name:
+
+- reference fidelity for every model (edgekit.quality.fidelity): PSNR and SSIM against the float model at
+  full width and its default steps, same prompts, seeds and initial noise;
+- CLIP score when the user gives a local CLIP directory (edgekit.quality.clip);
+- the extras a model directory declares in edgekit_defaults.json, "quality_evaluators": the embedded
+  digits model declares ["digits"] (prompt accuracy and Frechet distance, edgekit.quality.digits).
+
+A caller builds one ``ModelQuality`` for the reference model, generates the candidate's images for its
+``grid`` (torch: ``generate``; a bundle: its own sampler with the same prompts and seeds) and calls
+``score``: the result's ``row`` is the table-row format of notes/schema (quality, ssim, and the extras).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.constants import EDGEKIT_DEFAULTS
+from edgekit.errors import InputError, ModelFormatError
+
+DECLARED_FIELD = "quality_evaluators"
+KNOWN_EXTRAS = ("digits",)
+MIN_SAMPLES = 2  # an interval of a mean needs two images
+EVAL_PROMPTS_FILE = Path(__file__).resolve().parent.parent.parent / "calibration_data" / "eval_prompts.txt"
+
+
+def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
+    """The extra evaluators ``model_dir`` declares (edgekit_defaults.json "quality_evaluators"), checked."""
+    path = Path(model_dir) / EDGEKIT_DEFAULTS
+    if not path.is_file():
+        return ()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+    names = data.get(DECLARED_FIELD, []) if isinstance(data, dict) else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelFormatError(f"{path}: '{DECLARED_FIELD}' is {names!r}, expected a list of names "
+                               f"from {list(KNOWN_EXTRAS)}")
+    unknown = [n for n in names if n not in KNOWN_EXTRAS]
+    if unknown:
+        raise ModelFormatError(f"{path}: '{DECLARED_FIELD}' names {unknown}, known: {list(KNOWN_EXTRAS)}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class EvalGrid:
+    """What every candidate of one model generates: prompt i with seed i (and, for digits, the asked label)."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    labels: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def general_grid(samples: int, seed: int) -> EvalGrid:
+    """The general evaluation prompts (calibration_data/eval_prompts.txt, none of them calibration prompts),
+    cycled to ``samples`` images with seeds seed, seed+1, ..."""
+    from edgekit.calibration import read_prompts
+
+    prompts = read_prompts(EVAL_PROMPTS_FILE, "evaluation prompts")
+    return EvalGrid(tuple(prompts[i % len(prompts)] for i in range(samples)), tuple(seed + i for i in range(samples)))
+
+
+@dataclass(frozen=True)
+class Scores:
+    row: dict  # the table-row keys: quality, ssim, extras (schema)
+    detail: dict = field(default_factory=dict)  # what a report adds (per-digit accuracy, FD floor)
+
+
+class ModelQuality:
+    """The evaluators of one reference model, its grid and its (cached) reference images."""
+
+    def __init__(self, reference_model: Path | str | None, samples: int, seed: int = 0, clip_dir: Path | None = None,
+                 cache_root: Path | None = None, flag: str = "--model", guidance_scale: float | None = None,
+                 progress=None) -> None:
+        from edgekit.pipeline import check_model_dir, sampling_defaults
+        from edgekit.quality.fidelity import default_cache_root
+
+        if samples < MIN_SAMPLES:
+            raise InputError(f"--samples {samples}: quality intervals need at least {MIN_SAMPLES} images")
+        self.model_dir = check_model_dir(reference_model, flag)
+        self.defaults = sampling_defaults(self.model_dir)
+        self.guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        self.extras = declared_evaluators(self.model_dir)
+        self.seed = seed
+        self.cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+        self.progress = progress
+        self.clip = None
+        if clip_dir is not None:
+            from edgekit.quality.clip import ClipScorer
+
+            self.clip = ClipScorer(clip_dir)
+        self.digits = None
+        if "digits" in self.extras:
+            from edgekit.quality import digits
+
+            prompts, seeds, labels = digits.grid(samples, seed)
+            self.grid = EvalGrid(tuple(prompts), tuple(seeds), tuple(labels))
+            self.digits = digits.DigitsEvaluator()
+        else:
+            self.grid = general_grid(samples, seed)
+        self._reference: np.ndarray | None = None
+
+    @property
+    def reference_label(self) -> str:
+        return f"float torch, width 1.00, {self.defaults.steps} steps"
+
+    def evaluators(self) -> list[dict]:
+        """Which evaluator makes which numbers (for reports)."""
+        from edgekit.quality import fidelity
+
+        out = [{"name": fidelity.NAME, "numbers": ["psnr_db", "ssim"],
+                "description": f"PSNR/SSIM vs the {self.reference_label} image, same prompt, seed and noise"}]
+        if self.digits is not None:
+            out.append({"name": self.digits.name, "numbers": ["prompt_accuracy", "frechet_distance"],
+                        "description": self.digits.description})
+        if self.clip is not None:
+            out.append({"name": self.clip.name, "numbers": ["clip_score"], "description": self.clip.description})
+        return out
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        config = json.loads((self.model_dir / "unet" / "config.json").read_text())
+        size = config.get("sample_size", 64)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(config.get("in_channels", 4)), int(h), int(w)
+
+    def generate(self, pipe, steps: int, what: str = "eval") -> np.ndarray:
+        """The candidate ``pipe``'s images for the grid (torch), with the shared initial noise."""
+        from edgekit.quality.fidelity import generate_with_noise
+
+        task = self.progress.add_task(what, total=len(self.grid)) if self.progress else None
+        return generate_with_noise(pipe, list(self.grid.prompts), list(self.grid.seeds), steps,
+                                   self.guidance_scale, self.latent_shape(), batch_size=25,
+                                   on_batch=(lambda k: self.progress.update(task, advance=k)) if task is not None else None)
+
+    def reference(self) -> np.ndarray:
+        """The reference images: from the cache, else generated by the float model at full width."""
+        if self._reference is None:
+            from edgekit.fsutil import sha256_tree
+            from edgekit.pipeline import load_pipeline
+            from edgekit.quality.fidelity import cached_reference, reference_key
+
+            key = reference_key(sha256_tree(self.model_dir), self.defaults.steps, self.guidance_scale,
+                                self.grid.prompts, self.grid.seeds, self.latent_shape())
+            self._reference = cached_reference(
+                self.cache_root, key,
+                lambda: self.generate(load_pipeline(self.model_dir), self.defaults.steps, "reference"))
+        return self._reference
+
+    def score(self, images: np.ndarray) -> Scores:
+        from edgekit.quality.fidelity import fidelity
+
+        reference = self.reference()
+        if np.shape(images) != np.shape(reference):
+            raise InputError(f"candidate images {np.shape(images)} and the reference model's {np.shape(reference)} "
+                             f"differ in shape ({self.model_dir}): is it the model the candidate was made from?")
+        row = fidelity(images, reference, self.reference_label)
+        detail = {}
+        if self.digits is not None:
+            from edgekit.quality.digits import ROW_KEYS
+
+            extra = self.digits.score(images, self.grid.labels)
+            row.update({k: extra[k] for k in ROW_KEYS})
+            detail = {k: v for k, v in extra.items() if k not in ROW_KEYS}
+        if self.clip is not None:
+            row["clip_score"] = self.clip.score(images, list(self.grid.prompts))
+        return Scores(row=row, detail=detail)
+
+    def score_pipe(self, pipe, steps: int | None = None) -> Scores:
+        """Score a torch candidate (a width of the model, a quantized directory) at ``steps`` (default: the
+        model's default)."""
+        return self.score(self.generate(pipe, steps or self.defaults.steps))
