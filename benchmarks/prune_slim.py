@@ -79,7 +79,7 @@ def same_shape_unets(model_dir, names: list[str]) -> dict:
 def measure(name: str, model_dir: Path, width: float | None, args, extra: dict | None = None) -> dict:
     from edgekit.compress.prune import count_params
     from edgekit.pipeline import load_pipeline, sampling_defaults
-    from edgekit.quality import evaluate_digits
+    from edgekit.quality.digit_classifier import evaluate_digits
     from edgekit.structure import unet_macs
 
     pipe = load_pipeline(model_dir, width=width)

@@ -101,7 +101,8 @@ def main() -> int:
     from edgekit.loader import open_model
     from edgekit.onnx_export import run_onnx
     from edgekit.pipeline import check_model_dir, load_pipeline, sampling_defaults
-    from edgekit.quality import evaluate_digits, relative_error
+    from edgekit.quality import relative_error
+    from edgekit.quality.digit_classifier import evaluate_digits
     from edgekit.quantize import QuantizeOptions, quantize_model, split_rows
     from edgekit.quantize.artifact import install_onnx_component
     from edgekit.quantize.ort_static import export_fp32_onnx

@@ -206,7 +206,7 @@ def policy_pick(bundle: Path, bench_config) -> tuple[dict, str]:
         log(f"measuring {bundle.name}'s table (edgekit.runtime.bench.measure) for its policy ...")
         rows, _ = measure(bundle, bench_config)
         manifest = {**manifest, "table": rows}
-        source = f"measured here: {len(rows)} rows, {bench_config.samples_per_digit * 10} images each"
+        source = f"measured here: {len(rows)} rows, {bench_config.samples} images each"
     config = PolicyConfig.from_dict(manifest["policy"]) if manifest["policy"] else PolicyConfig.default()
     try:
         decision = Policy(config, manifest["table"]).decide(0.0, DeviceState.from_dict(NOMINAL))
@@ -243,7 +243,7 @@ def usual_variants(graphs: dict, steps: int, threads: int) -> list[Variant]:
 
 def run_rows(variants: list[Variant], loop, rounds: int, samples_per_digit: int, seed: int) -> None:
     """Latency: one image per row per round, rows interleaved; quality: the whole grid once per row."""
-    from edgekit.quality import DigitScorer, digit_prompts, score_generations
+    from edgekit.quality.digit_classifier import DigitScorer, digit_prompts, score_generations
 
     one_each, _, _ = digit_prompts(1, seed)
     for v in variants:  # warm-up: sessions, allocator, caches
@@ -308,7 +308,7 @@ def main() -> int:
     bundles.update(export_bundles(model_dir, missing, widths, args.calib_dir, work, defaults.steps,
                                   defaults.guidance_scale) if missing else {})
     policy_bundle = bundles["int8"]
-    bench = BenchConfig(samples_per_digit=args.samples_per_digit, repeats=3, seed=args.seed, threads=args.threads)
+    bench = BenchConfig(samples=10 * args.samples_per_digit, repeats=3, seed=args.seed, threads=args.threads)
     decision, table_source = policy_pick(policy_bundle, bench)
     log(f"policy's first pick (nominal, charging, full battery): width {decision['width']}, {decision['steps']} steps")
 

@@ -20,14 +20,13 @@ from edgekit.errors import InputError
 def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 0, samples: int = 22,
                      max_rows: int = 512) -> dict:
     """UNet input rows from an ``edgekit calibrate`` directory, or captured now from the default prompts."""
-    from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, read_prompts
-    from edgekit.commands.common import default_prompts_file
+    from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, default_prompts_file, read_prompts
     from edgekit.pipeline import sampling_defaults
 
     if calib_dir is not None:
         return CalibrationSet.open(calib_dir, model_dir).load("unet")
     defaults = sampling_defaults(model_dir)
-    prompts_file = default_prompts_file()
+    prompts_file = default_prompts_file(model_dir)
     config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps, samples=samples,
                                guidance_scale=defaults.guidance_scale, seed=seed,
                                max_rows={"text_encoder": 16, "unet": max_rows, "vae_decoder": 16})

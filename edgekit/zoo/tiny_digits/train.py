@@ -52,6 +52,13 @@ VAE_CONFIG = dict(
 # prompt accuracy; 2, 3, 5, 7.5 all 1.00 with Frechet distance 61, 93, 146, 196 (floor 108 +- 28).
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_STEPS = 20
+CALIBRATION_PROMPTS = (
+    *(f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                           "nine")),
+    "the number zero written by hand", "the number three written by hand", "the number six written by hand",
+    "the number nine written by hand", "a drawing of the digit one", "a drawing of the digit four",
+    "a drawing of the digit seven", "handwritten 2", "handwritten 5", "handwritten 8",
+)
 SCHEDULER_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
@@ -191,14 +198,20 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path, dtype
 
 
 def write_sampling_defaults(pipeline_dir: Path) -> None:
-    defaults = {"guidance_scale": DEFAULT_GUIDANCE, "num_inference_steps": DEFAULT_STEPS}
+    """Sampling defaults, and what the directory declares about itself: its digit evaluator and its own
+    calibration prompts (every digit, every trained phrasing), carried by prune/slim/quantize copies."""
+    defaults = {"guidance_scale": DEFAULT_GUIDANCE, "num_inference_steps": DEFAULT_STEPS,
+                "quality_evaluators": ["digits"], "calibration_prompts": "calibration_prompts.txt"}
     (pipeline_dir / EDGEKIT_DEFAULTS).write_text(json.dumps(defaults, indent=2) + "\n")
+    lines = ["# Calibration prompts for the embedded digits model: every digit, every phrasing it was trained on.",
+             "# One prompt per line; lines starting with '#' are ignored.", *CALIBRATION_PROMPTS]
+    (pipeline_dir / "calibration_prompts.txt").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     from transformers import CLIPTokenizer
 
-    from edgekit.quality import train_classifier
+    from edgekit.quality.digit_classifier import train_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
