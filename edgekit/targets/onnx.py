@@ -7,7 +7,7 @@ optimum's ``ORTStableDiffusionPipeline`` load as it is::
     w1.00/unet/model.onnx + config.json             (hard links to unet/w1.00/…)
     w1.00/vae_decoder/model.onnx + config.json
     w1.00/vae_encoder/model.onnx + config.json      (exported here only: img2img pipelines need it)
-    w1.00/tokenizer/…  w1.00/scheduler/scheduler_config.json
+    w1.00/tokenizer/…  w1.00/scheduler/scheduler_config.json   (+ vocab.json, merges.txt for transformers < 5)
 
 The graphs are hard links of the manifest's files where the file system allows (no second copy on disk;
 a plain copy elsewhere), and the manifest (its ``files``) is the one source of truth for all of them.
@@ -119,10 +119,26 @@ def _export_vae_encoder(vae, image_shape: tuple, dst: Path, opset: int, scale: f
         raise VerificationError(f"vae_encoder ({dst.name}): differs from torch: rel-err {err:.3g} > tolerance 1e-4")
 
 
-def _config_json(config) -> str:
+def _slow_tokenizer_files(tokenizer_json: Path, folder: Path) -> None:
+    """vocab.json and merges.txt beside tokenizer.json, from its BPE model, for loaders that read only those
+    (transformers < 5, which optimum's ORT pipelines pin)."""
+    model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+    if model.get("type") != "BPE":
+        return
+    if not (folder / "vocab.json").exists():
+        (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
+    if not (folder / "merges.txt").exists():
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def _config_json(config, scaling_factor: float | None = None) -> str:
     if hasattr(config, "to_json_string"):  # transformers PretrainedConfig
         return config.to_json_string()
-    return json.dumps(dict(config), indent=2, sort_keys=True, default=list) + "\n"  # diffusers FrozenDict
+    data = dict(config)  # diffusers FrozenDict
+    if scaling_factor is not None:
+        data["scaling_factor"] = scaling_factor
+    return json.dumps(data, indent=2, sort_keys=True, default=list) + "\n"
 
 
 def model_index(scheduler_class: str) -> dict:
@@ -149,7 +165,10 @@ class OnnxTarget(OrtWebTarget):
         geometry = manifest["geometry"]
         _export_vae_encoder(base.vae, (int(base.vae.config.in_channels), geometry["image_size"], geometry["image_size"]),
                             encoder / MODEL_FILE, profile.opset, scaling / ONNX_PIPELINE_LATENT_SCALE)
-        (encoder / "config.json").write_text(_config_json(base.vae.config))
+        # The view's VAE graphs work in the pipelines' 0.18215 latent units; their configs say so, so that a
+        # loader reading scaling_factor from the config (optimum) agrees with one that hard-codes it (diffusers).
+        vae_units = ONNX_PIPELINE_LATENT_SCALE
+        (encoder / "config.json").write_text(_config_json(base.vae.config, vae_units))
         for width in manifest["widths"]:
             view = stage / view_dir(width)
             unet_job = by_name[("unet", float(width))]
@@ -168,7 +187,7 @@ class OnnxTarget(OrtWebTarget):
                                 _link(f, folder / f.name)
                 else:
                     _link_graph(stage, entry, folder)
-                (folder / "config.json").write_text(_config_json(config))
+                (folder / "config.json").write_text(_config_json(config, vae_units if name == "vae_decoder" else None))
             if view != encoder.parent:
                 for f in encoder.iterdir():
                     _link(f, view / "vae_encoder" / f.name)
@@ -176,6 +195,8 @@ class OnnxTarget(OrtWebTarget):
                 for f in sorted((stage / sub).rglob("*")):
                     if f.is_file():
                         _link(f, view / f.relative_to(stage))
+            if (view / "tokenizer" / "tokenizer.json").is_file():
+                _slow_tokenizer_files(view / "tokenizer" / "tokenizer.json", view / "tokenizer")
             index = model_index(manifest["scheduler"]["config"]["_class_name"])
             (view / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             comps["unet"]["widths"][width_key(width)]["pipeline_dir"] = view_dir(width)
