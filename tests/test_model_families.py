@@ -166,30 +166,61 @@ def test_sd2_tokenizer_pads_with_bang(family):
 
 
 @pytest.fixture(scope="module")
-def lcm_bundle(family, tmp_path_factory):
+def bundle(family, tmp_path_factory):
+    """(family, target) -> an exported bundle shipping the family's own step counts."""
     from edgekit.cli import main
 
-    out = tmp_path_factory.mktemp("lcm_bundle") / "bundle"
-    assert main(["export", "--model", str(family("lcm")), "--target", "ort-web", "--steps", "2,4",
-                 "--out", str(out)]) == 0
-    return out
+    made = {}
+
+    def get(name: str, target: str) -> Path:
+        if (name, target) not in made:
+            out = tmp_path_factory.mktemp(f"{name}-{target}") / "bundle"
+            steps = FAMILIES[name][5]
+            assert main(["export", "--model", str(family(name)), "--target", target, "--steps", f"1,{steps}",
+                         "--out", str(out)]) == 0
+            made[(name, target)] = out
+        return made[(name, target)]
+
+    return get
 
 
-def test_lcm_ort_web_bundle_equals_diffusers(lcm_bundle, family):
+def _bundle_equals_diffusers(bundle_dir: Path, model: Path, name: str):
     from edgekit.bundle import read_manifest
     from edgekit.runtime.sampler import BundleSampler
 
-    m = read_manifest(lcm_bundle)
-    assert sorted(m["sampling"]["schedules"], key=int) == ["2", "4"]
+    _, _, _, _, guidance, steps = FAMILIES[name]
+    m = read_manifest(bundle_dir)
+    assert sorted(m["sampling"]["schedules"], key=int) == sorted({"1", str(steps)}, key=int)
+    images, timing = BundleSampler(bundle_dir).generate(PROMPTS, SEEDS, steps, 1.0)
+    expected = diffusers_images(model, steps, guidance)
+    err = float(np.abs(images - expected).max())
+    print(f"{name} {m['target']} bundle: max abs {err:.2e} ({len(PROMPTS)} images, {steps} steps, guidance {guidance:g})")
+    assert err < 1e-4
+    return m, timing
+
+
+def test_lcm_ort_web_bundle_equals_diffusers(bundle, family):
+    """The guidance embedding through the ONNX export, the stochastic table through the bundle sampler."""
+    m, timing = _bundle_equals_diffusers(bundle("lcm", "ort-web"), family("lcm"), "lcm")
     assert m["sampling"]["guidance_mode"] == "embedding" and m["sampling"]["guidance_embedding"]["dim"] == 32
     unet = m["components"]["unet"]["widths"]["1.00"]
     assert [t["name"] for t in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states", "timestep_cond"]
-    assert m["sampling"]["schedules"]["4"]["stochastic"]
-    images, timing = BundleSampler(lcm_bundle).generate(PROMPTS, SEEDS, 4, 1.0)
-    expected = diffusers_images(family("lcm"), 4, 8.0)
-    err = float(np.abs(images - expected).max())
-    print(f"lcm ort-web bundle: max abs {err:.2e}")
-    assert err < 1e-4 and timing.unet_calls == 4
+    assert m["sampling"]["schedules"]["4"]["stochastic"] and timing.unet_calls == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["euler-ancestral", "turbo"])
+def test_ort_web_bundle_equals_diffusers(bundle, family, name):
+    m, timing = _bundle_equals_diffusers(bundle(name, "ort-web"), family(name), name)
+    assert m["sampling"]["guidance_mode"] == ("classifier-free" if name == "euler-ancestral" else "conditional")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lcm", "turbo"])
+def test_tflite_bundle_equals_diffusers(bundle, family, name):
+    """LiteRT: fixed shapes; without classifier-free guidance the UNet is exported at batch 1."""
+    m, _ = _bundle_equals_diffusers(bundle(name, "tflite"), family(name), name)
+    assert m["components"]["unet"]["widths"]["1.00"]["inputs"][0]["shape"][0] == 1
 
 
 def test_export_steps_and_guidance_flags_replace_the_defaults(family, tmp_path, run_cli):
