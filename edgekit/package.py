@@ -6,18 +6,26 @@ measured bundle per target and a report.
     -> report.md + plots
 
 Every stage is the same code its own command runs; this module only chains them. Each stage's output
-is keyed by a digest of everything it reads (its inputs' keys, its settings, the edgekit version): a
-rerun into the same --out skips a stage whose output exists under the same key, and redoes it and
-everything after it otherwise. Each stage writes atomically, so an interrupted run resumes at the
-first unfinished stage. A target that fails is reported with its cause; the other targets still
-complete, and the run exits non-zero.
+is keyed by a digest of everything it reads (its inputs' keys, its settings, the edgekit version) and
+checksummed when the stage ends: a rerun into the same --out skips a stage whose output exists under
+the same key and still matches its checksums, and redoes it and everything after it otherwise (the
+summary says why: settings changed, damaged (file X), an input reran). Each stage writes atomically,
+so an interrupted run (Ctrl-C, a kill, a full disk) resumes at the first unfinished stage. A target
+that fails is reported with its cause; the other targets still complete, and the run exits non-zero.
+
+--out is edgekit's only when it holds the marker .edgekit-package.json (format id, run key, edgekit
+version, the top-level entries edgekit wrote there). A non-empty directory without it is refused unless
+--force; --force restarts an earlier output by removing only the entries its marker lists, and never
+overwrites or removes anything else (a name edgekit would write that it did not write is refused).
 
 Layout of --out::
 
-    package.json        what was asked, and per stage: key, ran or reused, seconds (written last)
+    .edgekit-package.json  the marker (written before any stage)
+    package.json        what was asked, and per stage: key, ran or reused (and why it reran), seconds (written last)
     report.md           the report; report.json has its numbers; plots/*.png
     <target>/           one bundle per target, manifest.json carrying its measured table and policy
-    stages/             intermediate outputs (model, calib-w*, quant-w*) and one <stage>.json key per stage
+    stages/             intermediate outputs (model, calib-w*, quant-w*) and one <stage>.json per stage: its
+                        key, result and the sha256 of every file of its output
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import json
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +44,9 @@ from edgekit.errors import EdgekitError, InputError
 
 STAGES_DIR = "stages"
 PACKAGE_FILE = "package.json"
+REPORT_ENTRIES = ("report.md", "report.json", "plots")  # what edgekit.report.write_report writes
+MARKER = ".edgekit-package.json"  # edgekit's own mark on a package output: only a directory holding it is resumed
+MARKER_FORMAT = "edgekit-package/1"
 DEFAULT_TARGETS = ("ort-web", "tflite", "coreml")
 # What each target ships by default: the smallest precision that keeps prompt accuracy (tflite full-integer
 # INT8 passes its rel-err tolerance but measured 0.55 accuracy on the digits model, so LiteRT ships fp16).
@@ -60,7 +72,9 @@ class PackageConfig:
     steps: tuple[int, ...] | None = None  # the bundles' (and bench's) step counts; None: the model's, else each profile's
     guidance: float | None = None  # the bundles' guidance scale; None: the model's edgekit_defaults.json
     calib_samples: int = 44
-    samples_per_digit: int = 2
+    samples: int = 20  # images per quality number (float quality per width, every table row)
+    clip: str | None = None  # a local CLIP model directory: adds CLIP score to every quality number
+    prompts: str | None = None  # calibration prompts file (None: the model's declared prompts, else the general set)
     repeats: int = 7  # timed images per table row (median): 3 left the policy choosing on noise
     seed: int = 0
     policy: dict | None = None  # policy parameters for every bundle (default: edgekit's)
@@ -85,10 +99,21 @@ class PackageConfig:
         for flag, value in (("--recover-steps", self.recover_steps), ("--slim-steps", self.slim_steps)):
             if value < 0:
                 raise InputError(f"{flag} {value}: expected a whole number >= 0")
-        for flag, value in (("--calib-samples", self.calib_samples), ("--samples-per-digit", self.samples_per_digit),
-                            ("--repeats", self.repeats)):
+        for flag, value in (("--calib-samples", self.calib_samples), ("--repeats", self.repeats)):
             if value <= 0:
                 raise InputError(f"{flag} {value}: expected a positive whole number")
+        from edgekit.quality.evaluator import MIN_SAMPLES
+
+        if self.samples < MIN_SAMPLES:
+            raise InputError(f"--samples {self.samples}: quality intervals need at least {MIN_SAMPLES} images")
+        if self.clip is not None:
+            from edgekit.quality.clip import check_clip_dir
+
+            check_clip_dir(self.clip)
+        if self.prompts is not None:
+            from edgekit.calibration import read_prompts
+
+            read_prompts(Path(self.prompts))
         if self.policy is not None:
             from edgekit.policy import PolicyConfig
 
@@ -132,39 +157,102 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+class PackageInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the stage under way left nothing behind, the finished ones stay for a resume."""
+
+
 class Stages:
-    """Runs named stages, each skipped when its output exists under the same key."""
+    """Runs named stages, each skipped when its output exists under the same key and is undamaged.
+
+    At the end of a stage the sha256 of every file of its output is recorded with its key (stages/<name>.json);
+    before a stage is reused, its output is checked against that record. A stage reruns when it has no record,
+    when its key changed, when its output is damaged (a file changed, missing or added), or when its inputs name
+    the key of a stage that ran in this run (so a rerun of a damaged stage reruns everything that read it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.records: list[dict] = []
         self.current: str | None = None  # the stage running now (named in a failure)
+        self._ran: dict[str, str] = {}  # key -> name of every stage that ran in this run
 
-    def run(self, name: str, inputs: dict, build: Callable[[Path], dict], output: Path | None = None) -> dict:
+    def run(self, name: str, inputs: dict, build: Callable[[Path], dict], output: Path | None = None,
+            amends: str | None = None) -> dict:
         """``build(output)`` makes the stage's output (atomically) and returns its JSON-able result. The key
-        digests ``inputs``; ``output`` is the directory whose presence, with the key file, marks it done."""
+        digests ``inputs``; ``output`` is the directory whose presence, with the key file, marks it done.
+        ``amends``: the name of an earlier stage whose output this one rewrites in place (the bench writes its
+        table into the export's manifest.json); that stage's checksums are renewed after this one ran."""
+        from edgekit.fsutil import DISK_FULL, OutOfSpaceError
+
         key = _digest(inputs)
         self.current = name
         state = self.root / STAGES_DIR / f"{name}.json"
-        if state.is_file() and (output is None or output.exists()):
-            saved = json.loads(state.read_text())
-            if saved.get("key") == key:
-                self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0})
-                return self._located(saved["result"], output)
+        saved = self._saved(state)
+        rerun = state.exists()
+        reason = (f"damaged (file {STAGES_DIR}/{state.name} unreadable)" if saved is None and rerun
+                  else self._rerun_reason(saved, key, inputs, output))
+        if reason is None:
+            self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0})
+            return self._located(saved["result"], output)
         state.unlink(missing_ok=True)
         if output is not None and output.exists() and output.is_relative_to(self.root / STAGES_DIR):
             shutil.rmtree(output)  # a stale intermediate; final bundles are replaced atomically by their stage
+        record = {"stage": name, "key": key, "ran": True, **({"reran": reason} if rerun else {})}
         started = time.perf_counter()
         try:
             result = build(output)
-        except BaseException:
-            self.records.append({"stage": name, "key": key, "ran": True, "failed": True,
-                                 "seconds": round(time.perf_counter() - started, 1)})
+            files = _checksums(output) if output is not None else {}
+            if amends is not None:
+                self._renew(amends, name)
+            _write_json(state, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 1),
+                                "output": None if output is None else output.relative_to(self.root).as_posix(),
+                                "files": files, "result": result})
+        except BaseException as exc:
+            self.records.append({**record, "failed": True, "seconds": round(time.perf_counter() - started, 1)})
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                where = exc.filename or output or (self._output_of(amends) if amends else self.root)
+                raise OutOfSpaceError(f"stage {name}: no space left on device writing {where} "
+                                      f"({_free(self.root)} free); the stage's partial output was removed, "
+                                      "free some space and rerun to resume") from None
             raise
-        seconds = round(time.perf_counter() - started, 1)
-        _write_json(state, {"stage": name, "key": key, "seconds": seconds, "result": result})
-        self.records.append({"stage": name, "key": key, "ran": True, "seconds": seconds})
+        self.records.append({**record, "seconds": round(time.perf_counter() - started, 1)})
+        self._ran[key] = name
         return self._located(result, output)
+
+    def _saved(self, state: Path) -> dict | None:
+        """The record of an earlier run of the stage, or None when there is none or it is unreadable."""
+        try:
+            saved = json.loads(state.read_text())
+        except (OSError, ValueError):
+            return None
+        return saved if isinstance(saved, dict) and "key" in saved and "result" in saved else None
+
+    def _rerun_reason(self, saved: dict | None, key: str, inputs: dict, output: Path | None) -> str | None:
+        """Why the stage must run (None: its earlier output can be reused)."""
+        if saved is None:
+            return "not run before"
+        if saved["key"] != key:
+            return "settings or inputs changed"
+        upstream = sorted({self._ran[k] for k in _strings(inputs) if k in self._ran})
+        if upstream:
+            return f"its input {', '.join(upstream)} reran"
+        if output is None:
+            return None
+        if not isinstance(saved.get("files"), dict):
+            return "damaged (no checksums recorded)"
+        damage = _damage(self.root, output, saved["files"])
+        return f"damaged ({damage})" if damage else None
+
+    def _output_of(self, name: str) -> Path:
+        saved = self._saved(self.root / STAGES_DIR / f"{name}.json")
+        return self.root / saved["output"] if saved and saved.get("output") else self.root
+
+    def _renew(self, name: str, by: str) -> None:
+        """Record the checksums of stage ``name``'s output again after stage ``by`` rewrote files in it."""
+        state = self.root / STAGES_DIR / f"{name}.json"
+        saved = self._saved(state)
+        if saved is None or not saved.get("output"):
+            return
+        _write_json(state, {**saved, "files": _checksums(self.root / saved["output"]), "amended_by": by})
 
     @staticmethod
     def _located(result: dict, output: Path | None) -> dict:
@@ -173,6 +261,49 @@ class Stages:
 
     def key(self, name: str) -> str:
         return next(r["key"] for r in reversed(self.records) if r["stage"] == name)
+
+
+def _strings(value) -> set[str]:
+    """Every string inside a stage's inputs (where the keys of the stages it reads appear)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(_strings(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_strings(v) for v in value)) if value else set()
+    return set()
+
+
+def _checksums(output: Path) -> dict[str, str]:
+    """sha256 of every file below ``output``, by POSIX path relative to it."""
+    from edgekit.fsutil import sha256_file
+
+    return {p.relative_to(output).as_posix(): sha256_file(p) for p in sorted(output.rglob("*")) if p.is_file()}
+
+
+def _damage(root: Path, output: Path, files: dict[str, str]) -> str | None:
+    """What differs between ``output`` and its recorded checksums, naming the first file (None: intact)."""
+    from edgekit.fsutil import sha256_file
+
+    where = output.relative_to(root).as_posix() if output.is_relative_to(root) else str(output)
+    if not output.is_dir():
+        return f"{where} missing"
+    on_disk = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
+    missing = sorted(set(files) - on_disk)
+    added = sorted(on_disk - set(files))
+    changed = [rel for rel in sorted(set(files) & on_disk) if sha256_file(output / rel) != files[rel]]
+    problems = ([f"file {where}/{rel} missing" for rel in missing] + [f"file {where}/{rel} changed" for rel in changed]
+                + [f"file {where}/{rel} not written by this stage" for rel in added])
+    if not problems:
+        return None
+    return problems[0] + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
+
+
+def _free(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown"
 
 
 @dataclass
@@ -184,19 +315,90 @@ class Plan:
     widths: tuple[float, ...]
     slim: bool
     profiles: dict = field(default_factory=dict)  # target -> TargetProfile at its package precision
+    out_dir: OutDir | None = None  # how --out is taken (resumed, restarted, new)
 
 
-def check_out(out: Path, source: Path, force: bool) -> Path:
-    """--out may be new, or an earlier package output (resumed); anything else needs --force."""
-    from edgekit.fsutil import check_output_path
+@dataclass(frozen=True)
+class OutDir:
+    """--out as checked before any work; nothing is written to it until the run starts."""
 
-    resumable = Path(out).is_dir() and ((Path(out) / STAGES_DIR).is_dir() or (Path(out) / PACKAGE_FILE).is_file())
-    if resumable and not force:
-        return check_output_path(out, [source], force=True)
-    out = check_output_path(out, [source], force=force)
-    if out.exists():
-        shutil.rmtree(out)
-    return out
+    path: Path
+    owned: tuple[str, ...] = ()  # top-level entries an earlier run wrote (from its marker)
+    restart: bool = False  # --force on an earlier output: its entries are removed before the run
+
+
+def out_entries(targets) -> tuple[str, ...]:
+    """The top-level entries a run writes in --out (besides the marker)."""
+    return (STAGES_DIR, *targets, PACKAGE_FILE, *REPORT_ENTRIES)
+
+
+def read_marker(out: Path) -> dict | None:
+    """The marker of an earlier package run in ``out``, or None when there is none."""
+    path = Path(out) / MARKER
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--out {out}: {MARKER} is not readable JSON ({exc}); remove it or choose another --out") from None
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if (not isinstance(data, dict) or data.get("format") != MARKER_FORMAT or not isinstance(entries, list)
+            or not all(isinstance(e, str) and e not in ("", ".", "..", MARKER) and "/" not in e and "\\" not in e
+                       for e in entries)):
+        raise InputError(f"--out {out}: {MARKER} is not an edgekit package marker (expected format "
+                         f"'{MARKER_FORMAT}' and a list of entry names); remove it or choose another --out")
+    return data
+
+
+def check_out(out: Path, source: Path, force: bool, targets=DEFAULT_TARGETS) -> OutDir:
+    """--out may be new, empty, or an earlier package output (resumed; restarted with --force). The marker
+    file decides what is an earlier output: a non-empty directory without it is refused unless --force, and
+    even then nothing edgekit did not write is replaced or removed (a name it would write is refused)."""
+    from edgekit.fsutil import check_output_path, check_writable
+
+    out = check_output_path(out, [source], force=True)  # overlap with the model, a writable parent
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    check_writable(out)
+    marker = read_marker(out) if out.is_dir() else None
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if marker is None and present and not force:
+        raise InputError(f"--out {out}: already exists and is not an edgekit package output (no {MARKER}); choose "
+                         "a new directory, or pass --force to write edgekit's files beside the ones there")
+    owned = tuple(marker["entries"]) if marker else ()
+    foreign = [name for name in out_entries(targets) if name in present and name not in owned]
+    if foreign:
+        raise InputError(f"--out {out}: holds {', '.join(foreign)}, which edgekit did not write and would "
+                         "overwrite (--force never replaces files edgekit did not write); move them or choose "
+                         "another --out")
+    return OutDir(out, owned=owned, restart=force and marker is not None)
+
+
+def claim_out(out: OutDir, targets, run_key: str) -> None:
+    """Make --out this run's: with --force remove what an earlier run wrote (only that), remove the temporary
+    leftovers of killed runs, and write the marker before any stage writes."""
+    from edgekit.fsutil import remove_stale_partials
+
+    root = out.path
+    root.mkdir(parents=True, exist_ok=True)
+    if out.restart:
+        for name in out.owned:
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    for directory, name in ((root.parent, root.name), (root, None), (root / STAGES_DIR, None)):
+        remove_stale_partials(directory, name)
+    owned = () if out.restart else out.owned
+    write_marker(root, run_key, sorted(set(owned) | set(out_entries(targets))))
+
+
+def write_marker(root: Path, run_key: str, entries) -> None:
+    _write_json(root / MARKER, {"format": MARKER_FORMAT, "edgekit": __version__, "run_key": run_key,
+                                "entries": list(entries),
+                                "about": "written by edgekit package: marks this directory as its output; a "
+                                         "rerun resumes it and replaces only the entries listed here"})
 
 
 def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False) -> Plan:
@@ -207,6 +409,7 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
     from edgekit.targets import DEFAULT_PROFILES, get_target
 
     source = check_model_dir(model_dir)
+    out_dir = check_out(out, source, force, config.targets)  # before any work: a bad --out costs nothing
     structure = Structure.load(source)
     slimmable = structure is not None and structure.slimmable
     if slimmable:
@@ -247,15 +450,40 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
 
 def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = False, progress=None) -> dict:
     """Run the chain; returns the summary written to package.json. Raises PackageError after writing
-    everything else when some target failed."""
-    from edgekit.fsutil import sha256_tree
+    everything else when some target failed, PackageInterrupted on Ctrl-C (finished stages are kept),
+    OutOfSpaceError when the disk fills up (the stage under way leaves nothing half-written)."""
+    p = plan(model_dir, config, out, force)
+    try:
+        return _package(p, config, progress)
+    except KeyboardInterrupt:
+        raise PackageInterrupted(f"interrupted; finished stages kept in {p.out}, rerun to resume") from None
+
+
+@contextmanager
+def _writing(stage: str, where: Path):
+    """A full disk while ``stage`` writes ``where`` is one line naming both."""
+    from edgekit.fsutil import DISK_FULL, OutOfSpaceError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise OutOfSpaceError(f"{stage}: no space left on device writing {exc.filename or where} "
+                              f"({_free(where)} free); free some space and rerun to resume") from None
+
+
+def _package(p: Plan, config: PackageConfig, progress) -> dict:
+    from edgekit.fsutil import OutOfSpaceError, sha256_tree
     from edgekit.pipeline import sampling_defaults
 
-    p = plan(model_dir, config, out, force)
-    stages = Stages(p.out)
-    work = p.out / STAGES_DIR
     started = time.perf_counter()
     source_key = sha256_tree(p.source)
+    run_key = _digest({"source": source_key, "config": config.to_dict()})
+    with _writing("package", p.out):
+        claim_out(p.out_dir, config.targets, run_key)
+    stages = Stages(p.out)
+    work = p.out / STAGES_DIR
 
     model, model_key = p.source, source_key
     if config.prune is not None:
@@ -273,14 +501,17 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
                              work / f"quant-w{w:.2f}", progress)
     for w in p.widths:
         quality[w] = stages.run(f"quality-w{w:.2f}", {"model": model_key, "width": w, "steps": defaults.steps,
-                                                      "samples_per_digit": config.samples_per_digit,
-                                                      "seed": config.seed},
-                                lambda _, w=w: _float_quality(model, w, defaults, config, progress))
+                                                      "samples": config.samples, "seed": config.seed,
+                                                      "guidance": config.guidance, "clip": config.clip},
+                                lambda _, w=w: _float_quality(model, w, defaults, config, progress,
+                                                              work / "references"))
 
     bundles, failures = {}, {}
     for name, profile in p.profiles.items():
         try:
             bundles[name] = _target(stages, config, name, profile, model, model_key, p, calib, quant, progress)
+        except OutOfSpaceError:
+            raise  # the next target would fill the same disk
         except Exception as exc:  # one target's failure must not stop the others
             failures[name] = {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgekitError) else str(exc),
                               "stage": stages.current}
@@ -303,10 +534,16 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
     }
     from edgekit.report import write_report
 
-    summary["report"] = write_report(p.out, summary)
-    summary["report_dir"] = str(p.out)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(p.out / PACKAGE_FILE, summary)
+    with _writing("report", p.out):
+        summary["report"] = write_report(p.out, summary)
+        written = {Path(f).parts[0] for f in (summary["report"]["markdown"], summary["report"]["json"],
+                                              *summary["report"]["plots"])}
+        if not written <= set(REPORT_ENTRIES):  # record what the report wrote (a later --force removes it)
+            owned = read_marker(p.out)["entries"]
+            write_marker(p.out, run_key, sorted(set(owned) | written))
+        summary["report_dir"] = str(p.out)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        _write_json(p.out / PACKAGE_FILE, summary)
     if failures:
         error = PackageError(f"{len(failures)} of {len(p.profiles)} targets failed: "
                            + "; ".join(f"{t}: {f['error']}" for t, f in failures.items())
@@ -346,13 +583,12 @@ def _slim(stages: Stages, config: PackageConfig, widths, model: Path, model_key:
 
 def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, output: Path,
                progress) -> dict:
-    from edgekit.calibration import CalibrationConfig, capture, read_prompts
-    from edgekit.commands.common import default_prompts_file
+    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import sha256_file, staged_dir
     from edgekit.loader import open_model
     from edgekit.pipeline import sampling_defaults
 
-    prompts_file = default_prompts_file()
+    prompts_file = Path(config.prompts) if config.prompts else default_prompts_file(model)
     defaults = sampling_defaults(model)
     calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps,
                                      samples=config.calib_samples, guidance_scale=defaults.guidance_scale,
@@ -389,18 +625,21 @@ def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str
                                               "options": options.to_dict()}, build, output)
 
 
-def _float_quality(model: Path, width: float, defaults, config: PackageConfig, progress) -> dict:
+def _float_quality(model: Path, width: float, defaults, config: PackageConfig, progress, cache_root: Path) -> dict:
+    """The torch float model at ``width`` and its default steps, scored by the model's evaluators against its
+    full-width reference (reference fidelity for every model; the extras its directory declares; CLIP)."""
     from edgekit.compress.prune import count_params
     from edgekit.loader import open_model
-    from edgekit.quality import evaluate_digits
+    from edgekit.quality.evaluator import ModelQuality
     from edgekit.structure import unet_macs
 
+    evaluation = ModelQuality(model, config.samples, config.seed, clip_dir=config.clip, cache_root=cache_root,
+                              guidance_scale=config.guidance, progress=progress)
     pipe = open_model(model, width=width)
-    report = evaluate_digits(pipe, defaults.steps, config.samples_per_digit, config.seed, defaults.guidance_scale,
-                             progress)
+    scores = evaluation.score_pipe(pipe, defaults.steps)
     macs = unet_macs(pipe.unet, tokens=int(pipe.tokenizer.model_max_length))  # the context the model really sees
     return {"width": width, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
-            **report.to_dict()}
+            "n_images": len(evaluation.grid), "evaluators": evaluation.evaluators(), **scores.row, **scores.detail}
 
 
 def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Path, model_key: str, p: Plan,
@@ -443,17 +682,18 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
         return exported
 
     def bench(_) -> dict:
-        bench_config = BenchConfig(steps=steps, widths=p.widths, samples_per_digit=config.samples_per_digit,
-                                   repeats=config.repeats, seed=config.seed)
+        bench_config = BenchConfig(steps=steps, widths=p.widths, samples=config.samples, repeats=config.repeats,
+                                   seed=config.seed, reference_model=model, clip=Path(config.clip) if config.clip else None,
+                                   cache_root=p.out / STAGES_DIR / "references")
         rows, runtime = measure(p.out / name, bench_config, progress)
         written, _ = write_table(p.out / name, read_manifest(p.out / name), rows, config.policy)
         return {"runtime": runtime, "rows": rows, "policy": written["policy"],
                 "top_choice": _top_choice(written)}
 
     exported["bench"] = stages.run(f"bench-{name}", {"export": stages.key(f"export-{name}"), "steps": steps,
-                                                      "samples_per_digit": config.samples_per_digit,
+                                                      "samples": config.samples, "clip": config.clip,
                                                       "repeats": config.repeats, "seed": config.seed,
-                                                      "policy": config.policy}, bench)
+                                                      "policy": config.policy}, bench, amends=f"export-{name}")
     return exported
 
 
@@ -473,12 +713,15 @@ def _bundle_summary(bundle: Path, manifest: dict) -> dict:
 
 
 def _top_choice(manifest: dict) -> dict:
-    """What the bundle's policy picks on a device in the best state (charging, full, nominal)."""
+    """What the bundle's policy picks on a device in the best state (charging, full, nominal), with the row's
+    quality numbers (the ranked one, and the extras the row carries)."""
     from edgekit.policy import DeviceState, Policy
 
     policy = Policy.from_manifest(manifest)
     decision = policy.decide(0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
     row = next(r for r in manifest["table"] if int(r["steps"]) == decision.steps
                and float(r["width"]) == float(decision.width))
+    extras = ("ssim", "prompt_accuracy", "prompt_accuracy_ci95", "frechet_distance", "frechet_distance_ci95",
+              "clip_score")
     return {"steps": decision.steps, "width": decision.width, "latency_ms": row["latency_ms"],
-            "prompt_accuracy": row["prompt_accuracy"], "frechet_distance": row.get("frechet_distance")}
+            "quality": row.get("quality"), **{k: row[k] for k in extras if k in row}}

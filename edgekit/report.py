@@ -21,10 +21,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def _bench_rows(bundle: dict) -> list[dict]:
     bench = bundle.get("bench") or {}
-    return list(bench.get("rows") or [])
+    return [r for r in (bench.get("rows") or []) if isinstance(r.get("quality"), dict)]
+
+
+def _metric_label(metric: str) -> str:
+    return {"psnr_db": "PSNR vs float reference, dB"}.get(metric, metric)
 
 
 def plot_pareto(summary: dict, path: Path) -> Path | None:
+    """Left: the ranked quality (reference fidelity, with 95% intervals) against latency, its Pareto front and
+    the policy's top choice. Right: SSIM, or prompt accuracy when the rows carry the digits evaluator's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,39 +39,50 @@ def plot_pareto(summary: dict, path: Path) -> Path | None:
     measured = {t: b for t, b in summary["bundles"].items() if _bench_rows(b)}
     if not measured:
         return None
-    fig, (ax_fd, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    digits = all("prompt_accuracy" in r for b in measured.values() for r in _bench_rows(b))
+    fig, (ax_q, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    metric = "psnr_db"
     for (target, bundle), color in zip(measured.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         rows = _bench_rows(bundle)
+        metric = rows[0]["quality"]["metric"]
         label = f"{target} {bundle['precision']}"
         xs = [r["latency_ms"] for r in rows]
-        ax_fd.scatter(xs, [r["frechet_distance"] for r in rows], color=color, alpha=0.6, label=label)
-        ax_acc.scatter(xs, [100 * r["prompt_accuracy"] for r in rows], color=color, alpha=0.6, label=label)
-        front = pareto_front([(r["latency_ms"], r["frechet_distance"]) for r in rows])
-        ax_fd.plot(*zip(*front), color=color, linewidth=1.2)
+        ys = [r["quality"]["value"] for r in rows]
+        err = [[y - r["quality"]["ci95"][0] for y, r in zip(ys, rows)], [r["quality"]["ci95"][1] - y for y, r in zip(ys, rows)]]
+        ax_q.errorbar(xs, ys, yerr=err, fmt="o", color=color, alpha=0.7, capsize=2, label=label)
+        if digits:
+            ax_b.scatter(xs, [100 * r["prompt_accuracy"] for r in rows], color=color, alpha=0.6, label=label)
+        else:
+            ax_b.scatter(xs, [r["ssim"]["value"] for r in rows], color=color, alpha=0.6, label=label)
+        front = pareto_front([(x, -y) for x, y in zip(xs, ys)])
+        ax_q.plot([x for x, _ in front], [-y for _, y in front], color=color, linewidth=1.2)
         for r in rows:
-            ax_fd.annotate(f"w{r['width']:g}/{r['steps']}", (r["latency_ms"], r["frechet_distance"]), fontsize=7,
-                           xytext=(3, 3), textcoords="offset points")
+            ax_q.annotate(f"w{r['width']:g}/{r['steps']}", (r["latency_ms"], r["quality"]["value"]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points")
         top = (bundle.get("bench") or {}).get("top_choice")
-        if top:
-            ax_fd.scatter([top["latency_ms"]], [top["frechet_distance"]], s=160, facecolors="none",
-                          edgecolors=color, linewidths=2)
-            ax_acc.scatter([top["latency_ms"]], [100 * top["prompt_accuracy"]], s=160, facecolors="none",
-                           edgecolors=color, linewidths=2)
+        if top and isinstance(top.get("quality"), dict):
+            ax_q.scatter([top["latency_ms"]], [top["quality"]["value"]], s=160, facecolors="none",
+                         edgecolors=color, linewidths=2)
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    for ax in (ax_fd, ax_acc):
+    for ax in (ax_q, ax_b):
         ax.set_xscale("log")
         lo, hi = ax.get_xlim()
         ax.set_xticks([v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if lo <= v <= hi])
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())  # plain numbers; minor labels overlap on a short range
-        ax.set_xlabel("latency per image, ms (this host, log scale)")
+        ax.set_xlabel("latency per image, ms (this host, median of interleaved rounds, log scale)")
         ax.grid(True, which="both", alpha=0.3)
-    ax_fd.set_ylabel("Fréchet distance (lower is better)")
-    ax_fd.set_title("Quality vs latency: line = Pareto front, ring = policy's top choice", fontsize=9)
-    ax_acc.set_ylabel("prompt accuracy, %")
-    ax_acc.set_title("Prompt accuracy vs latency (label: width/steps)", fontsize=9)
-    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_q.set_ylabel(f"{_metric_label(metric)} (higher is better)")
+    ax_q.set_title("Reference fidelity vs latency (95% intervals): line = Pareto front, ring = policy's top choice",
+                   fontsize=8)
+    if digits:
+        ax_b.set_ylabel("prompt accuracy, % (digit classifier)")
+        ax_b.set_title("Digits evaluator: prompt accuracy vs latency", fontsize=9)
+    else:
+        ax_b.set_ylabel("SSIM vs float reference")
+        ax_b.set_title("Reference fidelity: SSIM vs latency", fontsize=9)
+    ax_b.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -106,6 +123,33 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ci(d: dict | None, spec: str) -> str:
+    """"value [lo, hi]" of a {"value", "ci95"} number."""
+    if not isinstance(d, dict) or "value" not in d:
+        return "-"
+    lo, hi = d.get("ci95") or (None, None)
+    return f"{d['value']:{spec}} [{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+
+
+def _ci_flat(row: dict, key: str, spec: str) -> str:
+    """The same for a flat extra (``key`` and ``key``_ci95, the digits evaluator's row keys)."""
+    return _ci({"value": row[key], "ci95": row.get(f"{key}_ci95")}, spec) if key in row else "-"
+
+
+def _evaluated_by(row: dict | None) -> str:
+    """One line naming the evaluators of a table and its sample size."""
+    if not row or not isinstance(row.get("quality"), dict):
+        return "Quality: not measured."
+    q = row["quality"]
+    parts = [f"PSNR/SSIM by `{q['evaluator']}` against {q['reference']}, {q['n']} images per row"]
+    if "prompt_accuracy" in row:
+        parts.append("prompt accuracy and Fréchet distance by the digits evaluator (this model declares it) on the "
+                     "same images")
+    if "clip_score" in row:
+        parts.append(f"CLIP score on the same {row['clip_score']['n']} images")
+    return "Evaluated by: " + "; ".join(parts) + "."
+
+
 def markdown(summary: dict, plots: list[str]) -> str:
     cfg = summary["config"]
     lines = [f"# edgekit package report", "",
@@ -121,13 +165,25 @@ def markdown(summary: dict, plots: list[str]) -> str:
               for r in summary["stages"]]
 
     full = summary["float_quality"].get("1")
+    float_rows = list(summary["float_quality"].values())
+    digits = bool(float_rows) and all("prompt_accuracy" in q for q in float_rows)
+    clip = bool(float_rows) and all("clip_score" in q for q in float_rows)
+    head = ["width", "UNet params", "UNet MACs (M)", "MACs vs full", "steps", "images",
+            "PSNR vs reference, dB [95%]", "SSIM [95%]"]
+    head += ["prompt accuracy [95%]", "Fréchet distance [95%]"] if digits else []
+    head += ["CLIP score [95%]"] if clip else []
     lines += ["", "## The model at each width (torch, float)", "",
-              "| width | UNet params | UNet MACs (M) | MACs vs full | prompt accuracy | Fréchet distance | steps |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              _evaluated_by(float_rows[0] if float_rows else None), "",
+              "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for w, q in summary["float_quality"].items():
         ratio = q["unet_macs"] / full["unet_macs"] if full else None
-        lines.append(f"| {w} | {q['params']:,} | {q['unet_macs'] / 1e6:.1f} | {_fmt(ratio, '.2f')} | "
-                     f"{q['prompt_accuracy']:.3f} | {q['frechet_distance']:.2f} | {q['steps']} |")
+        cells = [w, f"{q['params']:,}", f"{q['unet_macs'] / 1e6:.1f}", _fmt(ratio, ".2f"), str(q["steps"]),
+                 str(q["quality"]["n"]), _ci(q["quality"], ".2f"), _ci(q["ssim"], ".3f")]
+        if digits:
+            cells += [_ci_flat(q, "prompt_accuracy", ".3f"), _ci_flat(q, "frechet_distance", ".1f")]
+        if clip:
+            cells += [_ci(q["clip_score"], ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", f"## Quantize stage ({cfg['quant']}, held-out calibration rows)", "",
               "| width | component | held-out rel-err vs float | bytes | vs fp32 weights |", "|---:|---|---:|---:|---:|"]
@@ -150,26 +206,54 @@ def markdown(summary: dict, plots: list[str]) -> str:
         if "skipped" in bench:
             lines += [f"**{target}**: not measured here: {bench['skipped']}.", ""]
             continue
+        rows = _bench_rows(b)
+        digits = bool(rows) and all("prompt_accuracy" in r for r in rows)
+        clip = bool(rows) and all("clip_score" in r for r in rows)
+        head = ["width", "steps", "latency ms (median)", "25..75% spread", "rounds", "images",
+                "PSNR vs reference, dB [95%]", "SSIM [95%]"]
+        head += ["prompt accuracy [95%]", "Fréchet distance [95%]"] if digits else []
+        head += ["CLIP score [95%]"] if clip else []
         lines += [f"**{target}** ({b['precision']}, {bench.get('runtime')}, latency of one image end to end on "
-                  f"{bench['rows'][0]['device'] if bench.get('rows') else '?'})", "",
-                  "| width | steps | latency (ms) | prompt accuracy | Fréchet distance |", "|---:|---:|---:|---:|---:|"]
-        for r in bench.get("rows", []):
-            lines.append(f"| {r['width']:g} | {r['steps']} | {r['latency_ms']:.1f} | {r['prompt_accuracy']:.3f} | "
-                         f"{_fmt(r.get('frechet_distance'), '.2f')} |")
+                  f"{rows[0]['device'] if rows else '?'})", "", _evaluated_by(rows[0] if rows else None), "",
+                  "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        for r in rows:
+            spread = r.get("latency_spread_ms") or [None, None]
+            cells = [f"{r['width']:g}", str(r["steps"]), f"{r['latency_ms']:.1f}" + (" *" if r.get("latency_note") else ""),
+                     f"{_fmt(spread[0], '.1f')}..{_fmt(spread[1], '.1f')}", str(r.get("latency_rounds", "-")),
+                     str(r["quality"]["n"]), _ci(r["quality"], ".2f"), _ci(r["ssim"], ".3f")]
+            if digits:
+                cells += [_ci_flat(r, "prompt_accuracy", ".3f"), _ci_flat(r, "frechet_distance", ".1f")]
+            if clip:
+                cells += [_ci(r["clip_score"], ".3f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"w{r['width']:g}/{r['steps']}: {r['latency_note']}" for r in rows if r.get("latency_note")]
+        if notes:
+            lines += ["", "\\* latency monotone in steps: " + "; ".join(notes)]
         top = bench.get("top_choice")
-        if top:
+        if top and isinstance(top.get("quality"), dict):
             lines += ["", f"Policy's top choice (charging, full battery, nominal thermal): width {top['width']:g}, "
-                          f"{top['steps']} steps, {top['latency_ms']:.1f} ms, prompt accuracy "
-                          f"{top['prompt_accuracy']:.3f}, Fréchet {_fmt(top.get('frechet_distance'), '.2f')}."]
+                          f"{top['steps']} steps, {top['latency_ms']:.1f} ms, {_metric_label(top['quality']['metric'])} "
+                          f"{_ci(top['quality'], '.2f')}."]
         lines.append("")
 
     if summary["failures"]:
         lines += ["## Failed targets", "", "| target | stage | cause |", "|---|---|---|"]
         lines += [f"| {t} | {f.get('stage')} | {f['error'].replace('|', '/')} |" for t, f in summary["failures"].items()]
         lines.append("")
-    lines += ["Quality: prompt accuracy is the share of images the held-out digit classifier reads as the asked "
-              "digit; Fréchet distance is on its features against real digits (edgekit.quality). Sample sizes: "
-              f"{cfg['samples_per_digit']} images per digit per row.", ""]
+    rows = list(summary["float_quality"].values()) + [r for b in summary["bundles"].values() for r in _bench_rows(b)]
+    note = ("Quality (edgekit.quality): every number says which evaluator made it and on how many images. "
+            "Reference fidelity, for every model: each image is compared with the image the float model makes at "
+            "full width and its default steps from the same prompt, seed and initial noise (PSNR capped at 100 dB "
+            "for identical images; SSIM); the value is the mean over the images with a Student-t 95% interval.")
+    if any("prompt_accuracy" in r for r in rows):
+        note += (" This model's directory declares the digits evaluator as well: prompt accuracy (the held-out "
+                 "digit classifier reads the asked digit; Wilson 95% interval) and Fréchet distance on its features "
+                 "against real digits (bootstrap 95% interval).")
+    if any("clip_score" in r for r in rows):
+        note += " CLIP score: cosine of image and prompt embeddings of the given local CLIP model (--clip)."
+    note += (" Latency: median of interleaved rounds (every row once per round, warm-up excluded) with the 25..75% "
+             "spread.")
+    lines += [note, ""]
     return "\n".join(lines)
 
 

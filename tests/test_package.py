@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FAST = ("--steps", "4", "--samples-per-digit", "1", "--repeats", "1", "--calib-samples", "4")
+FAST = ("--steps", "4", "--samples", "4", "--repeats", "1", "--calib-samples", "4")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,13 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
     assert verify(packaged / "ort-web")["files"] == len(manifest["files"])
     [row] = manifest["table"]
     assert (row["width"], row["steps"]) == (1.0, 4) and row["latency_ms"] > 0
-    assert 0.0 <= row["prompt_accuracy"] <= 1.0 and row["quality_images"] == 10
+    # the digits model reports reference fidelity (what the policy ranks by) and its declared extras beside it
+    q = row["quality"]
+    assert (q["evaluator"], q["metric"], q["n"]) == ("reference-fidelity", "psnr_db", 4)
+    assert q["reference"] == "float torch, width 1.00, 20 steps" and q["ci95"][0] <= q["value"] <= q["ci95"][1]
+    assert row["ssim"]["n"] == 4 and row["latency_rounds"] == 1
+    assert 0.0 <= row["prompt_accuracy"] <= 1.0 and len(row["prompt_accuracy_ci95"]) == 2
+    assert row["frechet_distance"] > 0 and len(row["frechet_distance_ci95"]) == 2
     assert manifest["policy"], "the bench stage writes the policy parameters the device reads"
 
     report = (packaged / "report.md").read_text()
@@ -49,7 +55,12 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
     for plot in summary["report"]["plots"]:
         data = (packaged / plot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    for text in ("PSNR vs reference", "reference-fidelity", "prompt accuracy [95%]", "Fréchet distance [95%]",
+                 "digits evaluator"):
+        assert text in report
     numbers = json.loads((packaged / "report.json").read_text())
+    full = numbers["float_quality"]["1"]
+    assert full["quality"]["value"] == 100.0 and full["n_images"] == 4 and "prompt_accuracy" in full
     assert numbers["bundles"]["ort-web"]["bench"]["rows"][0]["latency_ms"] == row["latency_ms"]
 
 
@@ -181,3 +192,33 @@ def test_config_round_trip_and_unknown_keys():
     assert PackageConfig.from_dict(data) == config and config.precision("coreml") == "fp16"
     with pytest.raises(InputError, match="did you mean 'widths'"):
         PackageConfig.from_dict({"widthz": [0.5]})
+
+
+def test_package_of_a_model_that_is_not_the_digits_model_reports_fidelity_only(run_cli, sd15_reduced, tmp_path):
+    """Reduced SD-1.5 architecture (random weights): the report's quality columns are reference fidelity only,
+    calibration used the general prompt set, and the manifest carries a table the policy reads."""
+    from edgekit.bundle import read_manifest
+    from edgekit.calibration import GENERAL_PROMPTS_FILE
+    from edgekit.policy import DeviceState, Policy
+
+    out = tmp_path / "sd15"
+    code, stdout, err = run_cli("package", "--model", sd15_reduced, "--targets", "ort-web", "--widths", "1.0",
+                                "--steps", "4", "--samples", "3", "--repeats", "1", "--calib-samples", "2",
+                                "--out", out, "--json")
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "PSNR vs reference" in report and "SSIM" in report and "reference-fidelity" in report
+    for digit_word in ("prompt accuracy", "fréchet", "digit"):
+        assert digit_word not in report.lower(), digit_word
+    numbers = json.loads((out / "report.json").read_text())
+    assert [e["name"] for e in numbers["float_quality"]["1"]["evaluators"]] == ["reference-fidelity"]
+    calib_meta = json.loads((out / "stages" / "calib-w1.00" / "meta.json").read_text())
+    assert calib_meta["prompts_file"]["path"] == str(GENERAL_PROMPTS_FILE)
+    manifest = read_manifest(out / "ort-web")
+    [row] = manifest["table"]
+    assert row["quality"]["evaluator"] == "reference-fidelity" and row["quality"]["n"] == 3
+    assert row["quality"]["reference"] == "float torch, width 1.00, 50 steps"
+    assert not {"prompt_accuracy", "frechet_distance", "prompt_accuracy_ci95", "frechet_distance_ci95"} & set(row)
+    decision = Policy.from_manifest(manifest).decide(
+        0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
+    assert (decision.width, decision.steps) == (1.0, 4)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edgekit.quality import DigitScorer, digit_prompts, frechet_distance, psnr, relative_error, score_generations
+from edgekit.quality import psnr, relative_error
+from edgekit.quality.digit_classifier import DigitScorer, digit_prompts, frechet_distance, score_generations
 from edgekit.zoo.tiny_digits.data import load_splits
 
 
@@ -61,3 +62,30 @@ def test_evaluation_grid():
     prompts, seeds, asked = digit_prompts(3, seed=5)
     assert len(prompts) == 30 and seeds[:3] == [5, 6, 7]
     assert prompts[0] == "a handwritten digit zero" and asked[-1] == 9
+
+
+def test_digits_grid_balances_any_sample_count():
+    from edgekit.quality.digits import grid
+
+    prompts, seeds, labels = grid(23, seed=5)
+    assert len(prompts) == 23 and labels[:11] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    assert seeds[:10] == [5] * 10 and seeds[10] == 6 and prompts[3] == "a handwritten digit three"
+    counts = np.bincount(labels, minlength=10)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_digits_evaluator_gives_intervals(splits):
+    from edgekit.quality.digits import ROW_KEYS, DigitsEvaluator
+
+    images = np.repeat(splits["classifier"].images[:40, :, :, None], 3, axis=-1)
+    labels = splits["classifier"].labels[:40]
+    wrong = (labels + 1) % 10
+    evaluator = DigitsEvaluator()
+    right, flipped = evaluator.score(images, labels), evaluator.score(images, wrong)
+    assert set(ROW_KEYS) <= set(right)
+    lo, hi = right["prompt_accuracy_ci95"]
+    assert lo <= right["prompt_accuracy"] <= hi and right["prompt_accuracy"] >= 0.9 and hi - lo > 0.02
+    assert flipped["prompt_accuracy"] < 0.2 and flipped["prompt_accuracy_ci95"][1] < lo
+    flo, fhi = right["frechet_distance_ci95"]
+    assert flo < right["frechet_distance"] < fhi
+    assert right["frechet_distance"] == flipped["frechet_distance"]  # the features do not depend on the asked label

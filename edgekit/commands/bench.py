@@ -17,9 +17,14 @@ def register(sub) -> None:
     p.add_argument("--steps", type=step_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
     p.add_argument("--widths", type=width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
-    p.add_argument("--samples-per-digit", type=positive_int, default=2,
-                   help="images per digit for prompt accuracy and Frechet distance (default 2)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed single-image runs per row (median)")
+    from edgekit.commands.evaluate import add_quality_flags
+
+    add_quality_flags(p, default_samples=20)
+    p.add_argument("--reference-model", type=Path, default=None, metavar="DIR",
+                   help="the float model the bundle was exported from, for quality (default: the manifest's "
+                        "source_model.path)")
+    p.add_argument("--repeats", type=positive_int, default=7,
+                   help="interleaved timing rounds, one image per row per round (median and 25..75%% spread)")
     add_seed_flag(p)
     p.add_argument("--threads", type=positive_int, default=None, help="runtime CPU threads (default: the runtime's)")
     p.add_argument("--policy", type=Path, default=None,
@@ -43,8 +48,8 @@ def run(args) -> int:
     if args.import_table is not None:
         rows, runtime = import_rows(args.import_table, manifest), "imported"
     else:
-        config = BenchConfig(steps=args.steps, widths=args.widths, samples_per_digit=args.samples_per_digit,
-                             repeats=args.repeats, seed=args.seed, threads=args.threads)
+        config = BenchConfig(steps=args.steps, widths=args.widths, samples=args.samples, repeats=args.repeats,
+                             seed=args.seed, threads=args.threads, reference_model=args.reference_model, clip=args.clip)
         with progress() as bar:
             rows, runtime = measure(args.bundle, config, bar)
     written, dropped = write_table(args.bundle, manifest, rows, policy)

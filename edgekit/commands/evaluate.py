@@ -1,44 +1,87 @@
-"""`edgekit eval`: prompt accuracy and Frechet distance of a model's generations."""
+"""`edgekit eval`: quality of a model's generations (a width, a step count, a quantized directory) against
+the float model at full width and its default steps, with the evaluators the model gets (edgekit.quality)."""
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 
 from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int, progress
 
+DEFAULT_SAMPLES = 40
+
+
+def _per_digit(text: str) -> int:
+    return 10 * positive_int(text)
+
+
+def add_quality_flags(p: argparse.ArgumentParser, default_samples: int = DEFAULT_SAMPLES) -> None:
+    """--samples, --clip (and --samples-per-digit, the digits model's older spelling of --samples)."""
+    p.add_argument("--samples", type=positive_int, default=default_samples,
+                   help=f"images per quality number (default {default_samples}; at least 2 for an interval)")
+    p.add_argument("--samples-per-digit", dest="samples", type=_per_digit, default=argparse.SUPPRESS,
+                   metavar="K", help="same as --samples 10K")
+    p.add_argument("--clip", type=Path, default=None, metavar="DIR",
+                   help="a local transformers CLIP model directory: adds CLIP score (nothing is downloaded)")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="prompt accuracy and Frechet distance of a model's generations")
+    p = sub.add_parser("eval", help="quality of a model's generations against its float full-width reference "
+                                    "(PSNR/SSIM with intervals, plus the model's own evaluators)")
     add_model_flag(p)
     add_width_flag(p)
     add_sampling_flags(p)
-    p.add_argument("--samples-per-digit", type=positive_int, default=10)
+    add_quality_flags(p)
+    p.add_argument("--reference-model", type=Path, default=None, metavar="DIR",
+                   help="the float model the reference images come from (default: --model)")
     add_json_flag(p)
     p.set_defaults(func=run)
+
+
+def _interval(d: dict, spec: str) -> str:
+    lo, hi = d["ci95"]
+    return f"{d['value']:{spec}}  [{lo:{spec}}, {hi:{spec}}]"
 
 
 def run(args) -> int:
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
-    from edgekit.quality import evaluate_digits
+    from edgekit.quality.evaluator import ModelQuality
 
     model_dir = check_model_dir(args.model)
     defaults = sampling_defaults(model_dir)
     steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
-    guidance = defaults.guidance_scale if args.guidance is None else args.guidance
-    pipe = open_model(model_dir, width=args.width)
     started = time.perf_counter()
     with progress() as bar:
-        report = evaluate_digits(pipe, steps, args.samples_per_digit, args.seed, guidance, bar)
+        evaluation = ModelQuality(args.reference_model or model_dir, args.samples, args.seed, clip_dir=args.clip,
+                                  guidance_scale=args.guidance, flag="--reference-model" if args.reference_model
+                                  else "--model", progress=bar)
+        pipe = open_model(model_dir, width=args.width)
+        scores = evaluation.score_pipe(pipe, steps)
     seconds = time.perf_counter() - started
-    payload = {"model": str(model_dir), "steps": steps, "guidance_scale": guidance, "seed": args.seed,
-               "samples_per_digit": args.samples_per_digit, "seconds": round(seconds, 2), **report.to_dict()}
-    lines = [
-        f"model            {model_dir}",
-        f"images           {report.n_images} ({args.samples_per_digit} per digit, {steps} steps, guidance {guidance})",
-        f"prompt accuracy  {report.prompt_accuracy:.3f}",
-        f"Frechet distance {report.frechet_distance:.2f}  (real-vs-real floor {report.frechet_floor:.2f} +- {report.frechet_floor_std:.2f})",
-        "per digit        " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(report.per_digit_accuracy)),
-        f"time             {seconds:.1f} s",
-    ]
+    row = scores.row
+    width = 1.0 if args.width is None else args.width
+    guidance = evaluation.guidance_scale
+    payload = {"model": str(model_dir), "reference_model": str(evaluation.model_dir), "width": width, "steps": steps,
+               "guidance_scale": guidance, "seed": args.seed, "n_images": len(evaluation.grid),
+               "evaluators": evaluation.evaluators(), "seconds": round(seconds, 2), **row, **scores.detail}
+    q, n = row["quality"], len(evaluation.grid)
+    lines = [f"model              {model_dir}",
+             f"candidate          width {width:g}, {steps} steps, guidance {guidance:g}, {n} images (seed {args.seed})",
+             f"reference          {q['reference']} ({evaluation.model_dir})",
+             f"PSNR vs reference  {_interval(q, '.2f')} dB  (reference-fidelity, 95% interval, n={q['n']})",
+             f"SSIM vs reference  {_interval(row['ssim'], '.4f')}"]
+    if "prompt_accuracy" in row:
+        lo, hi = row["prompt_accuracy_ci95"]
+        flo, fhi = row["frechet_distance_ci95"]
+        lines += [f"prompt accuracy    {row['prompt_accuracy']:.3f}  [{lo:.3f}, {hi:.3f}]  (digit classifier, "
+                  f"Wilson 95%, n={n})",
+                  f"Frechet distance   {row['frechet_distance']:.2f}  [{flo:.2f}, {fhi:.2f}]  (bootstrap 95%; "
+                  f"real-vs-real floor {scores.detail['frechet_floor']:.2f} +- {scores.detail['frechet_floor_std']:.2f})",
+                  "per digit          " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(scores.detail["per_digit_accuracy"])
+                                                   if a is not None)]
+    if "clip_score" in row:
+        lines.append(f"CLIP score         {_interval(row['clip_score'], '.4f')}  ({args.clip})")
+    lines.append(f"time               {seconds:.1f} s")
     emit(payload, args.json, lines)
     return 0

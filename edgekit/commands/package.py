@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from edgekit.commands.common import add_seed_flag, width_list
-from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
+from edgekit.commands.common import add_json_flag, emit, number, positive_int, progress, read_json, step_list
 
 
 def _list(kind):
@@ -46,17 +46,28 @@ def register(sub) -> None:
     p.add_argument("--quant", default=PackageConfig.quant, metavar="METHOD", help="ort-static | nncf | fx")
     p.add_argument("--precision", type=_precision, action="append", default=[], metavar="TARGET=PRECISION",
                    help="a target's precision (default: " + ", ".join(f"{t}={v}" for t, v in DEFAULT_PRECISIONS.items()) + ")")
-    p.add_argument("--steps", type=step_list, default=None, help="step counts to measure (default: each profile's)")
+    p.add_argument("--steps", type=step_list, default=None,
+                   help="step counts every bundle ships and the bench measures, e.g. 1,2,4 (default: the model's "
+                        "edgekit_defaults.json offered_steps, else each profile's)")
+    p.add_argument("--guidance", type=number, default=None,
+                   help="guidance scale the bundles sample at; <= 1 turns guidance off (default: the model's)")
     p.add_argument("--calib-samples", type=positive_int, default=PackageConfig.calib_samples,
                    help="images generated per width for calibration")
-    p.add_argument("--samples-per-digit", type=positive_int, default=PackageConfig.samples_per_digit,
-                   help="images per digit for every quality number")
+    from edgekit.commands.evaluate import add_quality_flags
+
+    add_quality_flags(p, default_samples=PackageConfig.samples)
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="calibration prompts, one per line (default: the model directory's declared prompts, else "
+                        "calibration_data/general_prompts.txt)")
     p.add_argument("--repeats", type=positive_int, default=PackageConfig.repeats, help="timed runs per table row")
     add_seed_flag(p)
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
                                                               "(default: edgekit's policy_default.json)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (an earlier package output is resumed)")
-    p.add_argument("--force", action="store_true", help="start --out afresh instead of resuming it")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output directory: new, empty, or an earlier package output (resumed; damaged stages rerun)")
+    p.add_argument("--force", action="store_true",
+                   help="start an earlier package output afresh (removing only what edgekit wrote there), or write "
+                        "into a directory that holds other files (never overwriting them)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -69,8 +80,9 @@ def run(args) -> int:
     policy = read_json(args.policy, "--policy") if args.policy is not None else None
     config = PackageConfig(targets=tuple(args.targets), widths=args.widths, prune=args.prune,
                            recover_steps=args.recover_steps, slim_steps=args.slim_steps, quant=args.quant,
-                           precisions=tuple(args.precision), steps=args.steps, calib_samples=args.calib_samples,
-                           samples_per_digit=args.samples_per_digit, repeats=args.repeats, seed=args.seed,
+                           precisions=tuple(args.precision), steps=args.steps, guidance=args.guidance, calib_samples=args.calib_samples,
+                           samples=args.samples, clip=str(args.clip) if args.clip else None,
+                           prompts=str(args.prompts) if args.prompts else None, repeats=args.repeats, seed=args.seed,
                            policy=policy)
     model = args.model or SLIM_DIR
     try:
@@ -99,10 +111,15 @@ def _lines(summary: dict) -> list[str]:
     for target, b in summary["bundles"].items():
         bench = b.get("bench") or {}
         top = bench.get("top_choice")
-        tail = (f"policy's top choice w{top['width']:g}/{top['steps']} steps {top['latency_ms']:.0f} ms, accuracy "
-                f"{top['prompt_accuracy']:.2f}" if top else bench.get("skipped", "not measured"))
+        quality = (top or {}).get("quality") or {}
+        tail = (f"policy's top choice w{top['width']:g}/{top['steps']} steps {top['latency_ms']:.0f} ms, "
+                f"{quality.get('metric', 'quality')} {quality.get('value', float('nan')):.2f}"
+                if top else bench.get("skipped", "not measured"))
         lines.append(f"  {target:8s} {b['precision']:5s} {b['bytes'] / 2**20:7.2f} MiB  {tail}")
     for target, f in summary["failures"].items():
         lines.append(f"  {target:8s} FAILED at {f.get('stage')}: {f['error']}")
+    for r in summary["stages"]:
+        if r.get("reran") and r["reran"] != "settings or inputs changed":
+            lines.append(f"  reran {r['stage']}: {r['reran']}")
     lines.append(f"  report: {Path(summary['report_dir']) / summary['report']['markdown']}")
     return lines
