@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import struct
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,8 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
             raise ModelFormatError(f"{index_path}: '{component}' is {entry[1]}, expected one of {sorted(allowed)}")
         if not (path / component).is_dir():
             raise ModelFormatError(f"{flag} {path}: component folder '{component}/' missing")
+        for json_file in sorted((path / component).glob("*.json")):  # configs, tokenizer files: all objects
+            _read_json_object(json_file)
     for component in WEIGHT_COMPONENTS:
         config_path = path / component / "config.json"
         if not config_path.is_file():
@@ -267,7 +270,9 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     extra = {"unet": load_structured_unet(path / "unet", structure)} if structure is not None else {}
     scheduler_config(path)  # a broken one would otherwise reach diffusers' hub fallback
     try:
-        with warnings.catch_warnings():  # a library deprecation notice would break the one-line error
+        # a library deprecation notice, or diffusers' logged error before its fallback, would break the
+        # one-line error raised below
+        with warnings.catch_warnings(), _diffusers_log_level(diffusers_logging.CRITICAL):
             warnings.simplefilter("ignore")
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, dtype=torch.float32, local_files_only=True, safety_checker=None,
@@ -283,6 +288,18 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     pipe.edgekit_width = 1.0 if width is None else float(width)
     pipe.edgekit_structure = structure
     return pipe
+
+
+@contextmanager
+def _diffusers_log_level(level: int):
+    from diffusers.utils import logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before)
 
 
 def check_steps(steps: int, flag: str = "--steps") -> int:
