@@ -19,6 +19,7 @@ from edgekit import __version__
 from edgekit.constants import CALIB_COMPONENTS, CALIB_META
 from edgekit.errors import CalibrationError, InputError, NumericError
 from edgekit.fsutil import sha256_file, sha256_tree
+from edgekit.resources import shipped_path
 
 FORMAT_VERSION = 1
 SHARD_ROWS = 256
@@ -50,7 +51,7 @@ class CalibrationConfig:
 
 
 PROMPTS_FIELD = "calibration_prompts"  # edgekit_defaults.json: a prompts file inside the model directory
-GENERAL_PROMPTS_FILE = Path(__file__).resolve().parent.parent / "calibration_data" / "general_prompts.txt"
+GENERAL_PROMPTS_FILE = shipped_path("calibration_data", "general_prompts.txt")  # checkout copy, else the wheel's
 
 
 def default_prompts_file(model_dir: Path | None = None) -> Path:

@@ -20,8 +20,11 @@ LAYOUTS = ("NCHW", "NHWC")
 
 
 def profiles_dir() -> Path:
-    """The shipped profiles: ``targets/`` at the repository root."""
-    return Path(__file__).resolve().parent.parent / "targets"
+    """The shipped profiles: ``targets/`` of the source checkout (the copies a user edits) when edgekit runs
+    from one, else the installed wheel's own copies (edgekit.resources)."""
+    from edgekit.resources import shipped_path
+
+    return shipped_path("targets")
 
 
 class _Strict:

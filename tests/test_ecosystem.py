@@ -143,3 +143,55 @@ def test_generate_bundle_bad_input_exits_2(onnx_bundle, tmp_path, run_cli, flags
     assert not list(tmp_path.iterdir())
     code, _, err = run_cli("generate", "--bundle", tmp_path / "none", "--prompt", "x", "--out", tmp_path / "y.png")
     assert code == 2 and "not a directory" in err
+
+
+def test_data_files_and_onnxruntime_web_lookup_order(tmp_path, monkeypatch):
+    """Checkout copies when edgekit runs from a checkout, else the wheel's; onnxruntime-web from the checkout's
+    node_modules, then EDGEKIT_NODE_MODULES, then edgekit's own copy; absent: one line naming each place."""
+    import edgekit.resources as resources
+    from edgekit.profiles import profiles_dir
+    from edgekit.runtime.runners import node_available
+
+    assert profiles_dir() == REPO / "targets" and resources.find_ort_web() == REPO / "node_modules/onnxruntime-web"
+
+    def fake_modules(root: Path) -> Path:
+        (root / "onnxruntime-web").mkdir(parents=True)
+        (root / "onnxruntime-web" / "package.json").write_text('{"version": "0.0.0"}')
+        return root
+
+    wheel_data = tmp_path / "wheel_data"
+    (wheel_data / "targets").mkdir(parents=True)
+    monkeypatch.setattr(resources, "checkout_root", lambda: None)  # as installed from the wheel
+    monkeypatch.setattr(resources, "PACKAGE_DATA", wheel_data)
+    monkeypatch.delenv(resources.NODE_MODULES_ENV, raising=False)
+    assert profiles_dir() == wheel_data / "targets"
+    why = node_available()
+    assert why is not None and len(why.splitlines()) == 1
+    assert resources.NODE_MODULES_ENV in why and str(wheel_data / "node_modules") in why
+    own = fake_modules(wheel_data / "node_modules")
+    assert resources.find_ort_web() == own / "onnxruntime-web"
+    env = fake_modules(tmp_path / "env_modules")
+    monkeypatch.setenv(resources.NODE_MODULES_ENV, str(env))
+    assert resources.find_ort_web() == env / "onnxruntime-web"
+    checkout = tmp_path / "checkout"
+    fake_modules(checkout / "node_modules")
+    monkeypatch.setattr(resources, "checkout_root", lambda: checkout)
+    assert resources.find_ort_web() == checkout / "node_modules" / "onnxruntime-web"
+
+
+def test_an_ort_web_export_without_onnxruntime_web_says_so_and_still_checks_in_python(tmp_path, monkeypatch, run_cli):
+    import edgekit.resources as resources
+
+    import shutil
+
+    wheel_data = tmp_path / "wheel_data"  # a wheel built without onnxruntime-web (npm ci had not run)
+    shutil.copytree(REPO / "targets", wheel_data / "targets")
+    monkeypatch.setattr(resources, "checkout_root", lambda: None)
+    monkeypatch.setattr(resources, "PACKAGE_DATA", wheel_data)
+    monkeypatch.delenv(resources.NODE_MODULES_ENV, raising=False)
+    code, _, err = run_cli("export", "--target", "ort-web", "--out", tmp_path / "b")
+    assert code == 0, err
+    record = read_manifest(tmp_path / "b")["verification"]["text_encoder"]
+    python, web = record["checks"]
+    assert python["runtime"].startswith("onnxruntime 1.") and python["rel_err"] < 1e-4
+    assert web["runtime"].startswith("onnxruntime-web") and "onnxruntime-web not found" in web["skipped"]

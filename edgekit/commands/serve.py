@@ -2,7 +2,7 @@
 
 Paths: the page (the bundle's web/ folder when it ships one, else edgekit's own targets/web), the bundle's
 files under /bundle/, onnxruntime-web under /ort/ (the bundle's web/ort, else the repository's
-node_modules). Cross-origin isolation headers let onnxruntime-web use wasm threads. The bundle's files are
+node_modules found by edgekit.resources). Cross-origin isolation headers let onnxruntime-web use wasm threads. The bundle's files are
 checked against its manifest (sha256, nothing unlisted) before the server starts."""
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 PAGE_DIR = Path(__file__).resolve().parent.parent / "targets" / "web"
-REPO_ORT = Path(__file__).resolve().parent.parent.parent / "node_modules" / "onnxruntime-web" / "dist"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",
          ".json": "application/json", ".wasm": "application/wasm", ".png": "image/png"}
 
@@ -33,10 +32,13 @@ def resolve_roots(bundle: Path) -> dict[str, Path]:
                          "bundle (edgekit export --target ort-web)")
     verify_files(bundle, manifest)  # serve nothing changed, missing or unlisted (hidden files included)
     page = bundle / "web" if (bundle / "web" / "index.html").is_file() else PAGE_DIR
-    ort = page / "ort" if (page / "ort" / "ort.all.min.mjs").is_file() else REPO_ORT
-    if not (ort / "ort.all.min.mjs").is_file():
-        raise MissingBackendError(f"onnxruntime-web not found in {bundle / 'web' / 'ort'} or {REPO_ORT}: run `npm ci` "
-                                  "in the repository")
+    from edgekit.resources import find_ort_web, ort_web_missing
+
+    found = find_ort_web()  # the checkout's node_modules, EDGEKIT_NODE_MODULES, or edgekit's own copy
+    ort = page / "ort" if (page / "ort" / "ort.all.min.mjs").is_file() else found / "dist" if found else None
+    if ort is None or not (ort / "ort.all.min.mjs").is_file():
+        raise MissingBackendError(f"no browser build of onnxruntime-web (ort.all.min.mjs) in {bundle / 'web' / 'ort'}"
+                                  f" or {ort if ort else ort_web_missing()}")
     return {"page": page.resolve(), "bundle": bundle.resolve(), "ort": ort.resolve()}
 
 

@@ -2,7 +2,8 @@
 
 - ``OrtRunner``: an ONNX graph in onnxruntime (Python, CPU).
 - ``LiteRTRunner``: a .tflite model in the stock LiteRT interpreter (ai_edge_litert), no Flex delegate.
-- ``NodeOrtWebRunner``: an ONNX graph in onnxruntime-web (wasm) under Node, through tests/node/ort_web.mjs.
+- ``NodeOrtWebRunner``: an ONNX graph in onnxruntime-web (wasm) under Node, through ort_web.mjs (beside this
+  module; onnxruntime-web found by edgekit.resources).
 - ``inspect_mlpackage``: what a Core ML package holds (inputs, outputs, op types, weight storage);
   ``CoreMLRunner`` predicts on macOS only.
 
@@ -25,8 +26,7 @@ import numpy as np
 
 from edgekit.errors import InputError, MissingBackendError, VerificationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-NODE_SCRIPT = REPO_ROOT / "tests" / "node" / "ort_web.mjs"
+NODE_SCRIPT = Path(__file__).resolve().parent / "ort_web.mjs"
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -148,13 +148,17 @@ def node_available() -> str | None:
     """Why onnxruntime-web cannot run here, or None when it can."""
     if shutil.which("node") is None:
         return "node is not installed"
-    if not (REPO_ROOT / "node_modules" / "onnxruntime-web").is_dir():
-        return f"onnxruntime-web is not installed (run `npm ci` in {REPO_ROOT})"
+    from edgekit.resources import find_ort_web, ort_web_missing
+
+    if find_ort_web() is None:
+        return ort_web_missing()
     return None
 
 
 def _node_version() -> str:
-    data = json.loads((REPO_ROOT / "node_modules" / "onnxruntime-web" / "package.json").read_text())
+    from edgekit.resources import find_ort_web
+
+    data = json.loads((find_ort_web() / "package.json").read_text())
     return data["version"]
 
 
@@ -185,8 +189,12 @@ class NodeOrtWebRunner(_Batched):
 
 
 def _node(args: list[str], timeout: float) -> dict:
-    proc = subprocess.run(["node", str(NODE_SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO_ROOT)
+    import os
+
+    from edgekit.resources import find_ort_web
+
+    env = {**os.environ, "EDGEKIT_ORT_WEB": str(find_ort_web())}
+    proc = subprocess.run(["node", str(NODE_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env)
     lines = proc.stdout.strip().splitlines()
     if not lines:
         raise VerificationError(f"onnxruntime-web (node): {proc.stderr.strip() or 'no output'}")
@@ -197,7 +205,7 @@ def _node(args: list[str], timeout: float) -> dict:
 
 
 def check_bundle_in_node(bundle_dir: Path, labels: list[str] = (), timeout: float = 1800) -> list[dict]:
-    """Run tests/node/ort_web.mjs check on a bundle: every ONNX component replayed in onnxruntime-web."""
+    """Run ort_web.mjs check on a bundle: every ONNX component replayed in onnxruntime-web."""
     why = node_available()
     if why:
         raise MissingBackendError(f"onnxruntime-web under Node: {why}")

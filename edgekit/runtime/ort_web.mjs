@@ -1,20 +1,28 @@
 // Run edgekit ONNX graphs in onnxruntime-web (wasm) under Node, the runtime a browser tab uses.
 //
-//   node tests/node/ort_web.mjs check BUNDLE [LABEL...]
+// EDGEKIT_ORT_WEB names the onnxruntime-web package directory to load (edgekit.resources finds it: the
+// checkout's node_modules, EDGEKIT_NODE_MODULES, or edgekit's own copy); edgekit.runtime.runners sets it.
+//
+//   node ort_web.mjs check BUNDLE [LABEL...]
 //       For every ONNX component of BUNDLE/manifest.json (or only LABELs such as "unet@1.00"), load
 //       the graph the way the web demo does (external-data chunks joined through the externalData
 //       option), feed the stored verification inputs and compare with the stored torch outputs.
-//   node tests/node/ort_web.mjs run MODEL.onnx REQUEST.json OUT_DIR
+//   node ort_web.mjs run MODEL.onnx REQUEST.json OUT_DIR
 //       REQUEST: {"inputs": {name: {file, dtype, shape}}, "external_data": [relative paths]}; writes
 //       OUT_DIR/<output name>.bin (raw little-endian) and prints the outputs' {file, dtype, shape}.
 // Prints one JSON object on stdout; exit code 1 on any failure (message on stderr).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import * as ort from 'onnxruntime-web';
+import { pathToFileURL } from 'node:url';
 
-const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ORT_VERSION = JSON.parse(readFileSync(join(REPO, 'node_modules', 'onnxruntime-web', 'package.json'), 'utf8')).version;
+const ORT_DIR = process.env.EDGEKIT_ORT_WEB;
+if (!ORT_DIR) {
+  process.stderr.write('ort_web.mjs: EDGEKIT_ORT_WEB is not set (the onnxruntime-web package directory)\n');
+  process.exit(1);
+}
+// The Node build, imported by path: it resolves onnxruntime-common from the node_modules it sits in.
+const ort = await import(pathToFileURL(join(ORT_DIR, 'dist', 'ort.node.min.mjs')).href);
+const ORT_VERSION = JSON.parse(readFileSync(join(ORT_DIR, 'package.json'), 'utf8')).version;
 ort.env.wasm.numThreads = 1;  // the shared CI machine has 2 cores; threads add workers, not accuracy
 ort.env.logLevel = 'error';
 
