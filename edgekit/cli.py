@@ -8,8 +8,10 @@ import os
 import sys
 
 from edgekit.errors import EdgekitError
+from edgekit.fsutil import DISK_FULL
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:  # Ctrl-C: outputs are staged, so nothing half-written remains
+        print(f"edgekit {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk under a command that does not name its stage itself
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"edgekit {args.command}: error: no space left on device writing {exc.filename or 'its output'}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

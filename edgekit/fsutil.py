@@ -1,15 +1,85 @@
 """Atomic output directories: stages write into a temporary sibling and rename it into place at the end,
-so a crash or an error leaves no half-written output, and no stage ever writes inside its input."""
+so a crash or an error leaves no half-written output, and no stage ever writes inside its input.
+
+A temporary sibling is named ``.<name>.partial-<pid>[suffix]``. A process killed outright (SIGKILL, power
+loss) cannot remove its own; the next write of the same output removes those whose process is gone."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from edgekit.errors import InputError
+from edgekit.errors import EdgekitError, InputError
+
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]*)?$")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutOfSpaceError(EdgekitError):
+    """The disk filled up while a stage wrote its output; the partial output was removed."""
+
+    exit_code = 1
+
+
+def check_writable(path: Path, flag: str = "--out", shown: Path | None = None) -> None:
+    """Refuse, before any work, an output path where nothing can be created: a parent that is a file, a
+    read-only or virtual filesystem (/proc), a directory without write permission. Probes by creating and
+    removing one empty file in ``path`` or its nearest existing parent (permission bits alone do not tell,
+    e.g. for root or a read-only mount). ``shown``: the path the user gave, named in the error."""
+    path = Path(path)
+    shown = path if shown is None else shown
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {shown}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgekit-write-test-", dir=existing)
+    except OSError as exc:
+        raise InputError(f"{flag} {shown}: cannot create files in {existing} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id runs (as any user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_partials(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary siblings in ``directory`` (of the output ``name``, or of any output) left by
+    processes that no longer run; a running process's are left alone. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = PARTIAL.match(path.name)
+        if match is None or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", force: bool = False,
@@ -29,6 +99,7 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
     if out.exists() and force and out.is_dir() == is_file:
         expected = "a file" if is_file else "a directory"
         raise InputError(f"{flag} {out}: exists and is not {expected}")
+    check_writable(out.parent, flag, out)  # the output is staged beside it
     return out
 
 
@@ -38,6 +109,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     out = Path(out).resolve()
     created = [p for p in reversed(out.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out.parent, out.name)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -61,6 +133,7 @@ def staged_file(out: Path) -> Iterator[Path]:
     """Like ``staged_dir`` for a single file."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out.parent, out.name)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}{out.suffix}"
     try:
         yield tmp
