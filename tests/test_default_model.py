@@ -89,8 +89,8 @@ def test_generate_cli_writes_a_png(run_cli, tmp_path):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     first = out.read_bytes()
     code, _, err = run_cli("generate", "--prompt", "a handwritten digit seven", "--steps", "8", "--seed", "4",
-                           "--out", out)
+                           "--out", out, "--force")
     assert code == 0, err
-    assert out.read_bytes() != first  # an existing image is replaced
+    assert out.read_bytes() != first  # an existing image is replaced with --force (refused without it)
     code, _, err = run_cli("generate", "--prompt", "x", "--out", tmp_path)
     assert code == 2 and "--out" in err and "not a file" in err

@@ -66,8 +66,8 @@ BAD_FLAGS = {
                    ["generate", "eval", "calibrate"]),
     "--seed": ([("-1", SEED_EXPECTATION), (str(2**64), SEED_EXPECTATION), ("abc", SEED_EXPECTATION)],
                ["generate", "eval", "calibrate", "prune", "slim", "package", "bench", "policy generate"]),
-    "--widths": ([("0.5,,1.0", "no empty entries"), ("0.5,abc", "width multipliers in (0, 1]"),
-                  ("0.5,1.5", "width multipliers in (0, 1]")],
+    "--widths": ([("0.5,,1.0", "no empty entries"), ("0.5,abc", "expected comma-separated width multipliers"),
+                  ("0.5,nan", "expected comma-separated width multipliers")],
                  ["slim", "package", "bench", "export"]),
     "--steps": ([("0", "positive whole number")], ["generate", "eval", "calibrate", "package", "bench"]),
 }
@@ -131,6 +131,8 @@ MODEL_FILE_CASES = [
     pytest.param(_write("unet/config.json", "[]"), "expected a JSON object, got a list", id="unet-config-list"),
     pytest.param(_write("scheduler/scheduler_config.json", "[]"), "expected a JSON object, got a list",
                  id="scheduler-config-list"),
+    pytest.param(_write("tokenizer/tokenizer_config.json", "[]"), "expected a JSON object, got a list",
+                 id="tokenizer-config-list"),
 ]
 
 
@@ -143,6 +145,17 @@ def test_model_file_of_wrong_shape(tmp_path, model_copy, command, edit, expectat
     argv = ["generate", "--prompt", "x"] if command == "generate" else ["calibrate"]
     code, _, err = _console(tmp_path, *argv, "--model", model_copy, "--out", out)
     _check_refusal(code, err, 2, [str(broken), expectation], before, out)
+
+
+def test_unloadable_weights_are_one_line(tmp_path, model_copy):
+    """Weights diffusers cannot read: its own logged error must not add a line before edgekit's."""
+    unet = model_copy / "unet"
+    (unet / SAFETENSORS).unlink()
+    (unet / "diffusion_pytorch_model.bin").write_bytes(b"not a torch checkpoint")
+    before = {model_copy: sha256_tree(model_copy)}
+    out = tmp_path / "x.png"
+    code, _, err = _console(tmp_path, "generate", "--model", model_copy, "--prompt", "x", "--out", out)
+    _check_refusal(code, err, 2, [f"--model {model_copy}", "diffusers could not load it"], before, out)
 
 
 def _calibration_meta(text: str):

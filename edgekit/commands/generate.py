@@ -46,8 +46,7 @@ def run(args) -> int:
     if args.bundle is not None:
         return _run_bundle(args)
     model_dir = check_model_dir(args.model)
-    if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
-        raise InputError(f"--out {args.out}: expected a .png file name")
+    _check_png_name(args.out)
     out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
     defaults = sampling_defaults(model_dir)
     steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
@@ -67,6 +66,13 @@ def run(args) -> int:
     return 0
 
 
+def _check_png_name(out: Path) -> None:
+    if Path(out).is_dir():
+        raise InputError(f"--out {out}: is a directory, not a file (expected a .png file name)")
+    if Path(out).suffix.lower() != ".png":
+        raise InputError(f"--out {out}: expected a .png file name")
+
+
 def _run_bundle(args) -> int:
     """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
     from edgekit.bundle import read_manifest, width_key
@@ -77,8 +83,7 @@ def _run_bundle(args) -> int:
         raise InputError(f"--bundle {args.bundle} and --model {args.model}: give one (a bundle or a model directory)")
     if not Path(args.bundle).is_dir():
         raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
-    if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
-        raise InputError(f"--out {args.out}: expected a .png file name")
+    _check_png_name(args.out)
     out = check_output_path(args.out, [Path(args.bundle)], flag="--out", force=args.force, is_file=True)
     manifest = read_manifest(args.bundle, flag="--bundle")
     sampler = BundleSampler(args.bundle, manifest)
