@@ -109,13 +109,14 @@ def add_width_flag(p: argparse.ArgumentParser) -> None:
 
 
 def width_list(text: str) -> tuple[float, ...]:
-    """--widths 0.5,0.75,1.0: width multipliers in (0, 1], no empty entries."""
+    """--widths 0.5,0.75,1.0: finite numbers, no empty entries. Whether each is a width the command can use
+    (in (0, 1], one the model or bundle has) is checked by the command's config, which names the value."""
     parts = _comma_parts(text, "0.5,0.75,1.0")
     try:
-        return tuple(width_multiplier(part) for part in parts)
+        return tuple(number(part) for part in parts)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated width multipliers in (0, 1] such as "
-                                         f"0.5,0.75,1.0, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated width multipliers such as 0.5,0.75,1.0, "
+                                         f"got '{text}'") from None
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
