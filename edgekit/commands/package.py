@@ -121,8 +121,5 @@ def _lines(summary: dict) -> list[str]:
     for r in summary["stages"]:
         if r.get("reran") and r["reran"] != "settings or inputs changed":
             lines.append(f"  reran {r['stage']}: {r['reran']}")
-    for r in summary["stages"]:
-        if r.get("reran") and r["reran"] != "settings or inputs changed":
-            lines.append(f"  reran {r['stage']}: {r['reran']}")
     lines.append(f"  report: {Path(summary['report_dir']) / summary['report']['markdown']}")
     return lines
