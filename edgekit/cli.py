@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for command in sub.choices.values():  # every command: other libraries' output live instead of logged
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show other libraries' output (warnings, logs, converter lines) live on stderr "
+                                  "instead of in the log file")
     return parser
 
 
@@ -51,8 +55,11 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
+    from edgekit.logs import command_output
+
     try:
-        return args.func(args)
+        with command_output(args):  # other libraries' output to a log file beside --out (edgekit.logs)
+            return args.func(args)
     except EdgekitError as exc:
         print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -195,3 +195,48 @@ def test_an_ort_web_export_without_onnxruntime_web_says_so_and_still_checks_in_p
     python, web = record["checks"]
     assert python["runtime"].startswith("onnxruntime 1.") and python["rel_err"] < 1e-4
     assert web["runtime"].startswith("onnxruntime-web") and "onnxruntime-web not found" in web["skipped"]
+
+
+NOISY = r"""
+import logging, os, sys, warnings
+import edgekit.runtime.sampler as sampler
+original = sampler.BundleSampler.generate
+def noisy(self, *args, **kwargs):  # what converters and libraries do while a stage runs
+    print("library print")
+    warnings.warn("library warning")
+    logging.getLogger("somelib").warning("library log record")
+    os.write(2, b"native stderr line\n")
+    os.write(1, b"native stdout line\n")
+    return original(self, *args, **kwargs)
+sampler.BundleSampler.generate = noisy
+from edgekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+NOISE = ("library print", "library warning", "library log record", "native stderr line", "native stdout line")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_other_libraries_output_goes_to_a_log_and_json_stays_pure(onnx_bundle, tmp_path, verbose):
+    import subprocess
+    import sys
+
+    out = tmp_path / "img.png"
+    argv = [sys.executable, "-c", NOISY, "generate", "--bundle", str(onnx_bundle), "--prompt", "a handwritten digit one",
+            "--steps", "4", "--out", str(out), "--json"] + (["-v"] if verbose else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["out"] == str(out)  # stdout is the JSON object and nothing else
+    log = tmp_path / "img.png.log"
+    if verbose:
+        assert not log.exists() and all(n in proc.stderr for n in NOISE)
+    else:
+        assert proc.stderr.strip().splitlines() == [f"other libraries' output: {log} (-v shows it live)"]
+        text = log.read_text()
+        assert all(n in text for n in NOISE), text
+
+
+def test_a_quiet_command_leaves_no_log(onnx_bundle, tmp_path, run_cli):
+    code, out, err = run_cli("generate", "--bundle", onnx_bundle, "--prompt", "x", "--steps", "4",
+                             "--out", tmp_path / "q.png")
+    assert code == 0 and "wrote" in out and "other libraries" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.png"]

@@ -128,16 +128,24 @@ def progress():
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    from edgekit.logs import terminal_stderr
+
+    console = Console(file=terminal_stderr())  # the terminal, also while other libraries' output is captured
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True, disable=not console.is_terminal)
 
 
+def _stdout():
+    from edgekit.logs import terminal_stdout
+
+    return terminal_stdout()  # the terminal, also while other libraries' output is captured (edgekit.logs)
+
+
 def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(payload, indent=2), file=_stdout())
     else:
-        print("\n".join(lines))
+        print("\n".join(lines), file=_stdout())
 
 
 def default_prompts_file(model_dir: Path | None = None) -> Path:
