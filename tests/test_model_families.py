@@ -255,3 +255,13 @@ def test_unsupported_scheduler_is_refused_before_any_work(family, tmp_path, run_
     line = err.strip().splitlines()[-1]
     assert "KDPM2AncestralDiscreteScheduler" in line and "supported: " in line and "LCMScheduler" in line, err
     assert not (tmp_path / "out").exists() and time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("offered", [[], [0, 2], "1,2", [1.5]])
+def test_bad_offered_steps_are_refused_naming_the_file(tmp_path, offered):
+    from edgekit.errors import ModelFormatError
+    from edgekit.pipeline import sampling_defaults
+
+    (tmp_path / EDGEKIT_DEFAULTS).write_text(json.dumps({"offered_steps": offered}))
+    with pytest.raises(ModelFormatError, match=f"{EDGEKIT_DEFAULTS}: offered_steps"):
+        sampling_defaults(tmp_path)
