@@ -116,7 +116,8 @@ def _write(relative: str, text: str):
 
 
 MODEL_FILE_CASES = [
-    pytest.param(_write("model_index.json", '["unet", "vae"]'), "expected a JSON object, got a list", id="model_index-list"),
+    pytest.param(_write("model_index.json", '["unet", "vae"]'), "expected a JSON object, got a list",
+                 id="model_index-list"),
     pytest.param(_write("model_index.json", "{ not json"), "not valid JSON", id="model_index-not-json"),
     pytest.param(_write("edgekit_defaults.json", '{"guidance_scale": 2.0,'), "(Expecting property name",
                  id="edgekit_defaults-corrupt"),
@@ -189,6 +190,20 @@ def test_calibration_meta_of_wrong_shape(tmp_path, command, make, expectation):
     _check_refusal(code, err, 2, [str(meta), expectation], before, out)
 
 
+@pytest.mark.parametrize("argv,needle", [
+    pytest.param(["generate", "--prompt", "x", "--model", "loop", "--out", "x.png"], "--model loop",
+                 id="generate-model"),
+    pytest.param(["quantize", "--method", "ort-static", "--calib", "loop", "--out", "q"], "--calib loop",
+                 id="quantize-calib"),
+    pytest.param(["prune", "--ratio", "0.5", "--calib", "loop", "--out", "q"], "--calib loop", id="prune-calib"),
+    pytest.param(["calibrate", "--out", "loop/calib"], "--out loop/calib", id="calibrate-out"),
+])
+def test_symlink_loop_is_one_line(tmp_path, argv, needle):
+    (tmp_path / "loop").symlink_to("loop")
+    code, _, err = _console(tmp_path, *argv)
+    _check_refusal(code, err, 2, [needle, "cannot be resolved (Symlink loop"], {}, tmp_path / argv[-1])
+
+
 # --- 1. step counts the scheduler cannot take; NaN/Inf outputs ----------------------------------------
 
 def test_scheduler_limit_is_measured_not_assumed(default_model):
@@ -238,7 +253,8 @@ def test_default_step_count_beyond_the_scheduler_names_the_file(run_cli, tmp_pat
 def test_non_finite_generation_is_an_error(run_cli, tmp_path, default_model, default_model_digest, command):
     """A finite but huge guidance overflows the sampler: an error naming the image, never a black PNG."""
     out = tmp_path / ("x.png" if command == "generate" else "calib")
-    argv = ["generate", "--prompt", "a handwritten digit seven"] if command == "generate" else ["calibrate", "--samples", "2"]
+    argv = (["generate", "--prompt", "a handwritten digit seven"] if command == "generate"
+            else ["calibrate", "--samples", "2"])
     code, _, err = run_cli(*argv, "--steps", "2", "--guidance", "1e30", "--out", out)
     _check_refusal(code, err, 1, ["generate: image 0", "holds NaN/Inf after 2 steps at guidance 1e+30"],
                    {default_model: default_model_digest}, out)

@@ -61,12 +61,12 @@ def _inputs(args, more_inputs=()):
     from edgekit.pipeline import check_model_dir
 
     model_dir = check_model_dir(args.model)
-    protected = [model_dir] + ([Path(args.calib)] if args.calib else []) + [Path(p) for p in more_inputs]
-    out = check_output_path(args.out, protected, force=args.force)
     if args.calib is not None:
         from edgekit.calibration import CalibrationSet
 
         CalibrationSet.open(args.calib, model_dir)  # fail before any work if it is not this model's
+    protected = [model_dir] + ([Path(args.calib)] if args.calib else []) + [Path(p) for p in more_inputs]
+    out = check_output_path(args.out, protected, force=args.force)
     return model_dir, out
 
 

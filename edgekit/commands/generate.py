@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--scale", type=_scale, default=1, help=f"enlarge the PNG by this factor, 1 to {MAX_SCALE} (nearest)")
+    p.add_argument("--scale", type=_scale, default=1,
+                   help=f"enlarge the PNG by this factor, 1 to {MAX_SCALE} (nearest)")
     add_json_flag(p)
     p.set_defaults(func=run)
 

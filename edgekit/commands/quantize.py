@@ -34,6 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgekit.calibration import CalibrationSet
     from edgekit.fsutil import check_output_path
     from edgekit.pipeline import check_model_dir
     from edgekit.quantize import get_quantizer, parse_components, quantize_model
@@ -47,6 +48,7 @@ def run(args) -> int:
     )
     quantizer.check_backend()
     model_dir = check_model_dir(args.model)
+    CalibrationSet.open(args.calib)  # its meta.json, before --out (checked against the model when quantizing)
     out = check_output_path(args.out, [model_dir, Path(args.calib)], force=args.force)
     with progress() as bar:
         manifest = quantize_model(model_dir, args.calib, args.method, out, components=components, width=args.width,
