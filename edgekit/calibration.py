@@ -302,7 +302,10 @@ class CalibrationSet:
 
     @classmethod
     def open(cls, directory: Path | str, model_dir: Path | None = None, flag: str = "--calib") -> "CalibrationSet":
-        directory = Path(directory).resolve()
+        try:
+            directory = Path(directory).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise CalibrationError(f"{flag} {directory}: cannot be resolved ({exc})") from None
         meta_path = directory / CALIB_META
         if not directory.is_dir():
             raise CalibrationError(f"{flag} {directory}: no such directory (expected the output of edgekit calibrate)")

@@ -82,14 +82,21 @@ def remove_stale_partials(directory: Path, name: str | None = None) -> list[Path
     return removed
 
 
+def _resolved(path: Path, label: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise InputError(f"{label}: cannot be resolved ({exc})") from None
+
+
 def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", force: bool = False,
                       is_file: bool = False) -> Path:
     """Resolve ``out`` and refuse it when it overlaps an input or exists (unless ``force``).
 
     ``is_file``: the output is one file (replaced when ``force``), else a directory."""
-    out = Path(out).resolve()
+    out = _resolved(out, f"{flag} {out}")
     for inp in protected:
-        inp = Path(inp).resolve()
+        inp = _resolved(inp, str(inp))
         if out == inp or inp in out.parents:
             raise InputError(f"{flag} {out}: is inside the input {inp}; choose a path outside it")
         if out in inp.parents:

@@ -88,7 +88,10 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
     """Return the resolved pipeline directory, or raise one clear error naming what is wrong."""
     if path is None:
         path = default_model_dir()
-    path = Path(path).expanduser().resolve()
+    try:
+        path = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise InputError(f"{flag} {path}: cannot be resolved ({exc})") from None
     if not path.exists():
         raise InputError(f"{flag} {path}: no such directory")
     if not path.is_dir():
