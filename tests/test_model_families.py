@@ -265,3 +265,26 @@ def test_bad_offered_steps_are_refused_naming_the_file(tmp_path, offered):
     (tmp_path / EDGEKIT_DEFAULTS).write_text(json.dumps({"offered_steps": offered}))
     with pytest.raises(ModelFormatError, match=f"{EDGEKIT_DEFAULTS}: offered_steps"):
         sampling_defaults(tmp_path)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_fewstep_student_trains_through_the_scheduler_it_ships(steps):
+    """The distillation's differentiable DDIM steps are the student directory's DDIMScheduler (trailing)."""
+    from diffusers import UNet2DConditionModel
+
+    from edgekit.zoo.tiny_digits.fewstep import ddim_unrolled, student_scheduler
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8).eval()
+    x, hidden = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 32)
+    sched = student_scheduler()
+    sched.set_timesteps(steps)
+    expected = x.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            expected = sched.step(unet(expected, t, hidden).sample, t, expected).prev_sample
+        got = ddim_unrolled(unet, x, hidden, steps)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
