@@ -9,3 +9,6 @@ CLASSIFIER_DIR = ZOO_DIR / "classifier"
 # The same model made slimmable (widths 0.5, 0.75, 1.0; one weight set) by `edgekit slim`; shipped because
 # its training takes longer than a packaging run should (the command that made it is in its structure.json).
 SLIM_DIR = ZOO_DIR / "slim"
+# A few-step student (1, 2 or 4 DDIM steps, no classifier-free guidance) distilled from pipeline/ by
+# `python -m edgekit.zoo.tiny_digits.train_fewstep`; its fewstep.json holds the training record and evaluation.
+FEWSTEP_DIR = ZOO_DIR / "fewstep"

@@ -10,9 +10,9 @@ prompts leave out the evaluation phrasing (edgekit.zoo.tiny_digits.data.EVAL_TEM
 seeds are not among the training noise, so the reported accuracy is held out. The loop runs under HF
 Accelerate, single process on a CPU here.
 
-    .venv/bin/python -m edgekit.zoo.tiny_digits.fewstep --out DIR [--train-steps N] [--pairs N]
+    .venv/bin/python -m edgekit.zoo.tiny_digits.train_fewstep [--out DIR] [--train-steps N] [--pairs N]
 
-writes a diffusers pipeline directory (the teacher's VAE, text encoder and tokenizer; the student UNet;
+writes (by default into edgekit/zoo/tiny_digits/fewstep/, the shipped student) a diffusers pipeline directory (the teacher's VAE, text encoder and tokenizer; the student UNet;
 DDIMScheduler with trailing spacing) whose edgekit_defaults.json offers 1, 2 and 4 steps at guidance 1.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from edgekit.constants import EDGEKIT_DEFAULTS
-from edgekit.zoo.tiny_digits import PIPELINE_DIR
+from edgekit.zoo.tiny_digits import FEWSTEP_DIR, PIPELINE_DIR
 
 STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = 20
@@ -170,7 +170,7 @@ def evaluate(teacher_dir: Path, student_dir: Path, samples_per_digit: int, seed:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=FEWSTEP_DIR)
     parser.add_argument("--teacher", type=Path, default=PIPELINE_DIR)
     parser.add_argument("--pairs", type=int, default=256, help="teacher (noise, latent) pairs")
     parser.add_argument("--train-steps", type=int, default=200)
