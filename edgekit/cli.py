@@ -8,7 +8,7 @@ import os
 import sys
 
 from edgekit.errors import EdgekitError
-from edgekit.fsutil import DISK_FULL
+from edgekit.fsutil import disk_full
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekit {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # a full disk under a command that does not name its stage itself
-        if exc.errno not in DISK_FULL:
+        full, path = disk_full(exc)
+        if not full:
             raise
-        print(f"edgekit {args.command}: error: no space left on device writing {exc.filename or 'its output'}",
+        print(f"edgekit {args.command}: error: no space left on device writing {path or 'its output'}",
               file=sys.stderr)
         return 1
 

@@ -27,6 +27,22 @@ class OutOfSpaceError(EdgekitError):
     exit_code = 1
 
 
+def disk_full(exc: BaseException) -> tuple[bool, str | None]:
+    """Whether ``exc``, or an error that led to it, is a full disk; and the path being written when known.
+    shutil.copytree gathers its per-file errors into one shutil.Error of (source, target, message) strings."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            for entry in exc.args[0]:
+                if len(entry) == 3 and any(f"[Errno {code}]" in str(entry[2]) for code in DISK_FULL):
+                    return True, str(entry[1])
+        elif isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True, exc.filename
+        exc = exc.__cause__ or exc.__context__
+    return False, None
+
+
 def check_writable(path: Path, flag: str = "--out", shown: Path | None = None) -> None:
     """Refuse, before any work, an output path where nothing can be created: a parent that is a file, a
     read-only or virtual filesystem (/proc), a directory without write permission. Probes by creating and

@@ -181,7 +181,7 @@ class Stages:
         digests ``inputs``; ``output`` is the directory whose presence, with the key file, marks it done.
         ``amends``: the name of an earlier stage whose output this one rewrites in place (the bench writes its
         table into the export's manifest.json); that stage's checksums are renewed after this one ran."""
-        from edgekit.fsutil import DISK_FULL, OutOfSpaceError
+        from edgekit.fsutil import OutOfSpaceError, disk_full
 
         key = _digest(inputs)
         self.current = name
@@ -208,8 +208,9 @@ class Stages:
                                 "files": files, "result": result})
         except BaseException as exc:
             self.records.append({**record, "failed": True, "seconds": round(time.perf_counter() - started, 1)})
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                where = exc.filename or output or (self._output_of(amends) if amends else self.root)
+            full, path = disk_full(exc)
+            if full:
+                where = path or output or (self._output_of(amends) if amends else self.root)
                 raise OutOfSpaceError(f"stage {name}: no space left on device writing {where} "
                                       f"({_free(self.root)} free); the stage's partial output was removed, "
                                       "free some space and rerun to resume") from None
@@ -462,14 +463,15 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
 @contextmanager
 def _writing(stage: str, where: Path):
     """A full disk while ``stage`` writes ``where`` is one line naming both."""
-    from edgekit.fsutil import DISK_FULL, OutOfSpaceError
+    from edgekit.fsutil import OutOfSpaceError, disk_full
 
     try:
         yield
     except OSError as exc:
-        if exc.errno not in DISK_FULL:
+        full, path = disk_full(exc)
+        if not full:
             raise
-        raise OutOfSpaceError(f"{stage}: no space left on device writing {exc.filename or where} "
+        raise OutOfSpaceError(f"{stage}: no space left on device writing {path or where} "
                               f"({_free(where)} free); free some space and rerun to resume") from None
 
 

@@ -319,6 +319,23 @@ def test_a_full_disk_during_a_stage_names_it_and_leaves_nothing_half_written(run
     assert _files(package_copy / "stages") == {k: v for k, v in stages_before.items() if k != "export-ort-web.json"}
 
 
+def test_a_full_disk_is_recognised_through_copytree_and_wrapped_errors():
+    from edgekit.fsutil import disk_full
+
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/out/file")
+    assert disk_full(enospc) == (True, "/x/out/file")
+    assert disk_full(shutil.Error([("/src/a", "/dst/a", str(enospc))])) == (True, "/dst/a")  # copytree's form
+    try:
+        try:
+            raise enospc
+        except OSError as exc:
+            raise RuntimeError("converter failed") from exc
+    except RuntimeError as wrapped:
+        assert disk_full(wrapped) == (True, "/x/out/file")
+    assert disk_full(OSError(errno.EACCES, os.strerror(errno.EACCES))) == (False, None)
+    assert disk_full(shutil.Error([("/src/a", "/dst/a", "[Errno 13] Permission denied")])) == (False, None)
+
+
 def test_a_real_full_disk_stops_the_run_with_one_line(run_cli, default_model, tmp_path):
     """A 5 MiB tmpfs: the run fills it; what remains are finished stages only (each with its record)."""
     small = tmp_path / "small"
