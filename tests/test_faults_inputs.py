@@ -77,6 +77,8 @@ FLAG_CASES = [pytest.param(command, flag, value, expectation, id=f"{command}{fla
 FLAG_CASES += [
     pytest.param("generate", "--steps", "-5", "positive whole number", id="generate--steps=-5"),
     pytest.param("generate", "--scale", "100000", "from 1 to 32", id="generate--scale=100000"),
+    pytest.param("generate", "--out", "", "expected a .png file name", id="generate--out=empty"),
+    pytest.param("generate", "--out", "x.jpg", "expected a .png file name", id="generate--out=x.jpg"),
     pytest.param("calibrate", "--samples", "0", "positive whole number", id="calibrate--samples=0"),
     pytest.param("calibrate", "--max-rows-unet", "-3", "positive whole number", id="calibrate--max-rows-unet=-3"),
     pytest.param("prune", "--lr", "-1", "expected a positive number", id="prune--lr=-1"),

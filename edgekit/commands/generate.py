@@ -20,6 +20,14 @@ def _scale(text: str) -> int:
     return value
 
 
+def _png_path(text: str) -> Path:
+    if text.strip() and Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file (expected a .png file name)")
+    if not text.strip() or Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"expected a .png file name, got '{text}'")
+    return Path(text)
+
+
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate one image from a prompt")
     add_model_flag(p)
@@ -29,7 +37,7 @@ def register(sub) -> None:
     add_width_flag(p)
     add_sampling_flags(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG file to write")
+    p.add_argument("--out", type=_png_path, default=Path("out.png"), help="PNG file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--scale", type=_scale, default=1,
                    help=f"enlarge the PNG by this factor, 1 to {MAX_SCALE} (nearest)")
@@ -47,7 +55,6 @@ def run(args) -> int:
     if args.bundle is not None:
         return _run_bundle(args)
     model_dir = check_model_dir(args.model)
-    _check_png_name(args.out)
     out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
     defaults = sampling_defaults(model_dir)
     steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
@@ -67,13 +74,6 @@ def run(args) -> int:
     return 0
 
 
-def _check_png_name(out: Path) -> None:
-    if Path(out).is_dir():
-        raise InputError(f"--out {out}: is a directory, not a file (expected a .png file name)")
-    if Path(out).suffix.lower() != ".png":
-        raise InputError(f"--out {out}: expected a .png file name")
-
-
 def _run_bundle(args) -> int:
     """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
     from edgekit.bundle import read_manifest, width_key
@@ -84,7 +84,6 @@ def _run_bundle(args) -> int:
         raise InputError(f"--bundle {args.bundle} and --model {args.model}: give one (a bundle or a model directory)")
     if not Path(args.bundle).is_dir():
         raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
-    _check_png_name(args.out)
     out = check_output_path(args.out, [Path(args.bundle)], flag="--out", force=args.force, is_file=True)
     manifest = read_manifest(args.bundle, flag="--bundle")
     sampler = BundleSampler(args.bundle, manifest)
