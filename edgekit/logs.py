@@ -36,7 +36,7 @@ def terminal_stderr():
 
 
 def log_path_for(command: str, out) -> Path | None:
-    if out is None:
+    if out is None or not Path(out).name:  # --out "" or "/": the command's own check names it
         return None
     out = Path(out)
     return out / LOG_NAME if command in LOG_INSIDE_OUT else out.with_name(out.name + ".log")
