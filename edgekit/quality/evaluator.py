@@ -20,11 +20,12 @@ import numpy as np
 
 from edgekit.constants import EDGEKIT_DEFAULTS
 from edgekit.errors import InputError, ModelFormatError
+from edgekit.resources import shipped_path
 
 DECLARED_FIELD = "quality_evaluators"
 KNOWN_EXTRAS = ("digits",)
 MIN_SAMPLES = 2  # an interval of a mean needs two images
-EVAL_PROMPTS_FILE = Path(__file__).resolve().parent.parent.parent / "calibration_data" / "eval_prompts.txt"
+EVAL_PROMPTS_FILE = shipped_path("calibration_data", "eval_prompts.txt")  # checkout copy, else the wheel's
 
 
 def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
