@@ -272,3 +272,10 @@ def test_merge_drops_rows_ranked_on_another_scale():
     new = [{"width": 1.0, "steps": 20, "device": "d", "quality": {**q, "value": 40.0}}]
     rows, dropped = _merge(old, new)
     assert [(r["width"], r["steps"]) for r in rows] == [(1.0, 8), (1.0, 20)] and dropped == 2
+
+
+def test_intervals_stay_inside_the_metric_range():
+    from edgekit.quality.metrics import summary
+
+    s = summary([0.999, 1.0, 0.998, 1.0], high=1.0)
+    assert s["ci95"][1] == 1.0 and s["ci95"][0] < s["value"] <= 1.0

@@ -91,4 +91,4 @@ class ClipScorer:
     def score(self, images: np.ndarray, prompts: list[str]) -> dict:
         from edgekit.quality.metrics import summary
 
-        return summary(self.per_image(images, prompts))
+        return summary(self.per_image(images, prompts), low=-1.0, high=1.0)

@@ -49,7 +49,7 @@ class DigitsEvaluator:
         floor, floor_std = frechet_floor(self.scorer, n, self.reference_features)
         per_digit = [round(float(correct[labels == d].mean()), 4) if (labels == d).any() else None for d in range(10)]
         return {"prompt_accuracy": round(float(correct.mean()), 4), "prompt_accuracy_ci95": [round(lo, 4), round(hi, 4)],
-                "frechet_distance": round(fd, 3), "frechet_distance_ci95": [round(fd_lo, 3), round(fd_hi, 3)],
+                "frechet_distance": round(fd, 3), "frechet_distance_ci95": [round(max(fd_lo, 0.0), 3), round(fd_hi, 3)],
                 "frechet_floor": round(floor, 3), "frechet_floor_std": round(floor_std, 3),
                 "per_digit_accuracy": per_digit}
 

@@ -111,8 +111,8 @@ def cached_reference(root: Path, key: str, make) -> np.ndarray:
 
 def fidelity(images: np.ndarray, references: np.ndarray, reference_label: str) -> dict:
     """The row's "quality" (mean PSNR in dB, capped at 100, with its 95% interval) and "ssim"."""
-    from edgekit.quality.metrics import psnr_per_image, ssim_per_image, summary
+    from edgekit.quality.metrics import PSNR_CAP_DB, psnr_per_image, ssim_per_image, summary
 
-    psnr = summary(psnr_per_image(images, references), digits=3)
+    psnr = summary(psnr_per_image(images, references), digits=3, high=PSNR_CAP_DB)
     return {"quality": {"evaluator": NAME, "metric": METRIC, **psnr, "reference": reference_label},
-            "ssim": summary(ssim_per_image(images, references), digits=4)}
+            "ssim": summary(ssim_per_image(images, references), digits=4, low=-1.0, high=1.0)}

@@ -96,7 +96,10 @@ def bootstrap_ci95(samples: np.ndarray, statistic, draws: int = 200, seed: int =
     return centre - 1.959963984540054 * spread, centre + 1.959963984540054 * spread
 
 
-def summary(values, digits: int = 4) -> dict:
-    """{"value", "ci95", "n"} of a mean, rounded for a table row."""
+def summary(values, digits: int = 4, low: float | None = None, high: float | None = None) -> dict:
+    """{"value", "ci95", "n"} of a mean, rounded for a table row; the interval is cut to the metric's range
+    [low, high] (a t interval around an SSIM of 0.999 would otherwise reach past 1)."""
     mean, (lo, hi) = mean_ci95(values)
+    lo = lo if low is None else max(lo, low)
+    hi = hi if high is None else min(hi, high)
     return {"value": round(mean, digits), "ci95": [round(lo, digits), round(hi, digits)], "n": len(values)}
