@@ -118,7 +118,7 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
                 raise InputError(f"{flag} {path}: line {number} is not a valid quoted prompt ({exc.msg})") from None
         prompts.append(text)
     if not prompts:
-        what = f"only comments ({comments} lines)" if comments else "empty"
+        what = f"only comments ({comments} comment line{'s' if comments != 1 else ''})" if comments else "empty"
         raise InputError(f"{flag} {path}: no prompts, the file is {what} (expected one prompt per line)")
     return prompts
 

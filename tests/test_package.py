@@ -201,8 +201,11 @@ def test_package_of_a_model_that_is_not_the_digits_model_reports_fidelity_only(r
     from edgekit.calibration import GENERAL_PROMPTS_FILE
     from edgekit.policy import DeviceState, Policy
 
+    model = tmp_path / "sd15_4steps"  # the same architecture and weights sampled at 4 default steps: a quick reference
+    shutil.copytree(sd15_reduced, model)
+    (model / "edgekit_defaults.json").write_text(json.dumps({"num_inference_steps": 4}))
     out = tmp_path / "sd15"
-    code, stdout, err = run_cli("package", "--model", sd15_reduced, "--targets", "ort-web", "--widths", "1.0",
+    code, stdout, err = run_cli("package", "--model", model, "--targets", "ort-web", "--widths", "1.0",
                                 "--steps", "4", "--samples", "3", "--repeats", "1", "--calib-samples", "2",
                                 "--out", out, "--json")
     assert code == 0, err
@@ -217,7 +220,8 @@ def test_package_of_a_model_that_is_not_the_digits_model_reports_fidelity_only(r
     manifest = read_manifest(out / "ort-web")
     [row] = manifest["table"]
     assert row["quality"]["evaluator"] == "reference-fidelity" and row["quality"]["n"] == 3
-    assert row["quality"]["reference"] == "float torch, width 1.00, 50 steps"
+    assert row["quality"]["reference"] == "float torch, width 1.00, 4 steps"
+    assert row["quality"]["value"] < 100.0, "the INT8 bundle is not the float reference"
     assert not {"prompt_accuracy", "frechet_distance", "prompt_accuracy_ci95", "frechet_distance_ci95"} & set(row)
     decision = Policy.from_manifest(manifest).decide(
         0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
