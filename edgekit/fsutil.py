@@ -122,6 +122,13 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
     if out.exists() and force and out.is_dir() == is_file:
         expected = "a file" if is_file else "a directory"
         raise InputError(f"{flag} {out}: exists and is not {expected}")
+    if out.is_dir() and not is_file:
+        # A replaced output directory is deleted first: never the one the user works in, one holding it,
+        # their home or the filesystem root (`--out . --force` would empty the current folder).
+        cwd, home = _resolved(Path.cwd(), "the working directory"), Path.home().resolve()
+        if out == cwd or out in cwd.parents or out == home or out == Path(out.anchor):
+            raise InputError(f"{flag} {out}: is the working directory, one that holds it, the home directory or "
+                             "the filesystem root; choose a new directory for the output")
     check_writable(out.parent, flag, out)  # the output is staged beside it
     return out
 

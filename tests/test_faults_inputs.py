@@ -301,3 +301,17 @@ def test_generate_does_not_overwrite_without_force(run_cli, tmp_path):
                                 "--force")
     assert code == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("out", [".", "", ".."])
+def test_force_never_replaces_the_working_directory(run_cli, tmp_path, monkeypatch, out):
+    """`--out . --force` (and an empty --out, which resolves to it) would delete the folder the user is in."""
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    keep = work / "keep.txt"
+    keep.write_text("mine")
+    monkeypatch.chdir(work)
+    code, stdout, err = run_cli("calibrate", "--samples", "1", "--steps", "1", "--out", out, "--force")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err and "Traceback" not in err
+    assert keep.read_text() == "mine" and sorted(p.name for p in work.iterdir()) == ["keep.txt"]
