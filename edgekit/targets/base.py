@@ -315,7 +315,7 @@ def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance:
     the profile's plus the model's default."""
     import math
 
-    from edgekit.pipeline import check_steps, sampling_defaults, scheduler_config
+    from edgekit.pipeline import check_scheduler_steps, sampling_defaults, scheduler_config
     from edgekit.schedule import GUIDANCE_EMBEDDING, check_supported, guidance_embedding, guidance_mode, schedule_table
 
     config = scheduler_config(model_dir)
@@ -325,8 +325,8 @@ def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance:
         raise InputError(f"--guidance {guidance}: expected a finite number")
     scale = float(defaults.guidance_scale if guidance is None else guidance)
     counts = tuple(steps) if steps else (defaults.offered_steps or tuple(profile.steps) + (defaults.steps,))
-    for s in counts:
-        check_steps(s, "--steps" if steps else "steps")
+    for s in counts:  # a count the scheduler cannot take (NaN latents, beyond its training steps) is named now
+        check_scheduler_steps(config, s, "--steps" if steps else "steps")
     counts = sorted(set(counts))
     default_steps = defaults.steps if defaults.steps in counts else max(counts)
     unet_config = Path(model_dir) / "unet" / "config.json"
