@@ -169,8 +169,9 @@ class Stages:
     when its key changed, when its output is damaged (a file changed, missing or added), or when its inputs name
     the key of a stage that ran in this run (so a rerun of a damaged stage reruns everything that read it)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, say: Callable[[str], None] | None = None) -> None:
         self.root = root
+        self.say = say or (lambda line: None)  # one line per stage event, for a person watching a terminal
         self.records: list[dict] = []
         self.current: str | None = None  # the stage running now (named in a failure)
         self._ran: dict[str, str] = {}  # key -> name of every stage that ran in this run
@@ -191,12 +192,14 @@ class Stages:
         reason = (f"damaged (file {STAGES_DIR}/{state.name} unreadable)" if saved is None and rerun
                   else self._rerun_reason(saved, key, inputs, output))
         if reason is None:
+            self.say(f"stage {name}: reused")
             self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0})
             return self._located(saved["result"], output)
         state.unlink(missing_ok=True)
         if output is not None and output.exists() and output.is_relative_to(self.root / STAGES_DIR):
             shutil.rmtree(output)  # a stale intermediate; final bundles are replaced atomically by their stage
         record = {"stage": name, "key": key, "ran": True, **({"reran": reason} if rerun else {})}
+        self.say(f"stage {name}: running" + (f" again, {reason}" if rerun else ""))
         started = time.perf_counter()
         try:
             result = build(output)
@@ -216,6 +219,7 @@ class Stages:
                                       "free some space and rerun to resume") from None
             raise
         self.records.append({**record, "seconds": round(time.perf_counter() - started, 1)})
+        self.say(f"stage {name}: done in {self.records[-1]['seconds']:.1f} s")
         self._ran[key] = name
         return self._located(result, output)
 
@@ -449,13 +453,15 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
     return Plan(source=source, out=out_dir.path, widths=widths, slim=slim, profiles=profiles, out_dir=out_dir)
 
 
-def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = False, progress=None) -> dict:
-    """Run the chain; returns the summary written to package.json. Raises PackageError after writing
+def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = False, progress=None,
+            say: Callable[[str], None] | None = None) -> dict:
+    """Run the chain; returns the summary written to package.json. ``say`` receives one line per stage
+    (running, reused, done in N s). Raises PackageError after writing
     everything else when some target failed, PackageInterrupted on Ctrl-C (finished stages are kept),
     OutOfSpaceError when the disk fills up (the stage under way leaves nothing half-written)."""
     p = plan(model_dir, config, out, force)
     try:
-        return _package(p, config, progress)
+        return _package(p, config, progress, say)
     except KeyboardInterrupt:
         raise PackageInterrupted(f"interrupted; finished stages kept in {p.out}, rerun to resume") from None
 
@@ -475,7 +481,7 @@ def _writing(stage: str, where: Path):
                               f"({_free(where)} free); free some space and rerun to resume") from None
 
 
-def _package(p: Plan, config: PackageConfig, progress) -> dict:
+def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
     from edgekit.fsutil import OutOfSpaceError, sha256_tree
     from edgekit.pipeline import sampling_defaults
 
@@ -484,7 +490,7 @@ def _package(p: Plan, config: PackageConfig, progress) -> dict:
     run_key = _digest({"source": source_key, "config": config.to_dict()})
     with _writing("package", p.out):
         claim_out(p.out_dir, config.targets, run_key)
-    stages = Stages(p.out)
+    stages = Stages(p.out, say)
     work = p.out / STAGES_DIR
 
     model, model_key = p.source, source_key

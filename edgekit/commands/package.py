@@ -87,7 +87,10 @@ def run(args) -> int:
     model = args.model or SLIM_DIR
     try:
         with progress() as bar:
-            summary = package(model, config, args.out, force=args.force, progress=bar)
+            # stage lines beside the bars on a terminal; a log or a pipe gets only the summary (or --json)
+            say = ((lambda line: bar.console.print(line, markup=False, highlight=False))
+                   if bar.console.is_terminal and not args.json else None)
+            summary = package(model, config, args.out, force=args.force, progress=bar, say=say)
     except EdgekitError as exc:
         if getattr(exc, "summary", None) is None:
             raise
