@@ -1,7 +1,8 @@
 """Capture the real inputs of text_encoder, unet and vae_decoder by running the pipeline over prompts.
 
 Hooks record exactly what the pipeline feeds each component: the token ids, every UNet call at every
-timestep with the classifier-free-guidance batch as the pipeline builds it, and the latents handed to
+timestep with the classifier-free-guidance batch as the pipeline builds it (and, for a UNet with
+``time_cond_proj_dim``, the guidance embedding it gets as ``timestep_cond``), and the latents handed to
 the VAE decoder. A seeded reservoir keeps at most ``max_rows`` rows per component, so memory and disk
 stay bounded whatever the number of prompts and steps. This directory is the single calibration
 source for every quantizer and target.
@@ -151,6 +152,13 @@ def _numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def unet_guidance_dim(unet_config) -> int | None:
+    """The width of the guidance embedding (``timestep_cond``) a UNet takes: its time_cond_proj_dim, or None."""
+    getter = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
+    dim = getter("time_cond_proj_dim", None)
+    return int(dim) if dim else None
+
+
 @contextmanager
 def _recording(pipe, reservoirs: dict[str, Reservoir], state: dict):
     """Hooks on the three components; the vae decode method is wrapped for this block only."""
@@ -167,17 +175,24 @@ def _recording(pipe, reservoirs: dict[str, Reservoir], state: dict):
         sample = kwargs.get("sample", args[0] if len(args) > 0 else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        # the guidance embedding of an LCM-style UNet (time_cond_proj_dim); diffusers passes it by keyword
+        cond = kwargs.get("timestep_cond", args[3] if len(args) > 3 else None)
         batch = sample.shape[0]
         t = torch.as_tensor(timestep).reshape(-1).expand(batch) if torch.as_tensor(timestep).numel() == 1 \
             else torch.as_tensor(timestep)
+        if state["guidance_dim"] and cond is None:
+            state["uncond_calls"] += 1  # refused after the run: these rows could not calibrate the exported graph
         half = batch // 2 if state["cfg"] else 0
         for i in range(batch):
             state["order"] += 1
-            reservoirs["unet"].offer({
+            row = {
                 "sample": _numpy(sample[i]), "timestep": _numpy(t[i]), "encoder_hidden_states": _numpy(context[i]),
                 "step_index": np.int64(state["step"]), "is_uncond": np.int8(1 if i < half else 0),
                 "order": np.int64(state["order"]),
-            })
+            }
+            if state["guidance_dim"] and cond is not None:
+                row["timestep_cond"] = _numpy(cond[i]).astype(np.float32)
+            reservoirs["unet"].offer(row)
         state["step"] += 1
 
     original_decode = pipe.vae.decode
@@ -213,7 +228,10 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
     seeds = [config.seed + i for i in range(n)]
     rng = np.random.default_rng(config.seed)
     reservoirs = {name: Reservoir(int(config.max_rows.get(name, 256)), rng) for name in CALIB_COMPONENTS}
-    state = {"order": 0, "step": 0, "prompt_batch": 0, "cfg": config.guidance_scale > 1.0}
+    guidance_dim = unet_guidance_dim(pipe.unet.config)
+    # as diffusers decides: a UNet with a guidance embedding gets it as timestep_cond, never a CFG batch
+    state = {"order": 0, "step": 0, "prompt_batch": 0, "cfg": config.guidance_scale > 1.0 and not guidance_dim,
+             "guidance_dim": guidance_dim, "uncond_calls": 0}
     task = progress.add_task("calibrate", total=n) if progress else None
     with _recording(pipe, reservoirs, state):
         for start in range(0, n, config.batch_size):
@@ -224,6 +242,10 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
             if task is not None:
                 progress.update(task, advance=min(config.batch_size, n - start))
 
+    if state["uncond_calls"]:
+        raise CalibrationError(f"the pipeline called the UNet {state['uncond_calls']} time(s) without timestep_cond, "
+                               f"the guidance embedding its time_cond_proj_dim {guidance_dim} asks for; nothing "
+                               "written (a diffusers StableDiffusionPipeline passes it)")
     components = {}
     for name, reservoir in reservoirs.items():
         if not reservoir.rows:
@@ -293,6 +315,30 @@ def _check_meta(meta, meta_path: Path) -> None:
             fail(f"components.{name}.inputs is not an object")
 
 
+def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str) -> None:
+    """UNet rows carry timestep_cond exactly when the model's UNet takes a guidance embedding, at its width
+    (rows from an edgekit that did not capture it cannot calibrate or verify the exported graph)."""
+    unet = meta["components"].get("unet")
+    config_path = model_dir / "unet" / "config.json"
+    if unet is None or not config_path.is_file():
+        return
+    try:
+        dim = unet_guidance_dim(json.loads(config_path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return  # the model's own checks name an unreadable config
+    captured = (unet.get("inputs") or {}).get("timestep_cond")
+    shape = captured.get("shape") if isinstance(captured, dict) else captured
+    if dim and shape != [dim]:
+        what = "no timestep_cond" if captured is None else f"timestep_cond of shape {shape}"
+        raise CalibrationError(f"{flag} {directory}: unet rows carry {what}, but {config_path} has "
+                               f"time_cond_proj_dim {dim} (a guidance embedding of shape [{dim}] per row); re-run "
+                               f"edgekit calibrate on {model_dir}")
+    if not dim and captured is not None:
+        raise CalibrationError(f"{flag} {directory}: unet rows carry timestep_cond, but {config_path} has no "
+                               f"time_cond_proj_dim (the UNet takes no guidance embedding); re-run edgekit calibrate "
+                               f"on {model_dir}")
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """A read-only view of a calibration directory, checked against the model it is used with."""
@@ -325,6 +371,7 @@ class CalibrationSet:
             if meta["model"].get("sha256") != expected:
                 raise CalibrationError(f"{flag} {directory}: captured from another model "
                                        f"({meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
+            _check_guidance_rows(meta, directory, Path(model_dir), flag)
         return cls(directory, meta)
 
     def components(self) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgekit.constants import CALIB_COMPONENTS
+from edgekit.errors import CalibrationError
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def example_inputs(pipe, name: str, batch: int = 1, seed: int = 0) -> dict[str, 
             out[t.name] = rng.integers(0, len(pipe.tokenizer), size=shape).astype(t.dtype)
         elif t.name == "timestep":
             out[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
+        elif t.name == "timestep_cond":  # a guidance embedding: sines and cosines
+            out[t.name] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         else:
             out[t.name] = rng.standard_normal(shape).astype(np.float32)
     return out
@@ -131,6 +134,10 @@ def example_inputs(pipe, name: str, batch: int = 1, seed: int = 0) -> dict[str, 
 
 def inputs_from_calibration(spec: ComponentSpec, rows: dict[str, np.ndarray], index=slice(None)) -> dict[str, np.ndarray]:
     """Select the spec's inputs from calibration rows, cast to the spec's dtypes."""
+    missing = [t.name for t in spec.inputs if t.name not in rows]
+    if missing:
+        raise CalibrationError(f"{spec.name}: calibration rows carry no {', '.join(missing)} (they hold "
+                               f"{', '.join(sorted(rows))}); re-run edgekit calibrate on this model")
     return {t.name: np.asarray(rows[t.name][index]).astype(t.dtype) for t in spec.inputs}
 
 

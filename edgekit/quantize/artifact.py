@@ -121,8 +121,14 @@ class OrtUNet(_OrtComponent):
         batch = sample.shape[0]
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
         t = t.expand(batch) if t.numel() == 1 else t
-        out = self._run({"sample": sample.detach().float().numpy(), "timestep": t.detach().numpy(),
-                         "encoder_hidden_states": encoder_hidden_states.detach().float().numpy()})
+        feeds = {"sample": sample.detach().float().numpy(), "timestep": t.detach().numpy(),
+                 "encoder_hidden_states": encoder_hidden_states.detach().float().numpy()}
+        if "timestep_cond" in self.input_names:  # the guidance embedding of an LCM-style UNet
+            if timestep_cond is None:
+                raise InputError(f"{self.path}: this UNet takes a guidance embedding (timestep_cond) and was "
+                                 "called without one")
+            feeds["timestep_cond"] = timestep_cond.detach().float().numpy()
+        out = self._run(feeds)
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 

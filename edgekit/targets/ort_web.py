@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import VerificationError
+from edgekit.errors import InputError, VerificationError
 from edgekit.profiles import TargetProfile
 from edgekit.targets.base import ComponentJob, Target
 
@@ -95,6 +95,7 @@ class OrtWebTarget(Target):
         if job.precision == "fp32":
             export_onnx(job.pipe, job.name, path, opset=profile.opset, dynamic_batch=job.batch is None)
         elif job.precision == "int8" and job.prequantized is not None:
+            _check_graph_inputs(job.prequantized, spec, job.name if job.width is None else f"unet@{job.width:g}")
             for f in job.prequantized.parent.glob(job.prequantized.name + "*"):  # graph + any external data
                 shutil.copyfile(f, folder / f.name.replace(job.prequantized.name, MODEL_FILE, 1))
             # named inside the quantize stage's output and by content: no host path travels with the bundle
@@ -173,6 +174,19 @@ class OrtWebTarget(Target):
                                         f"{result['rel_err']:.3g} > tolerance {result['tolerance']:.3g}")
             record["checks"].append({k: result[k] for k in ("runtime", "rel_err", "max_abs_err")})
         return manifest
+
+
+def _check_graph_inputs(path: Path, spec, label: str) -> None:
+    """A graph made elsewhere (the quantize stage) takes exactly the spec's inputs: a UNet with a guidance
+    embedding quantized without its timestep_cond input, or an input the bundle never feeds, is refused."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    if sorted(names) != sorted(spec.input_names()):
+        raise InputError(f"{label}: {path} takes inputs {', '.join(names)}; the model's {spec.name} takes "
+                                f"{', '.join(spec.input_names())}; re-run edgekit quantize on this model")
 
 
 def _specs(specs, batch):
