@@ -599,8 +599,10 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
     prompts_file = Path(config.prompts) if config.prompts else default_prompts_file(model)
     defaults = sampling_defaults(model)
     calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps,
-                                     samples=config.calib_samples, guidance_scale=defaults.guidance_scale,
-                                     seed=config.seed)
+                                     samples=config.calib_samples,
+                                     # the guidance the bundles sample with (an LCM UNet's embedding depends on it)
+                                     guidance_scale=defaults.guidance_scale if config.guidance is None
+                                     else config.guidance, seed=config.seed)
 
     def build(where: Path) -> dict:
         with staged_dir(where) as staging:
