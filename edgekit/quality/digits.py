@@ -56,3 +56,11 @@ class DigitsEvaluator:
 
 # The keys of a table row this evaluator writes (the rest of its result is detail for reports).
 ROW_KEYS = ("prompt_accuracy", "prompt_accuracy_ci95", "frechet_distance", "frechet_distance_ci95")
+
+
+def evaluate_pipe(pipe, steps: int, samples_per_digit: int, seed: int, guidance_scale: float):
+    """The digit grid generated with a torch pipeline and scored (prompt accuracy, Frechet distance): for the
+    digits model's own training scripts, which compare checkpoints before any bundle exists."""
+    from edgekit.quality.digit_classifier import evaluate_digits
+
+    return evaluate_digits(pipe, steps, samples_per_digit, seed, guidance_scale)

@@ -143,14 +143,14 @@ def evaluate(teacher_dir: Path, student_dir: Path, samples_per_digit: int, seed:
     """Held-out prompt accuracy (the digit classifier) and seconds per image, student at 1/2/4 steps vs the
     teacher at its 20 steps and guidance 2, both as torch pipelines on this CPU."""
     from edgekit.pipeline import load_pipeline
-    from edgekit.quality.digit_classifier import digit_prompts, evaluate_digits
+    from edgekit.quality.digits import evaluate_pipe, grid
 
     rows = {}
     for name, directory, steps, guidance in [("teacher", teacher_dir, TEACHER_STEPS, TEACHER_GUIDANCE),
                                              *[("student", student_dir, s, 1.0) for s in STUDENT_STEPS]]:
         pipe = load_pipeline(directory)
-        report = evaluate_digits(pipe, steps, samples_per_digit, seed, guidance)
-        prompts, _, _ = digit_prompts(1, seed)
+        report = evaluate_pipe(pipe, steps, samples_per_digit, seed, guidance)
+        prompts, _, _ = grid(10, seed)  # one prompt per digit
         times = []
         for r in range(repeats):  # end to end, one image at a time (text encoder, UNet loop, VAE)
             start = time.perf_counter()
