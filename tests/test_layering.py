@@ -1,11 +1,25 @@
-"""`import edgekit` and building the CLI parser load no converter SDK; lower layers never import higher ones."""
+"""`import edgekit` and building the CLI parser load no converter SDK; lower layers never import higher ones.
+
+The layer order is the table in edgekit's package docstring. Every import of every module counts: top-level
+and inside functions, absolute and relative (``from . import x``, ``from ..errors import E``), and a module
+named by a string constant (``importlib.import_module("edgekit.targets.tflite")``)."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import edgekit
+
 PACKAGE = Path(__file__).resolve().parent.parent / "edgekit"
 HEAVY = ("tensorflow", "coremltools", "onnx2tf", "nncf", "litert_torch", "ai_edge_litert")
+TOOL = "tool"
+# Upward imports being removed by the component-registry work of issue 14 (bundle re-checks an entry through the
+# runtime's runners; loader opens quantized directories through quantize.artifact). Listed without line numbers;
+# an entry here is excused, every other upward import fails. Delete an entry when its import is gone.
+KNOWN = {
+    ("edgekit.bundle", "edgekit.runtime.runners"),
+    ("edgekit.loader", "edgekit.quantize.artifact"),
+}
 
 
 def test_cli_parser_imports_no_converter_sdk():
@@ -15,22 +29,136 @@ def test_cli_parser_imports_no_converter_sdk():
     assert out.strip() == "[]"
 
 
-def _module_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-    return names
+def layer_table(doc: str) -> tuple[list[str], dict[str, str]]:
+    """(layer names lowest first, module name -> layer) from the package docstring's table."""
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == ["layer", "modules"])
+    order, layers = [], {}
+    for line in lines[start + 1:]:
+        words = line.split()
+        if not words:
+            continue
+        if not line.startswith("    "):
+            if order and not line.startswith("Tools"):
+                break
+            continue
+        layer, modules = words[0], words[1:]
+        if layer != TOOL:
+            order.append(layer)
+        for module in modules:
+            name = "edgekit" if module == "edgekit" else f"edgekit.{module}"
+            assert name not in layers, f"{name} is listed twice in the layer table"
+            layers[name] = layer
+    return order, layers
 
 
-def test_foundation_modules_do_not_import_stages_above_them():
-    lower = ["pipeline.py", "components.py", "calibration.py", "schedule.py", "fsutil.py", "errors.py"]
-    lower += [p.relative_to(PACKAGE).as_posix() for p in sorted((PACKAGE / "quality").glob("*.py"))]
-    above = ("edgekit.compress", "edgekit.quantize", "edgekit.targets", "edgekit.commands", "edgekit.cli")
-    for name in lower:
-        imports = _module_level_imports(PACKAGE / name)
-        bad = [m for m in imports if m.startswith(above)]
-        assert not bad, (name, bad)
+def all_modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = ("edgekit", *path.relative_to(package).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def layer_of(module: str, layers: dict[str, str]) -> str | None:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in layers:
+            return layers[".".join(parts[:n])]
+    return None
+
+
+def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> list[tuple[int, str]]:
+    """(line, imported edgekit module) for every import in ``source``, wherever it sits."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                assert base, f"{module}:{node.lineno}: relative import above the package"
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module
+            for alias in node.names:  # `from edgekit import quality` imports the module edgekit.quality
+                sub = f"{origin}.{alias.name}"
+                found.append((node.lineno, sub if sub in known else origin))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known \
+                and node.value.startswith("edgekit."):
+            found.append((node.lineno, node.value))  # a module loaded by name (importlib, a registry)
+    return [(line, name) for line, name in found if name == "edgekit" or name.startswith("edgekit.")]
+
+
+def upward_imports(source: str, module: str, is_package: bool, known: set[str], order: list[str],
+                   layers: dict[str, str]) -> list[str]:
+    """Each import in ``source`` that points to a higher layer than ``module``'s, as 'module:line -> name'."""
+    here = layer_of(module, layers)
+    assert here is not None, f"{module} is in no layer of the table in edgekit/__init__.py"
+    if here == TOOL:
+        return []
+    bad = []
+    for line, name in imports_of(source, module, is_package, known):
+        there = layer_of(name, layers)
+        assert there is not None, f"{module}:{line} imports {name}, which is in no layer of the table"
+        if there == TOOL or order.index(there) > order.index(here):
+            bad.append(f"{module}:{line} ({here}) -> {name} ({there})")
+    return bad
+
+
+def check_package(modules: dict[str, Path]) -> list[str]:
+    order, layers = layer_table(edgekit.__doc__)
+    known = set(modules)
+    bad = []
+    for name, path in modules.items():
+        bad += upward_imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known, order,
+                              layers)
+    return bad
+
+
+def test_every_module_is_in_a_layer():
+    _, layers = layer_table(edgekit.__doc__)
+    missing = [m for m in all_modules() if layer_of(m, layers) is None]
+    assert not missing, missing
+    stale = [m for m in layers if m not in all_modules()]
+    assert not stale, f"the layer table names modules that do not exist: {stale}"
+
+
+def test_no_import_points_up_a_layer():
+    bad = _unexcused(all_modules())
+    assert not bad, "\n".join(bad)
+
+
+def _unexcused(modules: dict[str, Path]) -> list[str]:
+    return [b for b in check_package(modules) if _pair(b) not in KNOWN]
+
+
+def _pair(violation: str) -> tuple[str, str]:
+    where, _, rest = violation.partition(" -> ")
+    return where.partition(":")[0], rest.partition(" ")[0]
+
+
+def test_the_checker_fails_on_a_planted_upward_import(tmp_path):
+    """Plant an upward import in a copy of a low module, in each form the checker must see."""
+    modules = all_modules()
+    planted = {
+        "function-level absolute": "def f():\n    from edgekit.commands.common import emit\n",
+        "function-level relative": "def f():\n    from .commands import common\n",
+        "from-package": "def f():\n    from edgekit import package\n",
+        "module by name": "import importlib\nTARGET = importlib.import_module('edgekit.targets.tflite')\n",
+    }
+    for how, tail in planted.items():
+        path = tmp_path / "structure.py"
+        path.write_text(modules["edgekit.structure"].read_text(encoding="utf-8") + "\n" + tail)
+        bad = _unexcused({**modules, "edgekit.structure": path})
+        assert bad and all(b.startswith("edgekit.structure:") for b in bad), (how, bad)
+    # a relative import inside a subpackage resolves against that subpackage
+    path = tmp_path / "slim.py"
+    path.write_text("def f():\n    from ..targets import base\n")
+    bad = _unexcused({**modules, "edgekit.compress.slim": path})
+    assert bad == ["edgekit.compress.slim:2 (convert) -> edgekit.targets.base (targets)"], bad
