@@ -101,7 +101,7 @@ LOADED: dict = {}  # row name -> the UNet it measured, for the interleaved laten
 
 def main(argv=None) -> int:
     from edgekit.calibration import CalibrationConfig, capture, read_prompts
-    from edgekit.commands.common import default_prompts_file
+    from edgekit.calibration import default_prompts_file
     from edgekit.compress.prune import PruneConfig, prune_model
     from edgekit.compress.slim import SlimConfig, slim_model
     from edgekit.pipeline import check_model_dir, load_pipeline, sampling_defaults

@@ -44,7 +44,7 @@ VARIANTS = [  # (row name, method, options)
 
 def capture_calibration(model_dir: Path, out: Path, steps: int, guidance: float) -> Path:
     from edgekit.calibration import CalibrationConfig, capture, read_prompts
-    from edgekit.commands.common import default_prompts_file
+    from edgekit.calibration import default_prompts_file
     from edgekit.pipeline import load_pipeline
 
     prompts = read_prompts(default_prompts_file())

@@ -28,10 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    from edgekit.commands.common import flags_of
+
     for command in sub.choices.values():  # every command: other libraries' output live instead of logged
         command.add_argument("-v", "--verbose", action="store_true",
                              help="show other libraries' output (warnings, logs, converter lines) live on stderr "
                                   "instead of in the log file")
+        command.set_defaults(command_flags=flags_of(command))  # errors name the parameter by this command's flag
     return parser
 
 
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         with command_output(args):  # other libraries' output to a log file beside --out (edgekit.logs)
             return args.func(args)
     except EdgekitError as exc:
-        print(f"edgekit {args.command}: error: {exc}", file=sys.stderr)
+        from edgekit.commands.common import error_line
+
+        print(f"edgekit {args.command}: error: {error_line(exc, args.command_flags)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C: outputs are staged, so nothing half-written remains
         print(f"edgekit {args.command}: {exc or 'interrupted'}", file=sys.stderr)

@@ -1,15 +1,41 @@
-"""Typed errors. Every error a user can cause names the file or flag and what was expected."""
+"""Typed errors. Every error a user can cause names the thing that is wrong (file, field, value) and what was
+expected, in the library's own words.
+
+An error about one parameter says which: ``InputError("expected a multiplier in (0, 1]", param="widths",
+value="0.3,1.5")`` reads "widths 0.3,1.5: expected a multiplier in (0, 1]". The library never names a
+command-line flag; a command that exposes the parameter as a flag words the error with the flag instead
+(``edgekit.commands.common.error_line``: "--widths 0.3,1.5: ..."), and one that does not (``edgekit package``
+has no --calib) keeps the library's words.
+"""
 from __future__ import annotations
+
+_NO_VALUE = object()
 
 
 class EdgekitError(Exception):
-    """Base class; the CLI prints the message on one line and exits with ``exit_code``."""
+    """Base class; the CLI prints the message on one line and exits with ``exit_code``.
+
+    ``param``: the library's name of the parameter the error is about (a config field or a function
+    argument, e.g. "widths", "calibration"); ``value``: the value given for it, when the message shows it."""
 
     exit_code = 2
 
+    def __init__(self, message: str = "", *, param: str | None = None, value=_NO_VALUE) -> None:
+        self.detail = message
+        self.param = param
+        self.value = value
+        super().__init__(self.worded(param))
+
+    def worded(self, name: str | None) -> str:
+        """The message with the parameter called ``name`` (its flag, or the library's own name)."""
+        if self.param is None or name is None:
+            return self.detail
+        subject = name if self.value is _NO_VALUE else f"{name} {self.value}"
+        return f"{subject}: {self.detail}" if self.detail else subject
+
 
 class InputError(EdgekitError):
-    """A path, flag or file given by the user is not what the command expects."""
+    """A path, parameter or file given by the user is not what the library expects."""
 
 
 class ModelFormatError(InputError):

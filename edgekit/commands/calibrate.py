@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import (add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, default_prompts_file, emit,
+from edgekit.commands.common import (add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, emit,
                                      positive_int, progress)
 
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgekit.calibration import CalibrationConfig, capture, read_prompts
+    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import check_output_path, staged_dir
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source

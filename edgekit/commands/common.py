@@ -148,13 +148,6 @@ def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
         print("\n".join(lines), file=_stdout())
 
 
-def default_prompts_file(model_dir: Path | None = None) -> Path:
-    """The model's declared calibration prompts, else the general set (edgekit.calibration)."""
-    from edgekit.calibration import default_prompts_file as library_default
-
-    return library_default(model_dir)
-
-
 def read_json(path: Path, flag: str):
     """A JSON file given on the command line, or one InputError naming the flag."""
     from edgekit.errors import InputError
@@ -163,3 +156,30 @@ def read_json(path: Path, flag: str):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{flag} {path}: not a readable JSON file ({exc})") from None
+
+
+# Library parameter names whose flag is spelled differently (the rest: the flag is the name, "_" -> "-").
+PARAM_FLAG_NAMES = {
+    "model_dir": "model",
+    "calibration": "calib",
+    "calib_dir": "calib",
+    "precisions": "precision",
+    "recover_lr": "lr",
+    "config_file": "config",
+}
+
+
+def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """A command's flags by destination name ("calib_samples" -> "--calib-samples")."""
+    return {action.dest: next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+            for action in parser._actions if action.option_strings}
+
+
+def error_line(exc: Exception, flags: dict[str, str]) -> str:
+    """An edgekit error worded for the command that ran: the parameter it is about becomes that command's flag
+    when the command has one (``widths`` -> ``--widths``); otherwise the library's words stay."""
+    param = getattr(exc, "param", None)
+    if param is None:
+        return str(exc)
+    flag = flags.get(PARAM_FLAG_NAMES.get(param, param))
+    return exc.worded(flag) if flag else str(exc)
