@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer, register
+from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer
 from edgekit.quantize.ort_static import QDQ_FILE, compact_names, export_fp32_onnx, onnx_nodes_in_units, onnx_runner
 
 
@@ -57,7 +57,6 @@ def quantize_onnx_nncf(model_path: Path, rows: dict[str, np.ndarray], out_path: 
     }
 
 
-@register
 class NncfQuantizer(Quantizer):
     name = "nncf"
     backend_module = "nncf"
@@ -75,3 +74,6 @@ class NncfQuantizer(Quantizer):
         report["fp32_graph"] = graph
         report["names_compacted_bytes"] = compact_names(root / rel)
         return ComponentArtifact("onnx", [rel.as_posix()], onnx_runner(root / rel), report)
+
+
+QUANTIZER = NncfQuantizer

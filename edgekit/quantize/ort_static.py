@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer, register
+from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer
 from edgekit.quantize.sensitivity import in_units
 
 QDQ_FILE = "model.onnx"
@@ -36,6 +36,9 @@ QDQ_FILE = "model.onnx"
 # Softmax and mask input as well breaks the text encoder (its causal mask spans -3.4e38..0, rel-err 1.3
 # measured) and, on this small UNet, triples the Q/DQ node count that each step pays for.
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
+# INT8 weights are a quarter of the float ones: from this much float ONNX (graph and weights) the INT8 file
+# nears protobuf's 2 GB limit and is written with its weights in one external file beside it.
+EXTERNAL_INT8_FROM_BYTES = 4 * (2**31 - 2**28)
 
 
 def node_module_path(node_name: str) -> str | None:
@@ -143,13 +146,187 @@ def activation_matmuls(model) -> list[str]:
             if n.op_type == "MatMul" and n.name and not any(from_weight(i) for i in n.input)]
 
 
+def tensors_to_calibrate(model, op_types=DEFAULT_OP_TYPES) -> list[str]:
+    """The float tensors ORT's calibrators measure: every non-initializer input and output of a node of
+    ``op_types`` whose type shape inference knows (the selection of onnxruntime's
+    ``CalibraterBase.select_tensors_to_calibrate``, so the QDQ writer finds a range for each tensor it asks)."""
+    from onnx import TensorProto
+
+    infos = {vi.name: vi for vi in model.graph.value_info}
+    infos.update({o.name: o for o in model.graph.output})
+    infos.update({i.name: i for i in model.graph.input})
+    weights = {init.name for init in model.graph.initializer}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
+    names = set()
+    for node in model.graph.node:
+        if op_types and node.op_type not in op_types:
+            continue
+        for name in list(node.input) + list(node.output):
+            info = infos.get(name)
+            if (info is not None and info.type.HasField("tensor_type") and info.type.tensor_type.elem_type in floats
+                    and name not in weights):
+                names.add(name)
+    return sorted(names)
+
+
+def _has_external_data(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _range_model(model, tensors: list[str]):
+    """A copy of ``model``'s graph whose only outputs are ReduceMin/ReduceMax of ``tensors`` (one float each).
+    Reducing inside the graph keeps memory at one inference's: no activation leaves the session, and ORT frees
+    each tensor after its last reader. ``model`` is loaded without its external data, so the copy is small."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    graph = augmented.graph
+    del graph.output[:]
+    shape_name = "edgekit_range_shape"
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape_name))
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            reduced, flat = f"edgekit_range_{i}_{op}_keep", f"edgekit_range_{i}_{op}"
+            graph.node.append(helper.make_node(op, [name], [reduced], keepdims=1, name=reduced))
+            graph.node.append(helper.make_node("Reshape", [reduced, shape_name], [flat], name=flat))
+            graph.output.append(helper.make_tensor_value_info(flat, onnx.TensorProto.FLOAT, [None]))
+    del graph.value_info[:]
+    return augmented
+
+
+def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAULT_OP_TYPES, *,
+                  rows_per_run: int = 1, tensors_per_pass: int | None = None, progress=None) -> dict:
+    """Min and max of every tensor ORT's MinMax calibrator measures, over all ``rows``, within about one
+    inference's memory: ``{tensor: (min, max)}`` as float32 arrays of shape (1,) (the form ORT's calibrator
+    hands its QDQ writer).
+
+    onnxruntime's own path exposes every measured tensor's reductions as outputs of one session built
+    on a shape-inferred copy of the whole model, with the weights loaded into Python twice; on the
+    real-size SD-1.5 UNet (3.4 GB, 64x64 latents) that was killed at 24 GB. Here the graph is read without
+    its external data, augmented with in-graph reductions only, and run ``rows_per_run`` rows at a time in
+    a session without a memory arena; ``tensors_per_pass`` splits the tensors over several passes (each
+    re-runs the rows) when even the reductions of all of them at once do not fit."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    model_path = Path(model_path)
+    model = onnx.load(str(model_path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    tensors = tensors_to_calibrate(inferred, op_types)
+    per_pass = len(tensors) if not tensors_per_pass else max(1, int(tensors_per_pass))
+    feeds_names = [i.name for i in model.graph.input]
+    n = len(next(iter(rows.values())))
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # As ORT's calibrator: no graph rewrite, so every measured tensor is computed as the QDQ graph sees it.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # an arena keeps its high-water mark for the session's life
+    passes = [tensors[i:i + per_pass] for i in range(0, len(tensors), per_pass)]
+    task = progress.add_task("activation ranges", total=len(passes) * n) if progress else None
+    for part in passes:
+        augmented = _range_model(model, part)
+        if _has_external_data(model):
+            # external data resolves relative to the model file: the augmented graph sits beside it
+            fd, name = tempfile.mkstemp(prefix=f".{model_path.stem}.ranges-", suffix=".onnx", dir=model_path.parent)
+            os.close(fd)
+            try:
+                onnx.save_model(augmented, name)
+                session = ort.InferenceSession(name, sess_options=options, providers=["CPUExecutionProvider"])
+            finally:
+                os.unlink(name)
+        else:
+            session = ort.InferenceSession(augmented.SerializeToString(), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+        del augmented
+        outputs = [o.name for o in session.get_outputs()]
+        for start in range(0, n, rows_per_run):
+            feeds = {k: np.ascontiguousarray(rows[k][start:start + rows_per_run]) for k in feeds_names}
+            for out_name, value in zip(outputs, session.run(None, feeds)):
+                index, op = out_name[len("edgekit_range_"):].split("_", 1)
+                tensor = part[int(index)]
+                v = float(value.reshape(-1)[0])
+                if op == "ReduceMin":
+                    lows[tensor] = min(lows.get(tensor, v), v)
+                else:
+                    highs[tensor] = max(highs.get(tensor, v), v)
+            if task is not None:
+                progress.update(task, advance=min(rows_per_run, n - start))
+        del session
+    return {t: (np.array([lows[t]], dtype=np.float32), np.array([highs[t]], dtype=np.float32)) for t in tensors}
+
+
+@contextlib.contextmanager
+def _precomputed_calibrator(ranges: dict):
+    """Make ``quantize_static`` take ``ranges`` instead of calibrating (for an onnxruntime without
+    ``calibration_cache_path``): its calibrator factory is replaced for this block by one that measures
+    nothing and returns the ranges; the QDQ writer and everything after it are ORT's own."""
+    import importlib
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the package exports a function by that name
+
+    class Precomputed:
+        def collect_data(self, _reader):
+            pass
+
+        def compute_data(self):
+            return TensorsData(CalibrationMethod.MinMax, dict(ranges))
+
+    original = ort_quantize.create_calibrator
+    ort_quantize.create_calibrator = lambda *args, **kwargs: Precomputed()
+    try:
+        yield
+    finally:
+        ort_quantize.create_calibrator = original
+
+
+class _NoRows:
+    """A calibration reader with no rows, for a ``quantize_static`` whose ranges are already known."""
+
+    def get_next(self):
+        return None
+
+    def rewind(self):
+        pass
+
+
+def onnx_bytes(model_path: Path) -> int:
+    """Bytes of an ONNX file and the external-data files it names."""
+    import onnx
+    from onnx import TensorProto
+
+    model_path = Path(model_path)
+    model = onnx.load(str(model_path), load_external_data=False)
+    files = {entry.value for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
+             for entry in t.external_data if entry.key == "location"}
+    return model_path.stat().st_size + sum((model_path.parent / f).stat().st_size for f in files
+                                           if (model_path.parent / f).is_file())
+
+
 def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path: Path, *,
                          calibrate_method: str = "minmax", activations: str = "int8", per_channel: bool = True,
                          nodes_to_exclude=(), op_types=DEFAULT_OP_TYPES, batch_size: int = 8,
-                         compact: bool = False, weight_matmuls_only: bool = True) -> dict:
+                         compact: bool = False, weight_matmuls_only: bool = True, bounded_ranges: bool = True,
+                         range_rows_per_run: int = 1, progress=None) -> dict:
     """FP32 ONNX + calibration rows -> QDQ INT8 ONNX at ``out_path``; returns the report.
-    ``weight_matmuls_only``: leave activation-by-activation MatMuls in float (see ``activation_matmuls``)."""
+    ``weight_matmuls_only``: leave activation-by-activation MatMuls in float (see ``activation_matmuls``).
+    ``bounded_ranges`` (minmax only): measure the ranges with ``minmax_ranges`` (about one inference's memory)
+    and hand them to ORT's QDQ writer, ``range_rows_per_run`` rows per inference; False runs ORT's own calibrator (every row batch's reductions of the
+    whole model in one session). Either way the QDQ graph is ORT's. A model whose INT8 form would pass 2 GB
+    is written with one external-data file beside it (``<name>.data``), listed in the report's ``files``."""
+    import inspect
     import logging
+    import tempfile
 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -168,35 +345,62 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
     if calibrate_method != "minmax":
         # ORT's histogram calibrators stack every batch's outputs into one array: all batches must be equal.
         batch_size = max(b for b in range(1, min(batch_size, n) + 1) if n % b == 0)
-    kept_float = activation_matmuls(onnx.load(str(model_path), load_external_data=False)) if weight_matmuls_only else []
+    graph = onnx.load(str(model_path), load_external_data=False)
+    external_source = _has_external_data(graph)
+    kept_float = activation_matmuls(graph) if weight_matmuls_only else []
+    del graph
     nodes_to_exclude = list(nodes_to_exclude) + [n for n in kept_float if n not in nodes_to_exclude]
+    external_out = onnx_bytes(model_path) >= EXTERNAL_INT8_FROM_BYTES
+    ranges_report: dict = {}
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer logs one warning per GroupNorm constant it leaves float
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # histogram calibrators print; stdout is for --json
-            quantize_static(str(model_path), str(out_path), _as_reader(rows, batch_size),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=per_channel,
-                            activation_type=activation_type, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=method, extra_options=extra)
+        with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:  # stdout is for --json
+            kwargs = dict(quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                          activation_type=activation_type, weight_type=QuantType.QInt8,
+                          nodes_to_exclude=list(nodes_to_exclude), calibrate_method=method, extra_options=extra,
+                          use_external_data_format=external_out)
+            if calibrate_method == "minmax" and bounded_ranges:
+                t0 = time.perf_counter()
+                ranges = minmax_ranges(model_path, rows, op_types, rows_per_run=range_rows_per_run, progress=progress)
+                ranges_report = {"range_collector": f"in-graph min/max, {range_rows_per_run} row(s) per run",
+                                 "tensors_measured": len(ranges), "ranges_seconds": round(time.perf_counter() - t0, 2)}
+                if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+                    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+                    cache = Path(tmp) / "ranges.json"
+                    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+                    quantize_static(str(model_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
+                else:
+                    with _precomputed_calibrator(ranges):
+                        quantize_static(str(model_path), str(out_path), _NoRows(), **kwargs)
+            else:
+                ranges_report = {"range_collector": "onnxruntime calibrator"}
+                # the calibrator saves its augmented copy of the model: with external data past 2 GB
+                kwargs["use_external_data_format"] = external_out or external_source
+                quantize_static(str(model_path), str(out_path), _as_reader(rows, batch_size), **kwargs)
     finally:
         root_logger.setLevel(level)
     model = onnx.load(str(out_path), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
-    saved = compact_names(out_path) if compact else 0
+    data_file = out_path.parent / (out_path.name + ".data")
+    saved = compact_names(out_path) if compact and not data_file.exists() else 0
     return {
         "names_compacted_bytes": saved,
         "activation_matmuls_kept_float": len(kept_float),
         "format": "QDQ",
         "calibrate_method": calibrate_method,
+        **ranges_report,
         "activations": activations,
         "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
         "op_types": list(op_types),
         "calibration_rows": int(n),
-        "calibration_batch": int(batch_size),
+        "calibration_batch": int(range_rows_per_run if ranges_report.get("tensors_measured") else batch_size),
         "quantize_linear_nodes": sum(op == "QuantizeLinear" for op in ops),
         "dequantize_linear_nodes": sum(op == "DequantizeLinear" for op in ops),
         "nodes_excluded": len(list(nodes_to_exclude)),
+        "files": [out_path.name] + ([data_file.name] if data_file.exists() else []),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -214,10 +418,13 @@ def export_fp32_onnx(pipe, component: str, out_path: Path) -> dict:
 
     out_path = Path(out_path)
     export_onnx(pipe, component, out_path)
-    model = onnx.load(str(out_path))
+    # Past 2 GB export_onnx writes the weights to one external file beside the graph: read and rewrite the
+    # graph only (the weights stay where they are), and skip onnxsim, which serialises the whole model.
+    external = (out_path.parent / (out_path.name + ".data")).is_file()
+    model = onnx.load(str(out_path), load_external_data=not external)
     before = len(model.graph.node)
     simplified = False
-    if importlib.util.find_spec("onnxsim") is not None and model.ByteSize() < 2**31:
+    if not external and importlib.util.find_spec("onnxsim") is not None and model.ByteSize() < 2**31:
         import onnxsim
 
         from edgekit.onnx_export import native_output_silenced
@@ -228,7 +435,8 @@ def export_fp32_onnx(pipe, component: str, out_path: Path) -> dict:
             model, simplified = candidate, True
     del model.graph.value_info[:]  # shape annotations ORT re-derives; they only add bytes
     onnx.save_model(model, str(out_path))
-    return {"nodes_exported": before, "nodes": len(model.graph.node), "onnxsim": simplified}
+    return {"nodes_exported": before, "nodes": len(model.graph.node), "onnxsim": simplified,
+            "external_data": external}
 
 
 def onnx_runner(path: Path):
@@ -238,7 +446,6 @@ def onnx_runner(path: Path):
     return lambda inputs: run_onnx(session, inputs)
 
 
-@register
 class OrtStaticQuantizer(Quantizer):
     name = "ort-static"
     backend_module = "onnxruntime"
@@ -256,4 +463,8 @@ class OrtStaticQuantizer(Quantizer):
                                       activations=options.activations, per_channel=options.per_channel,
                                       nodes_to_exclude=excluded, compact=True)
         report["fp32_graph"] = graph
-        return ComponentArtifact("onnx", [rel.as_posix()], onnx_runner(root / rel), report)
+        files = [(rel.parent / name).as_posix() for name in report.pop("files")]
+        return ComponentArtifact("onnx", files, onnx_runner(root / rel), report)
+
+
+QUANTIZER = OrtStaticQuantizer
