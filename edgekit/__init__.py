@@ -8,10 +8,10 @@ name wins. tests/test_layering.py reads this table and checks every import of ev
 
     layer     modules
     base      edgekit errors width constants fsutil noise schedule resources logs registry
-    model     components structure pipeline calibration bundle loader profiles policy zoo
+    model     components structure pipeline calibration bundle profiles policy zoo
     quality   quality
     convert   onnx_export compress quantize
-    runtime   runtime
+    runtime   runtime loader
     targets   targets
     package   package report
     cli       commands cli

@@ -109,13 +109,15 @@ from typing import Iterator
 
 import numpy as np
 
+from edgekit.components import BUNDLE_COMPONENTS, all_components, get_component
 from edgekit.constants import MANIFEST
 from edgekit.errors import InputError, VerificationError
 from edgekit.fsutil import sha256_file, staged_file
+from edgekit.width import Width, WidthError
 
 FORMAT_VERSION = 2
 STAGE = "export"
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPONENTS = BUNDLE_COMPONENTS  # every bundle has these (edgekit.components); a target may add others
 BATCHING = ("batch2", "two-calls")
 FORMATS = ("onnx", "tflite", "mlpackage")
 CANONICAL = "edgekit-canonical-json/1"
@@ -132,18 +134,19 @@ SCHEDULE_RTOL = 1e-6
 SCHEDULE_ATOL = 1e-9
 
 
-def width_key(width: float) -> str:
-    """The manifest's key for a UNet width: 1.0 -> "1.00"."""
-    return f"{float(width):.2f}"
+def width_key(width) -> str:
+    """The manifest's key for a UNet width (any Width spelling): 1.0 -> "1.00"."""
+    return Width.parse(width).key
 
 
 def component_entries(manifest: dict) -> Iterator[tuple[str, str | None, dict]]:
-    """(component, width key or None, entry) for every exported graph."""
-    for name in COMPONENTS:
-        comp = manifest["components"].get(name)
+    """(component, width key or None, entry) for every exported graph, in the registry's order."""
+    for component in all_components():
+        comp = manifest["components"].get(component.name)
         if comp is None:
             continue
-        if "widths" in comp:
+        name = component.name
+        if component.per_width:
             for key, entry in comp["widths"].items():
                 yield name, key, entry
         else:
@@ -334,14 +337,23 @@ def check_manifest(m, where: str) -> None:
     for key in ("name", "sha256"):  # by name and hash: no path of the packaging host
         if not isinstance(m["source_model"].get(key), str):
             raise InputError(f"{where}: source_model.{key} should be a string")
-    if not m["widths"] or not all(isinstance(w, (int, float)) and 0 < w <= 1 for w in m["widths"]):
-        raise InputError(f"{where}: widths should be a non-empty list of numbers in (0, 1]")
+    if not m["widths"] or not all(_is_number(w) and _key_or_none(w) for w in m["widths"]):
+        raise InputError(f"{where}: widths {m['widths']!r} should be a non-empty list of width multipliers in (0, 1] "
+                         "on the 0.01 grid")
     missing = [c for c in COMPONENTS if c not in m["components"]]
     if missing:
         raise InputError(f"{where}: components lacks {missing}")
-    unet_widths = set(m["components"]["unet"].get("widths", {}))
-    if unet_widths != {width_key(w) for w in m["widths"]}:
-        raise InputError(f"{where}: components.unet.widths {sorted(unet_widths)} do not match widths {m['widths']}")
+    for component in all_components():
+        comp = m["components"].get(component.name)
+        if comp is None:
+            continue
+        if not isinstance(comp, dict):
+            raise InputError(f"{where}: components.{component.name} should be an object")
+        if component.per_width:
+            keys = set(comp.get("widths", {})) if isinstance(comp.get("widths"), dict) else set()
+            if keys != {width_key(w) for w in m["widths"]}:
+                raise InputError(f"{where}: components.{component.name}.widths {sorted(keys)} do not match widths "
+                                 f"{m['widths']}")
     for name, width, entry in component_entries(m):
         label = f"components.{name}" + (f".widths.{width}" if width else "")
         for key, tp in ENTRY_KEYS.items():
@@ -396,12 +408,19 @@ def check_manifest(m, where: str) -> None:
         if not isinstance(row, dict):
             raise InputError(f"{where}: table rows should be objects")
         width, steps = row.get("width"), row.get("steps")
-        if not _is_number(width) or width_key(width) not in widths:
+        if not _is_number(width) or _key_or_none(width) not in widths:
             raise InputError(f"{where}: table row {i} names width {width!r}, which the bundle lacks "
                              f"(widths {sorted(widths, reverse=True)})")
         if not isinstance(steps, int) or isinstance(steps, bool) or str(steps) not in s["schedules"]:
             raise InputError(f"{where}: table row {i} names {steps!r} steps, which have no schedule in the bundle "
                              f"(schedules {sorted(s['schedules'], key=int)})")
+
+
+def _key_or_none(width) -> str | None:
+    try:
+        return width_key(width)
+    except WidthError:
+        return None
 
 
 def verify_files(bundle_dir: Path, manifest: dict) -> int:
@@ -521,19 +540,11 @@ def _check_tokenizer(bundle_dir: Path, m: dict, where: str) -> None:
 
 
 def _check_geometry(m: dict, where: str) -> None:
-    g = m["geometry"]
     for name, width, entry in component_entries(m):
-        if name == "unet" and entry["inputs"]:
-            shape = entry["inputs"][0]["shape"][1:]
-            if all(isinstance(d, int) for d in shape) and list(shape) != list(g["latent_shape"]):
-                raise VerificationError(f"{where}: geometry.latent_shape {g['latent_shape']}, but "
-                                        f"components.unet.widths.{width} takes {shape}")
-        if name == "vae_decoder" and entry["outputs"]:
-            shape = entry["outputs"][0]["shape"]
-            side = shape[-1] if entry.get("layout", "NCHW") == "NCHW" else shape[-2]
-            if isinstance(side, int) and side != g["image_size"]:
-                raise VerificationError(f"{where}: geometry.image_size {g['image_size']}, but "
-                                        f"components.vae_decoder gives {side}")
+        problem = get_component(name).geometry_problem(entry, m["geometry"])
+        if problem:
+            label = f"components.{name}" + (f".widths.{width}" if width else "")
+            raise VerificationError(f"{where}: {problem} ({label})")
 
 
 def check_meaning(bundle_dir: Path | str, manifest: dict) -> None:
@@ -562,31 +573,12 @@ def load_array(bundle_dir: Path, record: dict) -> np.ndarray:
     return data.reshape(record["shape"]).astype(np.dtype(record["dtype"]))
 
 
-def verify(bundle_dir: Path | str, numeric: bool = True, node: bool = False) -> dict:
-    """Check a bundle: schema and the manifest's integrity, every file's sha256 (and nothing unlisted), what
-    the manifest means (check_meaning), then (``numeric``) replay each component's stored verification
-    inputs in the runtime that exists here and compare with the stored torch outputs.
-
-    Returns {"files": n, "checks": [...]} ; raises VerificationError naming the file, key or component."""
+def check_bundle(bundle_dir: Path | str) -> tuple[dict, int]:
+    """Everything but the numbers: schema and the manifest's integrity, every file's sha256 (and nothing
+    unlisted), what the manifest means (check_meaning). Returns (manifest, files checked); raises
+    VerificationError / InputError naming the file or key. edgekit.runtime.verify adds the numeric replay."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     count = verify_files(bundle_dir, manifest)
     check_meaning(bundle_dir, manifest)
-    checks = []
-    if numeric:
-        from edgekit.runtime.runners import recheck_entry
-
-        for name, width, entry in component_entries(manifest):
-            record = lookup(manifest["verification"], name, width)
-            label = entry_label(name, width)
-            if not record or "data" not in record:
-                checks.append({"component": label, "skipped": "no verification data in the bundle"})
-                continue
-            result = recheck_entry(bundle_dir, entry, record, node=node)
-            result["component"] = label
-            tolerance = float(record["tolerance"])
-            if "rel_err" in result and not (np.isfinite(result["rel_err"]) and result["rel_err"] <= tolerance):
-                raise VerificationError(f"{label}: {bundle_dir / entry['file']} rel-err {result['rel_err']:.3g} "
-                                        f"> tolerance {tolerance:.3g} in {result['runtime']}")
-            checks.append(result)
-    return {"bundle": os.fspath(bundle_dir), "target": manifest["target"], "files": count, "checks": checks}
+    return manifest, count

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__
-from edgekit.constants import CALIB_COMPONENTS, CALIB_META
+from edgekit.components import CALIB_COMPONENTS
+from edgekit.constants import CALIB_META
 from edgekit.errors import CalibrationError, InputError, NumericError
 from edgekit.fsutil import sha256_file, sha256_tree
 from edgekit.resources import shipped_path
@@ -161,59 +162,15 @@ def unet_guidance_dim(unet_config) -> int | None:
 
 @contextmanager
 def _recording(pipe, reservoirs: dict[str, Reservoir], state: dict):
-    """Hooks on the three components; the vae decode method is wrapped for this block only."""
-    import torch
+    """Each calibrated component's own hook (edgekit.components), active for this block only."""
+    from contextlib import ExitStack
 
-    def text_hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        for row in _numpy(ids):
-            state["order"] += 1
-            reservoirs["text_encoder"].offer({"input_ids": row.astype(np.int64), "order": np.int64(state["order"]),
-                                              "prompt_index": np.int64(state["prompt_batch"])})
+    from edgekit.components import get_component
 
-    def unet_hook(module, args, kwargs):
-        sample = kwargs.get("sample", args[0] if len(args) > 0 else None)
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        # the guidance embedding of an LCM-style UNet (time_cond_proj_dim); diffusers passes it by keyword
-        cond = kwargs.get("timestep_cond", args[3] if len(args) > 3 else None)
-        batch = sample.shape[0]
-        t = torch.as_tensor(timestep).reshape(-1).expand(batch) if torch.as_tensor(timestep).numel() == 1 \
-            else torch.as_tensor(timestep)
-        if state["guidance_dim"] and cond is None:
-            state["uncond_calls"] += 1  # refused after the run: these rows could not calibrate the exported graph
-        half = batch // 2 if state["cfg"] else 0
-        for i in range(batch):
-            state["order"] += 1
-            row = {
-                "sample": _numpy(sample[i]), "timestep": _numpy(t[i]), "encoder_hidden_states": _numpy(context[i]),
-                "step_index": np.int64(state["step"]), "is_uncond": np.int8(1 if i < half else 0),
-                "order": np.int64(state["order"]),
-            }
-            if state["guidance_dim"] and cond is not None:
-                row["timestep_cond"] = _numpy(cond[i]).astype(np.float32)
-            reservoirs["unet"].offer(row)
-        state["step"] += 1
-
-    original_decode = pipe.vae.decode
-
-    def decode(z, *args, **kwargs):
-        for row in _numpy(z):
-            state["order"] += 1
-            reservoirs["vae_decoder"].offer({"latent_sample": row, "order": np.int64(state["order"])})
-        return original_decode(z, *args, **kwargs)
-
-    handles = [
-        pipe.text_encoder.register_forward_pre_hook(text_hook, with_kwargs=True),
-        pipe.unet.register_forward_pre_hook(unet_hook, with_kwargs=True),
-    ]
-    pipe.vae.decode = decode
-    try:
+    with ExitStack() as stack:
+        for name, reservoir in reservoirs.items():
+            stack.enter_context(get_component(name).recording(pipe, reservoir.offer, state))
         yield
-    finally:
-        for h in handles:
-            h.remove()
-        del pipe.vae.decode  # the instance attribute goes; the class method is back
 
 
 def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, prompts_file: Path | None = None,

@@ -4,5 +4,4 @@ EDGEKIT_DEFAULTS = "edgekit_defaults.json"  # sampling defaults a model ships (g
 SAFETENSORS_SUFFIX = ".safetensors"
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CALIB_META = "meta.json"
-CALIB_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 MANIFEST = "manifest.json"

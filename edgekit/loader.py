@@ -2,7 +2,8 @@
 slimmable, at a chosen width) or a quantized directory (its components run in ORT or torch INT8).
 
 Commands that run a model (generate, eval, calibrate, bench) call ``open_model`` so that every later
-stage's output can be generated from and evaluated the same way."""
+stage's output can be generated from and evaluated the same way. It sits above the stages whose outputs it
+opens (the quantize stage among them), in the runtime layer of edgekit's layer table."""
 from __future__ import annotations
 
 import json
@@ -22,11 +23,12 @@ def artifact_stage(path: Path) -> str | None:
         return None
 
 
-def open_model(path: Path | str | None = None, width: float | None = None, flag: str = "--model"):
+def open_model(path: Path | str | None = None, width=None, flag: str | None = "--model"):
+    """The pipeline at ``path`` (None: the embedded default model) at ``width`` (a Width spelling; None: full)."""
     from edgekit.pipeline import load_pipeline
+    from edgekit.quantize.artifact import is_quantized, load_quantized_pipeline
+    from edgekit.width import Width
 
-    if path is not None and artifact_stage(Path(path)) == "quantize":
-        from edgekit.quantize.artifact import load_quantized_pipeline
-
+    if path is not None and is_quantized(Path(path)):
         return load_quantized_pipeline(path, width=width, flag=flag)
-    return load_pipeline(path, flag=flag, width=width)
+    return load_pipeline(path, flag=flag, width=None if width is None else Width.parse(width).value)

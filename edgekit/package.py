@@ -654,8 +654,6 @@ def _float_quality(model: Path, width: float, defaults, config: PackageConfig, p
 
 def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Path, model_key: str, p: Plan,
             calib: dict, quant: dict, progress) -> dict:
-    import platform
-
     from edgekit.bundle import read_manifest
     from edgekit.runtime.bench import BenchConfig, measure, write_table
     from edgekit.targets import get_target
@@ -686,8 +684,9 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
         f"{name}'s own converter" if needs_calib else None)
 
     steps = config.steps or tuple(sorted(int(s) for s in read_manifest(p.out / name)["sampling"]["schedules"]))
-    if target.file_format == "mlpackage" and platform.system() != "Darwin":
-        exported["bench"] = {"skipped": "Core ML runs only on Apple devices: the table is measured there "
+    why = target.runtime_missing()
+    if why:
+        exported["bench"] = {"skipped": f"{why}: the table is measured on a device that runs {name} graphs "
                                         "(edgekit bench --import-table)"}
         return exported
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import FORMAT_VERSION, integrity, read_manifest, verify, verify_files, write_manifest
+from edgekit.bundle import FORMAT_VERSION, integrity, read_manifest, verify_files, write_manifest
+from edgekit.runtime.verify import verify
 from edgekit.errors import InputError, VerificationError
 from policy_bundles import exported
 

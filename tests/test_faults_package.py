@@ -139,7 +139,7 @@ def test_force_writes_beside_foreign_files_and_records_only_its_own(run_cli, def
 # -- 2. resume checks damage ---------------------------------------------------------------------------------
 
 def test_damaged_bundle_files_rerun_their_stage_and_what_follows(run_cli, package_copy, default_model):
-    from edgekit.bundle import verify
+    from edgekit.runtime.verify import verify
 
     model = package_copy / "ort-web/unet/w1.00/model.onnx"
     data = bytearray(model.read_bytes())
@@ -210,7 +210,7 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
 
 def test_ctrl_c_during_a_stage_is_one_line_exit_130_and_keeps_finished_stages(run_cli, package_copy, default_model,
                                                                               monkeypatch):
-    from edgekit.bundle import verify
+    from edgekit.runtime.verify import verify
     from edgekit.targets import get_target
 
     shutil.rmtree(package_copy / "ort-web")  # the export stage reruns

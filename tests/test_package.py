@@ -25,7 +25,8 @@ def _summary(stdout: str) -> dict:
 
 
 def test_package_writes_a_verified_measured_bundle_and_report(packaged):
-    from edgekit.bundle import read_manifest, verify
+    from edgekit.bundle import read_manifest
+    from edgekit.runtime.verify import verify
 
     summary = json.loads((packaged / "package.json").read_text())
     assert [r["stage"] for r in summary["stages"]] == ["calib-w1.00", "quant-w1.00", "quality-w1.00",
@@ -82,7 +83,7 @@ def test_rerun_reuses_every_stage_and_a_changed_setting_reruns_only_its_readers(
 
 def test_a_failing_target_is_reported_and_the_others_complete(run_cli, packaged, default_model, tmp_path,
                                                             monkeypatch):
-    from edgekit.bundle import verify
+    from edgekit.runtime.verify import verify
     from edgekit.targets import get_target
 
     out = tmp_path / "moved"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgekit.errors import CalibrationError, InputError, MissingBackendError
-from edgekit.quantize import (QuantizeOptions, Quantizer, get_quantizer, methods, parse_components, quantize_model,
-                              register, split_rows)
+from edgekit.quantize import (QUANTIZERS, QuantizeOptions, Quantizer, get_quantizer, methods, parse_components,
+                              quantize_model, split_rows)
 from edgekit.quantize.ort_static import node_module_path
 from edgekit.quantize.sensitivity import select_float_units, unit_of
 
@@ -87,7 +87,8 @@ def test_registry_names_and_errors():
         name = "nncf"
 
     with pytest.raises(ValueError, match="registered twice"):
-        register(Again)
+        QUANTIZERS.add("nncf", Again)
+    assert get_quantizer("nncf").name == "nncf" and type(get_quantizer("nncf")) is not Again
 
     class Missing(Quantizer):
         name = "needs-missing-lib"
@@ -185,12 +186,14 @@ def test_ort_static_pipeline_generates_through_onnxruntime(ort_static, default_p
     from edgekit.loader import open_model
     from edgekit.pipeline import generate
     from edgekit.quality import relative_error
-    from edgekit.quantize.artifact import OrtTextEncoder, OrtUNet, OrtVaeDecoder
+    from edgekit.components.text_encoder import TextEncoderStandIn
+    from edgekit.components.unet import UNetStandIn
+    from edgekit.components.vae_decoder import VaeWithDecoderStandIn
 
     out, manifest = ort_static
     pipe = open_model(out)
-    assert isinstance(pipe.unet, OrtUNet) and isinstance(pipe.text_encoder, OrtTextEncoder)
-    assert isinstance(pipe.vae, OrtVaeDecoder)
+    assert isinstance(pipe.unet, UNetStandIn) and isinstance(pipe.text_encoder, TextEncoderStandIn)
+    assert isinstance(pipe.vae, VaeWithDecoderStandIn)
     inputs, reference = _heldout(default_pipe, calib_dir, default_model, "unet", manifest)
     import torch
 

@@ -68,7 +68,7 @@ def run_export(args) -> int:
 
 
 def run_verify(args) -> int:
-    from edgekit.bundle import verify
+    from edgekit.runtime.verify import verify
 
     result = verify(args.bundle, numeric=not args.files_only, node=args.node)
     lines = [f"{args.bundle}: {result['files']} files match manifest.json"]

@@ -2,11 +2,13 @@
 ``quantize_model``, which runs one method over a model's components with its calibration rows and
 writes the quantized directory (see edgekit/quantize/artifact.py for its layout).
 
-A method is a ``Quantizer`` subclass decorated with ``@register``; it names the library it needs (a
-missing one raises MissingBackendError naming the pip package) and turns one component plus its
-calibration rows into an artifact under ``quantized/<component>/``. Everything else (row split,
-sensitivity ranking, float budget, held-out error, manifest) is shared here, so every method is
-measured the same way.
+A method is a ``Quantizer`` subclass in its own module (``QUANTIZER = TheClass``), registered below in
+``QUANTIZERS`` (an ``edgekit.registry.Registry``, the pattern targets and runners use too); it names the
+library it needs (a missing one raises MissingBackendError naming the pip package) and turns one component
+plus its calibration rows into an artifact under ``quantized/<component>/``. Everything else (row split,
+sensitivity ranking, float budget, held-out error, manifest) is shared here (``quantize_component``), so every
+method is measured the same way, and a target that quantizes on its own (ort-web INT8 without a quantize
+stage) goes through the same function.
 """
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ from typing import Callable
 
 import numpy as np
 
+from edgekit.components import CALIB_COMPONENTS, PER_WIDTH_COMPONENTS
 from edgekit.errors import CalibrationError, InputError, MissingBackendError
+from edgekit.registry import Registry
+from edgekit.width import Width
 
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("int8", "uint8", "int16")
-QUANTIZABLE_COMPONENTS = ("unet", "text_encoder", "vae_decoder")
-DEFAULT_COMPONENTS = ("unet", "text_encoder", "vae_decoder")
+# What calibration captures can be quantized; per-width ones first (they are what a width changes).
+QUANTIZABLE_COMPONENTS = PER_WIDTH_COMPONENTS + tuple(c for c in CALIB_COMPONENTS if c not in PER_WIDTH_COMPONENTS)
+DEFAULT_COMPONENTS = QUANTIZABLE_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class Quantizer:
 
     def check_backend(self) -> None:
         if importlib.util.find_spec(self.backend_module) is None:
-            raise MissingBackendError(f"--method {self.name} needs the Python package '{self.pip_package}' "
+            raise MissingBackendError(f"quantize method '{self.name}' needs the Python package '{self.pip_package}' "
                                       f"(pip install {self.pip_package})")
 
     def quantize_component(self, pipe, component: str, calib_inputs: dict[str, np.ndarray],
@@ -111,36 +117,20 @@ class Quantizer:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Quantizer]] = {}
-
-
-def register(cls: type[Quantizer]) -> type[Quantizer]:
-    """Class decorator adding a method to the registry; a second method with the same name is an error."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no method name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"quantize method '{cls.name}' registered twice ({_REGISTRY[cls.name].__name__}, {cls.__name__})")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_builtin_methods() -> None:
-    # The method modules import their heavy libraries only inside functions, so importing them is cheap.
-    from edgekit.quantize import fx, nncf, ort_static  # noqa: F401
+QUANTIZERS = Registry("quantize method", "QUANTIZER")
+QUANTIZERS.add("ort-static", "edgekit.quantize.ort_static")
+QUANTIZERS.add("fx", "edgekit.quantize.fx")
+QUANTIZERS.add("nncf", "edgekit.quantize.nncf")
 
 
 def methods() -> list[str]:
-    _load_builtin_methods()
-    return sorted(_REGISTRY)
+    return sorted(QUANTIZERS.names())
 
 
-def get_quantizer(name: str, flag: str = "--method") -> Quantizer:
-    _load_builtin_methods()
-    if name not in _REGISTRY:
-        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        raise InputError(f"{flag} {name}: unknown quantize method; known: {sorted(_REGISTRY)}"
-                         + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-    return _REGISTRY[name]()
+def get_quantizer(name: str, flag: str | None = None) -> Quantizer:
+    """A fresh quantizer of method ``name`` (InputError naming the known methods otherwise). ``flag`` is
+    accepted for older callers and unused: the error names the method; a command maps it to its flag."""
+    return QUANTIZERS.get(name)()
 
 
 def parse_components(text: str | None, flag: str = "--components") -> tuple[str, ...]:
@@ -188,8 +178,61 @@ def matches_any(path: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
+def quantize_component(pipe, name: str, rows: dict[str, np.ndarray], quantizer: Quantizer, options: QuantizeOptions,
+                       root: Path, workdir: Path) -> tuple[ComponentArtifact, dict]:
+    """Quantize component ``name`` of ``pipe`` with ``quantizer`` from its captured ``rows``: a seeded held-out
+    split, the sensitivity ranking and float budget, the method's artifact under ``root``, and its error on the
+    held-out rows. Returns (artifact, the record the quantize manifest keeps for it). The quantize stage and a
+    target that quantizes on its own call this one function, so both make the same graph."""
+    from edgekit.components import get_component, inputs_from_calibration, run_torch
+    from edgekit.quality import relative_error
+    from edgekit.quantize import sensitivity
+
+    t0 = time.perf_counter()
+    component = get_component(name)
+    spec = component.spec(pipe)
+    n = len(next(iter(rows.values())))
+    calib_idx, held_idx = split_rows(n, options.holdout, options.seed)
+    if len(calib_idx) > options.max_calib_rows:  # a seeded subset spread over all prompts and steps
+        rng = np.random.default_rng(options.seed + 1)
+        calib_idx = np.sort(rng.choice(calib_idx, options.max_calib_rows, replace=False))
+    calib_inputs = inputs_from_calibration(spec, rows, calib_idx)
+    held_inputs = inputs_from_calibration(spec, rows, held_idx)
+    module = component.export_module(pipe)
+    reference = run_torch(module, spec, held_inputs)
+
+    sens_inputs = {k: v[: options.sensitivity_rows] for k, v in calib_inputs.items()}
+    ranking = sensitivity.rank_units(module, spec, calib_inputs, sens_inputs)
+    excluded = [u["unit"] for u in ranking if matches_any(u["unit"], options.exclude)]
+    budgeted = sensitivity.select_float_units(ranking, options.float_budget, already=excluded)
+    float_units = excluded + budgeted
+
+    made = quantizer.quantize_component(pipe, name, calib_inputs, options, float_units, Path(root), Path(workdir))
+    actual = made.run(held_inputs)
+    fp32_bytes = sensitivity.float_weight_bytes(module)
+    int8_bytes = sum((Path(root) / f).stat().st_size for f in made.files)
+    record = {
+        "kind": made.kind,
+        "files": made.files,
+        "heldout_rows": int(len(held_idx)),
+        "calibration_rows": int(len(calib_idx)),
+        "heldout_rel_err": relative_error(actual, reference),
+        "heldout_max_abs_err": float(np.max(np.abs(actual - reference))),
+        "bytes": int(int8_bytes),
+        "fp32_weight_bytes": int(fp32_bytes),
+        "bytes_ratio_vs_fp32": round(int8_bytes / max(fp32_bytes, 1), 4),
+        "float_units": {"excluded_by_pattern": excluded, "kept_by_budget": budgeted},
+        "sensitivity": ranking,
+        "report": made.report,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if not np.isfinite(record["heldout_rel_err"]):
+        raise CalibrationError(f"{name}: the {quantizer.name} model produced non-finite outputs on held-out rows")
+    return made, record
+
+
 def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
-                   components: tuple[str, ...] = DEFAULT_COMPONENTS, width: float | None = None,
+                   components: tuple[str, ...] = DEFAULT_COMPONENTS, width: float | Width | None = None,
                    options: QuantizeOptions = QuantizeOptions(), progress=None) -> dict:
     """Quantize ``components`` of the model at ``model_dir`` with ``method``; write ``out`` atomically.
 
@@ -197,19 +240,19 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     import tempfile
 
     from edgekit.calibration import CalibrationSet
-    from edgekit.components import component_spec, export_module, inputs_from_calibration, run_torch
+    from edgekit.components import component_spec
     from edgekit.fsutil import staged_dir
-    from edgekit.loader import artifact_stage, open_model
-    from edgekit.quality import relative_error
-    from edgekit.quantize import artifact, sensitivity
+    from edgekit.pipeline import load_pipeline
+    from edgekit.quantize import artifact
 
     quantizer = get_quantizer(method)
     quantizer.check_backend()
     model_dir = Path(model_dir)
-    if artifact_stage(model_dir) == "quantize":
-        raise InputError(f"--model {model_dir}: is already a quantized directory; quantize its float source")
+    if artifact.is_quantized(model_dir):
+        raise InputError(f"{model_dir}: is already a quantized directory; quantize its float source")
+    width = None if width is None else Width.parse(width)
     calib = CalibrationSet.open(calib_dir, model_dir)
-    pipe = open_model(model_dir, width=width)
+    pipe = load_pipeline(model_dir, width=None if width is None else width.value)
     specs = {name: component_spec(pipe, name) for name in components}
     for name in components:
         check_calibration_matches(calib, specs[name], name, width)
@@ -220,50 +263,12 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     with staged_dir(out) as staging, tempfile.TemporaryDirectory() as tmp:
         artifact.copy_source(model_dir, staging)
         for name in components:
-            t0 = time.perf_counter()
-            spec = specs[name]
-            rows = calib.load(name)
-            n = len(next(iter(rows.values())))
-            calib_idx, held_idx = split_rows(n, options.holdout, options.seed)
-            if len(calib_idx) > options.max_calib_rows:  # a seeded subset spread over all prompts and steps
-                rng = np.random.default_rng(options.seed + 1)
-                calib_idx = np.sort(rng.choice(calib_idx, options.max_calib_rows, replace=False))
-            calib_inputs = inputs_from_calibration(spec, rows, calib_idx)
-            held_inputs = inputs_from_calibration(spec, rows, held_idx)
-            module = export_module(pipe, name)
-            reference = run_torch(module, spec, held_inputs)
-
-            sens_inputs = {k: v[: options.sensitivity_rows] for k, v in calib_inputs.items()}
-            ranking = sensitivity.rank_units(module, spec, calib_inputs, sens_inputs)
-            excluded = [u["unit"] for u in ranking if matches_any(u["unit"], options.exclude)]
-            budgeted = sensitivity.select_float_units(ranking, options.float_budget, already=excluded)
-            float_units = excluded + budgeted
-
-            made = quantizer.quantize_component(pipe, name, calib_inputs, options, float_units, staging,
-                                                Path(tmp) / name)
-            actual = made.run(held_inputs)
-            fp32_bytes = sensitivity.float_weight_bytes(module)
-            int8_bytes = sum((staging / f).stat().st_size for f in made.files)
-            results[name] = {
-                "kind": made.kind,
-                "files": made.files,
-                "heldout_rows": int(len(held_idx)),
-                "calibration_rows": int(len(calib_idx)),
-                "heldout_rel_err": relative_error(actual, reference),
-                "heldout_max_abs_err": float(np.max(np.abs(actual - reference))),
-                "bytes": int(int8_bytes),
-                "fp32_weight_bytes": int(fp32_bytes),
-                "bytes_ratio_vs_fp32": round(int8_bytes / max(fp32_bytes, 1), 4),
-                "float_units": {"excluded_by_pattern": excluded, "kept_by_budget": budgeted},
-                "sensitivity": ranking,
-                "report": made.report,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            if not np.isfinite(results[name]["heldout_rel_err"]):
-                raise CalibrationError(f"{name}: the {method} model produced non-finite outputs on held-out rows")
+            _, results[name] = quantize_component(pipe, name, calib.load(name), quantizer, options, staging,
+                                                  Path(tmp) / name)
             if task is not None:
                 progress.update(task, advance=1)
-        manifest = artifact.build_manifest(model_dir, calib, method, quantizer, options, width, results,
+        manifest = artifact.build_manifest(model_dir, calib, method, quantizer, options,
+                                           None if width is None else width.value, results,
                                            seconds=time.perf_counter() - started)
         artifact.write_manifest(staging, manifest)
     return manifest

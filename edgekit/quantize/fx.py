@@ -22,14 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer, register
+from edgekit.quantize import ComponentArtifact, QuantizeOptions, Quantizer
 from edgekit.quantize.sensitivity import in_units
 
 STATE_FILE = "model_int8.pt"
 RECIPE_FILE = "recipe.json"
 ENGINE = "x86"
-# Where each component lives on a diffusers pipeline (the export module wraps the same object).
-PIPELINE_ATTR = {"unet": "unet", "text_encoder": "text_encoder", "vae_decoder": "vae"}
 
 
 def _set_submodule(root, path: str, new) -> None:
@@ -203,7 +201,9 @@ def load_component(pipe, component: str, directory: Path) -> None:
 
     recipe = json.loads((Path(directory) / RECIPE_FILE).read_text())
     state = torch.load(Path(directory) / STATE_FILE, weights_only=True)
-    target = getattr(pipe, PIPELINE_ATTR[component])
+    from edgekit.components import get_component
+
+    target = get_component(component).torch_module(pipe)  # the module the export wrapper holds
     load_fx_layers(target, recipe["quantized_layers"], state, recipe.get("per_channel", True))
 
 
@@ -219,7 +219,6 @@ def _calibration_runner(spec, inputs: dict[str, np.ndarray], batch: int = 16):
     return run
 
 
-@register
 class FxQuantizer(Quantizer):
     name = "fx"
     backend_module = "torch.ao.quantization.quantize_fx"
@@ -263,3 +262,6 @@ class FxQuantizer(Quantizer):
                   "seconds": round(time.perf_counter() - started, 2)}
         files = [(rel_dir / STATE_FILE).as_posix(), (rel_dir / RECIPE_FILE).as_posix()]
         return ComponentArtifact("torch-fx", files, lambda inputs: run_torch(wrapper, spec, inputs), report)
+
+
+QUANTIZER = FxQuantizer

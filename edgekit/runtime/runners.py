@@ -9,8 +9,12 @@
 
 Every runner accepts any number of rows: a graph with a fixed batch axis is fed in slices (the last one
 padded) so callers such as the bundle sampler never care about the exported batch size.
-``runner_for(bundle_dir, entry)`` picks the runner a manifest entry needs; ``recheck_entry`` replays a
-bundle's stored verification data.
+
+``RUNNERS`` (an ``edgekit.registry.Registry``, the pattern of targets and quantizers) maps a manifest entry's
+``format`` to the runner class that owns it: how to open an entry (``from_entry``), why it cannot run here
+(``unavailable``, None when it can) and what can still be checked then (``structure_check``). A target names
+its format (``Target.file_format``) and asks this registry; ``runner_for(bundle_dir, entry)`` and
+``recheck_entry`` go through it too, so no code outside a runner class switches on a format name.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError, MissingBackendError, VerificationError
+from edgekit.registry import Registry
 
 NODE_SCRIPT = Path(__file__).resolve().parent / "ort_web.mjs"
 
@@ -48,6 +53,22 @@ class _Batched:
     input_names: list[str]
     fixed_batch: int | None = None
     runtime = ""
+    format = ""  # the manifest entry "format" this runner runs
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why entries of this format cannot run on this machine, or None when they can."""
+        return None
+
+    @classmethod
+    def from_entry(cls, bundle_dir: Path, entry: dict, node: bool = False, threads: int | None = None):
+        """The runner for a manifest component entry of this format."""
+        return cls(Path(bundle_dir) / entry["file"], threads)
+
+    @classmethod
+    def structure_check(cls, bundle_dir: Path, entry: dict) -> dict:
+        """What can be checked without running the entry (where ``unavailable``); by default nothing."""
+        raise MissingBackendError(f"{Path(bundle_dir) / entry['file']}: {cls.unavailable()}")
 
     def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -76,6 +97,17 @@ class _Batched:
 
 
 class OrtRunner(_Batched):
+    format = "onnx"
+
+    @classmethod
+    def from_entry(cls, bundle_dir, entry, node=False, threads=None):
+        """onnxruntime here, or onnxruntime-web under Node when ``node``."""
+        path = Path(bundle_dir) / entry["file"]
+        if node:
+            return NodeOrtWebRunner(path, [t["name"] for t in entry["inputs"]],
+                                    [c["file"] for c in entry.get("external_data", [])])
+        return cls(path, threads)
+
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
@@ -102,6 +134,8 @@ class OrtRunner(_Batched):
 class LiteRTRunner(_Batched):
     """The stock LiteRT interpreter (the pip ai_edge_litert build, which has no Flex delegate)."""
 
+    format = "tflite"
+
     def __init__(self, path: Path, threads: int | None = None) -> None:
         try:
             from ai_edge_litert import __version__ as litert_version
@@ -121,7 +155,8 @@ class LiteRTRunner(_Batched):
         self.input_names = list(signature[self.signature_key]["inputs"])
         self.output_names = list(signature[self.signature_key]["outputs"])
         details = self.runner.get_input_details()
-        self._dtypes = {n: details[n]["dtype"] for n in self.input_names}
+        # What each signature input takes (int8 for a full-integer model's quantized inputs).
+        self.input_dtypes = {n: np.dtype(details[n]["dtype"]) for n in self.input_names}
         # A full-integer model takes and gives int8 tensors with (scale, zero point): float in, float out here.
         self._in_quant = {n: details[n]["quantization"] for n in self.input_names}
         self._out_quant = self.runner.get_output_details()[self.output_names[0]]["quantization"]
@@ -129,7 +164,7 @@ class LiteRTRunner(_Batched):
         self.runtime = f"ai_edge_litert {litert_version} (stock LiteRT interpreter, CPU)"
 
     def _feed(self, name: str, value: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._dtypes[name])
+        dtype = self.input_dtypes[name]
         scale, zero = self._in_quant[name]
         if scale and dtype.kind in "iu" and np.asarray(value).dtype.kind == "f":
             info = np.iinfo(dtype)
@@ -251,9 +286,36 @@ def inspect_mlpackage(path: Path) -> dict:
 class CoreMLRunner(_Batched):
     """Core ML prediction: macOS only (the Core ML framework does not exist elsewhere)."""
 
+    format = "mlpackage"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if platform.system() == "Darwin" else "Core ML predictions need macOS (the Core ML framework)"
+
+    @classmethod
+    def from_entry(cls, bundle_dir, entry, node=False, threads=None):
+        return cls(Path(bundle_dir) / entry["file"])
+
+    @classmethod
+    def structure_check(cls, bundle_dir, entry):
+        """The package's inputs and shapes against the manifest entry, read with coremltools."""
+        path = Path(bundle_dir) / entry["file"]
+        info = inspect_mlpackage(path)
+        got = [t["name"] for t in info["inputs"]]
+        want = [t["name"] for t in entry["inputs"]]
+        if got != want:
+            raise VerificationError(f"{path}: inputs {got}, manifest says {want}")
+        for t_got, t_want in zip(info["inputs"] + info["outputs"], entry["inputs"] + entry["outputs"]):
+            if t_got["shape"] != t_want["shape"]:
+                raise VerificationError(f"{path}: {t_got['name']} shape {t_got['shape']}, "
+                                        f"manifest says {t_want['shape']}")
+        return {"runtime": "coremltools (structure only)", "ops": sum(info["ops"].values()),
+                "skipped": "numeric check needs macOS (Core ML framework)"}
+
     def __init__(self, path: Path) -> None:
-        if platform.system() != "Darwin":
-            raise MissingBackendError("Core ML predictions need macOS; on Linux only the structure is checked")
+        why = self.unavailable()
+        if why:
+            raise MissingBackendError(f"{path}: {why}; elsewhere only the structure is checked")
         import coremltools as ct
 
         self.path = Path(path)
@@ -268,20 +330,20 @@ class CoreMLRunner(_Batched):
         return np.asarray(self.model.predict({n: v for n, v in inputs.items()})[self.output_name])
 
 
+RUNNERS = Registry("runner format", "RUNNER")
+RUNNERS.add(OrtRunner.format, OrtRunner)
+RUNNERS.add(LiteRTRunner.format, LiteRTRunner)
+RUNNERS.add(CoreMLRunner.format, CoreMLRunner)
+
+
+def runner_class(file_format: str) -> type[_Batched]:
+    """The runner class of a manifest entry format (InputError naming the known formats otherwise)."""
+    return RUNNERS.get(file_format)
+
+
 def runner_for(bundle_dir: Path, entry: dict, node: bool = False, threads: int | None = None):
     """The runner a manifest component entry needs (Python ORT, or onnxruntime-web when ``node``)."""
-    path = Path(bundle_dir) / entry["file"]
-    fmt = entry["format"]
-    if fmt == "onnx":
-        if node:
-            return NodeOrtWebRunner(path, [t["name"] for t in entry["inputs"]],
-                                    [c["file"] for c in entry.get("external_data", [])])
-        return OrtRunner(path, threads)
-    if fmt == "tflite":
-        return LiteRTRunner(path, threads)
-    if fmt == "mlpackage":
-        return CoreMLRunner(path)
-    raise InputError(f"{path}: unknown component format '{fmt}'")
+    return runner_class(entry["format"]).from_entry(Path(bundle_dir), entry, node=node, threads=threads)
 
 
 def recheck_entry(bundle_dir: Path, entry: dict, record: dict, node: bool = False) -> dict:
@@ -290,21 +352,12 @@ def recheck_entry(bundle_dir: Path, entry: dict, record: dict, node: bool = Fals
     from edgekit.bundle import load_array
 
     bundle_dir = Path(bundle_dir)
+    cls = runner_class(entry["format"])
+    if cls.unavailable():
+        return cls.structure_check(bundle_dir, entry)
     data = record["data"]
     inputs = {n: load_array(bundle_dir, r) for n, r in data["inputs"].items()}
     expected = load_array(bundle_dir, data["expected"])
-    if entry["format"] == "mlpackage" and platform.system() != "Darwin":
-        info = inspect_mlpackage(bundle_dir / entry["file"])
-        got = [t["name"] for t in info["inputs"]]
-        want = [t["name"] for t in entry["inputs"]]
-        if got != want:
-            raise VerificationError(f"{bundle_dir / entry['file']}: inputs {got}, manifest says {want}")
-        for t_got, t_want in zip(info["inputs"] + info["outputs"], entry["inputs"] + entry["outputs"]):
-            if t_got["shape"] != t_want["shape"]:
-                raise VerificationError(f"{bundle_dir / entry['file']}: {t_got['name']} shape {t_got['shape']}, "
-                                        f"manifest says {t_want['shape']}")
-        return {"runtime": "coremltools (structure only)", "ops": sum(info["ops"].values()),
-                "skipped": "numeric check needs macOS (Core ML framework)"}
-    runner = runner_for(bundle_dir, entry, node=node)
+    runner = cls.from_entry(bundle_dir, entry, node=node)
     actual = runner.run(inputs)
     return {"runtime": runner.runtime, **compare(actual, expected)}

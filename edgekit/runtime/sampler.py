@@ -161,13 +161,18 @@ class BundleSampler:
     def steps(self) -> list[int]:
         return sorted(int(s) for s in self.manifest["sampling"]["schedules"])
 
-    def components(self, width: float) -> Components:
-        from edgekit.bundle import width_key
+    def components(self, width) -> Components:
+        """The runners at ``width`` (any Width spelling); the UNet's is opened on first use."""
+        from edgekit.width import Width, WidthError
 
-        key = width_key(width)
         entries = self.manifest["components"]["unet"]["widths"]
+        try:
+            key = Width.parse(width).key
+        except WidthError as exc:
+            raise InputError(f"{self.bundle_dir}: {exc}") from None
         if key not in entries:
-            raise InputError(f"--widths {width}: the bundle has no UNet at width {key} (has: {', '.join(entries)})")
+            raise InputError(f"width {width}: the bundle {self.bundle_dir} has no UNet at width {key} "
+                             f"(has: {', '.join(entries)})")
         if key not in self._unets:
             self._unets[key] = self._named(entries[key])
         return Components(text_encoder=self._text_encoder, unet=self._unets[key], vae_decoder=self._vae)

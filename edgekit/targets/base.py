@@ -2,8 +2,10 @@
 width, exports every component through a target, checks it against torch, and writes the bundle
 with its manifest last (edgekit.bundle).
 
-A target only says how to write one component in its format and which runtimes check it here; the
-tokenizer, scheduler tables, geometry, verification data and manifest are the same for all.
+A target only says how to write one component in its format, which runtimes check it here and which
+components beyond the bundle's own it exports (``extra_components``); the components themselves come from
+the registry (edgekit.components), and the tokenizer, scheduler tables, geometry, verification data and
+manifest are the same for all.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ from typing import ClassVar
 import numpy as np
 
 from edgekit import __version__
-from edgekit.bundle import FORMAT_VERSION, STAGE, save_array, width_key, write_manifest
+from edgekit.bundle import FORMAT_VERSION, STAGE, save_array, write_manifest
+from edgekit.components import Component, bundle_components, get_component
 from edgekit.errors import CalibrationError, InputError, VerificationError
 from edgekit.profiles import TargetProfile
+from edgekit.width import Width, WidthError
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 VERIFY_ROWS = 2  # rows of stored verification data per component (a dynamic-batch graph gets 2)
 CALIB_ROWS_INT8 = 64  # representative rows per component for full-integer INT8
 
@@ -32,13 +35,22 @@ class ComponentJob:
 
     pipe: object
     name: str
-    width: float | None  # None for text_encoder / vae_decoder
+    width: Width | None  # None for a component exported once (not per width)
     rel_dir: str
     batch: int | None  # fixed batch size, or None for a dynamic batch axis
     precision: str
     calibration: dict | None = None  # spec-named input arrays (representative data), INT8 only
     prequantized: Path | None = None  # an INT8 ONNX graph the quantize stage already made for this job
     notes: dict = field(default_factory=dict)
+
+    @property
+    def component(self) -> Component:
+        return get_component(self.name)
+
+    @property
+    def label(self) -> str:
+        """``unet@0.50`` or ``text_encoder``: how messages and verification results name the job."""
+        return self.component.label(self.width)
 
     def output_dir(self, stage: Path) -> Path:
         """The job's folder inside the staging bundle, created."""
@@ -51,8 +63,10 @@ class Target:
     """One export format. Subclasses set the class attributes and implement ``write`` and ``check``."""
 
     name: ClassVar[str] = ""
-    file_format: ClassVar[str] = ""  # manifest "format": onnx | tflite | mlpackage
+    file_format: ClassVar[str] = ""  # manifest "format"; its runner class (edgekit.runtime.runners) runs it
     precisions: ClassVar[tuple[str, ...]] = ()
+    # Components exported beyond those every bundle has (edgekit.components), e.g. ("vae_encoder",).
+    extra_components: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""  # pip extra that installs its converter
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
     needs_fixed_shapes: ClassVar[bool] = False  # the converter wants every axis pinned
@@ -69,6 +83,20 @@ class Target:
 
     def created_with(self) -> dict:
         return {}
+
+    def components(self) -> list[Component]:
+        """What a bundle of this target holds, in manifest order."""
+        return bundle_components(self.extra_components)
+
+    def runner_class(self):
+        """The runner class of this target's format (edgekit.runtime.runners.RUNNERS)."""
+        from edgekit.runtime.runners import runner_class
+
+        return runner_class(self.file_format)
+
+    def runtime_missing(self) -> str | None:
+        """Why this target's graphs cannot run on this machine (a table is then measured on a device), or None."""
+        return self.runner_class().unavailable()
 
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         """Write the component under ``stage / job.rel_dir``; return its manifest entry (format, file,
@@ -96,14 +124,14 @@ class ExportRequest:
     out: Path
     target: str
     profile: TargetProfile
-    widths: tuple[float, ...] = (1.0,)
+    widths: tuple = (1.0,)  # Width spellings (floats, Width, "0.50")
     calib_dir: Path | None = None
     force: bool = False
     # Per-width UNet rows captured at that width (edgekit calibrate --width W); other rows come from calib_dir.
-    unet_calib_dirs: tuple[tuple[float, Path], ...] = ()
+    unet_calib_dirs: tuple[tuple, ...] = ()  # (width, dir) pairs
     # Per-width outputs of the quantize stage (edgekit quantize, an ONNX method): targets that take QDQ ONNX
     # ship those graphs for int8 (the text encoder and VAE decoder from the widest one).
-    quantized_dirs: tuple[tuple[float, Path], ...] = ()
+    quantized_dirs: tuple[tuple, ...] = ()  # (width, dir) pairs
     # Step counts whose schedules the bundle carries (replacing the profile's and the model's own lists) and
     # the guidance scale it samples at; None: the model's edgekit_defaults.json, else the profile's / diffusers'.
     steps: tuple[int, ...] | None = None
@@ -167,8 +195,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     import torch
 
     from edgekit.calibration import CalibrationSet
-    from edgekit.components import component_spec, export_module, run_torch
-    from edgekit.fsutil import check_output_path, sha256_tree, staged_dir
+    from edgekit.components import geometry, inputs_from_calibration, run_torch
+    from edgekit.fsutil import check_output_path, staged_dir
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir
     from edgekit.schedule import GUIDANCE_CFG
@@ -192,60 +220,65 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     if request.calib_dir is not None:
         cset = CalibrationSet.open(request.calib_dir, model_dir)
         calib = {c: cset.load(c) for c in cset.components()}
-    widths = tuple(dict.fromkeys(float(w) for w in request.widths))
-    if not widths or any(not 0 < w <= 1 for w in widths):
-        raise InputError(f"--widths {list(request.widths)}: expected numbers in (0, 1]")
-    unet_calib = _unet_calibration(request, model_dir)
+    try:
+        widths = tuple(dict.fromkeys(Width.parse(w) for w in request.widths))
+    except WidthError as exc:
+        raise InputError(f"export widths {list(request.widths)}: {exc}") from None
+    if not widths:
+        raise InputError("export widths: empty (expected at least one multiplier in (0, 1])")
+    width_calib = _width_calibration(request, model_dir)
     quantized = _quantized_graphs(request, target, precision)
 
     started = time.perf_counter()
-    base = open_model(model_dir)  # text encoder and VAE are the same at every width
-    pipes = {w: (base if w == 1.0 else open_model(model_dir, width=w)) for w in widths}
+    base = open_model(model_dir)  # the components not exported per width are the same at every width
+    pipes = {w: (base if w.is_full else open_model(model_dir, width=w)) for w in widths}
     fixed = profile.fixed_shapes
     unet_batch = profile.unet_batch if sampling["guidance_mode"] == GUIDANCE_CFG else 1  # one pass without CFG
-    jobs = [ComponentJob(base, "text_encoder", None, "text_encoder", 1 if fixed else None, precision,
-                         prequantized=quantized.get(("text_encoder", None)))]
-    for w in widths:
-        jobs.append(ComponentJob(pipes[w], "unet", w, f"unet/w{width_key(w)}", unet_batch if fixed else None,
-                                 precision, prequantized=quantized.get(("unet", w))))
-    jobs.append(ComponentJob(base, "vae_decoder", None, "vae_decoder", 1 if fixed else None, precision,
-                             prequantized=quantized.get(("vae_decoder", None))))
+    jobs = []
+    for comp in target.components():
+        # a component calibration never captures ships in float where the bundle asks for INT8
+        job_precision = precision if comp.calibrated or precision not in target.needs_calibration else "fp32"
+        for w in (widths if comp.per_width else (None,)):
+            batch = (unet_batch if comp.per_width else 1) if fixed else None
+            jobs.append(ComponentJob(base if w is None else pipes[w], comp.name, w, comp.folder(w), batch,
+                                     job_precision, prequantized=quantized.get((comp.name, w))))
 
-    components: dict = {"unet": {"widths": {}}}
-    verification: dict = {"unet": {"widths": {}}}
+    components: dict = {}
+    verification: dict = {}
     task = progress.add_task(f"export {target.name}", total=len(jobs)) if progress else None
     with staged_dir(out) as stage:
         for job in jobs:
-            spec = component_spec(job.pipe, job.name)
+            comp = job.component
+            spec = comp.spec(job.pipe)
             rows = job.batch or VERIFY_ROWS
-            job_calib = {**calib, "unet": unet_calib[job.width]} if job.width in unet_calib else calib
+            job_calib = calib
+            if (job.name, job.width) in width_calib:  # rows captured at this width
+                job_calib = {**(calib or {}), job.name: width_calib[(job.name, job.width)]}
             inputs, source = _verification_inputs(job.pipe, job.name, rows, job_calib)
             if job.precision in target.needs_calibration:
-                if job.name not in job_calib:
-                    raise CalibrationError(f"--calib {request.calib_dir}: has no rows for {job.name}")
-                from edgekit.components import inputs_from_calibration
-
+                if not job_calib or job.name not in job_calib:
+                    raise CalibrationError(f"{request.calib_dir}: has no calibration rows for {job.name}")
                 data = job_calib[job.name]
                 n = len(next(iter(data.values())))
                 index = np.linspace(0, n - 1, min(n, CALIB_ROWS_INT8)).round().astype(int)
                 job.calibration = inputs_from_calibration(spec, data, index)
-            expected = run_torch(export_module(job.pipe, job.name), spec, inputs)
+            expected = run_torch(comp.export_module(job.pipe), spec, inputs)
             t0 = time.perf_counter()
             entry = target.write(job, stage, profile)
             entry["export_s"] = round(time.perf_counter() - t0, 2)
             entry["bytes"] = sum((stage / f).stat().st_size if (stage / f).is_file()
                                  else sum(p.stat().st_size for p in (stage / f).rglob("*") if p.is_file())
                                  for f in entry["files"])
-            if job.name == "unet":
-                entry["params"] = int(sum(p.numel() for p in job.pipe.unet.parameters()))
-                _check_guidance_input(job, entry)
+            if comp.counts_params:
+                entry["params"] = int(sum(p.numel() for p in comp.torch_module(job.pipe).parameters()))
+            comp.check_entry(job.pipe, entry, job.label)
             entry.update(job.notes)
             key = job.rel_dir.replace("/", "_")
             data = {"inputs": {n: save_array(stage, f"verification/{key}/{n}.bin", v) for n, v in inputs.items()},
                     "expected": save_array(stage, f"verification/{key}/expected.bin", expected)}
             tolerance = profile.tolerance.for_precision(job.precision)
             checks = target.check(stage, entry, inputs, expected, profile)
-            label = job.name if job.width is None else f"unet@{width_key(job.width)}"
+            label = job.label
             for c in checks:
                 if "rel_err" in c and not (np.isfinite(c["rel_err"]) and c["rel_err"] <= tolerance):
                     raise VerificationError(f"{label}: {c['runtime']} output differs from torch: rel-err "
@@ -253,17 +286,15 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                                             f"(max abs {c['max_abs_err']:.3g})")
             record = {"reference": f"torch {torch.__version__} fp32", "inputs_from": source, "rows": rows,
                       "tolerance": tolerance, "checks": checks, "data": data}
-            if job.name == "unet":
-                components["unet"]["widths"][width_key(job.width)] = entry
-                verification["unet"]["widths"][width_key(job.width)] = record
+            if comp.per_width:
+                components.setdefault(job.name, {"widths": {}})["widths"][job.width.key] = entry
+                verification.setdefault(job.name, {"widths": {}})["widths"][job.width.key] = record
             else:
                 components[job.name] = entry
                 verification[job.name] = record
             if task is not None:
                 progress.update(task, advance=1)
 
-        latent = component_spec(base, "unet").inputs[0].shape[1:]
-        image = component_spec(base, "vae_decoder").outputs[0].shape[1:]
         manifest = {
             "format_version": FORMAT_VERSION,
             "stage": STAGE,
@@ -273,10 +304,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             "source_model": _source_model(model_dir, request.calib_dir),
             "precision": precision,
             "components": components,
-            "widths": list(widths),
-            "geometry": {"image_size": int(image[-1]), "image_channels": int(image[0]),
-                         "latent_shape": [int(d) for d in latent], "vae_scale_factor": int(base.vae_scale_factor),
-                         "vae_scaling_factor": float(base.vae.config.scaling_factor), "image_range": [-1.0, 1.0]},
+            "widths": [w.value for w in widths],
+            "geometry": geometry(base),
             "tokenizer": _write_tokenizer(base, model_dir, stage),
             "scheduler": _scheduler(base, stage),
             "sampling": {**sampling, "batching": profile.guidance_batching if unet_batch == profile.unet_batch
@@ -346,28 +375,21 @@ def _noise_name() -> str:
     return NAME
 
 
-def _check_guidance_input(job: ComponentJob, entry: dict) -> None:
-    """A UNet with a guidance embedding (time_cond_proj_dim) must ship its timestep_cond input."""
-    dim = getattr(job.pipe.unet.config, "time_cond_proj_dim", None)
-    names = [t["name"] for t in entry["inputs"]]
-    if dim and "timestep_cond" not in names:
-        raise VerificationError(f"unet@{width_key(job.width)}: the UNet takes a guidance embedding "
-                                f"(time_cond_proj_dim {dim}) but the exported graph has no timestep_cond input "
-                                f"(inputs: {', '.join(names)})")
-
-
-def _unet_calibration(request: ExportRequest, model_dir: Path) -> dict:
-    """width -> UNet rows captured at that width."""
+def _width_calibration(request: ExportRequest, model_dir: Path) -> dict:
+    """(per-width component, Width) -> its rows captured at that width (request.unet_calib_dirs)."""
     from edgekit.calibration import CalibrationSet
 
     rows = {}
     for width, directory in request.unet_calib_dirs:
+        width = Width.parse(width)
         cset = CalibrationSet.open(directory, model_dir)
-        captured = float(cset.meta.get("width") or 1.0)
-        if captured != float(width):
-            raise CalibrationError(f"--calib {directory}: captured at width {captured:g}, used for the UNet at "
-                                   f"width {float(width):g}; re-run edgekit calibrate --width {float(width):g}")
-        rows[float(width)] = cset.load("unet")
+        captured = Width.parse(cset.meta.get("width") or 1.0)
+        if captured != width:
+            raise CalibrationError(f"{directory}: captured at width {captured}, listed for the width {width} "
+                                   f"components; capture calibration rows at width {width}")
+        for comp in bundle_components():
+            if comp.per_width and comp.calibrated:
+                rows[(comp.name, width)] = cset.load(comp.name)
     return rows
 
 
@@ -378,19 +400,20 @@ def _quantized_graphs(request: ExportRequest, target: Target, precision: str) ->
     from edgekit.quantize.artifact import QUANTIZED_DIR, read_manifest
 
     graphs = {}
-    widest = max(float(w) for w, _ in request.quantized_dirs)
+    widest = max(Width.parse(w) for w, _ in request.quantized_dirs)
     for width, directory in request.quantized_dirs:
+        width = Width.parse(width)
         manifest = read_manifest(Path(directory))
-        if float(manifest.get("width", 1.0)) != float(width):
-            raise InputError(f"{directory}: quantized at width {manifest.get('width')}, listed for width {width:g}")
+        if Width.parse(manifest.get("width", 1.0)) != width:
+            raise InputError(f"{directory}: quantized at width {manifest.get('width')}, listed for width {width}")
         for name, info in manifest["components"].items():
             if info["kind"] != "onnx":
                 raise InputError(f"{directory}: {name} was quantized by '{manifest['method']}' into "
                                  f"{info['kind']}, not an ONNX graph {target.name} can ship")
             path = Path(directory) / QUANTIZED_DIR / name / Path(info["files"][0]).name
-            if name == "unet":
-                graphs[(name, float(width))] = path
-            elif float(width) == widest:
+            if get_component(name).per_width:
+                graphs[(name, width)] = path
+            elif width == widest:  # the components shared by every width: from the widest one
                 graphs[(name, None)] = path
     return graphs
 

@@ -1,5 +1,7 @@
 """The ort-web target: one ONNX graph per component for onnxruntime-web, in fp32, fp16 (float16
-weights and compute, float32 inputs/outputs) or INT8 QDQ (edgekit.quantize's ort-static quantizer).
+weights and compute, float32 inputs/outputs) or INT8 QDQ. INT8 has one route: the quantize stage's
+ort-static method (``edgekit.quantize.quantize_component``), either run by that stage beforehand (its graphs
+are shipped as they are) or run here on the export's representative rows.
 
 Weights above the profile's file cap (a browser ArrayBuffer holds at most 2 GB) go to external-data
 chunks, each below the cap; the page fetches them and passes them to
@@ -94,24 +96,27 @@ class OrtWebTarget(Target):
         spec = component_spec(job.pipe, job.name)
         if job.precision == "fp32":
             export_onnx(job.pipe, job.name, path, opset=profile.opset, dynamic_batch=job.batch is None)
-        elif job.precision == "int8" and job.prequantized is not None:
-            _check_graph_inputs(job.prequantized, spec, job.name if job.width is None else f"unet@{job.width:g}")
+        elif job.precision == "int8":
+            if job.prequantized is None:
+                job.prequantized = self._quantize_int8(job, stage / ".raw" / job.rel_dir)
+                source = {"from": "ort-static, run by the export"}
+            else:
+                # named inside the quantize stage's output: no host path travels with the bundle
+                source = {"from": "quantize stage",
+                          "graph": job.prequantized.relative_to(job.prequantized.parents[2]).as_posix()}
+            _check_graph_inputs(job.prequantized, spec, job.label)
             for f in job.prequantized.parent.glob(job.prequantized.name + "*"):  # graph + any external data
                 shutil.copyfile(f, folder / f.name.replace(job.prequantized.name, MODEL_FILE, 1))
-            # named inside the quantize stage's output and by content: no host path travels with the bundle
             from edgekit.fsutil import sha256_file
 
-            job.notes["quantization"] = {"from": "quantize stage",
-                                         "graph": job.prequantized.relative_to(job.prequantized.parents[2]).as_posix(),
+            job.notes["quantization"] = {**source, **job.notes.get("quantization", {}),
                                          "sha256": sha256_file(job.prequantized)}
+            shutil.rmtree(stage / ".raw", ignore_errors=True)
         else:
             raw_dir = stage / ".raw" / job.rel_dir
             raw = raw_dir / MODEL_FILE
             export_onnx(job.pipe, job.name, raw, opset=profile.opset, dynamic_batch=job.batch is None)
-            if job.precision == "fp16":
-                to_float16(raw, path)
-            else:
-                self._quantize_int8(job, raw, path)
+            to_float16(raw, path)
             shutil.rmtree(stage / ".raw")
         files = sorted(p for p in folder.iterdir() if p.is_file())
         external = []
@@ -133,19 +138,22 @@ class OrtWebTarget(Target):
                              "data: <fetched bytes>} per chunk]}); each tensor names its chunk")
         return entry
 
-    def _quantize_int8(self, job: ComponentJob, raw: Path, dst: Path) -> None:
-        """QDQ INT8 by the quantize stage's ort-static method with its default options (uint8 activations,
-        per-channel int8 weights, compacted names), calibrated on the representative rows. ``edgekit package``
-        ships the quantize stage's own graphs instead (which also keep its most sensitive layers in float)."""
-        from edgekit.quantize import QuantizeOptions
-        from edgekit.quantize.ort_static import quantize_onnx_static
+    def _quantize_int8(self, job: ComponentJob, work: Path) -> Path:
+        """The quantize stage's own per-component route (``edgekit.quantize.quantize_component`` with the
+        ort-static method and its default options: held-out rows, sensitivity ranking, float budget), run on the
+        job's representative rows; returns the QDQ graph written under ``work``. The same function makes the
+        graphs ``edgekit quantize`` / ``edgekit package`` hand to this target, so both ship the same INT8."""
+        from edgekit.quantize import QuantizeOptions, get_quantizer, quantize_component
 
-        defaults = QuantizeOptions()
-        report = quantize_onnx_static(raw, job.calibration, dst, calibrate_method=defaults.calibrate_method,
-                                      activations=defaults.activations, per_channel=defaults.per_channel,
-                                      compact=True)
-        job.notes["quantization"] = {k: report[k] for k in ("format", "calibrate_method", "activations", "weights",
-                                                             "calibration_rows", "quantize_linear_nodes")}
+        quantizer = get_quantizer("ort-static")
+        made, record = quantize_component(job.pipe, job.name, job.calibration, quantizer, QuantizeOptions(),
+                                          work / "out", work / "tmp")
+        report = made.report
+        job.notes["quantization"] = {
+            **{k: report[k] for k in ("format", "calibrate_method", "activations", "weights", "quantize_linear_nodes")},
+            **{k: record[k] for k in ("calibration_rows", "heldout_rows", "heldout_rel_err")},
+            "float_units": record["float_units"]["kept_by_budget"] + record["float_units"]["excluded_by_pattern"]}
+        return work / "out" / made.files[0]
 
     def check(self, stage: Path, entry: dict, inputs: dict, expected: np.ndarray, profile: TargetProfile) -> list[dict]:
         from edgekit.runtime.runners import OrtRunner, compare

@@ -169,7 +169,7 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
             scope = ".*(" + "|".join(re.escape(s) for s in float_scopes) + ").*"
             q.update_quantization_recipe(scope, TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
         runner = LiteRTRunner(float_path)
-        samples = _signature_batches(calibration, batch, runner._dtypes)
+        samples = _signature_batches(calibration, batch, runner.input_dtypes)
         if not samples:
             raise InputError(f"--calib: fewer representative rows than the batch size {batch}")
         qsvs = q.calibrate({runner.signature_key: samples}, num_threads=1)
