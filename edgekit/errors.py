@@ -22,6 +22,8 @@ class EdgekitError(Exception):
 
     def __init__(self, message: str = "", *, param: str | None = None, value=_NO_VALUE) -> None:
         self.detail = message
+        if param is not None and param.startswith("--"):  # a caller that still passes a flag: its parameter
+            param = param[2:].replace("-", "_")
         self.param = param
         self.value = value
         super().__init__(self.worded(param))

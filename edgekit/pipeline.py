@@ -84,21 +84,22 @@ def _weights_file(component_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
-    """Return the resolved pipeline directory, or raise one clear error naming what is wrong."""
+def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
+    """Return the resolved pipeline directory, or raise one clear error naming what is wrong (``param``: what
+    the caller calls the directory)."""
     if path is None:
         path = default_model_dir()
     try:
         path = Path(path).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise InputError(f"{flag} {path}: cannot be resolved ({exc})") from None
+        raise InputError(f"cannot be resolved ({exc})", param=param, value=path) from None
     if not path.exists():
-        raise InputError(f"{flag} {path}: no such directory")
+        raise InputError("no such directory", param=param, value=path)
     if not path.is_dir():
-        raise InputError(f"{flag} {path}: expected a diffusers pipeline directory, got a file")
+        raise InputError("expected a diffusers pipeline directory, got a file", param=param, value=path)
     index_path = path / MODEL_INDEX
     if not index_path.is_file():
-        raise ModelFormatError(f"{flag} {path}: not a diffusers pipeline directory ({MODEL_INDEX} missing)")
+        raise ModelFormatError(f"not a diffusers pipeline directory ({MODEL_INDEX} missing)", param=param, value=path)
     index = _read_json_object(index_path)
     for component in PIPELINE_COMPONENTS:
         entry = index.get(component)
@@ -109,7 +110,7 @@ def check_model_dir(path: Path | str | None, flag: str = "--model") -> Path:
         if allowed and entry[1] not in allowed:
             raise ModelFormatError(f"{index_path}: '{component}' is {entry[1]}, expected one of {sorted(allowed)}")
         if not (path / component).is_dir():
-            raise ModelFormatError(f"{flag} {path}: component folder '{component}/' missing")
+            raise ModelFormatError(f"component folder '{component}/' missing", param=param, value=path)
         for json_file in sorted((path / component).glob("*.json")):  # configs, tokenizer files: all objects
             _read_json_object(json_file)
     for component in WEIGHT_COMPONENTS:
@@ -161,8 +162,8 @@ def sampling_defaults(model_dir: Path) -> SamplingDefaults:
 
 
 def steps_source(explicit: int | None, model_dir: Path) -> str:
-    """What to name when a step count is refused: the flag, or the model's defaults file it came from."""
-    return "--steps" if explicit is not None else f"{Path(model_dir) / EDGEKIT_DEFAULTS} num_inference_steps"
+    """What to name when a step count is refused: the steps given, or the model's defaults file they came from."""
+    return "steps" if explicit is not None else f"{Path(model_dir) / EDGEKIT_DEFAULTS} num_inference_steps"
 
 
 def scheduler_config(model_dir: Path) -> dict:
@@ -228,9 +229,9 @@ def max_scheduler_steps(config: dict) -> int:
     return good
 
 
-def check_scheduler_steps(config: dict, steps: int, flag: str = "--steps") -> int:
+def check_scheduler_steps(config: dict, steps: int, param: str = "steps") -> int:
     """Refuse a step count the scheduler cannot take, naming its limit, before any model runs."""
-    check_steps(steps, flag)
+    check_steps(steps, param)
     sched = _scheduler_from_config(config)
     trained = int(sched.config.num_train_timesteps)
     name = type(sched).__name__
@@ -238,17 +239,19 @@ def check_scheduler_steps(config: dict, steps: int, flag: str = "--steps") -> in
         limit = max_scheduler_steps(config)
         why = (f"more than its {trained} training timesteps" if steps > trained
                else "its latents turn to NaN/Inf at that count")
-        raise InputError(f"{flag} {steps}: the model's {name} takes at most {limit} steps ({why})")
+        raise InputError(f"the model's {name} takes at most {limit} steps ({why})", param=param, value=steps)
     return steps
 
 
-def check_model_steps(model_dir: Path, steps: int, flag: str = "--steps") -> int:
+def check_model_steps(model_dir: Path, steps: int, param: str = "steps") -> int:
     """``check_scheduler_steps`` for the scheduler of a pipeline directory on disk."""
-    return check_scheduler_steps(scheduler_config(model_dir), steps, flag)
+    return check_scheduler_steps(scheduler_config(model_dir), steps, param)
 
 
-def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", width: float | None = None):
-    """Check and load a pipeline on CPU in float32 (weights stored as float16 are upcast).
+def load_pipeline(model_dir: Path | str | None = None, param: str = "model_dir", width: float | None = None,
+                  flag: str | None = None):
+    """Check and load a pipeline on CPU in float32 (weights stored as float16 are upcast). ``param``: what the
+    caller calls the directory, named by its errors (``flag``: the older spelling of the same argument).
 
     ``width`` selects a width multiplier of a slimmable model (one with a structure.json); None is full width.
     """
@@ -256,7 +259,8 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    path = check_model_dir(model_dir, flag)
+    param = flag or param
+    path = check_model_dir(model_dir, param)
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     from transformers.utils import logging as transformers_logging
@@ -268,8 +272,8 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
     # its base config, sliced to them, and its (smaller) weights loaded strictly.
     structure = Structure.load(path)
     if structure is None and width is not None and float(width) != 1.0:
-        raise InputError(f"--width {width}: {path} is not a slimmable model (no structure.json); "
-                         "make one with edgekit slim")
+        raise InputError(f"{path} is not a slimmable model (no structure.json); make one with edgekit slim",
+                         param="width", value=width)
     extra = {"unet": load_structured_unet(path / "unet", structure)} if structure is not None else {}
     scheduler_config(path)  # a broken one would otherwise reach diffusers' hub fallback
     try:
@@ -283,7 +287,7 @@ def load_pipeline(model_dir: Path | str | None = None, flag: str = "--model", wi
             )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFormatError(f"{flag} {path}: diffusers could not load it ({first})") from None
+        raise ModelFormatError(f"diffusers could not load it ({first})", param=param, value=path) from None
     pipe.set_progress_bar_config(disable=True)
     if structure is not None and width is not None:
         select_width(pipe.unet, structure, float(width), path)
@@ -305,9 +309,9 @@ def _diffusers_log_level(level: int):
         diffusers_logging.set_verbosity(before)
 
 
-def check_steps(steps: int, flag: str = "--steps") -> int:
+def check_steps(steps: int, param: str = "steps") -> int:
     if not isinstance(steps, int) or steps <= 0:
-        raise InputError(f"{flag} {steps}: expected a positive whole number of sampling steps")
+        raise InputError("expected a positive whole number of sampling steps", param=param, value=steps)
     return steps
 
 
@@ -322,7 +326,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_sc
 
     check_scheduler_steps({**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}, steps)
     if not math.isfinite(guidance_scale):
-        raise InputError(f"--guidance {guidance_scale}: expected a finite number")
+        raise InputError("expected a finite number", param="guidance", value=guidance_scale)
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     images = []

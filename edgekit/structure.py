@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import InputError, ModelFormatError
+from edgekit.width import FULL, Width, WidthError
 
 STRUCTURE_FILE = "structure.json"
 FORMAT_VERSION = 1
@@ -53,6 +54,11 @@ class Structure:
     def slimmable(self) -> bool:
         return bool(self.widths)
 
+    @property
+    def offered(self) -> tuple[Width, ...]:
+        """The slimmable widths as Width values, narrowest first (as ``widths``)."""
+        return tuple(sorted(Width.parse(w) for w in self.widths))
+
     @classmethod
     def from_dict(cls, data: dict, where: str = STRUCTURE_FILE) -> "Structure":
         if not isinstance(data, dict):
@@ -75,9 +81,11 @@ class Structure:
         if not isinstance(widths, (list, tuple)) or not all(isinstance(w, (int, float)) for w in widths):
             raise ModelFormatError(f"{where}: 'widths' must be a list of numbers")
         for w in widths:
-            if not 0.0 < float(w) <= 1.0:
-                raise ModelFormatError(f"{where}: width {w} outside (0, 1]")
-        if widths and 1.0 not in [float(w) for w in widths]:
+            try:
+                Width.parse(w)
+            except WidthError as exc:
+                raise ModelFormatError(f"{where}: {exc}") from None
+        if widths and FULL not in {Width.parse(w) for w in widths}:
             raise ModelFormatError(f"{where}: 'widths' must include 1.0")
         return cls(resnets=maps["resnets"], feed_forwards=maps["feed_forwards"],
                    attention_heads=maps["attention_heads"], widths=tuple(sorted(float(w) for w in widths)),
@@ -390,8 +398,8 @@ def scaled_width(size: int, width: float, multiple: int, what: str) -> int:
         return size
     kept = int(round(size * width / multiple)) * multiple
     if kept <= 0:
-        raise InputError(f"--width {width:g}: {what} would keep {size * width:.1f} of {size} channels, fewer "
-                         f"than one multiple of {multiple} (8 and its GroupNorm groups)")
+        raise InputError(f"{what} would keep {size * width:.1f} of {size} channels, fewer than one multiple of "
+                         f"{multiple} (8 and its GroupNorm groups)", param="width", value=f"{width:g}")
     return min(kept, size)
 
 
@@ -429,10 +437,13 @@ def plan_for_width(unet, width: float, scope: str = "all") -> dict[str, tuple]:
 
 def check_widths(unet, widths, scope: str = "all") -> None:
     """Raise InputError naming the first width that cannot be sliced validly."""
-    for w in widths:
-        if not 0.0 < float(w) <= 1.0:
-            raise InputError(f"--widths {w}: expected width multipliers in (0, 1]")
-        plan_for_width(unet, float(w), scope)
+    from edgekit.config import widths_param
+
+    for w in widths_param(widths):
+        try:
+            plan_for_width(unet, float(w), scope)
+        except InputError as exc:  # the width being checked is one of a list
+            raise InputError(exc.detail, param="widths", value=str(w)) from None
 
 
 def unet_macs(unet, sample_shape=None, tokens: int | None = None) -> int:
@@ -511,10 +522,10 @@ def load_structured_unet(unet_dir: Path, structure: Structure):
 def select_width(unet, structure: Structure, width: float, model_dir: Path) -> None:
     """Slice a loaded slimmable UNet in place to one of its offered widths."""
     if not structure.slimmable:
-        raise InputError(f"--width {width:g}: {model_dir} is a pruned model, not a slimmable one "
-                         "(its structure.json offers no widths); make one with edgekit slim")
-    offered = [float(w) for w in structure.widths]
-    if not any(abs(float(width) - w) < 1e-9 for w in offered):
-        raise InputError(f"--width {width:g}: {model_dir} offers widths {', '.join(f'{w:g}' for w in offered)}")
+        raise InputError(f"{model_dir} is a pruned model, not a slimmable one (its structure.json offers no "
+                         "widths); make one with edgekit slim", param="width", value=f"{width:g}")
+    if Width.parse(width) not in structure.offered:
+        raise InputError(f"{model_dir} offers widths {', '.join(str(w) for w in structure.offered)}",
+                         param="width", value=f"{width:g}")
     if float(width) < 1.0:
         apply_plan(unet, plan_for_width(unet, float(width), structure.width_scope))

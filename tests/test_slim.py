@@ -91,7 +91,7 @@ def _one_line(err, *needles):
     ("0,1.0", ["--widths 0", "(0, 1]"]),
     ("0.5,1.5", ["--widths 1.5", "(0, 1]"]),
     ("0.5,0.75", ["--widths", "include 1.0"]),
-    ("0.05,1.0", ["--width 0.05", "GroupNorm"]),
+    ("0.05,1.0", ["--widths 0.05", "GroupNorm"]),
 ])
 def test_bad_widths(run_cli, digits_arch_model, tmp_path, widths, needles):
     before = sha256_tree(digits_arch_model)
@@ -105,7 +105,7 @@ def test_bad_widths(run_cli, digits_arch_model, tmp_path, widths, needles):
 def test_groupnorm_invalid_width_on_32_groups(run_cli, sd15_reduced, tmp_path):
     code, _, err = run_cli("slim", "--model", sd15_reduced, "--widths", "0.5,1.0", "--out", tmp_path / "out")
     assert code == 2
-    _one_line(err, "--width 0.5", "GroupNorm")
+    _one_line(err, "--widths 0.5", "GroupNorm")
     assert not (tmp_path / "out").exists()
 
 

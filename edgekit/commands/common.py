@@ -124,15 +124,19 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def progress():
-    """A rich progress display on stderr; silent when stderr is not a terminal."""
+    """A rich progress display on stderr: what runs, done/total, elapsed and an estimate of the time left.
+    Silent when stderr is not a terminal, and in every process of a launch group but the first."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
+    from edgekit.compress.distill import is_main_process
     from edgekit.logs import terminal_stderr
 
     console = Console(file=terminal_stderr())  # the terminal, also while other libraries' output is captured
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not console.is_terminal or not is_main_process())
 
 
 def _stdout():
@@ -142,6 +146,10 @@ def _stdout():
 
 
 def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
+    from edgekit.compress.distill import is_main_process
+
+    if not is_main_process():  # a launch group (accelerate launch) prints its summary once
+        return
     if as_json:
         print(json.dumps(payload, indent=2), file=_stdout())
     else:
@@ -166,6 +174,7 @@ PARAM_FLAG_NAMES = {
     "precisions": "precision",
     "recover_lr": "lr",
     "config_file": "config",
+    "init_dir": "init",
 }
 
 
