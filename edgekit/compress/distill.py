@@ -218,7 +218,8 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     if steps <= 0:
         return {"steps": 0}
     if widths[-1] != 1.0:
-        raise InputError("--widths must include 1.0 (the full width every other width distils from)")
+        raise InputError("must include 1.0 (the full width every other width distils from)", param="widths",
+                         value=",".join(f"{w:g}" for w in widths))
     accelerator = _accelerator(seed)
     rng = random.Random(seed)
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)

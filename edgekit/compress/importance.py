@@ -140,11 +140,12 @@ def data_scores(unet, rows: dict, method: str, batch_size: int = 16, max_rows: i
 def importance_scores(unet, method: str, rows: dict | None = None, seed: int = 0) -> dict[str, "torch.Tensor"]:
     """Scores keyed "kind:path" for every prunable unit of ``unet``."""
     if method not in METHODS:
-        raise InputError(f"--importance {method}: expected one of {', '.join(METHODS)}")
+        raise InputError(f"expected one of {', '.join(METHODS)}", param="importance", value=method)
     if method == "l1":
         return l1_scores(unet)
     if rows is None:
-        raise InputError(f"--importance {method}: needs calibration data (--calib DIR from edgekit calibrate)")
+        raise InputError("needs calibration rows (an edgekit calibrate output of the model)", param="importance",
+                         value=method)
     return data_scores(unet, rows, method, seed=seed)
 
 

@@ -9,23 +9,15 @@ slice slimmable widths at load time, which DepGraph's pickled history would not 
 """
 from __future__ import annotations
 
-import difflib
 import json
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgekit.config import check_keys
 from edgekit.errors import InputError
 
 REPORT_FILE = "compress_report.json"
-
-
-def _check_keys(data: dict, cls) -> None:
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            near = difflib.get_close_matches(key, sorted(names), n=1)
-            raise InputError(f"{cls.__name__}: unknown key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
 
 
 @dataclass(frozen=True)
@@ -43,13 +35,16 @@ class PruneConfig:
         from edgekit.compress.importance import METHODS
 
         if not 0.0 < float(self.ratio) < 1.0:
-            raise InputError(f"--ratio {self.ratio}: expected a fraction of channels to remove in (0, 1)")
+            raise InputError("expected a fraction of channels to remove in (0, 1)", param="ratio", value=self.ratio)
         if self.heads_ratio is not None and not 0.0 <= float(self.heads_ratio) < 1.0:
-            raise InputError(f"--heads-ratio {self.heads_ratio}: expected a fraction of heads to remove in [0, 1)")
+            raise InputError("expected a fraction of heads to remove in [0, 1)", param="heads_ratio",
+                             value=self.heads_ratio)
         if self.importance not in METHODS:
-            raise InputError(f"--importance {self.importance}: expected one of {', '.join(METHODS)}")
+            raise InputError(f"expected one of {', '.join(METHODS)}", param="importance", value=self.importance)
         if self.recover_steps < 0:
-            raise InputError(f"--recover-steps {self.recover_steps}: expected a whole number >= 0")
+            raise InputError("expected a whole number >= 0", param="recover_steps", value=self.recover_steps)
+        if not self.recover_lr > 0:
+            raise InputError("expected a positive number", param="recover_lr", value=self.recover_lr)
 
     @property
     def effective_heads_ratio(self) -> float:
@@ -57,7 +52,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PruneConfig":
-        _check_keys(data, cls)
+        check_keys(data, cls)
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -69,12 +64,13 @@ def kept_count(kind: str, size: int, ratio: float, multiple: int, path: str) -> 
     if kind == "attention_heads":
         kept = int(round(size * (1.0 - ratio)))
         if kept < 1:
-            raise InputError(f"--heads-ratio {ratio:g}: would leave no head in '{path}' ({size} heads)")
+            raise InputError(f"would leave no head in '{path}' ({size} heads)", param="heads_ratio",
+                             value=f"{ratio:g}")
         return kept
     kept = int(round(size * (1.0 - ratio) / multiple)) * multiple
     if kept <= 0:
-        raise InputError(f"--ratio {ratio:g}: would leave no channel in '{path}' ({size} channels, kept widths "
-                         f"must be multiples of {multiple})")
+        raise InputError(f"would leave no channel in '{path}' ({size} channels, kept widths must be multiples "
+                         f"of {multiple})", param="ratio", value=f"{ratio:g}")
     return min(kept, size)
 
 
@@ -87,8 +83,8 @@ def prune_unet(unet, config: PruneConfig, rows: dict | None = None):
 
     units = prunable_units(unet)
     if config.effective_heads_ratio > 0 and not units["attention_heads"]:
-        raise InputError("--model: its UNet has no attention layers, so there are no heads to prune "
-                         "(pass --heads-ratio 0 to prune channels only)")
+        raise InputError("the UNet has no attention layers, so there are no heads to prune (0 prunes channels "
+                         "only)", param="heads_ratio", value=f"{config.effective_heads_ratio:g}")
     scores = importance_scores(unet, config.importance, rows, seed=config.seed)
     kept: dict[str, list[int]] = {}
 
@@ -142,27 +138,34 @@ def write_structured_model(source_dir: Path, out_dir: Path, unet, structure) -> 
     structure.save(out_dir)
 
 
-def check_reload(out_dir: Path, unet, tolerance: float = 2e-2) -> float:
-    """Load ``out_dir`` through edgekit and compare its UNet with the in-memory one on a fixed input."""
+def check_reload(out_dir: Path, unet, width=None, scope: str = "all", tolerance: float = 2e-2) -> float:
+    """Load ``out_dir`` through edgekit (at ``width`` of a slimmable model; None: as it is) and compare its UNet
+    with the in-memory ``unet`` (sliced to that width) on a fixed input; the relative error, or a
+    VerificationError above ``tolerance``."""
     import torch
 
-    from edgekit.pipeline import load_pipeline
     from edgekit.errors import VerificationError
+    from edgekit.pipeline import load_pipeline
+    from edgekit.structure import plan_for_width, sliced_unet
+    from edgekit.width import Width
 
-    reloaded = load_pipeline(out_dir).unet
+    width = None if width is None else Width.parse(width)
+    expected = unet if width is None or width.is_full else sliced_unet(unet, plan_for_width(unet, float(width), scope))
+    reloaded = load_pipeline(out_dir, width=None if width is None else float(width)).unet
     cfg = unet.config
     gen = torch.Generator().manual_seed(0)
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    x = torch.randn(2, cfg.in_channels, size, size, generator=gen)
+    height, breadth = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else cfg.sample_size
+    x = torch.randn(2, cfg.in_channels, height, breadth, generator=gen)
     ctx = torch.randn(2, 8, cfg.cross_attention_dim, generator=gen)
     t = torch.tensor([500.0, 20.0])
     with torch.no_grad():
-        a = unet.eval()(x, t, ctx).sample
+        a = expected.eval()(x, t, ctx).sample
         b = reloaded(x, t, ctx).sample
     err = float((a - b).norm() / a.norm().clamp_min(1e-12))
     if err > tolerance:
-        raise VerificationError(f"{out_dir}: reloaded UNet differs from the pruned one (relative error {err:.3g} "
-                                f"> {tolerance})")
+        at = "" if width is None else f" at width {width}"
+        raise VerificationError(f"{out_dir}: the UNet{at} reloads with relative error {err:.3g} > {tolerance} "
+                                "against the one written")
     return err
 
 

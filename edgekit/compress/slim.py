@@ -15,7 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgekit.config import check_keys, widths_param
 from edgekit.errors import InputError
+from edgekit.width import FULL
 
 
 @dataclass(frozen=True)
@@ -35,30 +37,26 @@ class SlimConfig:
         from edgekit.structure import WIDTH_SCOPES
 
         if self.scope not in WIDTH_SCOPES:
-            raise InputError(f"--scope {self.scope}: expected one of {', '.join(WIDTH_SCOPES)}")
+            raise InputError(f"expected one of {', '.join(WIDTH_SCOPES)}", param="scope", value=self.scope)
         if not self.guidance_weight >= 0:
-            raise InputError(f"--guidance-weight {self.guidance_weight}: expected a number >= 0")
+            raise InputError("expected a number >= 0", param="guidance_weight", value=self.guidance_weight)
         if not self.full_weight > 0:
-            raise InputError(f"--full-weight {self.full_weight}: expected a positive number")
-        widths = [float(w) for w in self.widths]
-        for w in widths:
-            if not 0.0 < w <= 1.0:
-                raise InputError(f"--widths {w:g}: expected width multipliers in (0, 1]")
-        if len(set(widths)) != len(widths):
-            raise InputError(f"--widths {','.join(f'{w:g}' for w in widths)}: a width is listed twice")
-        if 1.0 not in widths:
-            raise InputError("--widths: must include 1.0 (the full width the others distil from)")
+            raise InputError("expected a positive number", param="full_weight", value=self.full_weight)
+        if not self.lr > 0:
+            raise InputError("expected a positive number", param="lr", value=self.lr)
+        widths = widths_param(self.widths)
+        if FULL not in widths:
+            raise InputError("must include 1.0 (the full width the others distil from)", param="widths",
+                             value=",".join(str(w) for w in widths))
         if self.train_steps < 0:
-            raise InputError(f"--train-steps {self.train_steps}: expected a whole number >= 0")
+            raise InputError("expected a whole number >= 0", param="train_steps", value=self.train_steps)
         if self.importance not in METHODS:
-            raise InputError(f"--importance {self.importance}: expected one of {', '.join(METHODS)}")
-        object.__setattr__(self, "widths", tuple(sorted(widths)))
+            raise InputError(f"expected one of {', '.join(METHODS)}", param="importance", value=self.importance)
+        object.__setattr__(self, "widths", tuple(sorted(float(w) for w in widths)))
 
     @classmethod
     def from_dict(cls, data: dict) -> "SlimConfig":
-        from edgekit.compress.prune import _check_keys
-
-        _check_keys(data, cls)
+        check_keys(data, cls)
         return cls(**{**data, "widths": tuple(data.get("widths", cls.widths))})
 
     def to_dict(self) -> dict:
@@ -96,30 +94,12 @@ def width_table(unet, widths, scope: str = "all") -> list[dict]:
     return rows
 
 
-def check_widths_reload(out_dir: Path, unet, widths, scope: str = "all", tolerance: float = 2e-2) -> dict:
-    """Every width of the written model loads through edgekit and matches the in-memory slice."""
-    import torch
+def check_widths_reload(out_dir: Path, unet, widths, scope: str = "all") -> dict:
+    """Every width of the written model loads through edgekit and matches the in-memory slice (by width)."""
+    from edgekit.compress.prune import check_reload
+    from edgekit.width import Width
 
-    from edgekit.errors import VerificationError
-    from edgekit.pipeline import load_pipeline
-    from edgekit.structure import plan_for_width, sliced_unet
-
-    cfg = unet.config
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
-    ctx = torch.randn(2, 8, cfg.cross_attention_dim, generator=gen)
-    t = torch.tensor([500.0, 20.0])
-    errors = {}
-    for w in widths:
-        expected = sliced_unet(unet, plan_for_width(unet, w, scope)) if w < 1.0 else unet
-        got = load_pipeline(out_dir, width=w).unet
-        with torch.no_grad():
-            a, b = expected.eval()(x, t, ctx).sample, got(x, t, ctx).sample
-        err = float((a - b).norm() / a.norm().clamp_min(1e-12))
-        if err > tolerance:
-            raise VerificationError(f"{out_dir}: width {w:g} reloads with relative error {err:.3g} > {tolerance}")
-        errors[f"{w:g}"] = err
-    return errors
+    return {str(w): check_reload(out_dir, unet, w, scope) for w in sorted(Width.parse(v) for v in widths)}
 
 
 def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path | None = None,
@@ -139,8 +119,8 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     torch.manual_seed(config.seed)
     pipe = load_pipeline(model_dir)
     if pipe.edgekit_structure is not None and pipe.edgekit_structure.slimmable:
-        raise InputError(f"--model {model_dir}: is already slimmable (widths "
-                         f"{', '.join(f'{w:g}' for w in pipe.edgekit_structure.widths)}); slim its source instead")
+        raise InputError(f"is already slimmable (widths {', '.join(str(w) for w in pipe.edgekit_structure.offered)}); "
+                         "slim its source instead", param="model_dir", value=model_dir)
     base = pipe.unet
     check_widths(base, config.widths, config.scope)
     earlier = _continued(init_dir, base, config) if init_dir is not None else None  # before any long work
@@ -179,15 +159,17 @@ def _continued(init_dir: Path, base, config: SlimConfig):
     (its full-width UNet is where training continues)."""
     from edgekit.pipeline import check_model_dir, load_pipeline
 
-    init_dir = check_model_dir(init_dir, "--init")
-    pipe = load_pipeline(init_dir, "--init")
+    init_dir = check_model_dir(init_dir, "init_dir")
+    pipe = load_pipeline(init_dir, "init_dir")
     structure = pipe.edgekit_structure
     if structure is None or not structure.slimmable:
-        raise InputError(f"--init {init_dir}: is not an edgekit slim output (no slimmable structure.json)")
-    if tuple(float(w) for w in structure.widths) != config.widths or structure.width_scope != config.scope:
-        raise InputError(f"--init {init_dir}: slimmable at {list(structure.widths)} ({structure.width_scope}), "
-                         f"not {list(config.widths)} ({config.scope})")
+        raise InputError("is not an edgekit slim output (no slimmable structure.json)", param="init_dir",
+                         value=init_dir)
+    if set(structure.offered) != set(widths_param(config.widths)) or structure.width_scope != config.scope:
+        raise InputError(f"slimmable at {list(structure.widths)} ({structure.width_scope}), not "
+                         f"{list(config.widths)} ({config.scope})", param="init_dir", value=init_dir)
     shapes = {name: tuple(t.shape) for name, t in base.state_dict().items()}
     if shapes != {name: tuple(t.shape) for name, t in pipe.unet.state_dict().items()}:
-        raise InputError(f"--init {init_dir}: its UNet does not have the architecture of --model")
+        raise InputError("its UNet does not have the architecture of the model being slimmed", param="init_dir",
+                         value=init_dir)
     return pipe
