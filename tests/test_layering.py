@@ -13,13 +13,6 @@ import edgekit
 PACKAGE = Path(__file__).resolve().parent.parent / "edgekit"
 HEAVY = ("tensorflow", "coremltools", "onnx2tf", "nncf", "litert_torch", "ai_edge_litert")
 TOOL = "tool"
-# Upward imports being removed by the component-registry work of issue 14 (bundle re-checks an entry through the
-# runtime's runners; loader opens quantized directories through quantize.artifact). Listed without line numbers;
-# an entry here is excused, every other upward import fails. Delete an entry when its import is gone.
-KNOWN = {
-    ("edgekit.bundle", "edgekit.runtime.runners"),
-    ("edgekit.loader", "edgekit.quantize.artifact"),
-}
 
 
 def test_cli_parser_imports_no_converter_sdk():
@@ -130,17 +123,8 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_import_points_up_a_layer():
-    bad = _unexcused(all_modules())
+    bad = check_package(all_modules())
     assert not bad, "\n".join(bad)
-
-
-def _unexcused(modules: dict[str, Path]) -> list[str]:
-    return [b for b in check_package(modules) if _pair(b) not in KNOWN]
-
-
-def _pair(violation: str) -> tuple[str, str]:
-    where, _, rest = violation.partition(" -> ")
-    return where.partition(":")[0], rest.partition(" ")[0]
 
 
 def test_the_checker_fails_on_a_planted_upward_import(tmp_path):
@@ -155,10 +139,10 @@ def test_the_checker_fails_on_a_planted_upward_import(tmp_path):
     for how, tail in planted.items():
         path = tmp_path / "structure.py"
         path.write_text(modules["edgekit.structure"].read_text(encoding="utf-8") + "\n" + tail)
-        bad = _unexcused({**modules, "edgekit.structure": path})
+        bad = check_package({**modules, "edgekit.structure": path})
         assert bad and all(b.startswith("edgekit.structure:") for b in bad), (how, bad)
     # a relative import inside a subpackage resolves against that subpackage
     path = tmp_path / "slim.py"
     path.write_text("def f():\n    from ..targets import base\n")
-    bad = _unexcused({**modules, "edgekit.compress.slim": path})
+    bad = check_package({**modules, "edgekit.compress.slim": path})
     assert bad == ["edgekit.compress.slim:2 (convert) -> edgekit.targets.base (targets)"], bad
