@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__
-from edgekit.components import CALIB_COMPONENTS
+from edgekit.components import CALIB_COMPONENTS, all_components
 from edgekit.constants import CALIB_META
 from edgekit.errors import CalibrationError, InputError, NumericError
 from edgekit.fsutil import sha256_file, sha256_tree
@@ -34,7 +34,7 @@ class CalibrationConfig:
     samples: int | None = None  # images to generate; prompts are cycled. None: one per prompt
     guidance_scale: float = 7.5
     seed: int = 0
-    max_rows: dict = field(default_factory=lambda: {"text_encoder": 256, "unet": 1024, "vae_decoder": 256})
+    max_rows: dict = field(default_factory=lambda: {c.name: c.max_calib_rows for c in all_components() if c.calibrated})
     batch_size: int = 16
 
     def __post_init__(self):

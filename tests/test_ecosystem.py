@@ -33,6 +33,25 @@ def test_every_text_encoder_graph_takes_int32_ids(onnx_bundle):
     assert m["verification"]["text_encoder"]["data"]["inputs"]["input_ids"]["dtype"] == "int32"
 
 
+def test_onnx_bundle_lists_and_verifies_its_vae_encoder(onnx_bundle):
+    """The registry's VAE encoder: in the onnx manifest like any component, checked against torch, and the graph
+    the pipeline view links (behind one Mul into the pipelines' 0.18215 units for this model's scaling)."""
+    from edgekit.runtime.verify import verify
+
+    m = read_manifest(onnx_bundle)
+    entry = m["components"]["vae_encoder"]
+    assert entry["file"] == "vae_encoder/model.onnx" and entry["precision"] == "fp32"
+    assert [t["name"] for t in entry["inputs"]] == ["sample"] and entry["outputs"][0]["name"] == "latent_sample"
+    assert entry["outputs"][0]["shape"] == m["components"]["vae_decoder"]["inputs"][0]["shape"]
+    record = m["verification"]["vae_encoder"]
+    assert record["checks"] and all(c["rel_err"] <= record["tolerance"] for c in record["checks"] if "rel_err" in c)
+    rechecked = {c["component"]: c for c in verify(onnx_bundle)["checks"]}
+    assert rechecked["vae_encoder"]["rel_err"] <= record["tolerance"]
+    assert m["geometry"]["vae_scaling_factor"] != 0.18215  # so the view's encoder is the rescaled graph
+    view = onnx_bundle / m["components"]["unet"]["widths"]["1.00"]["pipeline_dir"] / "vae_encoder" / "model.onnx"
+    assert view.read_bytes() != (onnx_bundle / entry["file"]).read_bytes()
+
+
 def test_onnx_bundle_loads_in_diffusers_and_draws_edgekits_image(onnx_bundle):
     from diffusers import OnnxStableDiffusionPipeline
 

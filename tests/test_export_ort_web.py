@@ -31,6 +31,7 @@ def test_manifest_follows_the_contract(ort_bundle, sd15_reduced):
                                                                          "fp32")
     assert m["source_model"]["sha256"] == sha256_tree(sd15_reduced)
     assert m["widths"] == [1.0] and list(m["components"]["unet"]["widths"]) == ["1.00"]
+    assert list(m["components"]) == ["text_encoder", "unet", "vae_decoder"]  # no VAE encoder in a browser bundle
     unet = m["components"]["unet"]["widths"]["1.00"]
     assert [t["name"] for t in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet["inputs"][0]["shape"] == ["batch", 4, 8, 8] and unet["layout"] == "NCHW"
