@@ -4,11 +4,19 @@ training of a slimmable UNet with in-place distillation.
 Both train on real UNet inputs (calibration rows: noisy latents along the teacher's own sampling
 trajectories, timesteps, text embeddings with and without the prompt), so no dataset is needed. The loops
 go through ``accelerate`` (prepare, backward, unwrap), so the same code runs single-process on this CPU
-and under ``accelerate launch`` on several GPUs or machines.
+and under ``accelerate launch`` on several GPUs, CPU processes or machines.
+
+Several processes compute what one process computes, up to float summation order: ``--batch-size`` is the
+global batch, each step's shuffled batch (one seeded generator, the same in every process) is split into
+equal shards (Accelerate's ``split_batches``; incomplete batches are dropped so shards stay equal), DDP
+averages the shards' gradients, and the loss normalisers (mean squares of the teacher's outputs) are
+averaged over the global batch before dividing, as one process would compute them. Only the main process
+writes outputs (``is_main_process``).
 """
 from __future__ import annotations
 
 import copy
+import os
 import random
 import tempfile
 import time
@@ -65,13 +73,66 @@ def _relative(out, target, scale):
     return F.mse_loss(out, target) / scale
 
 
+def is_main_process() -> bool:
+    """False in every process but the first of a launch group (``accelerate launch``, torchrun): outputs are
+    written once. Read from the launcher's environment, so it holds before and without an Accelerator."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _accelerator(seed: int):
-    from accelerate import Accelerator
+    import torch
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision="no")
+    from edgekit.errors import EdgekitError
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Without a GPU, Accelerate treats a multi-process launch as one plain process per rank (each training
+    # alone on the whole batch) unless told to use CPU processes (gloo).
+    cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="no", cpu=cpu,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.num_processes != world:
+        raise EdgekitError(f"launched as {world} processes but Accelerate set up {accelerator.num_processes} "
+                           f"({accelerator.distributed_type}); check the launcher's settings (accelerate config)")
     set_seed(seed)
     return accelerator
+
+
+def _loader(dataset, batch_size: int, seed: int, accelerator):
+    """Shuffled global batches of ``batch_size`` rows; ``accelerator.prepare`` gives each process its equal
+    share of every batch. The permutation comes from one generator seeded here, identical in every process
+    and for any process count (Accelerate would otherwise seed it from each run's global RNG)."""
+    import torch
+
+    processes = accelerator.num_processes
+    if batch_size % processes:
+        raise InputError(f"the global batch must split evenly over the {processes} processes", param="batch_size",
+                         value=batch_size)
+    if len(dataset) < batch_size:
+        raise InputError(f"larger than the {len(dataset)} training rows", param="batch_size", value=batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                       generator=generator)
+
+
+def _global_mean(accelerator, values):
+    """Per-process means of detached values (equal shards) averaged into global-batch means."""
+    import torch
+
+    stacked = torch.stack([v.detach().reshape(()) for v in values])
+    if accelerator.num_processes > 1:
+        stacked = accelerator.reduce(stacked, reduction="mean")
+    return list(stacked.unbind())
+
+
+def _global_losses(accelerator, losses: list) -> list:
+    """Each step's logged loss as the global batch's (the mean over processes)."""
+    import torch
+
+    if not losses or accelerator.num_processes == 1:
+        return losses
+    return accelerator.reduce(torch.tensor(losses, dtype=torch.float64), reduction="mean").tolist()
 
 
 def _schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
@@ -121,7 +182,7 @@ def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_si
     accelerator = _accelerator(seed)
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     student.train().requires_grad_(True)
-    loader = torch.utils.data.DataLoader(_dataset(rows), batch_size=batch_size, shuffle=True, drop_last=False)
+    loader = _loader(_dataset(rows), batch_size, seed, accelerator)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     scheduler = _schedule(optimizer, steps)
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
@@ -140,8 +201,10 @@ def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_si
             with torch.no_grad():
                 target = teacher(sample, t, ctx).sample
             out = student(sample, t, ctx).sample
-            loss_out = F.mse_loss(out, target) / target.pow(2).mean().clamp_min(1e-8)
-            loss_feat = sum(F.mse_loss(s, tf) / tf.pow(2).mean().clamp_min(1e-8) for s, tf in zip(s_feats, t_feats))
+            scale, *feat_scales = _global_mean(accelerator, [target.pow(2).mean()] +
+                                               [tf.pow(2).mean() for tf in t_feats])
+            loss_out = F.mse_loss(out, target) / scale.clamp_min(1e-8)
+            loss_feat = sum(F.mse_loss(s, tf) / fs.clamp_min(1e-8) for s, tf, fs in zip(s_feats, t_feats, feat_scales))
             loss = loss_out + feature_weight * loss_feat / max(1, len(t_feats))
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -154,6 +217,7 @@ def recover(student, teacher, rows: dict, steps: int, lr: float = 3e-4, batch_si
         for h in handles:
             h.remove()
     student = accelerator.unwrap_model(student).eval()
+    losses = _global_losses(accelerator, losses)
     window = max(1, min(10, steps // 4))
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "feature_weight": feature_weight,
             "output_loss_first": sum(losses[:window]) / window, "output_loss_last": sum(losses[-window:]) / window,
@@ -226,8 +290,7 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     unet.train().requires_grad_(True)
     slim = SlimmableUNet(unet, widths, scope)
     pairs = guidance_pairs(rows) if guidance_weight > 0 else None
-    loader = torch.utils.data.DataLoader(_dataset(rows, pairs[0] if pairs else None), batch_size=batch_size,
-                                         shuffle=True)
+    loader = _loader(_dataset(rows, pairs[0] if pairs else None), batch_size, seed, accelerator)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     scheduler = _schedule(optimizer, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(slim.module, optimizer, loader, scheduler)
@@ -245,10 +308,13 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
         chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
         with torch.no_grad():
             target = teacher(sample, t, ctx).sample
-        scale = target.pow(2).mean().clamp_min(1e-8)
         if pairs:
             direction = target[:n] - target[n:]
-            direction_scale = direction.pow(2).mean().clamp_min(1e-8)
+            scale, direction_scale = _global_mean(accelerator, [target.pow(2).mean(), direction.pow(2).mean()])
+            direction_scale = direction_scale.clamp_min(1e-8)
+        else:
+            scale, = _global_mean(accelerator, [target.pow(2).mean()])
+        scale = scale.clamp_min(1e-8)
 
         def distance(out, goal, goal_direction=None):
             term = _relative(out, goal, scale)
@@ -273,6 +339,7 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
         if task is not None:
             progress.update(task, advance=1)
     accelerator.unwrap_model(model).full.eval()
+    losses = {w: _global_losses(accelerator, v) for w, v in losses.items()}
     window = max(1, min(10, steps // 4))
     summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
                for w, v in losses.items() if v}

@@ -176,7 +176,7 @@ def prune_model(model_dir: Path, config: PruneConfig, out: Path, calib_dir: Path
 
     import torch
 
-    from edgekit.compress.distill import calibration_rows, frozen_copy, recover
+    from edgekit.compress.distill import calibration_rows, frozen_copy, is_main_process, recover
     from edgekit.fsutil import staged_dir
     from edgekit.pipeline import load_pipeline
     from edgekit.structure import record, unet_macs
@@ -200,6 +200,8 @@ def prune_model(model_dir: Path, config: PruneConfig, out: Path, calib_dir: Path
         "prune_seconds": round(prune_seconds, 2), "recovery": recovery,
         "structure": {k: v for k, v in structure.to_dict().items() if k != "provenance"},
     }
+    if not is_main_process():  # the other processes of a launch group trained the same weights
+        return report
     with staged_dir(out) as staging:
         write_structured_model(model_dir, staging, pruned, structure)
         report["reload_relative_error"] = check_reload(staging, pruned)

@@ -109,7 +109,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     is kept; the teacher is still ``model_dir``'s UNet)."""
     import torch
 
-    from edgekit.compress.distill import calibration_rows, frozen_copy, train_slimmable
+    from edgekit.compress.distill import calibration_rows, frozen_copy, is_main_process, train_slimmable
     from edgekit.compress.importance import importance_scores
     from edgekit.compress.prune import REPORT_FILE, write_structured_model
     from edgekit.fsutil import staged_dir
@@ -147,6 +147,8 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     structure = record(ordered, widths=config.widths, width_scope=config.scope, provenance=provenance)
     report = {"out": str(out), "config": config.to_dict(), "order_seconds": round(order_seconds, 2),
               "training": training, "widths": width_table(ordered, config.widths, config.scope)}
+    if not is_main_process():  # the other processes of a launch group trained the same weights
+        return report
     with staged_dir(out) as staging:
         write_structured_model(model_dir, staging, ordered, structure)
         report["reload_relative_error"] = check_widths_reload(staging, ordered, config.widths, config.scope)
