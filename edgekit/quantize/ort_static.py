@@ -218,6 +218,16 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
 
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
+    if not _has_external_data(model):
+        # Weights inside the graph would be copied by every step below (shape inference, the augmented copy,
+        # its serialisation, the session): move them to one external file once, and measure from there.
+        with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
+            moved = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(moved), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            del model
+            return minmax_ranges(moved, rows, op_types, rows_per_run=rows_per_run,
+                                 tensors_per_pass=tensors_per_pass, progress=progress)
     inferred = onnx.shape_inference.infer_shapes(model)
     tensors = tensors_to_calibrate(inferred, op_types)
     per_pass = len(tensors) if not tensors_per_pass else max(1, int(tensors_per_pass))
@@ -234,18 +244,14 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     task = progress.add_task("activation ranges", total=len(passes) * n) if progress else None
     for part in passes:
         augmented = _range_model(model, part)
-        if _has_external_data(model):
-            # external data resolves relative to the model file: the augmented graph sits beside it
-            fd, name = tempfile.mkstemp(prefix=f".{model_path.stem}.ranges-", suffix=".onnx", dir=model_path.parent)
-            os.close(fd)
-            try:
-                onnx.save_model(augmented, name)
-                session = ort.InferenceSession(name, sess_options=options, providers=["CPUExecutionProvider"])
-            finally:
-                os.unlink(name)
-        else:
-            session = ort.InferenceSession(augmented.SerializeToString(), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+        # external data resolves relative to the model file: the augmented graph sits beside it
+        fd, name = tempfile.mkstemp(prefix=f".{model_path.stem}.ranges-", suffix=".onnx", dir=model_path.parent)
+        os.close(fd)
+        try:
+            onnx.save_model(augmented, name)
+            session = ort.InferenceSession(name, sess_options=options, providers=["CPUExecutionProvider"])
+        finally:
+            os.unlink(name)
         del augmented
         outputs = [o.name for o in session.get_outputs()]
         for start in range(0, n, rows_per_run):

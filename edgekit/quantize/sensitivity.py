@@ -9,7 +9,20 @@ ignored scopes, and torch submodules.
 
 The measurement is method-neutral on purpose: INT8 is simulated in torch (weights symmetric
 per-output-channel, the layer inputs asymmetric per-tensor from the calibration min/max), one unit at a
-time, so a single ranking serves all methods and costs one forward pass per unit.
+time, so a single ranking serves all methods.
+
+Measures, chosen by a size rule (``measure_for``):
+
+- ``output`` (components up to ``FULL_RANKING_MAX_WEIGHTS`` conv/linear weights): the component's output error
+  with only that unit INT8; one forward pass of the whole component per unit (plus one over the calibration
+  rows for the ranges). On the 860M-parameter SD-1.5 UNet that is ~60 full forwards on 8 rows, over an hour.
+- ``local``: each unit's own output error when it alone is INT8, on its inputs from one float forward over
+  ``LOCAL_ROWS`` rows; the unit is re-run right there, so the whole ranking costs about two forwards. Cheap
+  but a weak stand-in for the output measure (it misses how an error propagates: conv_out's goes straight
+  to the output, a residual block's is diluted by its skip path).
+- ``bounded`` (larger components): ``local`` for every unit, ``output`` on few rows for the units the float
+  budget could keep (see ``rank``). Measured against ``output`` on the digits model in
+  benchmarks/results/realsize_sensitivity.md.
 """
 from __future__ import annotations
 
@@ -101,9 +114,9 @@ def input_ranges(module: nn.Module, spec, inputs: dict[str, np.ndarray], batch: 
 
 @torch.no_grad()
 def rank_units(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray],
-               eval_inputs: dict[str, np.ndarray]) -> list[dict]:
-    """Every unit the forward reaches, with its output rel-err when only it is INT8 (worst first) and its
-    weight count."""
+               eval_inputs: dict[str, np.ndarray], only=None) -> list[dict]:
+    """Every unit the forward reaches (or those in ``only``), with its output rel-err when only it is INT8
+    (worst first) and its weight count."""
     ranges = input_ranges(module, spec, calib_inputs)
     layers = weight_layers(module)
     args = _args(spec, eval_inputs)
@@ -111,7 +124,7 @@ def rank_units(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray],
     ranking = []
     for unit, paths in units(module).items():
         paths = [p for p in paths if p in ranges]  # layers the component's forward never reaches are not ranked
-        if not paths:
+        if not paths or (only is not None and unit not in only):
             continue
         saved = {}
         handles = []
@@ -132,6 +145,135 @@ def rank_units(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray],
                 layers[path].weight.data = weight
         params = sum(layers[p].weight.numel() for p in paths)
         ranking.append({"unit": unit, "rel_err": err, "weights": int(params), "layers": len(paths)})
+    ranking.sort(key=lambda r: -r["rel_err"])
+    return ranking
+
+
+# Size rule: the output measure costs one forward of the whole component per unit; past this many conv/linear
+# weights (the reduced SD-1.5 UNet has 3M, the digits UNet 4M, the real one 860M) the bounded one is used.
+FULL_RANKING_MAX_WEIGHTS = 100_000_000
+LOCAL_ROWS = 2  # rows the local and bounded measures run on
+MAX_OUTPUT_UNITS = 12  # units the bounded measure ranks by output error, at most
+
+
+def measure_for(module: nn.Module) -> str:
+    """``output`` when the component is small enough for one forward per unit, else ``bounded``."""
+    weights = sum(layer.weight.numel() for layer in weight_layers(module).values())
+    return "output" if weights <= FULL_RANKING_MAX_WEIGHTS else "bounded"
+
+
+def rank(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray], eval_inputs: dict[str, np.ndarray],
+         measure: str = "auto", float_budget: float | None = None) -> list[dict]:
+    """The ranking by ``measure`` (``auto``: the size rule of ``measure_for``); each entry names its measure.
+
+    ``bounded``: on ``LOCAL_ROWS`` rows, every unit by the local measure, then by the output measure only the
+    units that can be kept in float at all (weights within ``float_budget`` of the total; at most
+    ``MAX_OUTPUT_UNITS``, the locally worst first); those come first, in output order, so
+    ``select_float_units`` picks among them as the full ranking would. Cost: about two forwards plus one per
+    candidate (SD-1.5's UNet at the default 0.2% budget: conv_in, conv_out, the time embedding and a few
+    small layers), instead of one per unit plus a pass over every calibration row."""
+    measure = measure_for(module) if measure == "auto" else measure
+    few = {k: v[:LOCAL_ROWS] for k, v in eval_inputs.items()}
+    if measure == "output":
+        ranking = rank_units(module, spec, calib_inputs, eval_inputs)
+    elif measure == "local":
+        ranking = rank_units_local(module, spec, few)
+    elif measure == "bounded":
+        local = rank_units_local(module, spec, few)
+        total = sum(r["weights"] for r in local)
+        allowance = (0.0 if float_budget is None else float(float_budget)) * total
+        candidates = [r["unit"] for r in local if r["weights"] <= allowance][:MAX_OUTPUT_UNITS]
+        measured = rank_units(module, spec, few, few, only=set(candidates)) if candidates else []
+        for entry in measured:
+            entry["measure"] = "output"
+        done = {r["unit"] for r in measured}
+        rest = [dict(r, measure="local") for r in local if r["unit"] not in done]
+        return measured + rest
+    else:
+        raise ValueError(f"unknown sensitivity measure {measure!r}; expected 'auto', 'output', 'local' or 'bounded'")
+    for entry in ranking:
+        entry["measure"] = measure
+    return ranking
+
+
+def _first_tensor(value) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if hasattr(value, "to_tuple"):
+        value = value.to_tuple()
+    if isinstance(value, (tuple, list)) and value:
+        return _first_tensor(value[0])
+    return None
+
+
+@torch.no_grad()
+def rank_units_local(module: nn.Module, spec, inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Every unit the forward reaches, with the relative error of its own output when only it is INT8 (worst
+    first). One float forward over ``inputs``: as each unit finishes, a hook re-runs it on the same inputs with
+    its weights and layer inputs fake-quantized (layer input ranges from this forward), so the cost is about
+    two forwards whatever the number of units."""
+    layers = weight_layers(module)
+    groups = units(module)
+    modules = {strip_wrapper(name): sub for name, sub in module.named_modules() if "." in name}
+    ranges: dict[str, list[float]] = {}
+    sums: dict[str, list[float]] = {}
+    state = {"busy": False}
+
+    def record(path):
+        def hook(_mod, args):
+            if state["busy"]:
+                return
+            x = args[0]
+            lo, hi = float(x.min()), float(x.max())
+            old = ranges.get(path)
+            ranges[path] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+        return hook
+
+    def measure(unit, paths):
+        def hook(mod, args, kwargs, output):
+            if state["busy"]:
+                return
+            reached = [p for p in paths if p in ranges]
+            if not reached:
+                return
+            state["busy"] = True
+            saved, handles = {}, []
+            try:
+                for path in reached:
+                    layer = layers[path]
+                    saved[path] = layer.weight.data
+                    layer.weight.data = _fake_quant_weight(layer.weight.data)
+                    lo, hi = ranges[path]
+                    handles.append(layer.register_forward_pre_hook(
+                        lambda _m, a, lo=lo, hi=hi: (_fake_quant_activation(a[0], lo, hi),) + tuple(a[1:])))
+                quantized = _first_tensor(mod(*args, **kwargs))
+            finally:
+                for h in handles:
+                    h.remove()
+                for path, weight in saved.items():
+                    layers[path].weight.data = weight
+                state["busy"] = False
+            reference = _first_tensor(output)
+            if quantized is None or reference is None:
+                return
+            acc = sums.setdefault(unit, [0.0, 0.0])
+            acc[0] += float(((quantized.double() - reference.double()) ** 2).sum())
+            acc[1] += float((reference.double() ** 2).sum())
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(path)) for path, layer in layers.items()]
+    handles += [modules[unit].register_forward_hook(measure(unit, paths), with_kwargs=True)
+                for unit, paths in groups.items() if unit in modules]
+    try:
+        module(*_args(spec, inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    ranking = []
+    for unit, (diff, ref) in sums.items():
+        paths = [p for p in groups[unit] if p in ranges]
+        ranking.append({"unit": unit, "rel_err": float(np.sqrt(diff / max(ref, 1e-30))),
+                        "weights": int(sum(layers[p].weight.numel() for p in paths)), "layers": len(paths)})
     ranking.sort(key=lambda r: -r["rel_err"])
     return ranking
 
