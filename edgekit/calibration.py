@@ -126,27 +126,64 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
 
 
 class Reservoir:
-    """Seeded uniform sample of at most ``capacity`` rows from a stream (Algorithm R)."""
+    """Seeded uniform sample of at most ``capacity`` rows from a stream (Algorithm R).
 
-    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
+    With ``spill_dir`` every kept row lives in its own file there (a slot replaced by a later row is
+    overwritten), and only each slot's "order" stays in memory: a real-size UNet row is ~0.3 MB, so 1024 kept
+    rows would be ~300 MB held for the whole capture, and stacking them for the shards as much again.
+    ``shards`` reads the rows back in stream order, one shard at a time."""
+
+    def __init__(self, capacity: int, rng: np.random.Generator, spill_dir: Path | None = None) -> None:
         self.capacity = capacity
         self.rng = rng
-        self.rows: list[dict[str, np.ndarray]] = []
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self.rows: list[dict[str, np.ndarray]] = []  # in memory (no spill_dir)
+        self.orders: list[int] = []  # each slot's stream position
         self.seen = 0
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+    def _put(self, slot: int, row: dict[str, np.ndarray]) -> None:
+        order = int(row["order"])
+        if self.spill_dir is not None:
+            with open(self.spill_dir / f"slot_{slot:06d}.npz", "wb") as fh:
+                np.savez(fh, **row)
+        elif slot == len(self.rows):
+            self.rows.append(row)
+        else:
+            self.rows[slot] = row
+        if slot == len(self.orders):
+            self.orders.append(order)
+        else:
+            self.orders[slot] = order
+
+    def _get(self, slot: int) -> dict[str, np.ndarray]:
+        if self.spill_dir is None:
+            return self.rows[slot]
+        with np.load(self.spill_dir / f"slot_{slot:06d}.npz") as data:
+            return {k: data[k] for k in data.files}
 
     def offer(self, row: dict[str, np.ndarray]) -> None:
         self.seen += 1
-        if len(self.rows) < self.capacity:
-            self.rows.append(row)
+        if len(self.orders) < self.capacity:
+            self._put(len(self.orders), row)
             return
         j = int(self.rng.integers(0, self.seen))
         if j < self.capacity:
-            self.rows[j] = row
+            self._put(j, row)
+
+    def shards(self, rows_per_shard: int):
+        """The kept rows in stream order, stacked ``rows_per_shard`` at a time (the last shard may be shorter)."""
+        order = sorted(range(len(self.orders)), key=lambda i: self.orders[i])
+        for start in range(0, len(order), rows_per_shard):
+            part = [self._get(i) for i in order[start:start + rows_per_shard]]
+            yield {k: np.stack([row[k] for row in part]) for k in part[0]}
 
     def stacked(self) -> dict[str, np.ndarray]:
-        order = sorted(range(len(self.rows)), key=lambda i: int(self.rows[i]["order"]))
-        keys = self.rows[0].keys()
-        return {k: np.stack([self.rows[i][k] for i in order]) for k in keys}
+        return next(self.shards(max(len(self.orders), 1)))
 
 
 def _numpy(t) -> np.ndarray:
@@ -184,7 +221,9 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
     prompts = [config.prompts[i % len(config.prompts)] for i in range(n)]
     seeds = [config.seed + i for i in range(n)]
     rng = np.random.default_rng(config.seed)
-    reservoirs = {name: Reservoir(int(config.max_rows.get(name, 256)), rng) for name in CALIB_COMPONENTS}
+    # kept rows wait on disk beside the shards (hidden folders, removed once the shards are written)
+    reservoirs = {name: Reservoir(int(config.max_rows.get(name, 256)), rng, spill_dir=Path(out_dir) / f".rows-{name}")
+                  for name in CALIB_COMPONENTS}
     guidance_dim = unet_guidance_dim(pipe.unet.config)
     # as diffusers decides: a UNet with a guidance embedding gets it as timestep_cond, never a CFG batch
     state = {"order": 0, "step": 0, "prompt_batch": 0, "cfg": config.guidance_scale > 1.0 and not guidance_dim,
@@ -203,30 +242,36 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
         raise CalibrationError(f"the pipeline called the UNet {state['uncond_calls']} time(s) without timestep_cond, "
                                f"the guidance embedding its time_cond_proj_dim {guidance_dim} asks for; nothing "
                                "written (a diffusers StableDiffusionPipeline passes it)")
+    import shutil
+
     components = {}
     for name, reservoir in reservoirs.items():
-        if not reservoir.rows:
+        if not len(reservoir):
             raise CalibrationError(f"the pipeline never called {name}; nothing to calibrate it with")
-        arrays = reservoir.stacked()
-        arrays.pop("order")
-        for key, values in arrays.items():
-            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-                bad = int((~np.isfinite(values.reshape(len(values), -1))).any(axis=1).sum())
-                raise NumericError(f"calibrate: {name} input '{key}' holds NaN/Inf in {bad} of {len(values)} "
-                                   "captured rows; nothing written")
         comp_dir = out_dir / name
         comp_dir.mkdir(parents=True)
-        rows = len(next(iter(arrays.values())))
-        shards = []
-        for s, start in enumerate(range(0, rows, SHARD_ROWS)):
+        shards, inputs, bad, rows = [], {}, {}, 0
+        for s, arrays in enumerate(reservoir.shards(SHARD_ROWS)):  # one shard in memory at a time
+            arrays.pop("order")
+            for key, values in arrays.items():
+                if np.issubdtype(values.dtype, np.floating):
+                    bad[key] = bad.get(key, 0) + int((~np.isfinite(values.reshape(len(values), -1))).any(axis=1).sum())
+            inputs = {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in arrays.items()}
             shard_path = comp_dir / f"shard_{s:05d}.npz"
-            np.savez(shard_path, **{k: v[start:start + SHARD_ROWS] for k, v in arrays.items()})
-            shards.append({"file": f"{name}/{shard_path.name}", "rows": min(SHARD_ROWS, rows - start),
-                           "sha256": sha256_file(shard_path)})
+            np.savez(shard_path, **arrays)
+            count = len(next(iter(arrays.values())))
+            rows += count
+            shards.append({"file": f"{name}/{shard_path.name}", "rows": count, "sha256": sha256_file(shard_path)})
+        for key, count in bad.items():
+            if count:
+                raise NumericError(f"calibrate: {name} input '{key}' holds NaN/Inf in {count} of {rows} "
+                                   "captured rows; nothing written")
+        if reservoir.spill_dir is not None:
+            shutil.rmtree(reservoir.spill_dir)
         components[name] = {
             "rows": rows,
             "rows_seen": reservoir.seen,
-            "inputs": {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "inputs": inputs,
             "shards": shards,
         }
     meta = {

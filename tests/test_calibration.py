@@ -99,6 +99,36 @@ def test_reservoir_is_uniform_and_bounded():
     assert counts.min() > 10 and counts.max() < 80  # expected 40 each
 
 
+def test_reservoir_on_disk_keeps_the_same_rows_and_none_in_memory(tmp_path):
+    """The spilled reservoir picks exactly the rows the in-memory one picks (same seed), holds none of them
+    in memory, one file per slot, and reads them back in stream order a shard at a time."""
+    memory = Reservoir(7, np.random.default_rng(5))
+    disk = Reservoir(7, np.random.default_rng(5), spill_dir=tmp_path / "spill")
+    for i in range(50):
+        row = {"x": np.full((3, 2), i, dtype=np.float32), "order": np.int64(i)}
+        memory.offer(row)
+        disk.offer(row)
+    assert disk.rows == [] and len(disk) == 7 and disk.seen == 50
+    assert len(list((tmp_path / "spill").iterdir())) == 7
+    shards = list(disk.shards(3))
+    assert [len(s["x"]) for s in shards] == [3, 3, 1]
+    joined = np.concatenate([s["x"] for s in shards])
+    assert np.array_equal(joined, memory.stacked()["x"])
+    assert list(np.concatenate([s["order"] for s in shards])) == sorted(memory.stacked()["order"])
+
+
+def test_capture_leaves_no_spilled_rows(default_pipe, default_model, tmp_path):
+    out = tmp_path / "calib"
+    out.mkdir()
+    config = CalibrationConfig(prompts=("a handwritten digit one",), steps=2, guidance_scale=4.0, seed=0,
+                               max_rows={"text_encoder": 2, "unet": 3, "vae_decoder": 1}, batch_size=1)
+    meta = capture(default_pipe, config, out, default_model)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert meta["components"]["unet"]["rows"] == 3 and meta["components"]["unet"]["rows_seen"] == 4
+    rows = CalibrationSet.open(out, default_model).load("unet")
+    assert rows["sample"].shape[0] == 3 and list(rows["step_index"]) == sorted(rows["step_index"])
+
+
 def test_config_and_prompt_errors(tmp_path):
     with pytest.raises(InputError):
         CalibrationConfig(prompts=())
