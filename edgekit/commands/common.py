@@ -132,11 +132,13 @@ def progress():
 
     from edgekit.compress.distill import is_main_process
     from edgekit.logs import terminal_stderr
+    from edgekit.progress import showing
 
     console = Console(file=terminal_stderr())  # the terminal, also while other libraries' output is captured
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal or not is_main_process())
+    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+                       disable=not console.is_terminal or not is_main_process())
+    return showing(display)  # the work loops of every layer report to it (edgekit.progress)
 
 
 def _stdout():

@@ -70,7 +70,8 @@ def run_export(args) -> int:
 def run_verify(args) -> int:
     from edgekit.runtime.verify import verify
 
-    result = verify(args.bundle, numeric=not args.files_only, node=args.node)
+    with progress():
+        result = verify(args.bundle, numeric=not args.files_only, node=args.node)
     lines = [f"{args.bundle}: {result['files']} files match manifest.json"]
     for c in result["checks"]:
         lines.append(f"  {c['component']:14s} {describe_check(c)}")

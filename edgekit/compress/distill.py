@@ -30,6 +30,7 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
     """UNet input rows from an ``edgekit calibrate`` directory, or captured now from the default prompts."""
     from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, default_prompts_file, read_prompts
     from edgekit.pipeline import sampling_defaults
+    from edgekit.progress import current as current_progress
 
     if calib_dir is not None:
         return CalibrationSet.open(calib_dir, model_dir).load("unet")
@@ -39,7 +40,7 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
                                guidance_scale=defaults.guidance_scale, seed=seed,
                                max_rows={"text_encoder": 16, "unet": max_rows, "vae_decoder": 16})
     with tempfile.TemporaryDirectory() as tmp:
-        capture(pipe, config, Path(tmp), model_dir, prompts_file)
+        capture(pipe, config, Path(tmp), model_dir, prompts_file, progress=current_progress())
         return CalibrationSet.open(tmp).load("unet")
 
 

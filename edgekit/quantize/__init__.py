@@ -263,6 +263,8 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     with staged_dir(out) as staging, tempfile.TemporaryDirectory() as tmp:
         artifact.copy_source(model_dir, staging)
         for name in components:
+            if task is not None:
+                progress.update(task, description=f"quantize {method}: {name}")
             _, results[name] = quantize_component(pipe, name, calib.load(name), quantizer, options, staging,
                                                   Path(tmp) / name)
             if task is not None:

@@ -216,6 +216,8 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     import onnx
     import onnxruntime as ort
 
+    from edgekit.progress import current as current_progress
+
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
     if not _has_external_data(model):
@@ -241,6 +243,7 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False  # an arena keeps its high-water mark for the session's life
     passes = [tensors[i:i + per_pass] for i in range(0, len(tensors), per_pass)]
+    progress = progress or current_progress()
     task = progress.add_task("activation ranges", total=len(passes) * n) if progress else None
     for part in passes:
         augmented = _range_model(model, part)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekit.progress import track
 from edgekit.quality import relative_error
 
 def unit_of(path: str) -> str:
@@ -104,7 +105,7 @@ def input_ranges(module: nn.Module, spec, inputs: dict[str, np.ndarray], batch: 
     handles = [layer.register_forward_pre_hook(hook(path)) for path, layer in layers.items()]
     try:
         n = len(next(iter(inputs.values())))
-        for start in range(0, n, batch):
+        for start in track(range(0, n, batch), "sensitivity: activation ranges"):
             module(*_args(spec, {k: v[start:start + batch] for k, v in inputs.items()}))
     finally:
         for h in handles:
@@ -122,7 +123,7 @@ def rank_units(module: nn.Module, spec, calib_inputs: dict[str, np.ndarray],
     args = _args(spec, eval_inputs)
     reference = module(*args).numpy()
     ranking = []
-    for unit, paths in units(module).items():
+    for unit, paths in track(list(units(module).items()), "sensitivity: each unit alone in INT8"):
         paths = [p for p in paths if p in ranges]  # layers the component's forward never reaches are not ranked
         if not paths or (only is not None and unit not in only):
             continue

@@ -18,13 +18,14 @@ def verify(bundle_dir: Path | str, numeric: bool = True, node: bool = False) -> 
 
     Returns {"bundle", "target", "files": n, "checks": [...]}; raises VerificationError naming the file, key
     or component."""
+    from edgekit.progress import track
     from edgekit.runtime.runners import recheck_entry
 
     bundle_dir = Path(bundle_dir)
     manifest, count = check_bundle(bundle_dir)
     checks = []
     if numeric:
-        for name, width, entry in component_entries(manifest):
+        for name, width, entry in track(list(component_entries(manifest)), "verify: each component's stored check"):
             record = lookup(manifest["verification"], name, width)
             label = entry_label(name, width)
             if not record or "data" not in record:

@@ -248,6 +248,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     task = progress.add_task(f"export {target.name}", total=len(jobs)) if progress else None
     with staged_dir(out) as stage:
         for job in jobs:
+            if task is not None:
+                progress.update(task, description=f"export {target.name}: {job.label}")
             comp = job.component
             spec = comp.spec(job.pipe)
             rows = job.batch or VERIFY_ROWS
