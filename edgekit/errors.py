@@ -62,3 +62,9 @@ class NumericError(EdgekitError):
     """A stage produced NaN or Inf (a generated image, calibration rows); the message names the stage."""
 
     exit_code = 1
+
+
+class StageMemoryError(EdgekitError):
+    """A stage ran out of memory; the message names the stage and its measured peak resident memory."""
+
+    exit_code = 1

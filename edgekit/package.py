@@ -210,7 +210,10 @@ class Stages:
                                 "output": None if output is None else output.relative_to(self.root).as_posix(),
                                 "files": files, "result": result})
         except BaseException as exc:
-            self.records.append({**record, "failed": True, "seconds": round(time.perf_counter() - started, 1)})
+            self.records.append({**record, "failed": True, "seconds": round(time.perf_counter() - started, 1),
+                                 **memory.stop()})
+            if isinstance(exc, MemoryError):
+                raise out_of_memory(name, self.records[-1]) from None
             full, path = disk_full(exc)
             if full:
                 where = path or output or (self._output_of(amends) if amends else self.root)
@@ -218,7 +221,7 @@ class Stages:
                                       f"({_free(self.root)} free); the stage's partial output was removed, "
                                       "free some space and rerun to resume") from None
             raise
-        self.records.append({**record, "seconds": round(time.perf_counter() - started, 1)})
+        self.records.append({**record, "seconds": round(time.perf_counter() - started, 1), **memory.stop()})
         self.say(f"stage {name}: done in {self.records[-1]['seconds']:.1f} s")
         self._ran[key] = name
         return self._located(result, output)
@@ -307,6 +310,7 @@ def _damage(root: Path, output: Path, files: dict[str, str]) -> str | None:
 def _free(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
+        from edgekit.usage import StageMemory, out_of_memory
     except OSError:
         return "unknown"
 
@@ -325,6 +329,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class OutDir:
+        memory = StageMemory()  # the stage's own peak RSS (edgekit.usage)
     """--out as checked before any work; nothing is written to it until the run starts."""
 
     path: Path

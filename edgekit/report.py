@@ -150,6 +150,23 @@ def _evaluated_by(row: dict | None) -> str:
     return "Evaluated by: " + "; ".join(parts) + "."
 
 
+PEAK_NOTE = ("Peak RSS: the resident high-water mark of the package process during the stage, reset at each "
+             "stage's start (/proc/self/clear_refs); marked * where the reset was refused, then it is the process's "
+             "peak so far. Child processes (Node, converters run apart) are not in it; the largest child peak, "
+             "when one grew during the stage, follows in brackets.")
+
+
+def stage_peak(record: dict) -> str:
+    """A stage's peak RSS cell (empty for a reused stage, which did not run)."""
+    from edgekit.usage import STAGE
+
+    if record.get("peak_rss_bytes") is None:
+        return ""
+    cell = f"{record['peak_rss_bytes'] / 2**30:.2f}" + ("" if record.get("peak_rss_scope") == STAGE else "*")
+    children = record.get("children_peak_rss_bytes")
+    return cell + (f" (child {children / 2**30:.2f})" if children else "")
+
+
 def markdown(summary: dict, plots: list[str]) -> str:
     cfg = summary["config"]
     lines = [f"# edgekit package report", "",
@@ -159,10 +176,11 @@ def markdown(summary: dict, plots: list[str]) -> str:
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
 
-    lines += ["## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
+    lines += ["## Stages", "", "| stage | ran | seconds | peak RSS, GiB |", "|---|---|---:|---:|"]
     lines += [f"| {r['stage']} | {'FAILED' if r.get('failed') else 'ran' if r['ran'] else 'reused (same inputs)'} | "
-              f"{r['seconds']:.1f} |"
+              f"{r['seconds']:.1f} | {stage_peak(r)} |"
               for r in summary["stages"]]
+    lines += ["", PEAK_NOTE]
 
     full = summary["float_quality"].get("1")
     float_rows = list(summary["float_quality"].values())
