@@ -183,6 +183,7 @@ class Stages:
         ``amends``: the name of an earlier stage whose output this one rewrites in place (the bench writes its
         table into the export's manifest.json); that stage's checksums are renewed after this one ran."""
         from edgekit.fsutil import OutOfSpaceError, disk_full
+        from edgekit.usage import StageMemory, out_of_memory
 
         key = _digest(inputs)
         self.current = name
@@ -201,6 +202,7 @@ class Stages:
         record = {"stage": name, "key": key, "ran": True, **({"reran": reason} if rerun else {})}
         self.say(f"stage {name}: running" + (f" again, {reason}" if rerun else ""))
         started = time.perf_counter()
+        memory = StageMemory()  # the stage's own peak RSS (edgekit.usage)
         try:
             result = build(output)
             files = _checksums(output) if output is not None else {}
@@ -310,7 +312,6 @@ def _damage(root: Path, output: Path, files: dict[str, str]) -> str | None:
 def _free(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
-        from edgekit.usage import StageMemory, out_of_memory
     except OSError:
         return "unknown"
 
@@ -329,7 +330,6 @@ class Plan:
 
 @dataclass(frozen=True)
 class OutDir:
-        memory = StageMemory()  # the stage's own peak RSS (edgekit.usage)
     """--out as checked before any work; nothing is written to it until the run starts."""
 
     path: Path
