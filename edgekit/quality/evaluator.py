@@ -47,6 +47,15 @@ def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_grid_seeds(samples: int, seed: int) -> None:
+    """Image i of a grid takes seed + i: the last one must still be a seed the noise generator takes."""
+    from edgekit.noise import MASK
+
+    if seed + samples - 1 > MASK:
+        raise InputError(f"--seed {seed} with --samples {samples}: image i takes seed {seed} + i, past the largest "
+                         f"seed {MASK}; use a seed up to {MASK - samples + 1}")
+
+
 @dataclass(frozen=True)
 class EvalGrid:
     """What every candidate of one model generates: prompt i with seed i (and, for digits, the asked label)."""
@@ -85,6 +94,7 @@ class ModelQuality:
 
         if samples < MIN_SAMPLES:
             raise InputError(f"--samples {samples}: quality intervals need at least {MIN_SAMPLES} images")
+        check_grid_seeds(samples, seed)
         self.model_dir = check_model_dir(reference_model, flag)
         self.defaults = sampling_defaults(self.model_dir)
         self.guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
