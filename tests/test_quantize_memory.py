@@ -220,3 +220,36 @@ def test_quantized_dir_links_unchanged_components_and_keeps_weights_external(def
     from diffusers import UNet2DConditionModel
 
     assert not isinstance(load_quantized_pipeline(out).unet, UNet2DConditionModel)  # onnxruntime runs it
+
+
+# ---------------------------------------------------------------- sensitivity at bounded cost
+
+def test_size_rule_picks_the_bounded_measure_past_the_limit(default_pipe, monkeypatch):
+    from edgekit.components import export_module
+    from edgekit.quantize import sensitivity
+
+    module = export_module(default_pipe, "unet")
+    assert sensitivity.measure_for(module) == "output"  # the digits UNet: 4M weights
+    monkeypatch.setattr(sensitivity, "FULL_RANKING_MAX_WEIGHTS", 1_000_000)
+    assert sensitivity.measure_for(module) == "bounded"
+
+
+def test_bounded_ranking_keeps_what_the_output_ranking_keeps(default_pipe):
+    """On the same rows, the bounded measure ranks by output error exactly the units the budget can keep, so
+    select_float_units keeps the same ones; the rest are ranked by the local measure, after them."""
+    from edgekit.components import component_spec, example_inputs, export_module
+    from edgekit.quantize.sensitivity import LOCAL_ROWS, rank, select_float_units
+
+    module = export_module(default_pipe, "unet")
+    spec = component_spec(default_pipe, "unet")
+    rows = example_inputs(default_pipe, "unet", batch=LOCAL_ROWS, seed=2)
+    full = rank(module, spec, rows, rows, measure="output")
+    for budget in (0.002, 0.02):
+        bounded = rank(module, spec, rows, rows, measure="bounded", float_budget=budget)
+        assert {r["unit"] for r in bounded} == {r["unit"] for r in full}
+        total = sum(r["weights"] for r in full)
+        by_output = [r for r in bounded if r["measure"] == "output"]
+        assert by_output == bounded[:len(by_output)] and 0 < len(by_output) < len(bounded)
+        assert all(r["weights"] <= budget * total for r in by_output)
+        assert [r["rel_err"] for r in by_output] == sorted((r["rel_err"] for r in by_output), reverse=True)
+        assert select_float_units(bounded, budget) == select_float_units(full, budget)
