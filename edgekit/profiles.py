@@ -14,7 +14,11 @@ from pathlib import Path
 
 from edgekit.errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize6")
+PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize6", "w8a8", "mixed")
+# Core ML palettization bit widths coremltools.optimize supports (OpPalettizerConfig nbits).
+COREML_PALETTE_BITS = (1, 2, 3, 4, 6, 8)
+# LiteRT op types a full-integer recipe may name (ai-edge-quantizer TFLOperationName values); "*" is every one.
+LITERT_INT8_OPS = ("*", "CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE")
 BATCHING = ("batch2", "two-calls")
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -119,9 +123,11 @@ class Tolerances(_Strict):
     int8: float = 0.5
     w8: float = 5e-2
     palettize6: float = 0.2
+    w8a8: float = 0.2
+    mixed: float = 0.3
 
     def for_precision(self, precision: str) -> float:
-        return float(getattr(self, precision))
+        return float(getattr(self, precision.partition(":")[0]))
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,66 @@ class OpRules(_Strict):
                     bad.append(op)
                     break
         return bad
+
+
+@dataclass(frozen=True)
+class LiteRTInt8Recipe(_Strict):
+    """How the tflite target quantizes a UNet to full-integer INT8 (ai-edge-quantizer, static ranges from the
+    calibration rows). Units are module paths of the UNet (edgekit.quantize.sensitivity: ``down_blocks.0.resnets.1``,
+    ``conv_in``); they are checked against each width's UNet before anything is written."""
+
+    # op types that get int8 weights and int8 activations; every other op stays float ("*": all of them)
+    int8_ops: tuple[str, ...] = ("*",)
+    float_units: tuple[str, ...] = ()  # units left float at every width
+    int16_units: tuple[str, ...] = ()  # units with int16 activations (int8 weights; LiteRT's int16x8 kernels)
+    # plus, per width, the units the sensitivity ranking (one unit INT8 at a time, output rel-err on the
+    # calibration rows) puts first, while their weights fit this fraction of the UNet's conv/linear weights
+    sensitive_budget: float = 0.0
+    sensitive_as: str = "float"  # how those ranked units are kept: float or int16
+    # tensor names in the flatbuffer shortened to ids (signature names kept): ~0.6 MB of scope names per UNet
+    compact_names: bool = False
+
+    def __post_init__(self):
+        for op in self.int8_ops:
+            _choice(op, LITERT_INT8_OPS, "int8_recipe.int8_ops entry")
+        if not self.int8_ops:
+            raise InputError("int8_recipe.int8_ops: expected at least one op type (or '*')")
+        if not 0.0 <= self.sensitive_budget < 1.0:
+            raise InputError(f"int8_recipe.sensitive_budget {self.sensitive_budget}: expected a fraction in [0, 1)")
+        _choice(self.sensitive_as, ("float", "int16"), "int8_recipe.sensitive_as")
+        both = sorted(set(self.float_units) & set(self.int16_units))
+        if both:
+            raise InputError(f"int8_recipe: units {both} are listed both in float_units and int16_units")
+
+
+@dataclass(frozen=True)
+class CoreMLRecipes(_Strict):
+    """Core ML compression that uses the calibration rows: ``w8a8`` (int8 activations on conv/linear inputs,
+    ranges from the rows, then int8 weights) and ``mixed`` (palettization with a bit width per layer, chosen by
+    each layer's measured output PSNR against float, to reach an average bit width)."""
+
+    # the devices whose Neural Engine computes int8 x int8 (elsewhere W8A8 runs, dequantized, at fp16 speed)
+    w8a8_devices: str = "A17 Pro, M4 and later"
+    w8a8_deployment_target: str = "iOS17"  # quantize/dequantize activations need the iOS17 opset
+    palette_bits: tuple[int, ...] = (2, 4, 6, 8)  # bit widths a layer may get
+    mixed_target_bits: float = 4.5  # average bits per palettized weight (--precision mixed:4.5 overrides)
+    min_palettize_weights: int = 2048  # smaller weight tensors stay fp16 (coremltools' own threshold)
+
+    def __post_init__(self):
+        for bits in self.palette_bits:
+            if bits not in COREML_PALETTE_BITS:
+                raise InputError(f"coreml.palette_bits entry {bits}: coremltools palettizes to "
+                                 f"{', '.join(map(str, COREML_PALETTE_BITS))} bits")
+        if not self.palette_bits:
+            raise InputError("coreml.palette_bits: expected at least one bit width")
+        check_mixed_target(self.mixed_target_bits, self.palette_bits, "coreml.mixed_target_bits")
+
+
+def check_mixed_target(bits: float, palette_bits, what: str) -> None:
+    lo, hi = min(palette_bits), max(palette_bits)
+    if not lo <= bits <= hi:
+        raise InputError(f"{what} {bits:g}: expected an average between the smallest and largest palette bit "
+                         f"width ({lo} and {hi})")
 
 
 @dataclass(frozen=True)
@@ -164,6 +230,8 @@ class TargetProfile(_Strict):
     # INT8 bundles: substrings of module paths whose ops stay float inside an otherwise full-integer graph
     # (measured: the UNet's sinusoidal timestep embedding; tflite only, matched on the op names).
     int8_float_scopes: tuple[str, ...] = ()
+    int8_recipe: LiteRTInt8Recipe = field(default_factory=LiteRTInt8Recipe)  # tflite only
+    coreml: CoreMLRecipes = field(default_factory=CoreMLRecipes)  # coreml only
 
     def __post_init__(self):
         _choice(self.precision, PRECISIONS, "precision")
@@ -177,8 +245,10 @@ class TargetProfile(_Strict):
             raise InputError(f"opset {self.opset}: expected 7..23")
         if self.max_file_mb <= 0:
             raise InputError(f"max_file_mb {self.max_file_mb}: expected a positive number")
+        from edgekit.components import CALIB_COMPONENTS  # what INT8 can quantize (calibration captures it)
+
         for name in self.int8_float_activations:
-            _choice(name, ("text_encoder", "unet", "vae_decoder"), "int8_float_activations entry")
+            _choice(name, CALIB_COMPONENTS, "int8_float_activations entry")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
 
@@ -203,9 +273,20 @@ class TargetProfile(_Strict):
     def with_precision(self, precision: str | None) -> "TargetProfile":
         if precision is None:
             return self
-        if precision not in self.precisions:
+        name, sep, value = precision.partition(":")
+        if name not in self.precisions:
             raise InputError(f"--precision {precision}: target profile '{self.name}' offers {', '.join(self.precisions)}")
-        return dataclasses.replace(self, precision=precision)
+        if name != "mixed" and sep:
+            raise InputError(f"--precision {precision}: only mixed takes a value (mixed:BITS, an average bit width)")
+        if name == "mixed" and sep:
+            try:
+                bits = float(value)
+            except ValueError:
+                raise InputError(f"--precision {precision}: expected mixed:BITS with BITS a number such as 4.5") from None
+            check_mixed_target(bits, self.coreml.palette_bits, f"--precision {precision}: average bit width")
+            return dataclasses.replace(self, precision=name,
+                                       coreml=dataclasses.replace(self.coreml, mixed_target_bits=bits))
+        return dataclasses.replace(self, precision=name)
 
 
 def shipped_profile(name: str) -> TargetProfile:

@@ -86,3 +86,38 @@ def test_target_specific_profile_rules():
     with pytest.raises(InputError, match="offers precisions"):
         get_target("ort-web").check_profile(TargetProfile.from_dict({**shipped_profile("web-ort").to_dict(),
                                                                      "precisions": ["fp32", "palettize6"]}))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("int8_recipe:\n  int8_ops: [CONV2D]\n", "int8_recipe.int8_ops entry 'CONV2D'.*did you mean 'CONV_2D'"),
+    ("int8_recipe:\n  sensitive_budget: 1.5\n", "int8_recipe.sensitive_budget 1.5"),
+    ("int8_recipe:\n  sensitive_as: int4\n", "int8_recipe.sensitive_as 'int4'"),
+    ("int8_recipe:\n  float_units: [conv_in]\n  int16_units: [conv_in]\n", "both in float_units and int16_units"),
+    ("coreml:\n  palette_bits: [2, 5]\n", "coreml.palette_bits entry 5: coremltools palettizes to 1, 2, 3, 4, 6, 8"),
+    ("coreml:\n  mixed_target_bits: 1.5\n", "coreml.mixed_target_bits 1.5: expected an average between"),
+])
+def test_bad_recipes_name_the_field(tmp_path, extra, message):
+    with pytest.raises(InputError, match=message) as info:
+        TargetProfile.from_yaml(_write(tmp_path, BASE + extra))
+    assert str(tmp_path / "p.yaml") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mixed_precision_names_its_average():
+    profile = shipped_profile("ios-coreml")
+    mixed = profile.with_precision("mixed:3.5")
+    assert mixed.precision == "mixed" and mixed.coreml.mixed_target_bits == 3.5
+    assert TargetProfile.from_dict(mixed.to_dict()) == mixed
+    assert profile.with_precision("mixed").coreml.mixed_target_bits == profile.coreml.mixed_target_bits
+    assert mixed.tolerance.for_precision("mixed") == profile.tolerance.mixed
+    for bad, message in (("mixed:1.5", "below|between the smallest"), ("mixed:9", "between the smallest"),
+                         ("mixed:four", "expected mixed:BITS"), ("w8:4", "only mixed takes a value")):
+        with pytest.raises(InputError, match=message):
+            profile.with_precision(bad)
+
+
+def test_shipped_recipes_are_data_in_the_profiles():
+    tflite = shipped_profile("android-tflite").int8_recipe
+    assert set(tflite.int8_ops) == {"CONV_2D", "FULLY_CONNECTED"} and tflite.compact_names
+    coreml = shipped_profile("ios-coreml")
+    assert {"w8a8", "mixed"} <= set(coreml.precisions)
+    assert "A17 Pro" in coreml.coreml.w8a8_devices and coreml.coreml.w8a8_deployment_target == "iOS17"
