@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError, InputError
+from edgekit.width import FULL, Width
 
 STAGES_DIR = "stages"
 PACKAGE_FILE = "package.json"
@@ -59,15 +61,57 @@ class PackageError(EdgekitError):
     exit_code = 1
 
 
+# The package recipe: how `edgekit package` prunes and slims unless a --config file says otherwise. The config
+# classes (PruneConfig, SlimConfig, QuantizeOptions) hold the defaults that `edgekit prune`, `slim` and
+# `quantize` share; a package ships a model, so it asks for more than those quick defaults: Taylor importance
+# and distillation steps (recovery after pruning; sandwich-rule training, with the full width weighted twice so
+# it stays the source model's). Written into report.json with everything else, so a run can be repeated.
+PRUNE_RECIPE = {"importance": "taylor", "recover_steps": 200, "recover_lr": 3e-4}
+SLIM_RECIPE = {"train_steps": 3000, "importance": "taylor", "lr": 5e-4, "full_weight": 2.0}
+RUN_WIDE = ("seed", "widths")  # set once for the whole run, never inside a prune/slim/quantize section
+
+
+def _section(cls, value, recipe: dict, name: str, required=()):
+    """``value`` (None, an instance of ``cls`` or a mapping of its fields over ``recipe``) as an instance of
+    ``cls``; an error names the field as ``name.field``."""
+    from edgekit.config import check_keys
+
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise InputError(f"expected a mapping of {cls.__name__} fields", param=name, value=value)
+    check_keys(value, cls, name)
+    inside = [k for k in RUN_WIDE if k in value]
+    if inside:
+        raise InputError(f"'{inside[0]}' is set for the whole run (top level), not per section", param=name)
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise InputError(f"'{missing[0]}' is required", param=name)
+    try:
+        return cls.from_dict({**recipe, **value})
+    except InputError as exc:
+        if exc.param is None:
+            raise
+        raise InputError(exc.detail, param=f"{name}.{exc.param}", value=exc.value) from None
+
+
+def _section_dict(obj) -> dict:
+    return {k: v for k, v in obj.to_dict().items() if k not in RUN_WIDE}
+
+
 @dataclass(frozen=True)
 class PackageConfig:
+    """What `edgekit package` does, as data: ``from_dict`` / ``from_yaml`` / ``to_dict`` round-trip, and the
+    dict is what report.json records. Fields accept their plain forms (a width as a number, ``prune`` as a ratio
+    or a mapping of PruneConfig fields over PRUNE_RECIPE, ``slim`` and ``quantize`` as mappings) and hold typed
+    values after construction."""
+
     targets: tuple[str, ...] = DEFAULT_TARGETS
-    widths: tuple[float, ...] | None = None  # None: the model's widths when slimmable, else full width only
-    prune: float | None = None
-    recover_steps: int = 200
-    slim_steps: int = 3000
-    slim_lr: float = 5e-4
+    widths: tuple[Width, ...] | None = None  # None: the model's widths when slimmable, else full width only
+    prune: "PruneConfig | None" = None  # None: no pruning
+    slim: "SlimConfig | dict" = field(default_factory=dict)  # a model that is not slimmable is slimmed with this
     quant: str = "ort-static"
+    quantize: "QuantizeOptions | dict" = field(default_factory=dict)  # the quantize stage's options
     precisions: tuple[tuple[str, str], ...] = ()  # (target, precision) overrides of DEFAULT_PRECISIONS
     steps: tuple[int, ...] | None = None  # the bundles' (and bench's) step counts; None: the model's, else each profile's
     guidance: float | None = None  # the bundles' guidance scale; None: the model's edgekit_defaults.json
@@ -80,32 +124,73 @@ class PackageConfig:
     policy: dict | None = None  # policy parameters for every bundle (default: edgekit's)
 
     def __post_init__(self):
+        from edgekit.compress.prune import PruneConfig
+        from edgekit.compress.slim import SlimConfig
+        from edgekit.config import widths_param
+        from edgekit.quantize import QuantizeOptions
         from edgekit.targets import get_target
 
-        if not self.targets:
-            raise InputError("--targets: expected at least one of " + ", ".join(DEFAULT_TARGETS))
-        for name in self.targets:
-            get_target(name)  # one clear error for an unknown target
-        if len(set(self.targets)) != len(self.targets):
-            raise InputError(f"--targets {','.join(self.targets)}: a target is listed twice")
-        for target, _ in self.precisions:
-            if target not in self.targets:
-                raise InputError(f"--precision {target}=...: {target} is not among --targets {','.join(self.targets)}")
-        if self.widths is not None:
-            if not self.widths or any(not 0.0 < float(w) <= 1.0 for w in self.widths):
-                raise InputError(f"--widths {','.join(f'{w:g}' for w in self.widths)}: expected multipliers in (0, 1]")
-        if self.prune is not None and not 0.0 < self.prune < 1.0:
-            raise InputError(f"--prune {self.prune:g}: expected a fraction of channels to remove in (0, 1)")
-        for flag, value in (("--recover-steps", self.recover_steps), ("--slim-steps", self.slim_steps)):
-            if value < 0:
-                raise InputError(f"{flag} {value}: expected a whole number >= 0")
-        for flag, value in (("--calib-samples", self.calib_samples), ("--repeats", self.repeats)):
-            if value <= 0:
-                raise InputError(f"{flag} {value}: expected a positive whole number")
+        if isinstance(self.targets, str) or not all(isinstance(t, str) for t in self.targets):
+            raise InputError("expected a list of target names", param="targets", value=self.targets)
+        targets = tuple(self.targets)
+        if not targets:
+            raise InputError("expected at least one of " + ", ".join(DEFAULT_TARGETS), param="targets")
+        for name in targets:
+            try:
+                get_target(name)  # one clear error for an unknown target
+            except InputError as exc:
+                raise InputError(exc.detail, param="targets", value=name) from None
+        from edgekit.quantize import get_quantizer
+
+        try:
+            get_quantizer(self.quant)
+        except InputError as exc:
+            raise InputError(exc.detail, param="quant", value=self.quant) from None
+        if len(set(targets)) != len(targets):
+            raise InputError("a target is listed twice", param="targets", value=",".join(targets))
+        precisions = tuple((str(t), str(p)) for t, p in
+                           (self.precisions.items() if isinstance(self.precisions, dict) else self.precisions))
+        for target, _ in precisions:
+            if target not in targets:
+                raise InputError(f"{target} is not among the targets {','.join(targets)}", param="precisions",
+                                 value=f"{target}=...")
+        for name in ("widths", "steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__")):
+                raise InputError("expected a list", param=name, value=value)
+        widths = self.widths
+        if widths is not None:
+            if not widths:
+                raise InputError("expected at least one width", param="widths")
+            widths = widths_param(widths)
+        prune = self.prune
+        if prune is not None:
+            if isinstance(prune, (int, float)) and not isinstance(prune, bool):
+                if not 0.0 < prune < 1.0:
+                    raise InputError("expected a fraction of channels to remove in (0, 1)", param="prune",
+                                     value=f"{prune:g}")
+                prune = {"ratio": float(prune)}
+            prune = _section(PruneConfig, prune, {**PRUNE_RECIPE, "seed": self.seed}, "prune", required=("ratio",))
+            prune = replace(prune, seed=self.seed)
+        slim = _section(SlimConfig, self.slim, {**SLIM_RECIPE, "seed": self.seed}, "slim")
+        slim = replace(slim, seed=self.seed)
+        quantize = _section(QuantizeOptions, self.quantize, {"seed": self.seed}, "quantize")
+        quantize = replace(quantize, seed=self.seed)
+        for name, value in (("calib_samples", self.calib_samples), ("repeats", self.repeats)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InputError("expected a positive whole number", param=name, value=value)
         from edgekit.quality.evaluator import MIN_SAMPLES
 
-        if self.samples < MIN_SAMPLES:
-            raise InputError(f"--samples {self.samples}: quality intervals need at least {MIN_SAMPLES} images")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < MIN_SAMPLES:
+            raise InputError(f"quality intervals need at least {MIN_SAMPLES} images", param="samples",
+                             value=self.samples)
+        if self.steps is not None and (not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0
+                                                             for s in self.steps)):
+            raise InputError("expected positive whole numbers of sampling steps", param="steps",
+                             value=",".join(str(s) for s in self.steps))
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
+                                          or not math.isfinite(self.guidance)):
+            raise InputError("expected a finite number", param="guidance", value=self.guidance)
         if self.clip is not None:
             from edgekit.quality.clip import check_clip_dir
 
@@ -117,32 +202,71 @@ class PackageConfig:
         if self.policy is not None:
             from edgekit.policy import PolicyConfig
 
-            PolicyConfig.from_dict(self.policy, "--policy")
+            PolicyConfig.from_dict(self.policy, "policy")
+        for name, value in (("targets", targets), ("precisions", precisions), ("widths", widths), ("prune", prune),
+                            ("slim", slim), ("quantize", quantize),
+                            ("steps", None if self.steps is None else tuple(self.steps))):
+            object.__setattr__(self, name, value)
 
     def precision(self, target: str) -> str:
         return dict(self.precisions).get(target, DEFAULT_PRECISIONS[target])
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "PackageConfig":
-        """Strict: an unknown key is an error (with a "did you mean"); lists become tuples."""
-        from edgekit.compress.prune import _check_keys
+    def slim_config(self, widths) -> "SlimConfig":
+        """The slim stage's config for the run's ``widths`` (full width added: the others distil from it)."""
+        return replace(self.slim, widths=tuple(sorted({float(w) for w in widths} | {1.0})))
 
-        _check_keys(data, cls)
-        values = dict(data)
+    @classmethod
+    def from_dict(cls, data: dict, base: "PackageConfig | None" = None) -> "PackageConfig":
+        """Strict: an unknown key is an error (with a "did you mean"). ``base``: the config ``data`` overrides
+        (its sections and precisions are merged with ``data``'s, key by key)."""
+        from edgekit.config import check_keys
+
+        check_keys(data, cls, "package config")
+        values = base.to_dict() if base is not None else {}
+        for key, value in data.items():
+            if key in ("slim", "quantize", "precisions") and isinstance(value, dict) and isinstance(values.get(key), dict):
+                value = {**values[key], **value}
+            elif key == "prune" and isinstance(value, dict) and isinstance(values.get(key), dict):
+                value = {**values[key], **value}
+            elif key == "prune" and isinstance(value, (int, float)) and isinstance(values.get(key), dict):
+                value = {**values[key], "ratio": value}  # a ratio over the base's pruning settings
+            values[key] = value
         for key in ("targets", "widths", "steps"):
-            if values.get(key) is not None:
+            if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
-        if "precisions" in values:
-            values["precisions"] = tuple(dict(values["precisions"]).items())
         return cls(**values)
 
+    @classmethod
+    def from_yaml(cls, path: Path | str, base: "PackageConfig | None" = None) -> "PackageConfig":
+        """A YAML (or JSON) file of ``to_dict``'s fields, any subset; an error names the file and the field."""
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"not a readable YAML file ({reason})", param="config_file", value=path) from None
+        try:
+            return cls.from_dict({} if data is None else data, base)
+        except InputError as exc:
+            raise InputError(str(exc), param="config_file", value=path) from None
+        except TypeError as exc:  # a value of the wrong kind (a list where a number belongs)
+            raise InputError(f"a field has a value of the wrong kind ({exc})", param="config_file", value=path) from None
+
     def to_dict(self) -> dict:
-        out = asdict(self)
-        for key in ("targets", "widths", "steps"):
-            if out[key] is not None:
-                out[key] = list(out[key])
-        out["precisions"] = dict(self.precisions)
-        return out
+        """Plain data (JSON and YAML): what report.json records and ``from_dict`` reads back."""
+        return {"targets": list(self.targets),
+                "widths": None if self.widths is None else [w.value for w in self.widths],
+                "prune": None if self.prune is None else _section_dict(self.prune),
+                "slim": _section_dict(self.slim),
+                "quant": self.quant,
+                "quantize": _section_dict(self.quantize),
+                "precisions": dict(self.precisions),
+                "steps": None if self.steps is None else list(self.steps),
+                "guidance": self.guidance, "calib_samples": self.calib_samples, "samples": self.samples,
+                "clip": self.clip, "prompts": self.prompts, "repeats": self.repeats, "seed": self.seed,
+                "policy": self.policy}
 
 
 def _digest(inputs: dict) -> str:
@@ -322,7 +446,7 @@ class Plan:
 
     source: Path
     out: Path
-    widths: tuple[float, ...]
+    widths: tuple[Width, ...]  # widest first
     slim: bool
     profiles: dict = field(default_factory=dict)  # target -> TargetProfile at its package precision
     out_dir: OutDir | None = None  # how --out is taken (resumed, restarted, new)
@@ -350,13 +474,14 @@ def read_marker(out: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"--out {out}: {MARKER} is not readable JSON ({exc}); remove it or choose another --out") from None
+        raise InputError(f"{MARKER} is not readable JSON ({exc}); remove it or choose another output directory",
+                         param="out", value=out) from None
     entries = data.get("entries") if isinstance(data, dict) else None
     if (not isinstance(data, dict) or data.get("format") != MARKER_FORMAT or not isinstance(entries, list)
             or not all(isinstance(e, str) and e not in ("", ".", "..", MARKER) and "/" not in e and "\\" not in e
                        for e in entries)):
-        raise InputError(f"--out {out}: {MARKER} is not an edgekit package marker (expected format "
-                         f"'{MARKER_FORMAT}' and a list of entry names); remove it or choose another --out")
+        raise InputError(f"{MARKER} is not an edgekit package marker (expected format '{MARKER_FORMAT}' and a list "
+                         "of entry names); remove it or choose another output directory", param="out", value=out)
     return data
 
 
@@ -368,19 +493,19 @@ def check_out(out: Path, source: Path, force: bool, targets=DEFAULT_TARGETS) -> 
 
     out = check_output_path(out, [source], force=True)  # overlap with the model, a writable parent
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
+        raise InputError("exists and is not a directory", param="out", value=out)
     check_writable(out)
     marker = read_marker(out) if out.is_dir() else None
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if marker is None and present and not force:
-        raise InputError(f"--out {out}: already exists and is not an edgekit package output (no {MARKER}); choose "
-                         "a new directory, or pass --force to write edgekit's files beside the ones there")
+        raise InputError(f"already exists and is not an edgekit package output (no {MARKER}); choose a new "
+                         "directory, or force to write edgekit's files beside the ones there", param="out", value=out)
     owned = tuple(marker["entries"]) if marker else ()
     foreign = [name for name in out_entries(targets) if name in present and name not in owned]
     if foreign:
-        raise InputError(f"--out {out}: holds {', '.join(foreign)}, which edgekit did not write and would "
-                         "overwrite (--force never replaces files edgekit did not write); move them or choose "
-                         "another --out")
+        raise InputError(f"holds {', '.join(foreign)}, which edgekit did not write and would overwrite (force "
+                         "never replaces files edgekit did not write); move them or choose another output directory",
+                         param="out", value=out)
     return OutDir(out, owned=owned, restart=force and marker is not None)
 
 
@@ -423,26 +548,24 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
     structure = Structure.load(source)
     slimmable = structure is not None and structure.slimmable
     if slimmable:
-        offered = tuple(float(w) for w in structure.widths)
-        widths = tuple(config.widths or offered)
-        missing = [w for w in widths if float(w) not in offered]
-        if missing:
-            raise InputError(f"--widths {','.join(f'{w:g}' for w in widths)}: {source} is slimmable at "
-                             f"{','.join(f'{w:g}' for w in offered)} only")
+        widths = config.widths or structure.offered
+        if any(w not in structure.offered for w in widths):
+            raise InputError(f"{source} is slimmable at {','.join(str(w) for w in structure.offered)} only",
+                             param="widths", value=",".join(str(w) for w in widths))
         if config.prune is not None:
-            raise InputError(f"--prune: {source} is already slimmable; prune its source model instead")
+            raise InputError(f"{source} is already slimmable; prune its source model instead", param="prune",
+                             value=f"{config.prune.ratio:g}")
     else:
-        widths = tuple(config.widths or (1.0,))
-    widths = tuple(sorted({float(w) for w in widths}, reverse=True))
-    slim = not slimmable and any(w < 1.0 for w in widths)
+        widths = config.widths or (FULL,)
+    widths = tuple(sorted(set(widths), reverse=True))
+    slim = not slimmable and any(not w.is_full for w in widths)
     if slim:
-        from edgekit.compress.slim import SlimConfig
         from edgekit.pipeline import load_pipeline
         from edgekit.structure import check_widths
 
-        slim_config = SlimConfig(widths=tuple(sorted(set(widths) | {1.0})))  # the slim stage's checks, before any work
+        slim_config = config.slim_config(widths)  # the slim stage's checks, before any work
         check_widths(load_pipeline(source).unet, slim_config.widths, slim_config.scope)
-    quantizer = get_quantizer(config.quant, "--quant")
+    quantizer = get_quantizer(config.quant)
     quantizer.check_backend()
     profiles = {}
     for name in config.targets:
@@ -508,12 +631,12 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
     calib, quant, quality = {}, {}, {}
     widest = max(p.widths)
     for w in p.widths:
-        calib[w] = _calibrate(stages, config, model, model_key, w, work / f"calib-w{w:.2f}", progress)
+        calib[w] = _calibrate(stages, config, model, model_key, w, work / f"calib-{w.tag}", progress)
     for w in p.widths:
         quant[w] = _quantize(stages, config, model, model_key, w, w == widest, calib[w],
-                             work / f"quant-w{w:.2f}", progress)
+                             work / f"quant-{w.tag}", progress)
     for w in p.widths:
-        quality[w] = stages.run(f"quality-w{w:.2f}", {"model": model_key, "width": w, "steps": defaults.steps,
+        quality[w] = stages.run(f"quality-{w.tag}", {"model": model_key, "width": w.value, "steps": defaults.steps,
                                                       "samples": config.samples, "seed": config.seed,
                                                       "guidance": config.guidance, "clip": config.clip},
                                 lambda _, w=w: _float_quality(model, w, defaults, config, progress,
@@ -536,12 +659,13 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
         "source": str(p.source),
         "source_sha256": source_key,
         "model": str(model),
-        "widths": list(p.widths),
-        "config": {**config.to_dict(), "precisions": {t: config.precision(t) for t in config.targets}},
+        "widths": [w.value for w in p.widths],
+        "config": config.to_dict(),  # PackageConfig.from_dict(report["config"]) repeats the run
+        "precisions": {t: config.precision(t) for t in config.targets},
         "stages": stages.records,
-        "calibration": {f"{w:g}": c for w, c in calib.items()},
-        "quantize": {f"{w:g}": q for w, q in quant.items()},
-        "float_quality": {f"{w:g}": q for w, q in quality.items()},
+        "calibration": {str(w): c for w, c in calib.items()},
+        "quantize": {str(w): q for w, q in quant.items()},
+        "float_quality": {str(w): q for w, q in quality.items()},
         "bundles": bundles,
         "failures": failures,
     }
@@ -567,10 +691,9 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
 
 
 def _prune(stages: Stages, config: PackageConfig, model: Path, model_key: str, output: Path, progress):
-    from edgekit.compress.prune import PruneConfig, prune_model
+    from edgekit.compress.prune import prune_model
 
-    prune_config = PruneConfig(ratio=config.prune, importance="taylor", recover_steps=config.recover_steps,
-                               recover_lr=3e-4, seed=config.seed)
+    prune_config = config.prune
 
     def build(where: Path) -> dict:
         report = prune_model(model, prune_config, where, None, progress)
@@ -581,10 +704,9 @@ def _prune(stages: Stages, config: PackageConfig, model: Path, model_key: str, o
 
 
 def _slim(stages: Stages, config: PackageConfig, widths, model: Path, model_key: str, output: Path, progress):
-    from edgekit.compress.slim import SlimConfig, slim_model
+    from edgekit.compress.slim import slim_model
 
-    slim_config = SlimConfig(widths=tuple(sorted(set(widths) | {1.0})), train_steps=config.slim_steps,
-                             importance="taylor", lr=config.slim_lr, seed=config.seed, full_weight=2.0)
+    slim_config = config.slim_config(widths)
 
     def build(where: Path) -> dict:
         report = slim_model(model, slim_config, where, None, progress)
@@ -594,7 +716,7 @@ def _slim(stages: Stages, config: PackageConfig, widths, model: Path, model_key:
     return output, stages.key("slim")
 
 
-def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, output: Path,
+def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: Width, output: Path,
                progress) -> dict:
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import sha256_file, staged_dir
@@ -611,36 +733,36 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
 
     def build(where: Path) -> dict:
         with staged_dir(where) as staging:
-            meta = capture(open_model(model, width=width), calib_config, staging, model, prompts_file.resolve(),
+            meta = capture(open_model(model, width=width.value), calib_config, staging, model, prompts_file.resolve(),
                            progress)
         return {"images": meta["images_generated"],
                 "rows": {k: v["rows"] for k, v in meta["components"].items()}}
 
-    return stages.run(f"calib-w{width:.2f}", {"model": model_key, "width": width, "prompts": sha256_file(prompts_file),
+    return stages.run(f"calib-{width.tag}", {"model": model_key, "width": width.value, "prompts": sha256_file(prompts_file),
                                               "config": asdict(calib_config)}, build, output)
 
 
-def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: float, widest: bool,
+def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: Width, widest: bool,
               calib: dict, output: Path, progress) -> dict:
-    from edgekit.quantize import DEFAULT_COMPONENTS, QuantizeOptions, quantize_model
+    from edgekit.quantize import DEFAULT_COMPONENTS, quantize_model
 
-    options = QuantizeOptions(seed=config.seed)
+    options = config.quantize
     # The text encoder and VAE decoder are the same at every width: quantized once, with the widest UNet.
     components = DEFAULT_COMPONENTS if widest else ("unet",)
 
     def build(where: Path) -> dict:
         manifest = quantize_model(model, Path(calib["dir"]), config.quant, where, components=components,
-                                  width=None if width == 1.0 else width, options=options, progress=progress)
+                                  width=None if width.is_full else width.value, options=options, progress=progress)
         return {"method": config.quant, "seconds": manifest["seconds"],
                 "components": {name: {k: info[k] for k in ("kind", "heldout_rel_err", "bytes", "bytes_ratio_vs_fp32")}
                                for name, info in manifest["components"].items()}}
 
-    return stages.run(f"quant-w{width:.2f}", {"model": model_key, "calib": stages.key(f"calib-w{width:.2f}"),
+    return stages.run(f"quant-{width.tag}", {"model": model_key, "calib": stages.key(f"calib-{width.tag}"),
                                               "method": config.quant, "components": components,
                                               "options": options.to_dict()}, build, output)
 
 
-def _float_quality(model: Path, width: float, defaults, config: PackageConfig, progress, cache_root: Path) -> dict:
+def _float_quality(model: Path, width: Width, defaults, config: PackageConfig, progress, cache_root: Path) -> dict:
     """The torch float model at ``width`` and its default steps, scored by the model's evaluators against its
     full-width reference (reference fidelity for every model; the extras its directory declares; CLIP)."""
     from edgekit.compress.prune import count_params
@@ -650,10 +772,10 @@ def _float_quality(model: Path, width: float, defaults, config: PackageConfig, p
 
     evaluation = ModelQuality(model, config.samples, config.seed, clip_dir=config.clip, cache_root=cache_root,
                               guidance_scale=config.guidance, progress=progress)
-    pipe = open_model(model, width=width)
+    pipe = open_model(model, width=width.value)
     scores = evaluation.score_pipe(pipe, defaults.steps)
     macs = unet_macs(pipe.unet, tokens=int(pipe.tokenizer.model_max_length))  # the context the model really sees
-    return {"width": width, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
+    return {"width": width.value, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
             "n_images": len(evaluation.grid), "evaluators": evaluation.evaluators(), **scores.row, **scores.detail}
 
 
@@ -675,9 +797,10 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
         unet_calib_dirs=tuple((w, Path(calib[w]["dir"])) for w in p.widths) if needs_calib else (),
         quantized_dirs=tuple((w, Path(quant[w]["dir"])) for w in p.widths) if onnx_quant else (),
         steps=config.steps, guidance=config.guidance)
-    export_inputs = {"model": model_key, "target": name, "profile": profile.to_dict(), "widths": p.widths,
-                     "calib": [stages.key(f"calib-w{w:.2f}") for w in p.widths] if needs_calib else None,
-                     "quant": [stages.key(f"quant-w{w:.2f}") for w in p.widths] if onnx_quant else None,
+    export_inputs = {"model": model_key, "target": name, "profile": profile.to_dict(),
+                     "widths": [w.value for w in p.widths],
+                     "calib": [stages.key(f"calib-{w.tag}") for w in p.widths] if needs_calib else None,
+                     "quant": [stages.key(f"quant-{w.tag}") for w in p.widths] if onnx_quant else None,
                      "steps": config.steps, "guidance": config.guidance}
 
     def export(where: Path) -> dict:
@@ -696,7 +819,7 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
         return exported
 
     def bench(_) -> dict:
-        bench_config = BenchConfig(steps=steps, widths=p.widths, samples=config.samples, repeats=config.repeats,
+        bench_config = BenchConfig(steps=steps, widths=tuple(w.value for w in p.widths), samples=config.samples, repeats=config.repeats,
                                    seed=config.seed, reference_model=model, clip=Path(config.clip) if config.clip else None,
                                    cache_root=p.out / STAGES_DIR / "references")
         rows, runtime = measure(p.out / name, bench_config, progress)
@@ -734,7 +857,7 @@ def _top_choice(manifest: dict) -> dict:
     policy = Policy.from_manifest(manifest)
     decision = policy.decide(0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
     row = next(r for r in manifest["table"] if int(r["steps"]) == decision.steps
-               and float(r["width"]) == float(decision.width))
+               and Width.parse(r["width"]) == Width.parse(decision.width))
     extras = ("ssim", "prompt_accuracy", "prompt_accuracy_ci95", "frechet_distance", "frechet_distance_ci95",
               "clip_score")
     return {"steps": decision.steps, "width": decision.width, "latency_ms": row["latency_ms"],
