@@ -7,17 +7,48 @@ from pathlib import Path
 import pytest
 
 FAST = ("--steps", "4", "--samples", "4", "--repeats", "1", "--calib-samples", "4")
+# The same settings as a --config file, with a slim section that differs from the recipe (unused here: the default
+# model is slimmable already; recorded all the same)
+FAST_CONFIG = """\
+targets: [ort-web]
+steps: [4]
+samples: 4
+repeats: 1
+calib_samples: 4
+slim: {train_steps: 7, lr: 0.001}
+"""
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory, default_model):
-    """One ort-web package of the default model (full width), shared by the tests that read it."""
+    """One ort-web package of the default model (full width) made from FAST_CONFIG, shared by the tests that
+    read it (the flags FAST name the same run: rerunning with them reuses every stage)."""
     from edgekit.cli import main
 
-    out = tmp_path_factory.mktemp("package") / "out"
-    code = main(["package", "--model", str(default_model), "--targets", "ort-web", *FAST, "--out", str(out)])
+    root = tmp_path_factory.mktemp("package")
+    (root / "fast.yaml").write_text(FAST_CONFIG)
+    out = root / "out"
+    code = main(["package", "--model", str(default_model), "--config", str(root / "fast.yaml"), "--out", str(out)])
     assert code == 0
     return out
+
+
+def test_the_report_holds_the_config_the_run_repeats_from(run_cli, packaged, default_model, tmp_path):
+    from edgekit.package import PRUNE_RECIPE, PackageConfig
+
+    asked = PackageConfig.from_yaml(packaged.parent / "fast.yaml")
+    recorded = json.loads((packaged / "report.json").read_text())["config"]
+    assert PackageConfig.from_dict(recorded) == asked and recorded == asked.to_dict()
+    assert recorded["slim"]["train_steps"] == 7 and recorded["slim"]["importance"] == "taylor"
+    assert all("seed" not in recorded[k] for k in ("slim", "quantize")) and recorded["seed"] == 0  # one run-wide seed
+    assert recorded["prune"] is None and PackageConfig(prune=0.3).prune.recover_lr == PRUNE_RECIPE["recover_lr"]
+    # the recorded config, given back as --config, is the same run: every stage is reused (in a copy)
+    (tmp_path / "again.yaml").write_text(json.dumps(recorded))
+    shutil.copytree(packaged, tmp_path / "copy")
+    code, out, err = run_cli("package", "--model", default_model, "--config", tmp_path / "again.yaml",
+                             "--out", tmp_path / "copy", "--json")
+    assert code == 0, err
+    assert not any(r["ran"] for r in _summary(out)["stages"])
 
 
 def _summary(stdout: str) -> dict:

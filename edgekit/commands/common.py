@@ -177,13 +177,21 @@ PARAM_FLAG_NAMES = {
     "recover_lr": "lr",
     "config_file": "config",
     "init_dir": "init",
+    # fields of edgekit package's sections that it offers as flags
+    "prune.ratio": "prune",
+    "prune.recover_steps": "recover_steps",
+    "slim.train_steps": "slim_steps",
 }
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     """A command's flags by destination name ("calib_samples" -> "--calib-samples")."""
-    return {action.dest: next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
-            for action in parser._actions if action.option_strings}
+    flags = {}
+    for action in parser._actions:  # the first flag of a destination is its name (--samples, not an alias)
+        if action.option_strings and action.dest not in flags:
+            flags[action.dest] = next((o for o in action.option_strings if o.startswith("--")),
+                                      action.option_strings[0])
+    return flags
 
 
 def error_line(exc: Exception, flags: dict[str, str]) -> str:

@@ -15,10 +15,12 @@ def _per_digit(text: str) -> int:
     return 10 * positive_int(text)
 
 
-def add_quality_flags(p: argparse.ArgumentParser, default_samples: int = DEFAULT_SAMPLES) -> None:
+def add_quality_flags(p: argparse.ArgumentParser, default_samples: int | None = DEFAULT_SAMPLES,
+                      samples_help: str | None = None) -> None:
     """--samples, --clip (and --samples-per-digit, the digits model's older spelling of --samples)."""
     p.add_argument("--samples", type=positive_int, default=default_samples,
-                   help=f"images per quality number (default {default_samples}; at least 2 for an interval)")
+                   help=f"images per quality number (default {samples_help or default_samples}; at least 2 for an "
+                        "interval)")
     p.add_argument("--samples-per-digit", dest="samples", type=_per_digit, default=argparse.SUPPRESS,
                    metavar="K", help="same as --samples 10K")
     p.add_argument("--clip", type=Path, default=None, metavar="DIR",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.commands.common import add_seed_flag, width_list
-from edgekit.commands.common import add_json_flag, emit, number, positive_int, progress, read_json, step_list
+from edgekit.commands.common import (SEED_MAX, add_json_flag, emit, number, positive_int, progress, read_json, seed,
+                                     step_list, width_list)
 
 
 def _list(kind):
@@ -28,39 +28,48 @@ def _precision(text: str) -> tuple[str, str]:
 
 
 def register(sub) -> None:
-    from edgekit.package import DEFAULT_PRECISIONS, DEFAULT_TARGETS, PackageConfig
+    from edgekit.package import DEFAULT_PRECISIONS, DEFAULT_TARGETS, PackageConfig, PRUNE_RECIPE, SLIM_RECIPE
 
+    # Every setting defaults to None here: what is not given comes from --config, else from PackageConfig (the
+    # one place the package defaults live).
     p = sub.add_parser("package", help="the whole chain: slim/prune, calibrate, quantize, export and verify every "
                                        "target, measure, report (resumable)")
     p.add_argument("--model", type=Path, default=None,
                    help="local diffusers pipeline directory (default: the embedded tiny digits model, slimmable form)")
-    p.add_argument("--targets", type=_list(str), default=DEFAULT_TARGETS, help=f"default {','.join(DEFAULT_TARGETS)}")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                   help="the package settings as YAML (any subset of report.json's \"config\": targets, widths, "
+                        "prune, slim, quant, quantize, precisions, steps, ...); flags given as well override it")
+    p.add_argument("--targets", type=_list(str), default=None, help=f"default {','.join(DEFAULT_TARGETS)}")
     p.add_argument("--widths", type=width_list, default=None,
                    help="width multipliers, e.g. 0.5,0.75,1.0 (default: the model's widths when slimmable, else 1.0); "
                         "a model that is not slimmable is slimmed first")
     p.add_argument("--prune", type=float, default=None, metavar="R", help="prune this fraction of inner channels "
                                                                           "and heads first (then recover)")
-    p.add_argument("--recover-steps", type=int, default=PackageConfig.recover_steps)
-    p.add_argument("--slim-steps", type=int, default=PackageConfig.slim_steps,
-                   help="sandwich-rule training steps when the model must be made slimmable")
-    p.add_argument("--quant", default=PackageConfig.quant, metavar="METHOD", help="ort-static | nncf | fx")
-    p.add_argument("--precision", type=_precision, action="append", default=[], metavar="TARGET=PRECISION",
+    p.add_argument("--recover-steps", type=int, default=None,
+                   help=f"distillation steps after --prune (default {PRUNE_RECIPE['recover_steps']})")
+    p.add_argument("--slim-steps", type=int, default=None,
+                   help="sandwich-rule training steps when the model must be made slimmable "
+                        f"(default {SLIM_RECIPE['train_steps']})")
+    p.add_argument("--quant", default=None, metavar="METHOD",
+                   help=f"ort-static | nncf | fx (default {PackageConfig.quant})")
+    p.add_argument("--precision", type=_precision, action="append", default=None, metavar="TARGET=PRECISION",
                    help="a target's precision (default: " + ", ".join(f"{t}={v}" for t, v in DEFAULT_PRECISIONS.items()) + ")")
     p.add_argument("--steps", type=step_list, default=None,
                    help="step counts every bundle ships and the bench measures, e.g. 1,2,4 (default: the model's "
                         "edgekit_defaults.json offered_steps, else each profile's)")
     p.add_argument("--guidance", type=number, default=None,
                    help="guidance scale the bundles sample at; <= 1 turns guidance off (default: the model's)")
-    p.add_argument("--calib-samples", type=positive_int, default=PackageConfig.calib_samples,
-                   help="images generated per width for calibration")
+    p.add_argument("--calib-samples", type=positive_int, default=None,
+                   help=f"images generated per width for calibration (default {PackageConfig.calib_samples})")
     from edgekit.commands.evaluate import add_quality_flags
 
-    add_quality_flags(p, default_samples=PackageConfig.samples)
+    add_quality_flags(p, default_samples=None, samples_help=str(PackageConfig.samples))
     p.add_argument("--prompts", type=Path, default=None,
                    help="calibration prompts, one per line (default: the model directory's declared prompts, else "
                         "calibration_data/general_prompts.txt)")
-    p.add_argument("--repeats", type=positive_int, default=PackageConfig.repeats, help="timed runs per table row")
-    add_seed_flag(p)
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help=f"timed runs per table row (default {PackageConfig.repeats})")
+    p.add_argument("--seed", type=seed, default=None, help=f"random seed, 0 to {SEED_MAX} (default {PackageConfig.seed})")
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
                                                               "(default: edgekit's policy_default.json)")
     p.add_argument("--out", type=Path, required=True,
@@ -72,18 +81,38 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def config_from_args(args):
+    """The PackageConfig of --config FILE (if given) with the flags given on top of it."""
+    from edgekit.package import PackageConfig
+
+    base = PackageConfig.from_yaml(args.config) if args.config is not None else None
+    flags = {"targets": args.targets, "widths": args.widths, "prune": args.prune, "quant": args.quant,
+             "steps": args.steps, "guidance": args.guidance, "calib_samples": args.calib_samples,
+             "samples": args.samples, "clip": None if args.clip is None else str(args.clip),
+             "prompts": None if args.prompts is None else str(args.prompts), "repeats": args.repeats,
+             "seed": args.seed,
+             "policy": None if args.policy is None else read_json(args.policy, "--policy"),
+             "precisions": None if args.precision is None else dict(args.precision)}
+    given = {key: value for key, value in flags.items() if value is not None}
+    if args.recover_steps is not None:
+        if args.prune is None and (base is None or base.prune is None):
+            from edgekit.errors import InputError
+
+            raise InputError("applies to pruning: give --prune too (or a prune section in --config)",
+                             param="recover_steps", value=args.recover_steps)
+        given["prune"] = {**({"ratio": args.prune} if args.prune is not None else {}),
+                          "recover_steps": args.recover_steps}
+    if args.slim_steps is not None:
+        given["slim"] = {"train_steps": args.slim_steps}
+    return PackageConfig.from_dict(given, base)
+
+
 def run(args) -> int:
     from edgekit.errors import EdgekitError
-    from edgekit.package import PackageConfig, package
+    from edgekit.package import package
     from edgekit.zoo.tiny_digits import SLIM_DIR
 
-    policy = read_json(args.policy, "--policy") if args.policy is not None else None
-    config = PackageConfig(targets=tuple(args.targets), widths=args.widths, prune=args.prune,
-                           recover_steps=args.recover_steps, slim_steps=args.slim_steps, quant=args.quant,
-                           precisions=tuple(args.precision), steps=args.steps, guidance=args.guidance, calib_samples=args.calib_samples,
-                           samples=args.samples, clip=str(args.clip) if args.clip else None,
-                           prompts=str(args.prompts) if args.prompts else None, repeats=args.repeats, seed=args.seed,
-                           policy=policy)
+    config = config_from_args(args)
     model = args.model or SLIM_DIR
     try:
         with progress() as bar:
