@@ -138,6 +138,8 @@ def progress():
     display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
                        disable=not console.is_terminal or not is_main_process())
+    # the first line counts the time from the start, so loading a model or one long call is never silent
+    display.add_task("working", total=None)
     return showing(display)  # the work loops of every layer report to it (edgekit.progress)
 
 
