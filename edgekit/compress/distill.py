@@ -133,7 +133,8 @@ def _global_losses(accelerator, losses: list) -> list:
 
     if not losses or accelerator.num_processes == 1:
         return losses
-    return accelerator.reduce(torch.tensor(losses, dtype=torch.float64), reduction="mean").tolist()
+    logged = torch.tensor(losses, dtype=torch.float64, device=accelerator.device)  # NCCL reduces GPU tensors only
+    return accelerator.reduce(logged, reduction="mean").tolist()
 
 
 def _schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
