@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError
+from edgekit.width import Width, WidthError
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     steps: tuple[int, ...] | None = None  # None: every schedule the bundle has
-    widths: tuple[float, ...] | None = None  # None: every width the bundle has
+    widths: tuple | None = None  # Width spellings; None: every width the bundle has
     samples: int = 20  # images per row for quality
     repeats: int = 7  # interleaved timing rounds (one image per row per round)
     seed: int = 0
@@ -56,15 +57,26 @@ def _comparable(row: dict, new_rows: list) -> bool:
     return scale(row) == scale(new_rows[0])
 
 
+def _row_width(row: dict) -> Width | None:
+    """The row's width, or None for a row naming no valid width (it then matches no other row)."""
+    if row.get("width") is None:
+        return None
+    try:
+        return Width.parse(row["width"])
+    except (WidthError, TypeError):
+        return None
+
+
 def _merge(old_rows: list, new_rows: list) -> tuple[list, int]:
     """New rows replace rows of the same (width, steps); rows measured on another device, or ranked by another
     evaluator or reference, are dropped: one table mixing devices would make the policy's latency budget
     meaningless, one mixing quality scales its ranking."""
     device = new_rows[0]["device"] if new_rows else None
-    keys = {(float(r["width"]), int(r["steps"])) for r in new_rows}
 
     def key(r):
-        return float(r.get("width", -1)), int(r.get("steps", -1))
+        return _row_width(r), int(r.get("steps", -1))
+
+    keys = {key(r) for r in new_rows}
 
     same = [r for r in old_rows if isinstance(r, dict) and r.get("device") == device and _comparable(r, new_rows)]
     kept = [r for r in same if key(r) not in keys]
@@ -103,9 +115,9 @@ def monotone_in_steps(rows: list[dict]) -> list[dict]:
     fewer-steps row's 25th) is noise: the more-steps row takes the fewer-steps row's latency (the policy never
     under-budgets it) and says so in "latency_note". An inversion beyond the spreads is kept as measured and
     noted: the measurement, not an assumption, decides."""
-    by_width: dict[float, list[dict]] = {}
+    by_width: dict[Width | None, list[dict]] = {}
     for r in rows:
-        by_width.setdefault(float(r["width"]), []).append(r)
+        by_width.setdefault(_row_width(r), []).append(r)
     for group in by_width.values():
         group.sort(key=lambda r: int(r["steps"]))
         for prev, row in zip(group, group[1:]):
@@ -147,7 +159,10 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
     from edgekit.runtime.sampler import BundleSampler
 
     sampler = BundleSampler(bundle_dir, threads=config.threads)
-    widths = config.widths or tuple(float(w) for w in sampler.widths())
+    try:
+        widths = tuple(Width.parse(w) for w in (config.widths or sampler.widths()))
+    except WidthError as exc:
+        raise InputError(f"bench widths: {exc}") from None
     steps = config.steps or tuple(sampler.steps())
     for w in widths:
         sampler.components(w)  # refuses a width the bundle lacks before anything runs
@@ -159,7 +174,7 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
                               cache_root=config.cache_root, flag=flag, guidance_scale=guidance, progress=progress)
     grid = evaluation.grid
     device = host_device()
-    keys = [(float(w), int(s)) for w in widths for s in steps]
+    keys = [(w, int(s)) for w in widths for s in steps]
     task = progress.add_task("bench", total=config.repeats + len(keys)) if progress else None
 
     def run_row(key, r):
@@ -172,7 +187,7 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
     for w, s in keys:
         images, _ = sampler.generate(list(grid.prompts), list(grid.seeds), s, w)
         scores = evaluation.score(images)
-        rows.append({"width": w, "steps": s, **latency_summary(times[(w, s)]), "device": device,
+        rows.append({"width": w.value, "steps": s, **latency_summary(times[(w, s)]), "device": device,
                      "runtime": sampler.runtime,
                      "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **scores.row})
         if task is not None:

@@ -127,7 +127,7 @@ class OrtWebTarget(Target):
             external = [{"file": p.name, "bytes": p.stat().st_size} for p in files if p.name != MODEL_FILE]
         rel = f"{job.rel_dir}/{MODEL_FILE}"
         entry = {
-            "format": "onnx", "file": rel,
+            "format": self.file_format, "file": rel,
             "files": [rel] + [f"{job.rel_dir}/{c['file']}" for c in external],
             "precision": job.precision, "layout": "NCHW", "opset": profile.opset,
             "inputs": _specs(spec.inputs, job.batch), "outputs": _specs(spec.outputs, job.batch),
