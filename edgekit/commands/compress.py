@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgekit.compress.importance import METHODS
+from edgekit.structure import WIDTH_SCOPES
 from edgekit.commands.common import (add_json_flag, add_model_flag, add_seed_flag, emit, non_negative_number, number,
                                      positive_int, positive_number, progress, width_list)
 
@@ -19,13 +21,16 @@ def _count(text: str) -> int:
     return value
 
 
-def _common(p) -> None:
+def _common(p, config) -> None:
+    """Flags prune and slim share; defaults from ``config``, their config class (the one place they live)."""
     add_model_flag(p)
     p.add_argument("--calib", type=Path, default=None,
                    help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
-    p.add_argument("--importance", choices=("l1", "activation", "taylor"), default="l1")
-    p.add_argument("--lr", type=positive_number, default=1e-4, help="learning rate of the distillation steps")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--importance", choices=METHODS, default=config.importance)
+    lr = "recover_lr" if hasattr(config, "recover_lr") else "lr"
+    p.add_argument("--lr", type=positive_number, default=getattr(config, lr), dest=lr, metavar="LR",
+                   help="learning rate of the distillation steps")
+    p.add_argument("--batch-size", type=positive_int, default=config.batch_size)
     add_seed_flag(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -33,26 +38,33 @@ def _common(p) -> None:
 
 
 def register(sub) -> None:
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.slim import SlimConfig
+
     p = sub.add_parser("prune", help="remove UNet inner channels and attention heads (physically smaller tensors)")
     p.add_argument("--ratio", type=number, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
     p.add_argument("--heads-ratio", type=number, default=None, help="fraction of attention heads to remove (default: --ratio)")
-    p.add_argument("--recover-steps", type=_count, default=0, help="distillation steps from the unpruned teacher")
-    p.add_argument("--feature-weight", type=non_negative_number, default=0.5, help="weight of the block-output distillation term")
-    _common(p)
+    p.add_argument("--recover-steps", type=_count, default=PruneConfig.recover_steps,
+                   help="distillation steps from the unpruned teacher")
+    p.add_argument("--feature-weight", type=non_negative_number, default=PruneConfig.feature_weight,
+                   help="weight of the block-output distillation term")
+    _common(p, PruneConfig)
     p.set_defaults(func=run_prune)
 
     s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
-    s.add_argument("--widths", type=width_list, default=(0.5, 0.75, 1.0), help="comma-separated, must include 1.0")
-    s.add_argument("--train-steps", type=_count, default=0, help="sandwich-rule steps with in-place distillation")
-    s.add_argument("--scope", choices=("all", "inner"), default="all",
+    s.add_argument("--widths", type=width_list, default=SlimConfig.widths, help="comma-separated, must include 1.0")
+    s.add_argument("--train-steps", type=_count, default=SlimConfig.train_steps,
+                   help="sandwich-rule steps with in-place distillation")
+    s.add_argument("--scope", choices=WIDTH_SCOPES, default=SlimConfig.scope,
                    help="what a narrower width shrinks: all channels (default; width 0.5 ~ 0.28x MACs) or only "
                         "the inner channels and heads pruning removes (block outputs keep their width)")
-    s.add_argument("--full-weight", type=number, default=1.0, help="weight of the full-width term (anchors it to the source model)")
-    s.add_argument("--guidance-weight", type=number, default=1.0,
+    s.add_argument("--full-weight", type=number, default=SlimConfig.full_weight,
+                   help="weight of the full-width term (anchors it to the source model)")
+    s.add_argument("--guidance-weight", type=number, default=SlimConfig.guidance_weight,
                    help="weight of the guidance-direction term (prompted minus empty-prompt prediction); 0 turns it off")
     s.add_argument("--init", type=Path, default=None,
                    help="an earlier edgekit slim output of --model to continue training from")
-    _common(s)
+    _common(s, SlimConfig)
     s.set_defaults(func=run_slim)
 
 
@@ -74,7 +86,7 @@ def run_prune(args) -> int:
     from edgekit.compress.prune import PruneConfig, prune_model
 
     config = PruneConfig(ratio=args.ratio, heads_ratio=args.heads_ratio, importance=args.importance,
-                         recover_steps=args.recover_steps, recover_lr=args.lr, batch_size=args.batch_size,
+                         recover_steps=args.recover_steps, recover_lr=args.recover_lr, batch_size=args.batch_size,
                          feature_weight=args.feature_weight, seed=args.seed)
     model_dir, out = _inputs(args)
     with progress() as bar:
