@@ -66,16 +66,17 @@ def check_safetensors(path: Path) -> None:
         raise ModelFormatError(f"{path}: truncated or corrupt safetensors file ({size} bytes, header says {expected})")
 
 
-def _read_json_object(path: Path) -> dict:
-    """A model file that must hold one JSON object, or a ModelFormatError naming it."""
+def read_json_object(path: Path, error: type[InputError] = ModelFormatError) -> dict:
+    """A file that must hold one JSON object (a model's config, a calibration meta.json), or ``error`` naming it
+    and what is wrong."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ModelFormatError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+        raise error(f"{path}: expected a JSON object, got a {type(data).__name__}")
     return data
 
 
@@ -100,7 +101,7 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
     index_path = path / MODEL_INDEX
     if not index_path.is_file():
         raise ModelFormatError(f"not a diffusers pipeline directory ({MODEL_INDEX} missing)", param=param, value=path)
-    index = _read_json_object(index_path)
+    index = read_json_object(index_path)
     for component in PIPELINE_COMPONENTS:
         entry = index.get(component)
         if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
@@ -112,12 +113,12 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
         if not (path / component).is_dir():
             raise ModelFormatError(f"component folder '{component}/' missing", param=param, value=path)
         for json_file in sorted((path / component).glob("*.json")):  # configs, tokenizer files: all objects
-            _read_json_object(json_file)
+            read_json_object(json_file)
     for component in WEIGHT_COMPONENTS:
         config_path = path / component / "config.json"
         if not config_path.is_file():
             raise ModelFormatError(f"{config_path}: missing (the {component}'s configuration)")
-        _read_json_object(config_path)
+        read_json_object(config_path)
         weights = _weights_file(path / component)
         if weights is None:
             raise ModelFormatError(f"{path / component}: no weights file (*.safetensors or *.bin)")
@@ -146,7 +147,7 @@ def sampling_defaults(model_dir: Path) -> SamplingDefaults:
     the UNet's guidance embedding. ``export``/``package`` --steps and --guidance override it. Other stages
     read their own keys from the same file (calibration_prompts, quality_evaluators)."""
     path = Path(model_dir) / EDGEKIT_DEFAULTS
-    data = _read_json_object(path) if path.is_file() else {}
+    data = read_json_object(path) if path.is_file() else {}
     guidance = data.get("guidance_scale", DIFFUSERS_GUIDANCE_DEFAULT)
     steps = data.get("num_inference_steps", DIFFUSERS_STEPS_DEFAULT)
     offered = data.get("offered_steps")
@@ -171,7 +172,7 @@ def scheduler_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise ModelFormatError(f"{path}: missing (the scheduler's configuration)")
-    return _read_json_object(path)
+    return read_json_object(path)
 
 
 def _scheduler_from_config(config: dict):

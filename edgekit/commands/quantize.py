@@ -20,13 +20,13 @@ def register(sub) -> None:
     p.add_argument("--float-budget", type=number, default=QuantizeOptions.float_budget,
                    help="share of each component's weights the sensitivity ranking may keep in float "
                         f"(default {QuantizeOptions.float_budget})")
-    p.add_argument("--calibrate-method", default="minmax", help="ort-static: minmax | entropy | percentile")
+    p.add_argument("--calibrate-method", default=QuantizeOptions.calibrate_method, help="ort-static: minmax | entropy | percentile")
     p.add_argument("--activations", default=QuantizeOptions.activations,
                    help=f"ort-static: uint8 | int8 (A8W8) or int16 (A16W8, weights stay int8); "
                         f"default {QuantizeOptions.activations}")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
-    p.add_argument("--holdout", type=number, default=0.25, help="share of calibration rows held out for the error")
-    p.add_argument("--max-calib-rows", type=positive_int, default=256)
+    p.add_argument("--holdout", type=number, default=QuantizeOptions.holdout, help="share of calibration rows held out for the error")
+    p.add_argument("--max-calib-rows", type=positive_int, default=QuantizeOptions.max_calib_rows)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
