@@ -14,17 +14,16 @@ bundle's policy picks first (device nominal, charging, full battery) from the bu
 Latency is one image end to end, median of interleaved rounds (every row sees the same machine load);
 quality is prompt accuracy and Frechet distance (edgekit.quality) of the 10-digit x N-seed grid.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_usual_route.py --model DIR [--bundle-dir DIR] [--calib-dir DIR ...]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_usual_route.py --model DIR [--bundle-dir DIR]
 
 ``--bundle-dir`` reuses ort-web bundles (a bundle, or e.g. the output of ``edgekit package`` holding
-ort-web/manifest.json); a precision it lacks is exported here with edgekit.targets.base.export_bundle, INT8
-from the quantize stage's graphs (edgekit quantize ort-static per width) as `edgekit package` ships it.
+ort-web/manifest.json); a precision it lacks is made here by ``edgekit.package.package`` (calibrate ->
+quantize -> export -> verify -> bench, exactly as `edgekit package` ships it).
 Writes benchmarks/results/vs_usual_route.json and vs_usual_route.md.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -127,65 +126,24 @@ def find_bundles(bundle_dir: Path | None, model_dir: Path) -> dict[str, Path]:
     return found
 
 
-def capture_calibration(model_dir: Path, width: float, out: Path, steps: int, guidance: float) -> Path:
-    """What `edgekit calibrate --width W` writes, for INT8 bundles exported here."""
-    from edgekit.calibration import CalibrationConfig, capture, read_prompts
-    from edgekit.commands.common import default_prompts_file
-    from edgekit.loader import open_model
+def package_bundles(model_dir: Path, precisions: list[str], widths: tuple[float, ...], work: Path, samples: int,
+                    seed: int) -> dict[str, Path]:
+    """The ort-web bundles `edgekit package` ships, one per precision, every width in each: one call of
+    edgekit.package.package per precision into the same output (the calibrate, quantize and float-quality stages
+    run once and are reused; export and bench rerun), each bundle copied aside before the next precision."""
+    import shutil
 
-    config = CalibrationConfig(prompts=tuple(read_prompts(default_prompts_file())), steps=steps,
-                               guidance_scale=guidance, seed=1234,
-                               max_rows={"text_encoder": 64, "unet": 512, "vae_decoder": 64})
-    out.mkdir(parents=True)
-    capture(open_model(model_dir, width=width), config, out, model_dir)
-    return out
+    from edgekit.package import PackageConfig, package
 
-
-def quantize_widths(model_dir: Path, calib: dict[float, Path], work: Path) -> tuple[tuple[float, Path], ...]:
-    """The quantize stage (edgekit quantize, ort-static, default options) at every width, as `edgekit package`
-    runs it before the ort-web export: the UNet per width, the text encoder and VAE decoder with the widest."""
-    from edgekit.quantize import quantize_model
-
-    out = []
-    for w, directory in calib.items():
-        components = ("unet", "text_encoder", "vae_decoder") if w == max(calib) else ("unet",)
-        quantize_model(model_dir, directory, "ort-static", work / f"quant-w{w:g}", components=components,
-                       width=None if w == 1.0 else w)
-        out.append((w, work / f"quant-w{w:g}"))
-    return tuple(out)
-
-
-def export_bundles(model_dir: Path, precisions: list[str], widths: tuple[float, ...], calib_dirs: list[Path],
-                   work: Path, steps: int, guidance: float) -> dict[str, Path]:
-    """The ort-web bundles edgekit writes (web-ort profile), one per precision, every width in each; INT8 from
-    the quantize stage's graphs, as `edgekit package` ships them."""
-    from edgekit.profiles import shipped_profile
-    from edgekit.targets.base import ExportRequest, export_bundle
-
-    from edgekit.calibration import CalibrationSet
-
-    calib: dict[float, Path] = {}
-    if "int8" in precisions:
-        for directory in calib_dirs:  # each records the width it was captured at
-            calib[float(CalibrationSet.open(directory, model_dir).meta.get("width") or 1.0)] = directory
-        for w in widths:
-            if w not in calib:
-                log(f"capturing calibration at width {w:g} ...")
-                calib[w] = capture_calibration(model_dir, w, work / f"calib-w{w:g}", steps, guidance)
-        calib = {w: calib[w] for w in widths}
-        log("quantizing (edgekit quantize ort-static) at every width ...")
-    quantized = quantize_widths(model_dir, calib, work) if calib else ()
+    out = work / "package"
     bundles = {}
     for precision in precisions:
-        log(f"exporting the ort-web {precision} bundle ...")
-        # The onnxruntime-web replay under Node checks the same graphs again; `edgekit verify --node` does it.
-        profile = dataclasses.replace(shipped_profile("web-ort").with_precision(precision), verify_in_node=False)
-        out = work / f"ort-web-{precision}"
-        export_bundle(ExportRequest(model_dir=model_dir, out=out, target="ort-web", profile=profile, widths=widths,
-                                    calib_dir=calib[max(calib)] if precision == "int8" else None,
-                                    unet_calib_dirs=tuple(calib.items()) if precision == "int8" else (),
-                                    quantized_dirs=quantized if precision == "int8" else ()))
-        bundles[precision] = out
+        config = PackageConfig(targets=("ort-web",), widths=widths, precisions={"ort-web": precision},
+                               samples=samples, repeats=3, seed=seed)
+        log(f"edgekit package: the ort-web {precision} bundle ...")
+        package(model_dir, config, out)
+        bundles[precision] = work / f"ort-web-{precision}"
+        shutil.copytree(out / "ort-web", bundles[precision])
     return bundles
 
 
@@ -278,9 +236,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="slimmable model directory (edgekit slim)")
     parser.add_argument("--bundle-dir", type=Path, default=None, help="reuse the ort-web bundles found here")
-    parser.add_argument("--calib-dir", type=Path, action="append", default=[],
-                        help="calibration of --model (edgekit calibrate --width W) for an INT8 bundle exported here; "
-                             "repeat it for several widths; a width without one is captured here")
     parser.add_argument("--widths", default="1.0,0.75,0.5")
     parser.add_argument("--samples-per-digit", type=int, default=10, help="seeds per digit in the quality grid")
     parser.add_argument("--rounds", type=int, default=25, help="interleaved single-image latency rounds (median)")
@@ -305,8 +260,8 @@ def main() -> int:
     graphs = export_usual_route(model_dir, work / "usual")
     bundles = find_bundles(args.bundle_dir, model_dir)
     missing = [p for p in ("fp32", "int8") if p not in bundles]
-    bundles.update(export_bundles(model_dir, missing, widths, args.calib_dir, work, defaults.steps,
-                                  defaults.guidance_scale) if missing else {})
+    bundles.update(package_bundles(model_dir, missing, widths, work, 10 * args.samples_per_digit, args.seed)
+                   if missing else {})
     policy_bundle = bundles["int8"]
     bench = BenchConfig(samples=10 * args.samples_per_digit, repeats=3, seed=args.seed, threads=args.threads)
     decision, table_source = policy_pick(policy_bundle, bench)

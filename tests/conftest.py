@@ -65,11 +65,21 @@ def digits_arch_model(tmp_path_factory, sd15_reduced):
 
 
 @pytest.fixture
-def model_copy(default_model, tmp_path) -> Path:
+def copy_of(tmp_path):
+    """``copy_of(directory, name)``: a private copy (tmp_path / name) of a shared directory, for a test that
+    damages it."""
+    def make(source: Path, name: str) -> Path:
+        destination = tmp_path / name
+        shutil.copytree(source, destination)
+        return destination
+
+    return make
+
+
+@pytest.fixture
+def model_copy(default_model, copy_of) -> Path:
     """A private copy of the default model that a test may break."""
-    dst = tmp_path / "model"
-    shutil.copytree(default_model, dst)
-    return dst
+    return copy_of(default_model, "model")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,9 @@ def clean(tmp_path_factory, default_model) -> Path:
 
 
 @pytest.fixture
-def bundle(clean, tmp_path) -> Path:
+def bundle(clean, copy_of) -> Path:
     """A private copy a test may damage."""
-    dst = tmp_path / "bundle"
-    shutil.copytree(clean, dst)
-    return dst
+    return copy_of(clean, "bundle")
 
 
 @pytest.fixture

@@ -117,27 +117,26 @@ def _write(relative: str, text: str):
     return edit
 
 
+# a model file that holds a JSON value other than an object: (file, content, test id)
+NOT_AN_OBJECT = [("model_index.json", '["unet", "vae"]', "model_index-list"),
+                 ("edgekit_defaults.json", "[20]", "edgekit_defaults-list"),
+                 ("unet/config.json", "[]", "unet-config-list"),
+                 ("scheduler/scheduler_config.json", "[]", "scheduler-config-list"),
+                 ("tokenizer/tokenizer_config.json", "[]", "tokenizer-config-list")]
+
 MODEL_FILE_CASES = [
-    pytest.param(_write("model_index.json", '["unet", "vae"]'), "expected a JSON object, got a list",
-                 id="model_index-list"),
+    *(pytest.param(_write(relative, text), "expected a JSON object, got a list", id=ident)
+      for relative, text, ident in NOT_AN_OBJECT),
     pytest.param(_write("model_index.json", "{ not json"), "not valid JSON", id="model_index-not-json"),
     pytest.param(_write("edgekit_defaults.json", '{"guidance_scale": 2.0,'), "(Expecting property name",
                  id="edgekit_defaults-corrupt"),
-    pytest.param(_write("edgekit_defaults.json", "[20]"), "expected a JSON object, got a list",
-                 id="edgekit_defaults-list"),
     pytest.param(_write("edgekit_defaults.json", '{"num_inference_steps": "many"}'),
                  "num_inference_steps 'many': expected a positive whole number", id="edgekit_defaults-steps-text"),
     pytest.param(_write("edgekit_defaults.json", '{"guidance_scale": NaN}'), "guidance_scale nan: expected a finite",
                  id="edgekit_defaults-guidance-nan"),
     pytest.param(_safetensors_list_header, "header is a list, expected an object of tensors",
                  id="safetensors-header-list"),
-    pytest.param(_write("unet/config.json", "[]"), "expected a JSON object, got a list", id="unet-config-list"),
-    pytest.param(_write("scheduler/scheduler_config.json", "[]"), "expected a JSON object, got a list",
-                 id="scheduler-config-list"),
-    pytest.param(_write("tokenizer/tokenizer_config.json", "[]"), "expected a JSON object, got a list",
-                 id="tokenizer-config-list"),
 ]
-
 
 @pytest.mark.parametrize("command", ["generate", "calibrate"])
 @pytest.mark.parametrize("edit,expectation", MODEL_FILE_CASES)

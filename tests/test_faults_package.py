@@ -27,10 +27,8 @@ def packaged(tmp_path_factory, default_model):
 
 
 @pytest.fixture
-def package_copy(packaged, tmp_path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(packaged, out)
-    return out
+def package_copy(packaged, copy_of) -> Path:
+    return copy_of(packaged, "out")
 
 
 def _files(root: Path) -> dict[str, str]:
