@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgekit.width import Width
+
 MIB = 2**20
 
 
@@ -167,11 +169,35 @@ def stage_peak(record: dict) -> str:
     return cell + (f" (child {children / 2**30:.2f})" if children else "")
 
 
+def _quality_columns(rows: list[dict]) -> tuple[list[str], callable]:
+    """The quality columns of a table of ``rows`` (reference fidelity always; the digits evaluator's and CLIP's
+    when every row has them) and a function giving one row's cells for them."""
+    digits = bool(rows) and all("prompt_accuracy" in r for r in rows)
+    clip = bool(rows) and all("clip_score" in r for r in rows)
+    head = ["PSNR vs reference, dB [95%]", "SSIM [95%]"]
+    head += ["prompt accuracy [95%]", "Fréchet distance [95%]"] if digits else []
+    head += ["CLIP score [95%]"] if clip else []
+
+    def cells(r: dict) -> list[str]:
+        out = [_ci(r["quality"], ".2f"), _ci(r["ssim"], ".3f")]
+        if digits:
+            out += [_ci_flat(r, "prompt_accuracy", ".3f"), _ci_flat(r, "frechet_distance", ".1f")]
+        if clip:
+            out += [_ci(r["clip_score"], ".3f")]
+        return out
+
+    return head, cells
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown(summary: dict, plots: list[str]) -> str:
     cfg = summary["config"]
     lines = [f"# edgekit package report", "",
              f"Source `{summary['source']}` (sha256 {summary['source_sha256'][:12]}), packaged model `{summary['model']}`, "
-             f"widths {', '.join(f'{w:g}' for w in summary['widths'])}, INT8 method `{cfg['quant']}`, edgekit "
+             f"widths {', '.join(str(Width.parse(w)) for w in summary['widths'])}, INT8 method `{cfg['quant']}`, edgekit "
              f"{summary['edgekit']}.", ""]
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
@@ -184,24 +210,14 @@ def markdown(summary: dict, plots: list[str]) -> str:
 
     full = summary["float_quality"].get("1")
     float_rows = list(summary["float_quality"].values())
-    digits = bool(float_rows) and all("prompt_accuracy" in q for q in float_rows)
-    clip = bool(float_rows) and all("clip_score" in q for q in float_rows)
-    head = ["width", "UNet params", "UNet MACs (M)", "MACs vs full", "steps", "images",
-            "PSNR vs reference, dB [95%]", "SSIM [95%]"]
-    head += ["prompt accuracy [95%]", "Fréchet distance [95%]"] if digits else []
-    head += ["CLIP score [95%]"] if clip else []
+    quality_head, quality_cells = _quality_columns(float_rows)
     lines += ["", "## The model at each width (torch, float)", "",
-              _evaluated_by(float_rows[0] if float_rows else None), "",
-              "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    for w, q in summary["float_quality"].items():
-        ratio = q["unet_macs"] / full["unet_macs"] if full else None
-        cells = [w, f"{q['params']:,}", f"{q['unet_macs'] / 1e6:.1f}", _fmt(ratio, ".2f"), str(q["steps"]),
-                 str(q["quality"]["n"]), _ci(q["quality"], ".2f"), _ci(q["ssim"], ".3f")]
-        if digits:
-            cells += [_ci_flat(q, "prompt_accuracy", ".3f"), _ci_flat(q, "frechet_distance", ".1f")]
-        if clip:
-            cells += [_ci(q["clip_score"], ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
+              _evaluated_by(float_rows[0] if float_rows else None), ""]
+    lines += _table(["width", "UNet params", "UNet MACs (M)", "MACs vs full", "steps", "images", *quality_head],
+                    [[w, f"{q['params']:,}", f"{q['unet_macs'] / 1e6:.1f}",
+                      _fmt(q["unet_macs"] / full["unet_macs"] if full else None, ".2f"), str(q["steps"]),
+                      str(q["quality"]["n"]), *quality_cells(q)]
+                     for w, q in summary["float_quality"].items()])
 
     lines += ["", f"## Quantize stage ({cfg['quant']}, held-out calibration rows)", "",
               "| width | component | held-out rel-err vs float | bytes | vs fp32 weights |", "|---:|---|---:|---:|---:|"]
@@ -225,31 +241,21 @@ def markdown(summary: dict, plots: list[str]) -> str:
             lines += [f"**{target}**: not measured here: {bench['skipped']}.", ""]
             continue
         rows = _bench_rows(b)
-        digits = bool(rows) and all("prompt_accuracy" in r for r in rows)
-        clip = bool(rows) and all("clip_score" in r for r in rows)
-        head = ["width", "steps", "latency ms (median)", "25..75% spread", "rounds", "images",
-                "PSNR vs reference, dB [95%]", "SSIM [95%]"]
-        head += ["prompt accuracy [95%]", "Fréchet distance [95%]"] if digits else []
-        head += ["CLIP score [95%]"] if clip else []
+        quality_head, quality_cells = _quality_columns(rows)
         lines += [f"**{target}** ({b['precision']}, {bench.get('runtime')}, latency of one image end to end on "
-                  f"{rows[0]['device'] if rows else '?'})", "", _evaluated_by(rows[0] if rows else None), "",
-                  "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-        for r in rows:
-            spread = r.get("latency_spread_ms") or [None, None]
-            cells = [f"{r['width']:g}", str(r["steps"]), f"{r['latency_ms']:.1f}" + (" *" if r.get("latency_note") else ""),
-                     f"{_fmt(spread[0], '.1f')}..{_fmt(spread[1], '.1f')}", str(r.get("latency_rounds", "-")),
-                     str(r["quality"]["n"]), _ci(r["quality"], ".2f"), _ci(r["ssim"], ".3f")]
-            if digits:
-                cells += [_ci_flat(r, "prompt_accuracy", ".3f"), _ci_flat(r, "frechet_distance", ".1f")]
-            if clip:
-                cells += [_ci(r["clip_score"], ".3f")]
-            lines.append("| " + " | ".join(cells) + " |")
-        notes = [f"w{r['width']:g}/{r['steps']}: {r['latency_note']}" for r in rows if r.get("latency_note")]
+                  f"{rows[0]['device'] if rows else '?'})", "", _evaluated_by(rows[0] if rows else None), ""]
+        spreads = [r.get("latency_spread_ms") or [None, None] for r in rows]
+        lines += _table(["width", "steps", "latency ms (median)", "25..75% spread", "rounds", "images", *quality_head],
+                        [[str(Width.parse(r["width"])), str(r["steps"]),
+                          f"{r['latency_ms']:.1f}" + (" *" if r.get("latency_note") else ""),
+                          f"{_fmt(spread[0], '.1f')}..{_fmt(spread[1], '.1f')}", str(r.get("latency_rounds", "-")),
+                          str(r["quality"]["n"]), *quality_cells(r)] for r, spread in zip(rows, spreads)])
+        notes = [f"{Width.parse(r['width']).tag}/{r['steps']}: {r['latency_note']}" for r in rows if r.get("latency_note")]
         if notes:
             lines += ["", "\\* latency monotone in steps: " + "; ".join(notes)]
         top = bench.get("top_choice")
         if top and isinstance(top.get("quality"), dict):
-            lines += ["", f"Policy's top choice (charging, full battery, nominal thermal): width {top['width']:g}, "
+            lines += ["", f"Policy's top choice (charging, full battery, nominal thermal): width {Width.parse(top['width'])}, "
                           f"{top['steps']} steps, {top['latency_ms']:.1f} ms, {_metric_label(top['quality']['metric'])} "
                           f"{_ci(top['quality'], '.2f')}."]
         lines.append("")
