@@ -1,0 +1,274 @@
+"""The real-size speed table: one UNet call at SD-1.5 size (batch 2, 64x64 latents, 77 tokens) in ORT CPU,
+side by side in one run, interleaved rounds, 1 and 2 threads.
+
+Rows (each skipped with a note when its input is missing):
+  fp32            the UNet as the quantize stage exports it (edgekit.quantize.ort_static.export_fp32_onnx)
+  int8            ort-static as edgekit ships it: QDQ, uint8 activations, int8 per-channel weights on
+                  Conv/MatMul/Gemm, ranges by edgekit's bounded collector, float units by the sensitivity ranking
+  w0.50 fp32/int8 the same for a width-0.5 model (``--slim-model``: an `edgekit slim` output)
+  usual-dynamic   the usual route: plain torch.onnx.export + onnxruntime quantize_dynamic
+  litert-fp16     a LiteRT fp16 file (``--tflite``: e.g. an `edgekit export --targets tflite` unet file)
+Columns: median ms per call, ratio to FP32, bytes, ratio to FP32 bytes, rel-err vs torch on held-out rows
+(calibration rows the quantizer did not see when ``--calib`` is given, else seeded random rows, said so).
+``--profile`` adds the top op types by time for the fp32 and int8 rows (ORT's session profiler, 2 threads).
+
+Only one thread setting's sessions are held at a time (the real-size FP32 session alone is ~3.5 GB).
+
+    nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --latent 32 --rounds 3           # real size, 32x32
+    nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --calib CALIB --slim-model SLIM --profile
+    .venv/bin/python benchmarks/realsize_speed.py --scale 0.125 --latent 16 --rounds 2       # a smoke run
+-> benchmarks/results/realsize_speed[_<tag>].{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _pipeline(args):
+    """(pipe, what it is): the --model directory, else a UNet of SD-1.5's layout at --scale (random weights)."""
+    if args.model:
+        from edgekit.pipeline import load_pipeline
+
+        pipe = load_pipeline(args.model)
+        return pipe, f"{args.model}"
+    from realsize_quantize_memory import _pipe
+
+    pipe, channels = _pipe(args.scale, args.latent)
+    return pipe, f"SD-1.5 layout, channels {list(channels)}, random weights"
+
+
+def _rows(pipe, args) -> tuple[dict, dict, str]:
+    """(calibration rows, held-out rows, where they come from), each input name -> array with a row axis."""
+    from edgekit.components import component_spec, example_inputs, inputs_from_calibration
+
+    if args.calib:
+        from edgekit.calibration import CalibrationSet
+        from edgekit.quantize import split_rows
+
+        rows = CalibrationSet.open(args.calib, args.model).load("unet")
+        n = len(next(iter(rows.values())))
+        calib_idx, held_idx = split_rows(n, 0.25, 0)
+        spec = component_spec(pipe, "unet")
+        return (inputs_from_calibration(spec, rows, calib_idx[: args.calib_rows]),
+                inputs_from_calibration(spec, rows, held_idx[:2]), f"calibration rows from {args.calib}")
+    calib = example_inputs(pipe, "unet", batch=args.calib_rows, seed=0)
+    held = example_inputs(pipe, "unet", batch=2, seed=1)
+    return calib, held, "seeded random rows (no --calib): the error column is indicative only"
+
+
+def _build(pipe, workdir: Path, calib: dict, args, tag: str) -> dict[str, Path]:
+    """The ONNX files of one model: fp32, int8 (as shipped) and, for the full model, the usual route."""
+    import torch
+
+    from edgekit.components import component_spec, export_module
+    from edgekit.quantize import QuantizeOptions
+    from edgekit.quantize import sensitivity
+    from edgekit.quantize.ort_static import export_fp32_onnx, onnx_nodes_in_units, quantize_onnx_static
+
+    files = {}
+    fp32 = workdir / tag / "fp32" / "model.onnx"
+    export_fp32_onnx(pipe, "unet", fp32)
+    files[f"{tag}fp32"] = fp32
+    options = QuantizeOptions()
+    module = export_module(pipe, "unet")
+    spec = component_spec(pipe, "unet")
+    sens = {k: v[: options.sensitivity_rows] for k, v in calib.items()}
+    ranking = sensitivity.rank(module, spec, calib, sens, float_budget=options.float_budget)
+    float_units = sensitivity.select_float_units(ranking, options.float_budget)
+    int8 = workdir / tag / "int8" / "model.onnx"
+    quantize_onnx_static(fp32, calib, int8, calibrate_method=options.calibrate_method, activations=options.activations,
+                         per_channel=options.per_channel, nodes_to_exclude=onnx_nodes_in_units(fp32, float_units),
+                         compact=True)
+    files[f"{tag}int8"] = int8
+    if not tag and "usual-dynamic" in args.rows_wanted:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from edgekit.components import example_inputs
+
+        plain = workdir / "usual" / "model.onnx"
+        plain.parent.mkdir(parents=True)
+        dummy = example_inputs(pipe, "unet", batch=1)
+        with torch.no_grad():
+            torch.onnx.export(module, tuple(torch.from_numpy(dummy[n]) for n in spec.input_names()), str(plain),
+                              input_names=spec.input_names(), output_names=spec.output_names(), opset_version=17,
+                              dynamic_axes={n: {0: "batch"} for n in spec.input_names() + spec.output_names()},
+                              dynamo=False)
+        dynamic = workdir / "usual" / "dynamic.onnx"
+        large = sum(f.stat().st_size for f in plain.parent.iterdir()) >= 2**31
+        quantize_dynamic(str(plain), str(dynamic), weight_type=QuantType.QInt8, use_external_data_format=large)
+        files["usual-dynamic"] = dynamic
+    return files
+
+
+def _bytes(path: Path) -> int:
+    from edgekit.quantize.ort_static import onnx_bytes
+
+    return onnx_bytes(path) if path.suffix == ".onnx" else path.stat().st_size
+
+
+def _time(sessions: dict, feeds: dict, rounds: int) -> dict[str, list[float]]:
+    """Interleaved rounds: every row once per round, in turn, after one warm-up call each."""
+    for run in sessions.values():
+        run(feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, run in sessions.items():
+            t0 = time.perf_counter()
+            run(feeds)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def _ort(path: Path, threads: int, profile: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    run = lambda feeds: session.run(None, {k: v for k, v in feeds.items() if k in names})[0]  # noqa: E731
+    run.session = session
+    return run
+
+
+def _litert(path: Path, threads: int):
+    from edgekit.runtime.runners import LiteRTRunner
+
+    runner = LiteRTRunner(path, threads=threads)
+    return lambda feeds: runner.run(feeds)
+
+
+def _top_ops(run, feeds: dict, calls: int = 2) -> list[dict]:
+    for _ in range(calls):
+        run(feeds)
+    trace = json.loads(Path(run.session.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + event.get("dur", 0) / 1000 / calls
+    total = sum(per_op.values()) or 1.0
+    return [{"op": op, "ms_per_call": round(ms, 1), "share": round(ms / total, 3)}
+            for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:8]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a diffusers SD directory (default: SD-1.5's layout at --scale, random weights)")
+    parser.add_argument("--calib", help="`edgekit calibrate` output for --model (held-out rows for the error column)")
+    parser.add_argument("--slim-model", help="an `edgekit slim` output: adds the w0.50 rows")
+    parser.add_argument("--slim-width", type=float, default=0.5)
+    parser.add_argument("--tflite", help="a LiteRT fp16 UNet file: adds the litert-fp16 row")
+    parser.add_argument("--scale", type=float, default=1.0, help="channel scale of the built UNet (1.0: real size)")
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--calib-rows", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rows", dest="rows_wanted", default="fp32,int8,w0.50 fp32,w0.50 int8,usual-dynamic,litert-fp16")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if args.model and not args.calib:
+        parser.error("--model needs --calib (its held-out rows; the built model takes seeded random rows)")
+
+    import torch
+
+    from edgekit.components import component_spec, export_module, run_torch
+    from edgekit.quality import relative_error
+
+    started = time.perf_counter()
+    pipe, what = _pipeline(args)
+    calib, held, rows_from = _rows(pipe, args)
+    notes = [f"rows: {rows_from}"]
+    reference = run_torch(export_module(pipe, "unet"), component_spec(pipe, "unet"), held)
+    feeds = {k: v[:2] for k, v in held.items()}  # batch 2: one classifier-free-guidance call
+    with tempfile.TemporaryDirectory(prefix="realsize-speed-") as tmp:
+        files = _build(pipe, Path(tmp), calib, args, "")
+        params = int(sum(p.numel() for p in pipe.unet.parameters()))
+        del pipe
+        if args.slim_model:
+            from edgekit.pipeline import load_pipeline
+
+            slim = load_pipeline(args.slim_model, width=args.slim_width)
+            w = f"w{args.slim_width:.2f} "
+            files.update(_build(slim, Path(tmp), calib, args, w))
+            notes.append(f"width {args.slim_width} from {args.slim_model}; its error is against the full-width torch UNet")
+            del slim
+        else:
+            notes.append("no --slim-model: the width-0.5 rows are missing")
+        if args.tflite:
+            files["litert-fp16"] = Path(args.tflite)
+        else:
+            notes.append("no --tflite: the LiteRT row is missing")
+        files = {k: v for k, v in files.items() if k in args.rows_wanted.split(",")}
+        torch.set_num_threads(2)
+        table: dict[str, dict] = {name: {"bytes": _bytes(path)} for name, path in files.items()}
+        for threads in [int(t) for t in args.threads.split(",")]:
+            sessions = {name: (_litert(path, threads) if name == "litert-fp16" else _ort(path, threads))
+                        for name, path in files.items()}
+            for name, run in sessions.items():
+                table[name].setdefault("rel_err", round(relative_error(run(feeds), reference[:2]), 5))
+            times = _time(sessions, feeds, args.rounds)
+            for name, ms in times.items():
+                table[name][f"ms_{threads}t"] = round(statistics.median(ms), 1)
+                table[name][f"ms_{threads}t_all"] = [round(m, 1) for m in ms]
+            del sessions
+        profiles = {}
+        if args.profile:
+            for name in ("fp32", "int8"):
+                if name in files:
+                    profiles[name] = _top_ops(_ort(files[name], 2, profile=str(Path(tmp) / name)), feeds)
+    fp32 = table.get("fp32", {})
+    for row in table.values():
+        for key in [k for k in row if k.startswith("ms_") and not k.endswith("_all")]:
+            if fp32.get(key):
+                row[f"speedup_{key[3:]}"] = round(fp32[key] / row[key], 2)
+        if fp32.get("bytes"):
+            row["bytes_ratio"] = round(row["bytes"] / fp32["bytes"], 3)
+    result = {"model": what, "unet_params": params, "latent": args.latent, "batch": 2, "rounds": args.rounds,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "notes": notes,
+              "table": table, "profiles": profiles, "seconds": round(time.perf_counter() - started, 1)}
+    name = "realsize_speed" + (f"_{args.tag}" if args.tag else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    threads = [int(t) for t in args.threads.split(",")]
+    lines = [f"# UNet call speed at SD-1.5 size: {what}", "",
+             f"{params / 1e6:.0f}M parameters, batch 2, {args.latent}x{args.latent} latents, ORT CPU, median of "
+             f"{args.rounds} interleaved rounds. Written by `benchmarks/realsize_speed.py`.", "",
+             "| row | " + " | ".join(f"ms ({t} thr) | x FP32 ({t} thr)" for t in threads)
+             + " | bytes | x FP32 bytes | rel-err vs torch |",
+             "|---|" + "---|---|" * len(threads) + "---|---|---|"]
+    for name, row in table.items():
+        cells = " | ".join(f"{row.get(f'ms_{t}t', '')} | {row.get(f'speedup_{t}t', '')}" for t in threads)
+        lines.append(f"| {name} | {cells} | {row['bytes'] / 2**20:.0f} MiB | {row.get('bytes_ratio', '')} | "
+                     f"{row['rel_err']} |")
+    lines += [""] + [f"- {n}" for n in notes]
+    for name, ops in profiles.items():
+        lines += ["", f"Top op types, {name} (2 threads): "
+                  + ", ".join(f"{o['op']} {o['ms_per_call']} ms ({o['share']:.0%})" for o in ops)]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
