@@ -93,14 +93,14 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     add_seed_flag(p)
 
 
-def width_multiplier(text: str) -> float:
+def width_multiplier(text: str):
+    """--width 0.5: parsed once into a Width (edgekit.width), the value every later stage compares exactly."""
+    from edgekit.width import Width, WidthError
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a width multiplier in (0, 1], got '{text}'") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a width multiplier in (0, 1], got {value}")
-    return value
+        return Width.parse(text)
+    except WidthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_width_flag(p: argparse.ArgumentParser) -> None:

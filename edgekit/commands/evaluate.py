@@ -48,6 +48,7 @@ def _interval(d: dict, spec: str) -> str:
 def run(args) -> int:
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
+    from edgekit.width import FULL
     from edgekit.quality.evaluator import ModelQuality
 
     model_dir = check_model_dir(args.model)
@@ -62,14 +63,14 @@ def run(args) -> int:
         scores = evaluation.score_pipe(pipe, steps)
     seconds = time.perf_counter() - started
     row = scores.row
-    width = 1.0 if args.width is None else args.width
+    width = FULL if args.width is None else args.width
     guidance = evaluation.guidance_scale
-    payload = {"model": str(model_dir), "reference_model": str(evaluation.model_dir), "width": width, "steps": steps,
+    payload = {"model": str(model_dir), "reference_model": str(evaluation.model_dir), "width": width.value, "steps": steps,
                "guidance_scale": guidance, "seed": args.seed, "n_images": len(evaluation.grid),
                "evaluators": evaluation.evaluators(), "seconds": round(seconds, 2), **row, **scores.detail}
     q, n = row["quality"], len(evaluation.grid)
     lines = [f"model              {model_dir}",
-             f"candidate          width {width:g}, {steps} steps, guidance {guidance:g}, {n} images (seed {args.seed})",
+             f"candidate          width {width}, {steps} steps, guidance {guidance:g}, {n} images (seed {args.seed})",
              f"reference          {q['reference']} ({evaluation.model_dir})",
              f"PSNR vs reference  {_interval(q, '.2f')} dB  (reference-fidelity, 95% interval, n={q['n']})",
              f"SSIM vs reference  {_interval(row['ssim'], '.4f')}"]

@@ -76,9 +76,10 @@ def run(args) -> int:
 
 def _run_bundle(args) -> int:
     """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
-    from edgekit.bundle import read_manifest, width_key
+    from edgekit.bundle import read_manifest
     from edgekit.fsutil import check_output_path
     from edgekit.runtime.sampler import BundleSampler
+    from edgekit.width import Width
 
     if args.model is not None:
         raise InputError(f"--bundle {args.bundle} and --model {args.model}: give one (a bundle or a model directory)")
@@ -88,21 +89,21 @@ def _run_bundle(args) -> int:
     manifest = read_manifest(args.bundle, flag="--bundle")
     sampler = BundleSampler(args.bundle, manifest)
     widths = sampler.widths()
-    width = float(widths[0]) if args.width is None else args.width
-    if width_key(width) not in widths:
+    width = Width.parse(widths[0]) if args.width is None else args.width
+    if width.key not in widths:
         raise InputError(f"--width {args.width}: the bundle has UNet widths {', '.join(widths)}")
     steps = args.steps or int(manifest["sampling"]["default_steps"])
     sampler.table(steps)  # InputError naming the step counts the bundle carries
     started = time.perf_counter()
-    images, timing = sampler.generate([args.prompt], [args.seed], steps, width, guidance=args.guidance)
+    images, timing = sampler.generate([args.prompt], [args.seed], steps, width.value, guidance=args.guidance)
     seconds = time.perf_counter() - started
     guidance = float(manifest["sampling"]["guidance_scale"]) if args.guidance is None else args.guidance
     size = _write_png(images[0], out, args.scale)
     payload = {"out": str(out), "bundle": str(args.bundle), "target": manifest["target"],
-               "runtime": sampler.runtime, "width": float(width_key(width)), "prompt": args.prompt, "steps": steps,
+               "runtime": sampler.runtime, "width": width.value, "prompt": args.prompt, "steps": steps,
                "guidance_scale": guidance, "seed": args.seed, "seconds": round(seconds, 3), "size": size}
     emit(payload, args.json, [f"wrote {out} ({size[0]}x{size[1]}, {manifest['target']} bundle on {sampler.runtime}, "
-                              f"width {width_key(width)}, {steps} steps, {seconds:.2f} s)"])
+                              f"width {width.key}, {steps} steps, {seconds:.2f} s)"])
     return 0
 
 
