@@ -188,12 +188,27 @@ def _range_model(model, tensors: list[str]):
     del graph.output[:]
     shape_name = "edgekit_range_shape"
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape_name))
+    reductions: dict[str, list] = {}
     for i, name in enumerate(tensors):
         for op in ("ReduceMin", "ReduceMax"):
             reduced, flat = f"edgekit_range_{i}_{op}_keep", f"edgekit_range_{i}_{op}"
-            graph.node.append(helper.make_node(op, [name], [reduced], keepdims=1, name=reduced))
-            graph.node.append(helper.make_node("Reshape", [reduced, shape_name], [flat], name=flat))
+            reductions.setdefault(name, []).extend([
+                helper.make_node(op, [name], [reduced], keepdims=1, name=reduced),
+                helper.make_node("Reshape", [reduced, shape_name], [flat], name=flat)])
             graph.output.append(helper.make_tensor_value_info(flat, onnx.TensorProto.FLOAT, [None]))
+    # Each reduction right after the node that makes its tensor (graph inputs' first): ORT runs nodes in this
+    # order where it can, so a tensor is freed once its own readers ran. Appended at the end instead, they
+    # would keep every measured activation alive to the end of the run (13.2 GB measured on the real-size
+    # UNet at 64x64 latents).
+    nodes = [n for name in (i.name for i in graph.input) for n in reductions.pop(name, [])]
+    for node in graph.node:
+        nodes.append(node)
+        for out in node.output:
+            nodes.extend(reductions.pop(out, []))
+    for rest in reductions.values():
+        nodes.extend(rest)
+    del graph.node[:]
+    graph.node.extend(nodes)
     del graph.value_info[:]
     return augmented
 
