@@ -17,6 +17,14 @@ activations are INT8/UINT8, or INT16 through the com.microsoft Q/DQ ops below op
 report dict (settings, quantized node count, seconds). ``onnx_nodes_in_units`` maps module-path units
 (edgekit.quantize.sensitivity) to node names to exclude.
 
+With ``calibrate_method="minmax"`` (the default) the activation ranges come from ``minmax_ranges``, which
+measures them within about one inference's memory, and ORT's own QDQ writer takes them as a calibration
+cache: the graph is the one ``quantize_static`` makes with its own calibrator (the same ranges give the same
+file byte for byte), without that calibrator's memory (killed at 24 GB on the real-size SD-1.5 UNet at
+64x64 latents; measured in benchmarks/results/realsize_quantize_memory.md). The histogram methods
+(entropy, percentile) still run ORT's calibrator. A float model past 2 GB keeps its weights in one external
+file from export to the QDQ writer.
+
 The ``ort-static`` method wraps it: export the component with edgekit.onnx_export, quantize, run in ORT.
 """
 from __future__ import annotations
