@@ -202,7 +202,7 @@ def quantize_component(pipe, name: str, rows: dict[str, np.ndarray], quantizer: 
     reference = run_torch(module, spec, held_inputs)
 
     sens_inputs = {k: v[: options.sensitivity_rows] for k, v in calib_inputs.items()}
-    ranking = sensitivity.rank_units(module, spec, calib_inputs, sens_inputs)
+    ranking = sensitivity.rank(module, spec, calib_inputs, sens_inputs, float_budget=options.float_budget)
     excluded = [u["unit"] for u in ranking if matches_any(u["unit"], options.exclude)]
     budgeted = sensitivity.select_float_units(ranking, options.float_budget, already=excluded)
     float_units = excluded + budgeted
