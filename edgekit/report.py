@@ -152,10 +152,9 @@ def _evaluated_by(row: dict | None) -> str:
     return "Evaluated by: " + "; ".join(parts) + "."
 
 
-PEAK_NOTE = ("Peak RSS: the resident high-water mark of the package process during the stage, reset at each "
-             "stage's start (/proc/self/clear_refs); marked * where the reset was refused, then it is the process's "
-             "peak so far. Child processes (Node, converters run apart) are not in it; the largest child peak, "
-             "when one grew during the stage, follows in brackets.")
+PEAK_NOTE = ("Peak RSS: the resident high-water mark of the package process during the stage (what it holds "
+             "loaded counts too), reset at each stage's start (/proc/self/clear_refs); marked * where the reset was "
+             "refused, then it is the process's peak so far. Programs run as child processes (Node) are not in it.")
 
 
 def stage_peak(record: dict) -> str:
@@ -164,9 +163,7 @@ def stage_peak(record: dict) -> str:
 
     if record.get("peak_rss_bytes") is None:
         return ""
-    cell = f"{record['peak_rss_bytes'] / 2**30:.2f}" + ("" if record.get("peak_rss_scope") == STAGE else "*")
-    children = record.get("children_peak_rss_bytes")
-    return cell + (f" (child {children / 2**30:.2f})" if children else "")
+    return f"{record['peak_rss_bytes'] / 2**30:.2f}" + ("" if record.get("peak_rss_scope") == STAGE else "*")
 
 
 def _quality_columns(rows: list[dict]) -> tuple[list[str], callable]:
