@@ -4,8 +4,9 @@ Linux keeps each process's resident high-water mark (VmHWM in /proc/self/status)
 /proc/self/clear_refs resets it to the current resident size, so a stage that starts with a reset reports its
 own peak. Where the reset is refused (another kernel, a locked-down /proc) or there is no /proc (macOS:
 getrusage), the number is the process's peak so far, and ``peak_rss_scope`` says so. Programs a stage runs
-as child processes (Node, converters) are not in it: the largest peak of any finished child is the kernel's
-RUSAGE_CHILDREN figure, reported when it grew during the stage.
+as child processes (Node, converters) are not in it. (The kernel's RUSAGE_CHILDREN peak is no measure of
+them: a child forked from this process counts the pages it shared with it before exec, so a 0.7 GB package
+process made a short Node check read as 0.7 GB.)
 """
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ def _high_water_mark() -> int | None:
     return None
 
 
-def _getrusage_peak(who: str) -> int | None:
+def _getrusage_peak() -> int | None:
     try:
         import resource
     except ImportError:  # Windows
         return None
-    peak = resource.getrusage(getattr(resource, who)).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, KiB on Linux
 
 
@@ -46,7 +47,7 @@ def _reset_high_water_mark() -> bool:
 def process_peak_rss() -> int | None:
     """The process's resident high-water mark in bytes (since the last reset), or None where unknown."""
     peak = _high_water_mark()
-    return peak if peak is not None else _getrusage_peak("RUSAGE_SELF")
+    return peak if peak is not None else _getrusage_peak()
 
 
 class StageMemory:
@@ -54,17 +55,12 @@ class StageMemory:
 
     def __init__(self) -> None:
         self.scope = STAGE if _high_water_mark() is not None and _reset_high_water_mark() else PROCESS_SO_FAR
-        self.children_before = _getrusage_peak("RUSAGE_CHILDREN") or 0
 
     def stop(self) -> dict:
         peak = process_peak_rss()
         if peak is None:
             return {}
-        record = {"peak_rss_bytes": peak, "peak_rss_scope": self.scope}
-        children = _getrusage_peak("RUSAGE_CHILDREN") or 0
-        if children > self.children_before:
-            record["children_peak_rss_bytes"] = children
-        return record
+        return {"peak_rss_bytes": peak, "peak_rss_scope": self.scope}
 
 
 def gib(n: int) -> str:
