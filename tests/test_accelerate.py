@@ -7,10 +7,11 @@ Tolerance, from float summation order: the shards' sums and the gradient all-red
 than one process does, so gradients differ in the last bits. AdamW divides each gradient by its own running
 magnitude, so an element whose gradient is itself at rounding level (a term that is zero in exact arithmetic)
 can step by up to the learning rate either way; every other element stays within rounding of the one-process
-run. Measured on this model (4 steps, lr 1e-4): 99.9% of elements within 7e-8, 4 to 12 of 2.4M to 4.2M
-elements past 1e-5 (the largest 1.3e-4), the same as one process at 1 vs 2 threads (99.9% within 7e-8, 5
-past 1e-5). Wrong splits fail clearly: each process taking a whole --batch-size (the global batch doubled):
-99.9% quantile 4e-4, 95% of elements past 1e-5; per-process loss normalisers: 2.1e-4, 14% past 1e-5.
+run. Measured on this model (4 steps, lr 1e-4): 99.9% of elements within 3e-8 (these tests) to 7e-8 (batch 8
+on 24 rows), 2 to 19 of 2.4M (prune) and 4.2M (slim) elements past 1e-5, the largest 2e-5 to 1.3e-4 (about
+one learning-rate step); one process at 1 vs 2 threads differs as much (99.9% within 7e-8, 5 past 1e-5).
+Wrong splits fail clearly: each process taking a whole --batch-size (the global batch doubled): 99.9%
+quantile 4e-4, 95% of elements past 1e-5; per-process loss normalisers: 2.1e-4, 14% past 1e-5.
 """
 import json
 import socket
