@@ -113,6 +113,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     from edgekit.compress.importance import importance_scores
     from edgekit.compress.prune import REPORT_FILE, write_structured_model
     from edgekit.fsutil import staged_dir
+    from edgekit.progress import working
     from edgekit.pipeline import load_pipeline
     from edgekit.structure import check_widths, record
 
@@ -149,7 +150,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
               "training": training, "widths": width_table(ordered, config.widths, config.scope)}
     if not is_main_process():  # the other processes of a launch group trained the same weights
         return report
-    with staged_dir(out) as staging:
+    with staged_dir(out) as staging, working("slim: write the model and reload every width"):
         write_structured_model(model_dir, staging, ordered, structure)
         report["reload_relative_error"] = check_widths_reload(staging, ordered, config.widths, config.scope)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
