@@ -178,6 +178,7 @@ def prune_model(model_dir: Path, config: PruneConfig, out: Path, calib_dir: Path
 
     from edgekit.compress.distill import calibration_rows, frozen_copy, is_main_process, recover
     from edgekit.fsutil import staged_dir
+    from edgekit.progress import working
     from edgekit.pipeline import load_pipeline
     from edgekit.structure import record, unet_macs
 
@@ -202,7 +203,7 @@ def prune_model(model_dir: Path, config: PruneConfig, out: Path, calib_dir: Path
     }
     if not is_main_process():  # the other processes of a launch group trained the same weights
         return report
-    with staged_dir(out) as staging:
+    with staged_dir(out) as staging, working("prune: write the model and reload it"):
         write_structured_model(model_dir, staging, pruned, structure)
         report["reload_relative_error"] = check_reload(staging, pruned)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
