@@ -5,7 +5,10 @@ An error about one parameter says which: ``InputError("expected a multiplier in 
 value="0.3,1.5")`` reads "widths 0.3,1.5: expected a multiplier in (0, 1]". The library never names a
 command-line flag; a command that exposes the parameter as a flag words the error with the flag instead
 (``edgekit.commands.common.error_line``: "--widths 0.3,1.5: ..."), and one that does not (``edgekit package``
-has no --calib) keeps the library's words.
+has no --calib) keeps the library's words. A message that points to another parameter writes it as ``{name}``
+and lists it in ``mentions``: ``InputError("already exists; {force} replaces it", param="out", value=path,
+mentions=("force",))`` reads "out PATH: already exists; force replaces it" in the library and
+"--out PATH: already exists; --force replaces it" from a command with both flags.
 """
 from __future__ import annotations
 
@@ -20,20 +23,26 @@ class EdgekitError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str = "", *, param: str | None = None, value=_NO_VALUE) -> None:
+    def __init__(self, message: str = "", *, param: str | None = None, value=_NO_VALUE,
+                 mentions: tuple[str, ...] = ()) -> None:
+        self.mentions = tuple(mentions)
         self.detail = message
         if param is not None and param.startswith("--"):  # a caller that still passes a flag: its parameter
             param = param[2:].replace("-", "_")
         self.param = param
         self.value = value
-        super().__init__(self.worded(param))
+        super().__init__(self.worded(self.param))
 
-    def worded(self, name: str | None) -> str:
-        """The message with the parameter called ``name`` (its flag, or the library's own name)."""
+    def worded(self, name: str | None, call=None) -> str:
+        """The message with the parameter called ``name`` (its flag, or the library's own name) and each
+        parameter it mentions called ``call(parameter)`` (None or no ``call``: its library name)."""
+        detail = self.detail
+        for mention in self.mentions:
+            detail = detail.replace("{" + mention + "}", (call(mention) if call else None) or mention)
         if self.param is None or name is None:
-            return self.detail
+            return detail
         subject = name if self.value is _NO_VALUE else f"{name} {self.value}"
-        return f"{subject}: {self.detail}" if self.detail else subject
+        return f"{subject}: {detail}" if detail else subject
 
 
 class InputError(EdgekitError):

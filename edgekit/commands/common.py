@@ -199,8 +199,10 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 def error_line(exc: Exception, flags: dict[str, str]) -> str:
     """An edgekit error worded for the command that ran: the parameter it is about becomes that command's flag
     when the command has one (``widths`` -> ``--widths``); otherwise the library's words stay."""
-    param = getattr(exc, "param", None)
-    if param is None:
+    if not hasattr(exc, "worded"):
         return str(exc)
-    flag = flags.get(PARAM_FLAG_NAMES.get(param, param))
-    return exc.worded(flag) if flag else str(exc)
+
+    def flag(param: str) -> str | None:
+        return flags.get(PARAM_FLAG_NAMES.get(param, param))
+
+    return exc.worded((flag(exc.param) or exc.param) if exc.param else None, flag)
