@@ -499,13 +499,14 @@ def check_out(out: Path, source: Path, force: bool, targets=DEFAULT_TARGETS) -> 
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if marker is None and present and not force:
         raise InputError(f"already exists and is not an edgekit package output (no {MARKER}); choose a new "
-                         "directory, or force to write edgekit's files beside the ones there", param="out", value=out)
+                         "directory, or pass {force} to write edgekit's files beside the ones there", param="out",
+                         value=out, mentions=("force",))
     owned = tuple(marker["entries"]) if marker else ()
     foreign = [name for name in out_entries(targets) if name in present and name not in owned]
     if foreign:
-        raise InputError(f"holds {', '.join(foreign)}, which edgekit did not write and would overwrite (force "
+        raise InputError(f"holds {', '.join(foreign)}, which edgekit did not write and would overwrite ({{force}} "
                          "never replaces files edgekit did not write); move them or choose another output directory",
-                         param="out", value=out)
+                         param="out", value=out, mentions=("force",))
     return OutDir(out, owned=owned, restart=force and marker is not None)
 
 
