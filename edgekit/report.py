@@ -231,6 +231,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
             lines.append(head + f"| {c['component']} | {c['bytes'] / MIB:.2f} | {_fmt(c['max_rel_err'], '.2e')} | "
                          f"{'; '.join(c['runtimes'])} |")
 
+    from edgekit.targets.precision import precision_lines
+
+    lines += [""] + precision_lines(summary)
     lines += ["", "## Measured tables (written into each manifest; the policy reads them on device)", ""]
     for target, b in summary["bundles"].items():
         bench = b.get("bench") or {}

@@ -58,14 +58,26 @@ def test_float16_and_int8(pipe, tmp_path):
 
 
 def test_full_integer_int8_vae_decoder(pipe, tmp_path):
+    import dataclasses
+
     from edgekit.components import example_inputs
+    from edgekit.profiles import LiteRTInt8Recipe
 
     rows = example_inputs(pipe, "vae_decoder", batch=16, seed=7)
-    entry, check = _write_and_check(pipe, tmp_path, "int8", calibration=rows, name="vae_decoder")
+    # the shipped recipe: int8 conv/FC ops inside, float at the graph's edges and in GroupNorm statistics
+    entry, check = _write_and_check(pipe, tmp_path / "recipe", "int8", calibration=rows, name="vae_decoder")
     assert entry["representative_batches"] == 16 and entry["flex_ops"] == []
-    assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
-    assert set(entry["io_quantization"]) == {"latent_sample", "sample"}
-    assert 1e-3 < check["rel_err"] < 0.5  # really int8 activations, still the same function
+    assert "CONV_2D" in entry["recipe"] and entry["ops"].get("QUANTIZE") and entry["ops"].get("DEQUANTIZE")
+    assert entry["inputs"][0]["dtype"] == "float32" and "io_quantization" not in entry
+    assert entry["tensor_name_bytes_saved"] > 0
+    assert 1e-3 < check["rel_err"] < 0.2  # really int8 activations, still the same function
+    # every op int8 (the recipe before issue 15): int8 inputs and outputs with (scale, zero point)
+    target = get_target("tflite")
+    base = shipped_profile("android-tflite").with_precision("int8")
+    profile = dataclasses.replace(base, int8_recipe=LiteRTInt8Recipe())
+    every = target.write(ComponentJob(pipe, "vae_decoder", None, "all", 1, "int8", rows), tmp_path / "all", profile)
+    assert every["inputs"][0]["dtype"] == "int8" and every["outputs"][0]["dtype"] == "int8"
+    assert set(every["io_quantization"]) == {"latent_sample", "sample"}
 
 
 def test_forbidden_ops_rule_reads_the_flatbuffer(pipe, tmp_path):

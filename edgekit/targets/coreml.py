@@ -9,9 +9,11 @@ palettization). On macOS the same check also runs a prediction and compares it w
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,9 @@ from edgekit.targets.base import ComponentJob, Target, _tensor_dicts
 PACKAGE = "model.mlpackage"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 # The op that must appear in the program for each weight compression (iOS16 opset names).
-COMPRESSION_OPS = {"w8": "constexpr_affine_dequantize", "palettize6": "constexpr_lut_to_dense"}
+COMPRESSION_OPS = {"w8": "constexpr_affine_dequantize", "palettize6": "constexpr_lut_to_dense",
+                   "w8a8": "constexpr_affine_dequantize", "mixed": "constexpr_lut_to_dense"}
+FP16_COMPUTE = ("fp16", "w8", "palettize6", "w8a8", "mixed")
 DTYPES = {"int32": np.int32, "int64": np.int32, "float32": np.float32}  # Core ML has no int64 inputs
 
 
@@ -73,6 +77,39 @@ def compress(model, precision: str):
     return model
 
 
+def compress_calibrated(model, job: ComponentJob, profile: TargetProfile):
+    """W8A8 or mixed-bit palettization from the job's calibration rows (edgekit.targets.coreml_recipes); returns
+    (model, manifest facts: the recipe as applied)."""
+    from edgekit.components import component_spec, export_module
+    from edgekit.targets import coreml_recipes as recipes
+
+    module = export_module(job.pipe, job.name)
+    spec = component_spec(job.pipe, job.name)
+    rows = job.calibration
+    if job.precision == "w8a8":
+        ranges = "coreml" if platform.system() == "Darwin" else "torch"
+        model, facts = recipes.w8a8(model, module, spec, rows, activation_ranges=ranges)
+        return model, {"recipe": "W8A8: int8 activations on conv/linear inputs, int8 per-channel weights",
+                       "int8_compute_on": profile.coreml.w8a8_devices, **facts}
+    cfg = profile.coreml
+    plan, sensitivity = recipes.mixed_plan_for(module, spec, rows, cfg.palette_bits, cfg.mixed_target_bits,
+                                               cfg.min_palettize_weights)
+    model, _ = recipes.apply_mixed(model, module, plan, cfg.min_palettize_weights)
+    return model, {"recipe": f"mixed-bit palettization, average {plan.average_bits:.2f} bits (target "
+                             f"{plan.target_bits:g}; per-layer bits from output PSNR vs float on calibration rows)",
+                   "palette_plan": plan.to_dict(),
+                   "layer_psnr_db": {p: {str(b): round(v, 2) for b, v in d.items()} for p, d in sensitivity.items()}}
+
+
+def mixed_bits_problems(path: Path, plan: dict) -> list[str]:
+    """The saved package's palettized weights must carry exactly the plan's bit widths."""
+    from edgekit.targets.coreml_recipes import palette_bits_in
+
+    got = Counter(palette_bits_in(path).values())
+    want = Counter(plan["bits"].values())
+    return [] if got == want else [f"palettized weights by bit width {dict(got)} differ from the plan's {dict(want)}"]
+
+
 def structure_problems(info: dict, entry: dict) -> list[str]:
     """What in the package differs from the manifest entry and the precision it claims."""
     problems = []
@@ -84,7 +121,9 @@ def structure_problems(info: dict, entry: dict) -> list[str]:
     precision = entry["precision"]
     if precision in COMPRESSION_OPS and not info["ops"].get(COMPRESSION_OPS[precision]):
         problems.append(f"{precision} asked but no {COMPRESSION_OPS[precision]} op holds the weights")
-    if precision in ("fp16", "w8", "palettize6") and not info["const_dtypes"].get("float16"):
+    if precision == "w8a8" and not (info["ops"].get("quantize") and info["ops"].get("dequantize")):
+        problems.append("w8a8 asked but no quantize/dequantize ops hold int8 activations")
+    if precision in FP16_COMPUTE and not info["const_dtypes"].get("float16"):
         problems.append("fp16 compute asked but no float16 constants found")
     if precision == "fp32" and info["const_dtypes"].get("float16"):
         problems.append("fp32 asked but float16 constants found")
@@ -94,10 +133,12 @@ def structure_problems(info: dict, entry: dict) -> list[str]:
 class CoreMLTarget(Target):
     name = "coreml"
     file_format = "mlpackage"
-    precisions = ("fp32", "fp16", "w8", "palettize6")
+    precisions = ("fp32", "fp16", "w8", "palettize6", "w8a8", "mixed")
     extra = "coreml"
     needs_fixed_shapes = True
-    needs_calibration = ()  # weight-only compression needs no data
+    # weight-only compression needs no data; W8A8 takes activation ranges and mixed-bit its per-layer
+    # sensitivity from the calibration rows
+    needs_calibration = ("w8a8", "mixed")
 
     def check_profile(self, profile: TargetProfile) -> None:
         super().check_profile(profile)
@@ -114,10 +155,18 @@ class CoreMLTarget(Target):
 
         folder = job.output_dir(stage)
         t0 = time.perf_counter()
-        model = convert(job, profile)
+        deployment = profile.minimum_deployment_target
+        if job.precision == "w8a8" and DEPLOYMENT_TARGETS.index(deployment) < DEPLOYMENT_TARGETS.index(
+                profile.coreml.w8a8_deployment_target):
+            deployment = profile.coreml.w8a8_deployment_target  # quantize/dequantize of activations: iOS17 opset
+        model = convert(job, dataclasses.replace(profile, minimum_deployment_target=deployment))
         convert_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        model = compress(model, job.precision)
+        recipe_facts = {}
+        if job.precision in ("w8a8", "mixed"):
+            model, recipe_facts = compress_calibrated(model, job, profile)
+        else:
+            model = compress(model, job.precision)
         compress_s = time.perf_counter() - t1
         path = folder / PACKAGE
         model.save(str(path))
@@ -126,10 +175,12 @@ class CoreMLTarget(Target):
         dtypes = {t.name: np.dtype(DTYPES[t.dtype]).name for t in spec.inputs}
         entry = {"format": "mlpackage", "file": rel, "files": [rel], "precision": job.precision, "layout": "NCHW",
                  "inputs": _tensor_dicts(spec.inputs, job.batch, dtypes), "outputs": _tensor_dicts(spec.outputs, job.batch),
-                 "minimum_deployment_target": profile.minimum_deployment_target,
-                 "convert_s": round(convert_s, 2), "compress_s": round(compress_s, 2)}
+                 "minimum_deployment_target": deployment,
+                 "convert_s": round(convert_s, 2), "compress_s": round(compress_s, 2), **recipe_facts}
         info = inspect_mlpackage(path)
         problems = structure_problems(info, entry)
+        if job.precision == "mixed":
+            problems += mixed_bits_problems(path, recipe_facts["palette_plan"])
         if problems:
             raise VerificationError(f"{job.name}: {path}: " + "; ".join(problems))
         entry["ops"] = info["ops"]

@@ -37,15 +37,32 @@ def op_layers(program, module: nn.Module) -> dict[str, str]:
     weight it holds."""
     from edgekit.quantize.sensitivity import weight_layers
 
+    layers = weight_layers(module)
     by_key = {}
-    for path, layer in weight_layers(module).items():
+    for path, layer in layers.items():
         by_key.setdefault(_weight_key(layer.weight.detach().cpu().numpy()), path)
-    out = {}
+    out, unmatched = {}, []
     for op in program.functions["main"].operations:
         if op.op_type in ("conv", "linear") and "weight" in op.inputs and op.inputs["weight"].val is not None:
             path = by_key.get(_weight_key(op.inputs["weight"].val))
             if path is not None:
                 out[op.name] = path
+            else:
+                unmatched.append(op)
+    # A converter pass may fold a constant factor into a weight (attention's query scale): same shape,
+    # proportional values.
+    free = {p: l.weight.detach().cpu().numpy().astype(np.float32) for p, l in layers.items() if p not in out.values()}
+    for op in unmatched:
+        w = np.asarray(op.inputs["weight"].val, dtype=np.float32)
+        best, best_cos = None, 0.9999
+        for path, tw in free.items():
+            if tw.shape == w.shape:
+                cos = abs(float((tw * w).sum()) / (np.linalg.norm(tw) * np.linalg.norm(w) + 1e-30))
+                if cos > best_cos:
+                    best, best_cos = path, cos
+        if best is not None:
+            out[op.name] = best
+            del free[best]
     return out
 
 
@@ -86,7 +103,7 @@ def _w8a8_torch_ranges(model, module, spec, rows, act_config):
     program = model._mil_program
     layers = op_layers(program, module)
     ranges = input_ranges(module, spec, rows)
-    stats, skipped = {}, {}
+    stats, skipped, covered = {}, {}, 0
     for op in program.functions["main"].operations:
         if op.op_type not in ("conv", "linear"):
             continue
@@ -95,7 +112,10 @@ def _w8a8_torch_ranges(model, module, spec, rows, act_config):
             skipped[op.name] = None  # no torch layer to take its range from: its input stays float
             continue
         lo, hi = ranges[path]
-        stats[op.inputs["x"].name] = {"rmin": float(lo), "rmax": float(hi)}
+        x = op.inputs["x"].name  # several ops may read one input (q, k, v): the widest range of their layers
+        old = stats.get(x, {"rmin": float(lo), "rmax": float(hi)})
+        stats[x] = {"rmin": min(old["rmin"], float(lo)), "rmax": max(old["rmax"], float(hi))}
+        covered += 1
     config = act_config
     if skipped:
         from coremltools.optimize import coreml as cto
@@ -107,7 +127,7 @@ def _w8a8_torch_ranges(model, module, spec, rows, act_config):
     dedup = PASS_REGISTRY["common::dequantize_quantize_pair_elimination"]
     quantized = model_utils._apply_graph_pass(model, [prefix, dedup], spec_version=_SPECIFICATION_VERSION_IOS_17,
                                               pymil_load_func=milproto.load, skip_model_load=True)
-    return quantized, len(stats)
+    return quantized, covered
 
 
 def simulate_w8a8(module: nn.Module, spec, rows: dict[str, np.ndarray]):
@@ -247,6 +267,17 @@ def plan_mixed(sensitivity: dict, sizes: dict, bits, target: float) -> MixedPlan
     return MixedPlan(bits=plan, average_bits=average(), target_bits=target)
 
 
+def mixed_plan_for(module: nn.Module, spec, rows: dict[str, np.ndarray], palette_bits, target: float,
+                   min_weights: int, probe_rows: int = 8) -> tuple[MixedPlan, dict]:
+    """The plan for one component: per-layer sensitivity on ``probe_rows`` rows spread over ``rows``, then
+    plan_mixed; returns (plan, sensitivity)."""
+    n = len(next(iter(rows.values())))
+    probe = {k: v[np.linspace(0, n - 1, min(n, probe_rows)).round().astype(int)] for k, v in rows.items()}
+    sensitivity = layer_sensitivity(module, spec, probe, palette_bits, min_weights)
+    sizes = {p: layer.weight.numel() for p, layer in palettizable(module, min_weights).items()}
+    return plan_mixed(sensitivity, sizes, palette_bits, target), sensitivity
+
+
 def simulate_mixed(module: nn.Module, plan: MixedPlan):
     """Context manager: every planned layer of ``module`` palettized to its bit width."""
     from edgekit.quantize.sensitivity import weight_layers
@@ -256,17 +287,17 @@ def simulate_mixed(module: nn.Module, plan: MixedPlan):
                     {p: palettized(layers[p].weight.data, b) for p, b in plan.bits.items()})
 
 
-def apply_mixed(model, module: nn.Module, plan: MixedPlan):
-    """Palettize the Core ML model's layers to the plan's bit widths with the simulation's look-up tables."""
+def apply_mixed(model, module: nn.Module, plan: MixedPlan, min_weights: int = 2048):
+    """Palettize the Core ML model's layers to the plan's bit widths with the simulation's look-up tables
+    (constants of at most ``min_weights`` elements, biases among them, stay fp16)."""
     from coremltools.optimize import coreml as cto
 
     layers = op_layers(model._mil_program, module)
-    configs = {}
-    for op_name, path in layers.items():
-        if path in plan.bits:
-            nbits = plan.bits[path]
-            configs[op_name] = cto.OpPalettizerConfig(mode="custom", lut_function=lambda v, n=nbits: kmeans_lut(v, n),
-                                                      weight_threshold=0)
+    # one config object per bit width: coremltools compares the configs of ops that share a constant
+    per_bits = {b: cto.OpPalettizerConfig(mode="custom", lut_function=lambda v, n=b: kmeans_lut(v, n),
+                                          weight_threshold=min_weights)
+                for b in set(plan.bits.values())}
+    configs = {op_name: per_bits[plan.bits[path]] for op_name, path in layers.items() if path in plan.bits}
     missing = sorted(set(plan.bits) - set(layers.values()))
     if missing:
         raise VerificationError(f"mixed-bit plan: layers {missing[:4]} have no Core ML op holding their weights")

@@ -12,6 +12,8 @@ Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (Lit
 """
 from __future__ import annotations
 
+import difflib
+import re
 import shutil
 import tempfile
 import time
@@ -137,11 +139,107 @@ def _signature_batches(rows: dict[str, np.ndarray], batch: int, dtypes: dict) ->
     return out
 
 
+def litert_scope(root: nn.Module, path: str) -> str:
+    """The op-scope fragment litert-torch gives the ops of submodule ``path`` of ``root`` (its op and tensor
+    names): one ``<module>.<Class>_<attribute or index>`` per level, a ModuleList's own level left out
+    (``down_blocks.0.resnets.1`` -> ``...CrossAttnDownBlock2D_0/...ResnetBlock2D_1``)."""
+    parts = path.split(".")
+    module, out = root, []
+    for i, part in enumerate(parts):
+        child = module[int(part)] if part.isdigit() else getattr(module, part)
+        if isinstance(child, nn.ModuleList) and i + 1 < len(parts) and parts[i + 1].isdigit():
+            module = child
+            continue
+        out.append(f"{type(child).__module__}.{type(child).__qualname__}_{part}")
+        module = child
+    return "/".join(out)
+
+
+def unit_regex(unet: nn.Module, unit: str) -> str:
+    """ai-edge-quantizer scope regex that matches exactly the ops of UNet unit ``unit``."""
+    prefix = f"{type(unet).__qualname__}_unet/"
+    return re.escape(prefix + litert_scope(unet, unit)) + "(/|;|$)"
+
+
+def check_units(unet_module: nn.Module, names, field_name: str, where: str) -> None:
+    """Every unit a recipe names must be a unit of this UNet (edgekit.quantize.sensitivity)."""
+    from edgekit.quantize.sensitivity import units
+
+    known = units(unet_module)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; its units: {', '.join(list(known)[:8])}, ..."
+            raise InputError(f"{where}: int8_recipe.{field_name} names '{name}', which is not a unit of the UNet{hint}")
+
+
+def plan_int8_recipe(job: ComponentJob, recipe, where: str) -> dict:
+    """The UNet's float and int16 units for this width: the profile's lists plus, with a sensitivity budget, the
+    units the ranking puts first (measured on this width's calibration rows); with the ranking used."""
+    from edgekit.components import component_spec, export_module
+    from edgekit.quantize.sensitivity import rank_units, select_float_units
+
+    module = export_module(job.pipe, job.name)
+    check_units(module, recipe.float_units, "float_units", where)
+    check_units(module, recipe.int16_units, "int16_units", where)
+    float_units, int16_units = list(recipe.float_units), list(recipe.int16_units)
+    ranking = []
+    if recipe.sensitive_budget > 0 and job.calibration:
+        rows = job.calibration
+        n = len(next(iter(rows.values())))
+        held = np.linspace(0, n - 1, min(n, 8)).round().astype(int)
+        ranking = rank_units(module, component_spec(job.pipe, job.name), rows,
+                             {k: v[held] for k, v in rows.items()})
+        chosen = select_float_units(ranking, recipe.sensitive_budget, already=float_units + int16_units)
+        (float_units if recipe.sensitive_as == "float" else int16_units).extend(chosen)
+    return {"int8_ops": list(recipe.int8_ops), "float_units": float_units, "int16_units": int16_units,
+            "sensitive_budget": recipe.sensitive_budget, "sensitive_as": recipe.sensitive_as,
+            "ranking": [{"unit": r["unit"], "rel_err": round(float(r["rel_err"]), 5), "weights": r["weights"]}
+                        for r in ranking[:12]]}
+
+
+def compact_tensor_names(path: Path) -> int:
+    """Shorten every tensor name of the .tflite at ``path`` to an id; the signature keeps its input and
+    output names (the interpreter feeds by signature). Returns the bytes saved."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    before = path.stat().st_size
+    model = fbu.read_model_from_bytearray(bytearray(path.read_bytes()))
+    for g, graph in enumerate(model.subgraphs):
+        for i, tensor in enumerate(graph.tensors):
+            tensor.name = f"t{g}_{i:x}".encode()
+    path.write_bytes(bytes(fbu.convert_object_to_bytearray(model)))
+    return before - path.stat().st_size
+
+
+def unit_dtypes(path: Path, unet: nn.Module, units_: list[str]) -> dict[str, dict[str, int]]:
+    """Per unit, the output tensor types of its ops in the written .tflite (what the recipe really did)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfu
+
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = tfu.read_model(str(path))
+    graph = model.subgraphs[0]
+    out: dict[str, dict[str, int]] = {}
+    for unit in units_:
+        pattern = re.compile(unit_regex(unet, unit))
+        counts: Counter = Counter()
+        for op in graph.operators:
+            if pattern.search(tfu.get_op_scope(op, graph.tensors)):
+                for t in op.outputs:
+                    if t >= 0:
+                        counts[names.get(graph.tensors[t].type, str(graph.tensors[t].type))] += 1
+        out[unit] = dict(sorted(counts.items()))
+    return out
+
+
 def quantize(float_path: Path, out: Path, precision: str, calibration: dict | None, batch: int,
-             float_activations: bool = False, float_scopes: tuple[str, ...] = ()) -> dict:
+             float_activations: bool = False, float_scopes: tuple[str, ...] = (), plan: dict | None = None,
+             unet: nn.Module | None = None) -> dict:
     """fp16: float16 weights dequantized at load (float compute). int8: int8 weights and activations,
     ranges calibrated on the representative rows; with ``float_activations`` int8 weights only (dynamic
-    range: activations quantized on the fly, no calibration)."""
+    range: activations quantized on the fly, no calibration). ``plan`` (plan_int8_recipe) names the op types
+    that get int8 and the UNet units (of ``unet``) left float or given int16 activations."""
     from ai_edge_quantizer import quantizer as aeq_quantizer
     from ai_edge_quantizer import recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -162,22 +260,30 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
     if precision == "int8":
         from edgekit.runtime.runners import LiteRTRunner
 
-        import re
-
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
-        if float_scopes:  # later rules win in ai-edge-quantizer: these ops are left float
+        ops = tuple((plan or {}).get("int8_ops") or ("*",))
+        op_names = [TFLOperationName.ALL_SUPPORTED if op == "*" else TFLOperationName(op) for op in ops]
+        for op in op_names:  # later rules win in ai-edge-quantizer
+            q.add_static_config(".*", op, activation_num_bits=8, weight_num_bits=8)
+        if float_scopes:
             scope = ".*(" + "|".join(re.escape(s) for s in float_scopes) + ").*"
             q.update_quantization_recipe(scope, TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        for unit in (plan or {}).get("int16_units", ()):
+            for op in op_names:
+                q.add_static_config(unit_regex(unet, unit), op, activation_num_bits=16, weight_num_bits=8)
+        for unit in (plan or {}).get("float_units", ()):
+            q.update_quantization_recipe(unit_regex(unet, unit), TFLOperationName.ALL_SUPPORTED,
+                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
         runner = LiteRTRunner(float_path)
         samples = _signature_batches(calibration, batch, runner.input_dtypes)
         if not samples:
-            raise InputError(f"--calib: fewer representative rows than the batch size {batch}")
+            raise InputError(f"calibration rows: fewer representative rows than the batch size {batch}")
         qsvs = q.calibrate({runner.signature_key: samples}, num_threads=1)
         result = q.quantize(qsvs, enable_progress_report=False)
         out.write_bytes(bytes(result.quantized_model))
-        return {"recipe": "static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)",
-                "representative_batches": len(samples), "float_scopes": list(float_scopes)}
-    raise InputError(f"--precision {precision}: tflite offers fp32, fp16, int8")
+        label = ("static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)" if ops == ("*",)
+                 else f"static int8 weights + int8 activations on {', '.join(ops)}, other ops float (ai-edge-quantizer)")
+        return {"recipe": label, "representative_batches": len(samples), "float_scopes": list(float_scopes)}
+    raise InputError(f"precision {precision}: tflite offers fp32, fp16, int8")
 
 
 class TFLiteTarget(Target):
@@ -208,6 +314,12 @@ class TFLiteTarget(Target):
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         from edgekit.components import component_spec, export_module
 
+        recipe = profile.int8_recipe
+        if job.precision == "int8" and (recipe.float_units or recipe.int16_units):
+            # checked at the first component (the text encoder), before any conversion writes anything
+            unet = export_module(job.pipe, "unet")
+            check_units(unet, recipe.float_units, "float_units", f"profile '{profile.name}'")
+            check_units(unet, recipe.int16_units, "int16_units", f"profile '{profile.name}'")
         folder = job.output_dir(stage)
         path = folder / MODEL_FILE
         spec = component_spec(job.pipe, job.name)
@@ -217,10 +329,22 @@ class TFLiteTarget(Target):
             float_path = Path(tmp) / "float32.tflite" if job.precision != "fp32" else path
             facts = convert(job, export_module(job.pipe, job.name), float_path)
             facts["convert_s"] = round(time.perf_counter() - t0, 2)
+            full_integer = job.precision == "int8" and job.name not in profile.int8_float_activations
+            plan = None
+            if full_integer:
+                plan = {"int8_ops": list(profile.int8_recipe.int8_ops)}
+                if job.name == "unet":
+                    plan = plan_int8_recipe(job, profile.int8_recipe, f"profile '{profile.name}'")
             if job.precision != "fp32":
                 facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1,
                                       float_activations=job.name in profile.int8_float_activations,
-                                      float_scopes=profile.int8_float_scopes))
+                                      float_scopes=profile.int8_float_scopes, plan=plan, unet=job.pipe.unet))
+            if plan is not None and job.name == "unet":  # read before names are compacted: scopes live in them
+                named = plan["float_units"] + plan["int16_units"]
+                plan["unit_dtypes"] = unit_dtypes(path, job.pipe.unet, named) if named else {}
+                facts["int8_recipe"] = plan
+            if profile.int8_recipe.compact_names and job.precision == "int8":
+                facts["tensor_name_bytes_saved"] = compact_tensor_names(path)
         size = path.stat().st_size
         if size > min(FLATBUFFER_LIMIT, profile.max_file_mb * 2**20):
             raise VerificationError(f"{job.name}: {size / 2**20:.0f} MiB .tflite exceeds the profile's "
