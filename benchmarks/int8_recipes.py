@@ -62,6 +62,38 @@ def summarize(name: str, bundle: Path, rows: list[dict]) -> dict:
                                         "prompt_accuracy", "prompt_accuracy_ci95", "quality")} for r in rows]}
 
 
+def unet_call_latency(work: Path, names, rounds: int = 15) -> dict:
+    """Per width, the milliseconds of one UNet call (batch 2, one thread) of each variant, interleaved call by
+    call so every variant sees the same machine load: [25%, median, 75%]."""
+    import numpy as np
+
+    from edgekit.bundle import read_manifest
+    from edgekit.runtime.runners import LiteRTRunner
+
+    out = {}
+    for w in ("1.00", "0.75", "0.50"):
+        runners = {}
+        for name in names:
+            bundle = work / name
+            entry = read_manifest(bundle)["components"]["unet"]["widths"].get(w)
+            if entry is None:
+                continue
+            rng = np.random.default_rng(0)
+            feed = {t["name"]: (np.full(t["shape"], 500, np.float32) if t["name"] == "timestep"
+                                else rng.standard_normal(t["shape"]).astype(np.float32)) for t in entry["inputs"]}
+            runners[name] = (LiteRTRunner(bundle / entry["file"], threads=1), feed)
+        times = {name: [] for name in runners}
+        for runner, feed in runners.values():
+            runner.run(feed)  # warm-up
+        for _ in range(rounds):
+            for name, (runner, feed) in runners.items():
+                t0 = time.perf_counter()
+                runner.run(feed)
+                times[name].append((time.perf_counter() - t0) * 1000)
+        out[w] = {name: [round(float(np.percentile(t, q)), 2) for q in (25, 50, 75)] for name, t in times.items()}
+    return out
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     lines = ["# LiteRT INT8 recipes (digits model, three widths)", "",
              f"{meta['host']}; {meta['samples']} images per row (digits balanced), seed 0; PSNR against the float "
@@ -70,12 +102,13 @@ def markdown(results: list[dict], meta: dict) -> str:
     fp16 = next((r for r in results if r["variant"] == "fp16"), None)
     if fp16 is None:
         return "\n".join(lines + ["(fp16 not measured yet: no comparison)"]) + "\n"
-    lines += ["## Bundles", "", "| variant | bundle MiB | vs fp16 | UNet rel-err vs torch (w1 / w0.75 / w0.5) |",
-              "|---|---:|---:|---|"]
+    lines += ["## Bundles", "", "| variant | UNet widths | bundle MiB | vs fp16 | UNet rel-err vs torch (per width) |",
+              "|---|---|---:|---:|---|"]
     for r in results:
-        errs = " / ".join(f"{r['unet'][w]['rel_err_vs_torch']:.3g}" for w in sorted(r["unet"], key=float, reverse=True))
-        lines.append(f"| {r['variant']} | {r['bundle_bytes'] / 2**20:.2f} | {r['bundle_bytes'] / fp16['bundle_bytes']:.2f} "
-                     f"| {errs} |")
+        order = sorted(r["unet"], key=float, reverse=True)
+        errs = " / ".join(f"{r['unet'][w]['rel_err_vs_torch']:.3g}" for w in order)
+        lines.append(f"| {r['variant']} | {', '.join(order)} | {r['bundle_bytes'] / 2**20:.2f} | "
+                     f"{r['bundle_bytes'] / fp16['bundle_bytes']:.2f} | {errs} |")
     lines += ["", "## Rows", "", "| variant | width | steps | accuracy [95%] | PSNR dB [95%] (n) | latency ms [25..75%] |",
               "|---|---:|---:|---|---|---|"]
     for r in results:
@@ -85,6 +118,16 @@ def markdown(results: list[dict], meta: dict) -> str:
             lines.append(f"| {r['variant']} | {row['width']:g} | {row['steps']} | {row['prompt_accuracy']:.3f} "
                          f"[{lo:.3f}, {hi:.3f}] | {q['value']:.2f} [{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] ({q['n']}) "
                          f"| {row['latency_ms']:.1f} [{row['latency_spread_ms'][0]:.1f}, {row['latency_spread_ms'][1]:.1f}] |")
+    if meta.get("unet_call_ms"):
+        lines += ["", f"Row latencies above were measured one variant after another while the shared machine's load "
+                      "changed (load average 5 to 17): compare them within a variant only. Interleaved UNet calls "
+                      f"(batch 2, one thread, {meta.get('unet_call_rounds')} rounds, same moments for every variant), "
+                      "ms [25%, median, 75%]:", "", "| width | " + " | ".join(r["variant"] for r in results) + " |",
+                  "|---:|" + "---|" * len(results)]
+        for w, by in meta["unet_call_ms"].items():
+            lines.append(f"| {float(w):g} | " + " | ".join(
+                (f"{by[r['variant']][1]:.2f} [{by[r['variant']][0]:.2f}, {by[r['variant']][2]:.2f}]"
+                 if r["variant"] in by else "-") for r in results) + " |")
     lines += ["", "## Goal (issue: every row within 3 points of fp16's accuracy, bundle <= 0.6x fp16 bytes)", ""]
     base = {(row["width"], row["steps"]): row["prompt_accuracy"] for row in fp16["rows"]}
     for r in results:
@@ -110,7 +153,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default="fp16,int8-all-ops,int8-recipe")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-time interleaved UNet calls of the bundles in --work; rows from the earlier JSON")
     args = ap.parse_args()
+    if args.latency_only:
+        data = json.loads((args.out / "int8_recipes.json").read_text())
+        data["meta"]["unet_call_ms"] = unet_call_latency(args.work, [r["variant"] for r in data["results"]])
+        data["meta"]["unet_call_rounds"] = 15
+        (args.out / "int8_recipes.json").write_text(json.dumps(data, indent=2) + "\n")
+        (args.out / "int8_recipes.md").write_text(markdown(data["results"], data["meta"]))
+        return
     steps = [int(s) for s in args.steps.split(",")]
     chosen = variants(shipped_profile("android-tflite"))
     results = []

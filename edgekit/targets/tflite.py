@@ -8,7 +8,11 @@ Two converters sit behind one interface (``CONVERTERS``), picked by the profile'
 - ``onnx2tf``: PyTorch -> ONNX -> TensorFlow -> TFLite, the route the mission names. It needs the
   GroupNorm and GELU rewrites of ``edgekit.targets.patches`` to convert without Flex ops, and turns
   4-D inputs into NHWC. benchmarks/export_real_scale.py measures both.
-Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (LiteRT's own quantizer).
+Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (LiteRT's own quantizer). The INT8
+recipe is the profile's ``int8_recipe``: which op types get int8 weights and activations (the shipped profile:
+conv and fully-connected only), which UNet units stay float or get int16 activations (named, or picked per width
+by edgekit.quantize.sensitivity's ranking under a weight budget); the manifest records the recipe as applied and
+the output types of each named unit's ops.
 """
 from __future__ import annotations
 
