@@ -265,6 +265,11 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     # As ORT's calibrator: no graph rewrite, so every measured tensor is computed as the QDQ graph sees it.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False  # an arena keeps its high-water mark for the session's life
+    # Run nodes in the graph's order where the data allows, so each reduction runs right after its tensor is
+    # made (``_range_model``) and the tensor is freed early. ORT's default order ran them late: on the
+    # width-0.5 SD-1.5 UNet (0.8 GB) at 64x64 latents, one row, 7.7 GB peak in the default order, 2.3 GB in this.
+    if hasattr(ort, "ExecutionOrder"):
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     passes = [tensors[i:i + per_pass] for i in range(0, len(tensors), per_pass)]
     progress = progress or current_progress()
     task = progress.add_task("activation ranges", total=len(passes) * n) if progress else None
