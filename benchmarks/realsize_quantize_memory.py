@@ -234,6 +234,9 @@ def write_results(results: dict) -> None:
                 note += f"INT8 {step['int8_bytes'] / max(run.get('fp32_bytes', 1), 1):.3f}x bytes"
             lines.append(f"| {key} | {run.get('unet_params', 0) / 1e6:.0f}M | {run.get('fp32_bytes', 0) / 2**30:.2f} GiB "
                          f"| {step['step']} | {step['wall_s']} | {step['peak_rss_mb'] / 1024:.2f} | {phases} | {note} |")
+    notes = [f"- {key}: {run['note']}" for key, run in sorted(merged["runs"].items()) if run.get("note")]
+    if notes:
+        lines += ["", "Notes:", ""] + notes
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
 
 
