@@ -41,15 +41,15 @@ class CalibrationConfig:
         if not self.prompts:
             raise InputError("calibration needs at least one prompt")
         if self.steps <= 0:
-            raise InputError(f"--steps {self.steps}: expected a positive whole number")
+            raise InputError("expected a positive whole number", param="steps", value=self.steps)
         if self.samples is not None and self.samples <= 0:
-            raise InputError(f"--samples {self.samples}: expected a positive whole number")
+            raise InputError("expected a positive whole number", param="samples", value=self.samples)
         unknown = set(self.max_rows) - set(CALIB_COMPONENTS)
         if unknown:
             raise InputError(f"unknown calibration component(s) {sorted(unknown)}; known: {list(CALIB_COMPONENTS)}")
         for name, rows in self.max_rows.items():
             if int(rows) <= 0:
-                raise InputError(f"--max-rows for {name}: expected a positive whole number, got {rows}")
+                raise InputError(f"{name}: expected a positive whole number, got {rows}", param="max_rows")
 
 
 PROMPTS_FIELD = "calibration_prompts"  # edgekit_defaults.json: a prompts file inside the model directory
@@ -359,12 +359,9 @@ class CalibrationSet:
             raise CalibrationError(f"{flag} {directory}: no such directory (expected the output of edgekit calibrate)")
         if not meta_path.is_file():
             raise CalibrationError(f"{flag} {directory}: {CALIB_META} missing (expected the output of edgekit calibrate)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise CalibrationError(f"{meta_path}: cannot be read ({exc.strerror or exc})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CalibrationError(f"{meta_path}: not a calibration meta file ({exc})") from None
+        from edgekit.pipeline import read_json_object
+
+        meta = read_json_object(meta_path, CalibrationError)
         _check_meta(meta, meta_path)
         if not meta["components"]:
             raise CalibrationError(f"{flag} {directory}: holds no calibration rows")

@@ -118,7 +118,7 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
         if out in inp.parents:
             raise InputError(f"{flag} {out}: contains the input {inp}; choose a path outside it")
     if out.exists() and not force:
-        raise InputError(f"{flag} {out}: already exists (pass --force to replace it)")
+        raise InputError("already exists (pass {force} to replace it)", param=flag, value=out, mentions=("force",))
     if out.exists() and force and out.is_dir() == is_file:
         expected = "a file" if is_file else "a directory"
         raise InputError(f"{flag} {out}: exists and is not {expected}")

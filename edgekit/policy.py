@@ -493,12 +493,12 @@ def load_trace(path: Path) -> list[tuple[float, DeviceState]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"--trace {path}: no such file") from None
+        raise InputError("no such file", param="trace", value=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--trace {path}: not JSON ({exc})") from None
+        raise InputError(f"not JSON ({exc})", param="trace", value=path) from None
     if not isinstance(data, list) or not data:
-        raise InputError(f"--trace {path}: expected a non-empty JSON list of samples "
-                         "{t, battery_level, charging, low_power, thermal}")
+        raise InputError("expected a non-empty JSON list of samples {t, battery_level, charging, low_power, thermal}",
+                         param="trace", value=path)
     samples, last = [], -math.inf
     for i, s in enumerate(data):
         where = f"--trace {path}: sample {i}"

@@ -275,14 +275,17 @@ class TargetProfile(_Strict):
             return self
         name, sep, value = precision.partition(":")
         if name not in self.precisions:
-            raise InputError(f"--precision {precision}: target profile '{self.name}' offers {', '.join(self.precisions)}")
+            raise InputError(f"target profile '{self.name}' offers {', '.join(self.precisions)}", param="precision",
+                             value=precision)
         if name != "mixed" and sep:
-            raise InputError(f"--precision {precision}: only mixed takes a value (mixed:BITS, an average bit width)")
+            raise InputError("only mixed takes a value (mixed:BITS, an average bit width)", param="precision",
+                             value=precision)
         if name == "mixed" and sep:
             try:
                 bits = float(value)
             except ValueError:
-                raise InputError(f"--precision {precision}: expected mixed:BITS with BITS a number such as 4.5") from None
+                raise InputError("expected mixed:BITS with BITS a number such as 4.5", param="precision",
+                                 value=precision) from None
             check_mixed_target(bits, self.coreml.palette_bits, f"--precision {precision}: average bit width")
             return dataclasses.replace(self, precision=name,
                                        coreml=dataclasses.replace(self.coreml, mixed_target_bits=bits))

@@ -132,7 +132,7 @@ def test_capture_leaves_no_spilled_rows(default_pipe, default_model, tmp_path):
 def test_config_and_prompt_errors(tmp_path):
     with pytest.raises(InputError):
         CalibrationConfig(prompts=())
-    with pytest.raises(InputError, match="--steps"):
+    with pytest.raises(InputError, match="steps 0"):
         CalibrationConfig(prompts=("x",), steps=0)
     with pytest.raises(InputError, match="unknown calibration component"):
         CalibrationConfig(prompts=("x",), max_rows={"decoder": 3})

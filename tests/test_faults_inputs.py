@@ -171,8 +171,8 @@ def _calibration_meta(text: str):
 # prune reads --calib before loading anything heavy; quantize (which imports its backend first) runs the
 # case the issue names.
 @pytest.mark.parametrize("command,make,expectation", [
-    pytest.param("quantize", _calibration_meta("[]"), "a JSON list, not an object", id="quantize-list"),
-    pytest.param("prune", _calibration_meta("[]"), "a JSON list, not an object", id="list"),
+    pytest.param("quantize", _calibration_meta("[]"), "expected a JSON object, got a list", id="quantize-list"),
+    pytest.param("prune", _calibration_meta("[]"), "expected a JSON object, got a list", id="list"),
     pytest.param("prune", _calibration_meta('{"components": [1]}'), "'components' missing or not an object",
                  id="components-list"),
     pytest.param("prune", _calibration_meta('{"components": {"unet": {"shards": 3}}}'), "components.unet.shards",

@@ -69,7 +69,7 @@ def test_missing_and_unparsable_profiles(tmp_path):
 def test_precision_override_must_be_offered():
     profile = shipped_profile("web-ort")
     assert profile.with_precision("fp16").precision == "fp16"
-    with pytest.raises(InputError, match="--precision w8"):
+    with pytest.raises(InputError, match="precision w8"):
         profile.with_precision("w8")
 
 

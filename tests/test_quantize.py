@@ -104,11 +104,11 @@ def test_options_are_strict_and_round_trip():
     assert QuantizeOptions.from_dict(opts.to_dict()) == opts
     with pytest.raises(InputError, match="did you mean 'float_budget'"):
         QuantizeOptions.from_dict({"float_budgte": 0.1})
-    with pytest.raises(InputError, match="--calibrate-method"):
+    with pytest.raises(InputError, match="calibrate_method mse"):
         QuantizeOptions(calibrate_method="mse")
-    with pytest.raises(InputError, match="--activations"):
+    with pytest.raises(InputError, match="activations int4"):
         QuantizeOptions(activations="int4")
-    with pytest.raises(InputError, match="--float-budget"):
+    with pytest.raises(InputError, match="float_budget 1.5"):
         QuantizeOptions(float_budget=1.5)
     assert parse_components("unet, vae_decoder") == ("unet", "vae_decoder")
     with pytest.raises(InputError, match="did you mean 'vae_decoder'"):

@@ -52,8 +52,8 @@ def check_grid_seeds(samples: int, seed: int) -> None:
     from edgekit.noise import MASK
 
     if seed + samples - 1 > MASK:
-        raise InputError(f"--seed {seed} with --samples {samples}: image i takes seed {seed} + i, past the largest "
-                         f"seed {MASK}; use a seed up to {MASK - samples + 1}")
+        raise InputError(f"with {{samples}} {samples}: image i takes seed {seed} + i, past the largest seed {MASK}; "
+                         f"use a seed up to {MASK - samples + 1}", param="seed", value=seed, mentions=("samples",))
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ModelQuality:
         from edgekit.quality.fidelity import default_cache_root
 
         if samples < MIN_SAMPLES:
-            raise InputError(f"--samples {samples}: quality intervals need at least {MIN_SAMPLES} images")
+            raise InputError(f"quality intervals need at least {MIN_SAMPLES} images", param="samples", value=samples)
         check_grid_seeds(samples, seed)
         self.model_dir = check_model_dir(reference_model, flag)
         self.defaults = sampling_defaults(self.model_dir)

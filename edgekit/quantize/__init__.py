@@ -55,13 +55,13 @@ class QuantizeOptions:
 
     def __post_init__(self):
         if self.calibrate_method not in CALIBRATE_METHODS:
-            raise InputError(f"--calibrate-method {self.calibrate_method}: expected one of {list(CALIBRATE_METHODS)}")
+            raise InputError(f"expected one of {list(CALIBRATE_METHODS)}", param="calibrate_method", value=self.calibrate_method)
         if self.activations not in ACTIVATION_TYPES:
-            raise InputError(f"--activations {self.activations}: expected one of {list(ACTIVATION_TYPES)}")
+            raise InputError(f"expected one of {list(ACTIVATION_TYPES)}", param="activations", value=self.activations)
         if not 0.0 <= float(self.float_budget) < 1.0:
-            raise InputError(f"--float-budget {self.float_budget}: expected a share in [0, 1)")
+            raise InputError("expected a share in [0, 1)", param="float_budget", value=self.float_budget)
         if not 0.0 < float(self.holdout) < 1.0:
-            raise InputError(f"--holdout {self.holdout}: expected a share in (0, 1)")
+            raise InputError("expected a share in (0, 1)", param="holdout", value=self.holdout)
         for name in ("max_calib_rows", "sensitivity_rows"):
             if int(getattr(self, name)) <= 0:
                 raise InputError(f"{name} {getattr(self, name)}: expected a positive whole number")
@@ -160,18 +160,19 @@ def check_calibration_matches(calib, spec, component: str, width: float | None) 
     """The captured rows must have the shapes this model (at this width) feeds the component."""
     info = calib.meta["components"].get(component)
     if info is None:
-        raise CalibrationError(f"--calib {calib.directory}: no rows for '{component}' (has {calib.components()})")
+        raise CalibrationError(f"no rows for '{component}' (has {calib.components()})", param="calibration",
+                               value=calib.directory)
     for t in spec.inputs:
         captured = info.get("inputs", {}).get(t.name, {}).get("shape")
         expected = [int(d) for d in t.shape[1:]]
         if captured != expected:
-            raise CalibrationError(f"--calib {calib.directory}: {component} input '{t.name}' has shape {captured}, "
-                                   f"the model expects {expected}; re-run edgekit calibrate on this model")
+            raise CalibrationError(f"{component} input '{t.name}' has shape {captured}, the model expects {expected}; "
+                                   "re-run edgekit calibrate on this model", param="calibration", value=calib.directory)
     captured_width = calib.meta.get("width", calib.meta.get("config", {}).get("width"))
     wanted = 1.0 if width is None else float(width)
     if captured_width is not None and float(captured_width) != wanted:
-        raise CalibrationError(f"--calib {calib.directory}: captured at width {captured_width}, quantizing width "
-                               f"{wanted}; re-run edgekit calibrate --width {wanted}")
+        raise CalibrationError(f"captured at width {captured_width}, quantizing width {wanted}; re-run edgekit "
+                               f"calibrate at width {wanted}", param="calibration", value=calib.directory)
 
 
 def matches_any(path: str, patterns) -> bool:

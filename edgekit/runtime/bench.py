@@ -142,14 +142,15 @@ def reference_model_of(bundle_dir: Path, manifest: dict, given: Path | None) -> 
 
     source = manifest.get("source_model") or {}
     path = Path(given) if given is not None else Path(str(source.get("path", "")))
-    flag = "--reference-model" if given is not None else f"{bundle_dir}/manifest.json source_model.path"
+    flag = "reference_model" if given is not None else f"{bundle_dir}/manifest.json source_model.path"
     if not path.is_dir():
-        raise InputError(f"{flag} {path}: not a directory on this host; pass --reference-model DIR, the float "
-                         "model the bundle was exported from (quality is measured against it)")
+        raise InputError("not a directory on this host; give {reference_model}, the float model the bundle was "
+                         "exported from (quality is measured against it)", param=flag, value=path,
+                         mentions=("reference_model",))
     expected = source.get("sha256")
     if expected and sha256_tree(path) != expected:
-        raise InputError(f"{flag} {path}: not the model this bundle was exported from (sha256 differs from the "
-                         "manifest's source_model.sha256)")
+        raise InputError("not the model this bundle was exported from (sha256 differs from the manifest's "
+                         "source_model.sha256)", param=flag, value=path)
     return path, flag
 
 
@@ -222,14 +223,16 @@ def import_rows(path: Path, manifest: dict) -> list[dict]:
     try:
         rows = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"--import-table {path}: no such file") from None
+        raise InputError("no such file", param="import_table", value=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--import-table {path}: not JSON ({exc})") from None
+        raise InputError(f"not JSON ({exc})", param="import_table", value=path) from None
     parse_table(rows, f"--import-table {path}")
     for i, r in enumerate(rows):
         if not r.get("device"):
-            raise InputError(f"--import-table {path}: row {i} does not say which device measured it ('device')")
+            raise InputError(f"row {i} does not say which device measured it ('device')", param="import_table",
+                             value=path)
     devices = {r["device"] for r in rows}
     if len(devices) > 1:
-        raise InputError(f"--import-table {path}: rows from several devices {sorted(devices)}; one table per device")
+        raise InputError(f"rows from several devices {sorted(devices)}; one table per device", param="import_table",
+                         value=path)
     return rows

@@ -180,8 +180,8 @@ class BundleSampler:
     def table(self, steps: int) -> dict:
         schedules = self.manifest["sampling"]["schedules"]
         if str(steps) not in schedules:
-            raise InputError(f"--steps {steps}: the bundle has no schedule for {steps} steps "
-                             f"(has: {', '.join(sorted(schedules, key=int))})")
+            raise InputError(f"the bundle has no schedule for {steps} steps (has: {', '.join(sorted(schedules, key=int))})",
+                             param="steps", value=steps)
         return schedules[str(steps)]
 
     def guidance(self, guidance: float | None = None) -> tuple[float, str, np.ndarray | None]:

@@ -205,7 +205,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     target = get_target(request.target)
     profile = request.profile
     if profile.target != target.name:
-        raise InputError(f"--profile {profile.name}: is a profile for target '{profile.target}', not '{target.name}'")
+        raise InputError(f"is a profile for target '{profile.target}', not '{target.name}'", param="profile",
+                         value=profile.name)
     target.check_profile(profile)
     model_dir = check_model_dir(request.model_dir)
     sampling = sampling_plan(model_dir, profile, request.steps, request.guidance)  # refuses a scheduler first
@@ -215,8 +216,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     calib = None
     if precision in target.needs_calibration:
         if request.calib_dir is None:
-            raise CalibrationError(f"--precision {precision}: needs --calib DIR (representative data from "
-                                   "edgekit calibrate)")
+            raise CalibrationError("needs {calibration} (representative data from edgekit calibrate)",
+                                   param="precision", value=precision, mentions=("calibration",))
     if request.calib_dir is not None:
         cset = CalibrationSet.open(request.calib_dir, model_dir)
         calib = {c: cset.load(c) for c in cset.components()}
@@ -353,7 +354,7 @@ def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance:
     check_supported(config, f"{Path(model_dir) / 'scheduler' / 'scheduler_config.json'}")
     defaults = sampling_defaults(model_dir)
     if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
-        raise InputError(f"--guidance {guidance}: expected a finite number")
+        raise InputError("expected a finite number", param="guidance", value=guidance)
     scale = float(defaults.guidance_scale if guidance is None else guidance)
     counts = tuple(steps) if steps else (defaults.offered_steps or tuple(profile.steps) + (defaults.steps,))
     for s in counts:  # a count the scheduler cannot take (NaN latents, beyond its training steps) is named now
