@@ -137,3 +137,22 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([str(exe), "eval", "--model", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2
     _one_line_error(proc.stderr, "no such directory")
+
+
+def test_library_errors_name_the_parameter_and_each_command_its_own_flag():
+    """The library says which parameter is wrong; a command words it with its flag only when it has that flag
+    (`edgekit package` has no --calib, so a calibration error there keeps the library's words)."""
+    from edgekit.cli import build_parser
+    from edgekit.commands.common import error_line, flags_of
+    from edgekit.errors import CalibrationError, InputError
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    exc = CalibrationError("fewer representative rows than the converter needs", param="calibration", value="c")
+    assert str(exc) == "calibration c: fewer representative rows than the converter needs"
+    assert error_line(exc, flags_of(commands["export"])).startswith("--calib c: fewer")
+    assert error_line(exc, flags_of(commands["package"])) == str(exc)
+    exists = InputError("already exists (pass {force} to replace it)", param="out", value="o", mentions=("force",))
+    assert str(exists) == "out o: already exists (pass force to replace it)"
+    assert error_line(exists, flags_of(commands["generate"])) == "--out o: already exists (pass --force to replace it)"
+    slim = InputError("expected a positive number", param="slim.train_steps", value=-1)
+    assert error_line(slim, flags_of(commands["package"])) == "--slim-steps -1: expected a positive number"
