@@ -94,17 +94,18 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{flag} {path}: no such file (expected a text file, one prompt per line)")
+        raise InputError("no such file (expected a text file, one prompt per line)", param=flag, value=path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from None
+        raise InputError(f"cannot be read ({exc.strerror or exc})", param=flag, value=path) from None
     if b"\0" in data:
-        raise InputError(f"{flag} {path}: a binary file (NUL bytes), expected UTF-8 text with one prompt per line")
+        raise InputError("a binary file (NUL bytes), expected UTF-8 text with one prompt per line",
+                         param=flag, value=path)
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        raise InputError(f"{flag} {path}: not UTF-8 text (expected one prompt per line)") from None
+        raise InputError("not UTF-8 text (expected one prompt per line)", param=flag, value=path) from None
     prompts, comments = [], 0
     for number, line in enumerate(lines, 1):
         text = line.strip()
@@ -117,11 +118,12 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
             try:
                 text = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{flag} {path}: line {number} is not a valid quoted prompt ({exc.msg})") from None
+                raise InputError(f"line {number} is not a valid quoted prompt ({exc.msg})",
+                                 param=flag, value=path) from None
         prompts.append(text)
     if not prompts:
         what = f"only comments ({comments} comment line{'s' if comments != 1 else ''})" if comments else "empty"
-        raise InputError(f"{flag} {path}: no prompts, the file is {what} (expected one prompt per line)")
+        raise InputError(f"no prompts, the file is {what} (expected one prompt per line)", param=flag, value=path)
     return prompts
 
 
@@ -353,18 +355,20 @@ class CalibrationSet:
         try:
             directory = Path(directory).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
-            raise CalibrationError(f"{flag} {directory}: cannot be resolved ({exc})") from None
+            raise CalibrationError(f"cannot be resolved ({exc})", param=flag, value=directory) from None
         meta_path = directory / CALIB_META
         if not directory.is_dir():
-            raise CalibrationError(f"{flag} {directory}: no such directory (expected the output of edgekit calibrate)")
+            raise CalibrationError("no such directory (expected the output of edgekit calibrate)",
+                                   param=flag, value=directory)
         if not meta_path.is_file():
-            raise CalibrationError(f"{flag} {directory}: {CALIB_META} missing (expected the output of edgekit calibrate)")
+            raise CalibrationError(f"{CALIB_META} missing (expected the output of edgekit calibrate)",
+                                   param=flag, value=directory)
         from edgekit.pipeline import read_json_object
 
         meta = read_json_object(meta_path, CalibrationError)
         _check_meta(meta, meta_path)
         if not meta["components"]:
-            raise CalibrationError(f"{flag} {directory}: holds no calibration rows")
+            raise CalibrationError("holds no calibration rows", param=flag, value=directory)
         if model_dir is not None:
             expected = sha256_tree(model_dir)
             if meta["model"].get("sha256") != expected:

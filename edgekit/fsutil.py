@@ -54,11 +54,11 @@ def check_writable(path: Path, flag: str = "--out", shown: Path | None = None) -
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"{flag} {shown}: {existing} is a file, not a directory")
+        raise InputError(f"{existing} is a file, not a directory", param=flag, value=shown)
     try:
         fd, probe = tempfile.mkstemp(prefix=".edgekit-write-test-", dir=existing)
     except OSError as exc:
-        raise InputError(f"{flag} {shown}: cannot create files in {existing} ({exc.strerror})") from None
+        raise InputError(f"cannot create files in {existing} ({exc.strerror})", param=flag, value=shown) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -114,14 +114,14 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
     for inp in protected:
         inp = _resolved(inp, str(inp))
         if out == inp or inp in out.parents:
-            raise InputError(f"{flag} {out}: is inside the input {inp}; choose a path outside it")
+            raise InputError(f"is inside the input {inp}; choose a path outside it", param=flag, value=out)
         if out in inp.parents:
-            raise InputError(f"{flag} {out}: contains the input {inp}; choose a path outside it")
+            raise InputError(f"contains the input {inp}; choose a path outside it", param=flag, value=out)
     if out.exists() and not force:
         raise InputError("already exists (pass {force} to replace it)", param=flag, value=out, mentions=("force",))
     if out.exists() and force and out.is_dir() == is_file:
         expected = "a file" if is_file else "a directory"
-        raise InputError(f"{flag} {out}: exists and is not {expected}")
+        raise InputError(f"exists and is not {expected}", param=flag, value=out)
     if out.is_dir() and not is_file:
         # A replaced output directory is deleted first: never the one the user works in, one holding it,
         # their home or the filesystem root (`--out . --force` would empty the current folder).

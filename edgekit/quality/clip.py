@@ -20,21 +20,22 @@ def check_clip_dir(path: Path | str, flag: str = "--clip") -> Path:
     """The resolved directory, or one InputError naming what is wrong (before any model is loaded)."""
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
-        raise InputError(f"{flag} {path}: no such directory (expected a local transformers CLIP model directory)")
+        raise InputError("no such directory (expected a local transformers CLIP model directory)",
+                         param=flag, value=path)
     config = path / "config.json"
     if not config.is_file():
-        raise InputError(f"{flag} {path}: not a CLIP model directory (config.json missing)")
+        raise InputError("not a CLIP model directory (config.json missing)", param=flag, value=path)
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise InputError(f"{flag} {config}: not valid JSON ({exc})") from None
+        raise InputError(f"not valid JSON ({exc})", param=flag, value=config) from None
     if model_type != "clip":
         raise InputError(f"{flag} {path}: config.json says model_type {model_type!r}, expected 'clip' "
                          "(a transformers CLIPModel with text and vision towers)")
     if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        raise InputError(f"{flag} {path}: no weights (model.safetensors or pytorch_model.bin)")
+        raise InputError("no weights (model.safetensors or pytorch_model.bin)", param=flag, value=path)
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        raise InputError(f"{flag} {path}: no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+        raise InputError("no tokenizer (tokenizer.json or vocab.json + merges.txt)", param=flag, value=path)
     return path
 
 
@@ -53,7 +54,8 @@ class ClipScorer:
             self.tokenizer = CLIPTokenizer.from_pretrained(self.directory, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{flag} {self.directory}: transformers could not load it as CLIP ({first})") from None
+            raise InputError(f"transformers could not load it as CLIP ({first})",
+                             param=flag, value=self.directory) from None
         mean, std = CLIP_MEAN, CLIP_STD
         pre = self.directory / "preprocessor_config.json"
         if pre.is_file():
