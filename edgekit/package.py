@@ -745,11 +745,12 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
 
 def _quantize(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: Width, widest: bool,
               calib: dict, output: Path, progress) -> dict:
+    from edgekit.components import PER_WIDTH_COMPONENTS
     from edgekit.quantize import DEFAULT_COMPONENTS, quantize_model
 
     options = config.quantize
-    # The text encoder and VAE decoder are the same at every width: quantized once, with the widest UNet.
-    components = DEFAULT_COMPONENTS if widest else ("unet",)
+    # The components not exported per width are the same at every width: quantized once, with the widest UNet.
+    components = DEFAULT_COMPONENTS if widest else PER_WIDTH_COMPONENTS
 
     def build(where: Path) -> dict:
         manifest = quantize_model(model, Path(calib["dir"]), config.quant, where, components=components,

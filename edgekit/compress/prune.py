@@ -10,7 +10,6 @@ slice slimmable widths at load time, which DepGraph's pickled history would not 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,10 +120,11 @@ def write_structured_model(source_dir: Path, out_dir: Path, unet, structure) -> 
     from safetensors.torch import load_file, save_file
 
     from edgekit.constants import MANIFEST
+    from edgekit.fsutil import link_or_copy_tree
     from edgekit.structure import STRUCTURE_FILE
 
-    shutil.copytree(source_dir, out_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".*", MANIFEST, STRUCTURE_FILE, REPORT_FILE))
+    # unchanged components as hard links (else copies); the UNet's weight files are unlinked and written anew
+    link_or_copy_tree(source_dir, out_dir, skip_top=(MANIFEST, STRUCTURE_FILE, REPORT_FILE))
     unet_dir = out_dir / "unet"
     existing = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin"))
     dtype = torch.float32
