@@ -114,7 +114,9 @@ def test_tflite_int8_bundle_from_calibration_shards(sd15_reduced, sd15_calib, tm
     m = read_manifest(out)
     unet = m["components"]["unet"]["widths"]["1.00"]
     assert unet["precision"] == "int8" and unet["flex_ops"] == []
-    assert unet["inputs"][0]["dtype"] == "int8" and "sample" in unet["io_quantization"]
+    # the shipped recipe: int8 conv/FC ops inside, float at the graph's edges (no io quantization)
+    assert "CONV_2D" in unet["recipe"] and unet["ops"].get("QUANTIZE") and unet["ops"].get("DEQUANTIZE")
+    assert unet["inputs"][0]["dtype"] == "float32" and "io_quantization" not in unet
     assert "dynamic range" in m["components"]["text_encoder"]["recipe"]
     assert m["verification"]["unet"]["widths"]["1.00"]["inputs_from"] == "calibration rows"
     assert run_cli("verify", out)[0] == 0
