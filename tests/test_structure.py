@@ -43,7 +43,7 @@ def test_structure_round_trip_and_strict_keys():
         Structure.from_dict({**s.to_dict(), "resnet": {}})
     with pytest.raises(ModelFormatError, match="include 1.0"):
         Structure.from_dict({**s.to_dict(), "widths": [0.5]})
-    with pytest.raises(ModelFormatError, match="outside"):
+    with pytest.raises(ModelFormatError, match=r"width 0.0: expected a multiplier in \(0, 1\]"):
         Structure.from_dict({**s.to_dict(), "widths": [0.0, 1.0]})
 
 
