@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.components import CALIB_COMPONENTS, all_components
+from edgekit.components.unet import guidance_dim as unet_guidance_dim
 from edgekit.constants import CALIB_META
 from edgekit.errors import CalibrationError, InputError, NumericError
 from edgekit.fsutil import sha256_file, sha256_tree
@@ -186,17 +187,6 @@ class Reservoir:
 
     def stacked(self) -> dict[str, np.ndarray]:
         return next(self.shards(max(len(self.orders), 1)))
-
-
-def _numpy(t) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def unet_guidance_dim(unet_config) -> int | None:
-    """The width of the guidance embedding (``timestep_cond``) a UNet takes: its time_cond_proj_dim, or None."""
-    getter = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
-    dim = getter("time_cond_proj_dim", None)
-    return int(dim) if dim else None
 
 
 @contextmanager

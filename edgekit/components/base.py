@@ -35,6 +35,16 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
+@contextmanager
+def forward_pre_hook(module: nn.Module, hook: Callable):
+    """``hook(module, args, kwargs)`` sees every call of ``module`` while the block runs; removed after it."""
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.components.base import Component, ComponentSpec, StandIn, TensorSpec, numpy_rows
+from edgekit.components.base import Component, ComponentSpec, StandIn, TensorSpec, forward_pre_hook, numpy_rows
 from edgekit.errors import InputError
 
 
@@ -53,11 +53,8 @@ class TextEncoder(Component):
                 offer({"input_ids": row.astype(np.int64), "order": np.int64(state["order"]),
                        "prompt_index": np.int64(state["prompt_batch"])})
 
-        handle = pipe.text_encoder.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        with forward_pre_hook(pipe.text_encoder, hook):
             yield
-        finally:
-            handle.remove()
 
     def standin(self, pipe, run, input_names, where):
         return TextEncoderStandIn(run, input_names, pipe.text_encoder.config, where).eval()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.components.base import Component, ComponentSpec, StandIn, TensorSpec, numpy_rows
+from edgekit.components.base import Component, ComponentSpec, StandIn, TensorSpec, forward_pre_hook, numpy_rows
 from edgekit.errors import InputError, VerificationError
 
 
@@ -122,11 +122,8 @@ class UNet(Component):
                 offer(row)
             state["step"] += 1
 
-        handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        with forward_pre_hook(pipe.unet, hook):
             yield
-        finally:
-            handle.remove()
 
     def standin(self, pipe, run, input_names, where):
         return UNetStandIn(run, input_names, pipe.unet.config, where).eval()
