@@ -1,0 +1,81 @@
+"""The paired INT8-vs-fp16 comparison behind the Android default (benchmarks/int8_recipes.py): its intervals for a
+difference of paired proportions and the decision rule."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_recipes.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("int8_recipes_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tango_interval_matches_the_published_example(bench):
+    # Fagerland, Lydersen & Laake (2014), airway hyper-responsiveness before/after transplant: 21 pairs, discordant
+    # 1 (yes/no) and 7 (no/yes); Tango's asymptotic score interval -0.517 to -0.026.
+    lo, hi = bench.tango_paired_ci95(1, 7, 21)
+    assert lo == pytest.approx(-0.517, abs=6e-4) and hi == pytest.approx(-0.026, abs=6e-4)
+    # no discordant pair: an interval around zero that still has width (n pairs cannot prove equality)
+    lo, hi = bench.tango_paired_ci95(0, 0, 300)
+    assert lo == pytest.approx(-hi) and 0.005 < hi < 0.02
+
+
+@pytest.mark.parametrize("probs", [(0.90, 0.01, 0.03, 0.06), (0.93, 0.015, 0.02, 0.035)])
+def test_paired_intervals_cover_the_true_difference_about_95_percent(bench, probs):
+    """Cells: both right, only INT8 right, only fp16 right, both wrong; 400 simulated studies of 300 pairs."""
+    rng = np.random.default_rng(7)
+    true = probs[1] - probs[2]
+    hits = {"tango": 0, "newcombe": 0}
+    for _ in range(400):
+        c = rng.multinomial(300, probs)
+        lo, hi = bench.tango_paired_ci95(int(c[1]), int(c[2]), 300)
+        hits["tango"] += lo <= true <= hi
+        lo, hi = bench.newcombe_paired_ci95(*(int(x) for x in c))
+        hits["newcombe"] += lo <= true <= hi
+    for name, k in hits.items():
+        assert 0.91 <= k / 400 <= 0.995, (name, k)
+
+
+def test_paired_row_counts_the_pairs_and_compares_images(bench):
+    labels = np.arange(40) % 10
+    fp16 = labels.copy()
+    fp16[:2] = (fp16[:2] + 1) % 10  # fp16 wrong on 0, 1
+    int8 = labels.copy()
+    int8[1:5] = (int8[1:5] + 1) % 10  # INT8 wrong on 1..4 (image 1 wrong in both, with the same digit)
+    rng = np.random.default_rng(0)
+    ref = rng.random((40, 8, 8, 3)).astype(np.float32)
+    img_fp16 = np.clip(ref + 0.01 * rng.standard_normal(ref.shape), 0, 1)
+    img_int8 = np.clip(img_fp16 + 0.05 * rng.standard_normal(ref.shape), 0, 1)
+    row = bench.paired_row(labels, int8, fp16, img_int8, img_fp16, ref)
+    assert row["pairs"] == {"both": 35, "only_int8": 1, "only_fp16": 3, "neither": 1}
+    assert row["accuracy_diff"] == pytest.approx(-2 / 40) and row["agreement"] == pytest.approx(36 / 40)
+    lo, hi = row["accuracy_diff_tango_ci95"]
+    assert lo < -2 / 40 < hi and not row["non_inferior"]
+    assert row["psnr_vs_fp16_db"]["value"] < 30 and row["psnr_vs_float_diff_db"]["ci95"][1] < 0
+
+
+def _data(lower_ends, int8_bytes=54, widths=("1.00", "0.75", "0.50")):
+    rows = [{"variant": "int8-recipe", "width": "1.00", "steps": 4 * (i + 1), "accuracy_diff": lo + 0.02,
+             "accuracy_diff_ci95": [lo + 0.001, lo + 0.04], "accuracy_diff_tango_ci95": [lo, lo + 0.04],
+             "non_inferior": lo > -0.03} for i, lo in enumerate(lower_ends)]
+    return {"bundles": [{"variant": "fp16", "bundle_bytes": 100, "widths": ["1.00", "0.75", "0.50"]},
+                        {"variant": "int8-recipe", "bundle_bytes": int8_bytes, "widths": list(widths)}],
+            "paired": rows}
+
+
+def test_decision_needs_every_row_every_width_and_the_bytes(bench):
+    assert bench.decide(_data([-0.01, -0.025, -0.02]))["int8-recipe"]["holds"]
+    one_row_short = bench.decide(_data([-0.01, -0.031, -0.02]))["int8-recipe"]
+    assert not one_row_short["holds"] and one_row_short["rows_non_inferior"] == 2
+    assert one_row_short["worst_row"]["lower_end"] == pytest.approx(-0.031)
+    assert not bench.decide(_data([-0.01], int8_bytes=61))["int8-recipe"]["holds"]  # 0.61x fp16
+    assert not bench.decide(_data([-0.01], widths=("0.50",)))["int8-recipe"]["holds"]
