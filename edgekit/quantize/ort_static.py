@@ -22,7 +22,8 @@ measures them within about one inference's memory, and ORT's own QDQ writer take
 cache: the graph is the one ``quantize_static`` makes with its own calibrator (the same ranges give the same
 file byte for byte), without that calibrator's memory (killed at 24 GB on the real-size SD-1.5 UNet at
 64x64 latents; measured in benchmarks/results/realsize_quantize_memory.md). The histogram methods
-(entropy, percentile) still run ORT's calibrator. A float model past 2 GB keeps its weights in one external
+(entropy, percentile) go through ``histogram_ranges``: passes over bounded subsets of the tensors feed ORT's
+own HistogramCollector, whose thresholds the QDQ writer takes the same way. A float model past 2 GB keeps its weights in one external
 file from export to the QDQ writer.
 
 The ``ort-static`` method wraps it: export the component with edgekit.onnx_export, quantize, run in ORT.
@@ -301,9 +302,160 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     return {t: (np.array([lows[t]], dtype=np.float32), np.array([highs[t]], dtype=np.float32)) for t in tensors}
 
 
+# What ORT's create_calibrator sets up for each histogram method (onnxruntime.quantization.calibrate): the
+# collector below is fed with the same settings, so the ranges are the ones its calibrator would choose.
+HISTOGRAM_SETTINGS = {
+    "entropy": {"symmetric": False, "num_bins": 128, "num_quantized_bins": 128, "percentile": 99.999},
+    "percentile": {"symmetric": True, "num_bins": 2048, "num_quantized_bins": 128, "percentile": 99.999},
+}
+# Activation bytes one histogram pass may hold (every row of its tensors, before they go to the collector).
+HISTOGRAM_PASS_BYTES = 512 * 2**20
+
+
+def _size_model(model, tensors: list[str]):
+    """A copy of ``model``'s graph whose only outputs are the element counts (Size) of ``tensors``."""
+    import onnx
+    from onnx import helper
+
+    counted = onnx.ModelProto()
+    counted.CopyFrom(model)
+    graph = counted.graph
+    del graph.output[:]
+    for i, name in enumerate(tensors):
+        out = f"edgekit_size_{i}"
+        graph.node.append(helper.make_node("Size", [name], [out], name=out))
+        graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.INT64, []))
+    del graph.value_info[:]
+    return counted
+
+
+def _exposing_model(model, tensors: list[str]):
+    """A copy of ``model``'s graph whose only outputs are ``tensors`` themselves."""
+    import onnx
+    from onnx import helper
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    graph = exposed.graph
+    del graph.output[:]
+    for name in tensors:
+        graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    del graph.value_info[:]
+    return exposed
+
+
+def _range_session(augmented, model_path: Path):
+    """An ORT session over ``augmented`` (a graph whose weights live beside ``model_path``), set up as
+    ``minmax_ranges`` does: no graph rewrite, no memory arena, graph order where the data allows."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    if hasattr(ort, "ExecutionOrder"):
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    fd, name = tempfile.mkstemp(prefix=f".{model_path.stem}.ranges-", suffix=".onnx", dir=model_path.parent)
+    os.close(fd)
+    try:
+        onnx.save_model(augmented, name)
+        return ort.InferenceSession(name, sess_options=options, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(name)
+
+
+def histogram_passes(row_bytes: dict[str, int], n_rows: int, pass_bytes: int) -> tuple[list[list[str]], int]:
+    """Plan the histogram passes: (tensor groups, stride). Every tensor reaches the collector ``stride`` rows at a
+    time (all rows when the largest tensor's rows fit ``pass_bytes``), and each group's tensors hold at most
+    ``pass_bytes`` over ``stride`` rows (a tensor past that alone gets a group of its own)."""
+    largest = max(row_bytes.values(), default=1)
+    stride = int(min(n_rows, max(1, pass_bytes // max(largest, 1))))
+    groups: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for name, per_row in row_bytes.items():
+        size = per_row * stride
+        if current and held + size > pass_bytes:
+            groups.append(current)
+            current, held = [], 0
+        current.append(name)
+        held += size
+    if current:
+        groups.append(current)
+    return groups, stride
+
+
+def histogram_ranges(model_path: Path, rows: dict[str, np.ndarray], calibrate_method: str,
+                     op_types=DEFAULT_OP_TYPES, *, rows_per_run: int = 1, pass_bytes: int = HISTOGRAM_PASS_BYTES,
+                     progress=None):
+    """The entropy or percentile ranges ORT's calibrator would choose, within a bounded memory: returns
+    (an ``onnxruntime.quantization.calibrate.TensorsData`` for ORT's QDQ writer, {"passes", "stride"}).
+
+    ORT's histogram calibrators make every measured tensor an output of one session and keep every row's
+    outputs before histogramming them. Here the tensors are split into passes (``histogram_passes``) of at
+    most ``pass_bytes`` of activations; each pass runs the rows (``rows_per_run`` per run) through a graph
+    that exposes only its tensors, and hands them, ``stride`` rows at a time, to ORT's own
+    ``HistogramCollector`` with ORT's settings for the method (``HISTOGRAM_SETTINGS``); ORT's code computes
+    the thresholds. When the largest tensor's rows all fit ``pass_bytes`` the stride is every row and the
+    ranges are those of ORT's calibrator; otherwise they are those of ORT's strided calibration
+    (``CalibStridedMinMax``: each stride's histograms merged into the last). The memory is one inference plus
+    one pass; the cost is one inference for the element counts and the rows re-run once per pass."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, TensorsData
+
+    from edgekit.progress import current as current_progress
+
+    model_path = Path(model_path)
+    model = onnx.load(str(model_path), load_external_data=False)
+    if not _has_external_data(model):
+        with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
+            moved = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(moved), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            del model
+            return histogram_ranges(moved, rows, calibrate_method, op_types, rows_per_run=rows_per_run,
+                                    pass_bytes=pass_bytes, progress=progress)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    tensors = tensors_to_calibrate(inferred, op_types)
+    feeds_names = [i.name for i in model.graph.input]
+    n = len(next(iter(rows.values())))
+    one_row = {k: np.ascontiguousarray(rows[k][:1]) for k in feeds_names}
+    counts = _range_session(_size_model(model, tensors), model_path).run(None, one_row)
+    row_bytes = {t: int(c) * 4 for t, c in zip(tensors, counts)}
+    passes, stride = histogram_passes(row_bytes, n, int(pass_bytes))
+    settings = HISTOGRAM_SETTINGS[calibrate_method]
+    collector = HistogramCollector(method=calibrate_method, symmetric=settings["symmetric"],
+                                   num_bins=settings["num_bins"], num_quantized_bins=settings["num_quantized_bins"],
+                                   percentile=settings["percentile"], scenario="same")
+    progress = progress or current_progress()
+    task = progress.add_task(f"{calibrate_method} histograms", total=len(passes) * n) if progress else None
+    for part in passes:
+        session = _range_session(_exposing_model(model, part), model_path)
+        for first in range(0, n, stride):
+            held: dict[str, list] = {t: [] for t in part}
+            for start in range(first, min(first + stride, n), rows_per_run):
+                stop = min(start + rows_per_run, first + stride, n)
+                feeds = {k: np.ascontiguousarray(rows[k][start:stop]) for k in feeds_names}
+                for name, value in zip(part, session.run(part, feeds)):
+                    held[name].append(value)
+                if task is not None:
+                    progress.update(task, advance=stop - start)
+            collector.collect({t: np.concatenate(v, axis=0) for t, v in held.items()})
+            del held
+        del session
+    method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[calibrate_method]
+    return TensorsData(method, collector.compute_collection_result()), {"passes": len(passes), "stride": stride}
+
+
 @contextlib.contextmanager
 def _precomputed_calibrator(ranges: dict):
-    """Make ``quantize_static`` take ``ranges`` instead of calibrating (for an onnxruntime without
+    """Make ``quantize_static`` take ``ranges`` (``{tensor: (min, max)}`` or a TensorsData) instead of calibrating (for an onnxruntime without
     ``calibration_cache_path``): its calibrator factory is replaced for this block by one that measures
     nothing and returns the ranges; the QDQ writer and everything after it are ORT's own."""
     import importlib
@@ -317,7 +469,7 @@ def _precomputed_calibrator(ranges: dict):
             pass
 
         def compute_data(self):
-            return TensorsData(CalibrationMethod.MinMax, dict(ranges))
+            return ranges if isinstance(ranges, TensorsData) else TensorsData(CalibrationMethod.MinMax, dict(ranges))
 
     original = ort_quantize.create_calibrator
     ort_quantize.create_calibrator = lambda *args, **kwargs: Precomputed()
@@ -357,9 +509,10 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
                          range_rows_per_run: int = 1, progress=None) -> dict:
     """FP32 ONNX + calibration rows -> QDQ INT8 ONNX at ``out_path``; returns the report.
     ``weight_matmuls_only``: leave activation-by-activation MatMuls in float (see ``activation_matmuls``).
-    ``bounded_ranges`` (minmax only): measure the ranges with ``minmax_ranges`` (about one inference's memory)
-    and hand them to ORT's QDQ writer, ``range_rows_per_run`` rows per inference; False runs ORT's own calibrator (every row batch's reductions of the
-    whole model in one session). Either way the QDQ graph is ORT's. A model whose INT8 form would pass 2 GB
+    ``bounded_ranges``: measure the ranges with ``minmax_ranges`` (minmax: about one inference's memory) or
+    ``histogram_ranges`` (entropy, percentile: one inference plus a bounded pass of activations), and hand
+    them to ORT's QDQ writer, ``range_rows_per_run`` rows per inference; False runs ORT's own calibrator
+    (every measured tensor an output of one session). Either way the QDQ graph is ORT's. A model whose INT8 form would pass 2 GB
     is written with one external-data file beside it (``<name>.data``), listed in the report's ``files``."""
     import inspect
     import logging
@@ -367,6 +520,7 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData
 
     started = time.perf_counter()
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -398,16 +552,25 @@ def quantize_onnx_static(model_path: Path, rows: dict[str, np.ndarray], out_path
                           activation_type=activation_type, weight_type=QuantType.QInt8,
                           nodes_to_exclude=list(nodes_to_exclude), calibrate_method=method, extra_options=extra,
                           use_external_data_format=external_out)
-            if calibrate_method == "minmax" and bounded_ranges:
+            if bounded_ranges:
                 t0 = time.perf_counter()
-                ranges = minmax_ranges(model_path, rows, op_types, rows_per_run=range_rows_per_run, progress=progress)
-                ranges_report = {"range_collector": f"in-graph min/max, {range_rows_per_run} row(s) per run",
-                                 "tensors_measured": len(ranges), "ranges_seconds": round(time.perf_counter() - t0, 2)}
+                if calibrate_method == "minmax":
+                    ranges = TensorsData(CalibrationMethod.MinMax,
+                                         minmax_ranges(model_path, rows, op_types, rows_per_run=range_rows_per_run,
+                                                       progress=progress))
+                    collector = f"in-graph min/max, {range_rows_per_run} row(s) per run"
+                else:
+                    ranges, plan = histogram_ranges(model_path, rows, calibrate_method, op_types,
+                                                    rows_per_run=range_rows_per_run, progress=progress)
+                    collector = (f"onnxruntime HistogramCollector over {plan['passes']} bounded pass(es), "
+                                 f"{plan['stride']} row(s) per collect, {range_rows_per_run} row(s) per run")
+                ranges_report = {"range_collector": collector, "tensors_measured": len(ranges.data),
+                                 "ranges_seconds": round(time.perf_counter() - t0, 2)}
                 if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
-                    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+                    from onnxruntime.quantization.calibrate import save_tensors_data
 
                     cache = Path(tmp) / "ranges.json"
-                    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+                    save_tensors_data(ranges, cache)
                     quantize_static(str(model_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
                 else:
                     with _precomputed_calibrator(ranges):
