@@ -333,6 +333,66 @@ def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str
                                f"on {model_dir}")
 
 
+@contextmanager
+def out_of_space_names(stage: str, out: Path):
+    """A full disk while ``stage`` writes its staged ``out`` becomes one OutOfSpaceError naming ``out`` and the
+    file that did not fit (the staged directory is already removed when this runs: nothing half-written)."""
+    import shutil
+
+    from edgekit.fsutil import OutOfSpaceError, disk_full
+
+    try:
+        yield
+    except OSError as exc:
+        full, path = disk_full(exc)
+        if not full:
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(out).parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        # a file outside the staged sibling of ``out`` (a temporary directory) is named as well
+        where = f" (at {path})" if path and not str(path).startswith(str(Path(out).resolve().parent)) else ""
+        raise OutOfSpaceError(f"{stage}: no space left on device writing {out}{where}, {free}; nothing was "
+                              f"written to it, free some space and rerun") from None
+
+
+def _read_config(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the model's own checks name an unreadable config
+    return data if isinstance(data, dict) else None
+
+
+def _check_rows_fit_configs(meta: dict, directory: Path, model_dir: Path, flag: str) -> None:
+    """The captured row shapes against what the model's configs say its components take (channels, latent
+    size, text width), read from the JSON files alone: rows captured from another model of the same family
+    (the reduced SD-1.5 given to the real-size one) fail here in milliseconds, before its weights are hashed
+    or loaded."""
+    unet = _read_config(model_dir / "unet" / "config.json") or {}
+    vae = _read_config(model_dir / "vae" / "config.json") or {}
+    size = unet.get("sample_size")
+    size = size if isinstance(size, int) else None
+    expected = {
+        ("unet", "sample"): [unet.get("in_channels"), size, size],
+        ("unet", "encoder_hidden_states"): [None, unet.get("cross_attention_dim")],
+        ("vae_decoder", "latent_sample"): [vae.get("latent_channels"), size, size],
+    }
+    components = meta["components"]
+    for (component, tensor), dims in expected.items():
+        info = components.get(component)
+        captured = ((info or {}).get("inputs") or {}).get(tensor) if isinstance(info, dict) else None
+        shape = captured.get("shape") if isinstance(captured, dict) else None
+        if not isinstance(shape, list) or len(shape) != len(dims):
+            continue
+        if any(isinstance(want, int) and not isinstance(want, bool) and got != want for got, want in zip(shape, dims)):
+            wanted = "[" + ", ".join("*" if d is None else str(d) for d in dims) + "]"
+            raise CalibrationError(f"{flag} {directory}: {component} rows have {tensor} of shape {shape}, but "
+                                   f"{model_dir} takes {wanted} (captured from another model, "
+                                   f"{meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """A read-only view of a calibration directory, checked against the model it is used with."""
@@ -341,7 +401,11 @@ class CalibrationSet:
     meta: dict
 
     @classmethod
-    def open(cls, directory: Path | str, model_dir: Path | None = None, flag: str = "--calib") -> "CalibrationSet":
+    def open(cls, directory: Path | str, model_dir: Path | None = None, flag: str = "--calib",
+             check_hash: bool = True) -> "CalibrationSet":
+        """Open a calibration directory; with ``model_dir``, check it was captured from that model: its row
+        shapes against the model's configs first (cheap), then (``check_hash``) the model's files' digest,
+        which reads every weight byte (seconds at 3.4 GB)."""
         try:
             directory = Path(directory).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
@@ -360,11 +424,11 @@ class CalibrationSet:
         if not meta["components"]:
             raise CalibrationError("holds no calibration rows", param=flag, value=directory)
         if model_dir is not None:
-            expected = sha256_tree(model_dir)
-            if meta["model"].get("sha256") != expected:
+            _check_rows_fit_configs(meta, directory, Path(model_dir), flag)
+            _check_guidance_rows(meta, directory, Path(model_dir), flag)
+            if check_hash and meta["model"].get("sha256") != sha256_tree(model_dir):
                 raise CalibrationError(f"{flag} {directory}: captured from another model "
                                        f"({meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
-            _check_guidance_rows(meta, directory, Path(model_dir), flag)
         return cls(directory, meta)
 
     def components(self) -> list[str]:

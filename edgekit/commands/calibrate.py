@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
+    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, out_of_space_names, read_prompts
     from edgekit.fsutil import check_output_path, staged_dir
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
@@ -43,7 +43,7 @@ def run(args) -> int:
         max_rows={"text_encoder": args.max_rows_text, "unet": args.max_rows_unet, "vae_decoder": args.max_rows_vae},
     )
     pipe = open_model(model_dir, width=args.width)
-    with staged_dir(out) as staging, progress() as bar:
+    with out_of_space_names("calibrate", out), staged_dir(out) as staging, progress() as bar:
         meta = capture(pipe, config, staging, model_dir, prompts_file.resolve(), bar)
     rows = {k: v["rows"] for k, v in meta["components"].items()}
     payload = {"out": str(out), "images": meta["images_generated"], "rows": rows,

@@ -38,6 +38,7 @@ def run(args) -> int:
     from edgekit.fsutil import check_output_path
     from edgekit.pipeline import check_model_dir
     from edgekit.quantize import get_quantizer, parse_components, quantize_model
+    from edgekit.quantize.memory import check_memory
 
     quantizer = get_quantizer(args.method)
     components = parse_components(args.components)
@@ -48,7 +49,10 @@ def run(args) -> int:
     )
     quantizer.check_backend()
     model_dir = check_model_dir(args.model)
-    CalibrationSet.open(args.calib)  # its meta.json, before --out (checked against the model when quantizing)
+    check_memory(quantizer, model_dir, components)  # a method that cannot fit is refused before any work
+    # its meta.json and row shapes against the model's configs, before --out and before any weight is read
+    # (the model's digest is checked when quantizing)
+    CalibrationSet.open(args.calib, model_dir, check_hash=False)
     out = check_output_path(args.out, [model_dir, Path(args.calib)], force=args.force)
     with progress() as bar:
         manifest = quantize_model(model_dir, args.calib, args.method, out, components=components, width=args.width,

@@ -105,6 +105,9 @@ class Quantizer:
     artifact_kind: str = "onnx"
     # Option fields this method reads (recorded in the manifest so nobody thinks the others applied).
     uses_options: tuple[str, ...] = ("per_channel", "exclude", "float_budget")
+    # (intercept bytes, bytes per parameter) of the method's measured peak memory, or None: never refused for
+    # size (edgekit/quantize/memory.py checks it before any work)
+    memory_fit: tuple[float, float] | None = None
 
     def check_backend(self) -> None:
         if importlib.util.find_spec(self.backend_module) is None:
@@ -240,15 +243,18 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     Returns the manifest. Nothing is written when any check fails (staged directory)."""
     import tempfile
 
-    from edgekit.calibration import CalibrationSet
+    from edgekit.calibration import CalibrationSet, out_of_space_names
     from edgekit.components import component_spec
     from edgekit.fsutil import staged_dir
     from edgekit.pipeline import load_pipeline
     from edgekit.quantize import artifact
 
+    from edgekit.quantize.memory import check_memory
+
     quantizer = get_quantizer(method)
     quantizer.check_backend()
     model_dir = Path(model_dir)
+    check_memory(quantizer, model_dir, components)
     if artifact.is_quantized(model_dir):
         raise InputError(f"{model_dir}: is already a quantized directory; quantize its float source")
     width = None if width is None else Width.parse(width)
@@ -261,7 +267,7 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     started = time.perf_counter()
     task = progress.add_task(f"quantize {method}", total=len(components)) if progress else None
     results = {}
-    with staged_dir(out) as staging, tempfile.TemporaryDirectory() as tmp:
+    with out_of_space_names("quantize", Path(out)), staged_dir(out) as staging, tempfile.TemporaryDirectory() as tmp:
         artifact.copy_source(model_dir, staging)
         for name in components:
             if task is not None:

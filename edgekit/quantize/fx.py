@@ -225,6 +225,10 @@ class FxQuantizer(Quantizer):
     pip_package = "torch"
     artifact_kind = "torch-fx"
     uses_options = ("per_channel", "exclude", "float_budget")
+    # Peak RSS on SD-1.5-layout UNets of 13M, 52M and 211M parameters (32x32 latents, 4 rows): 0.76, 1.22 and
+    # 2.95 GB, a line of 637 MB + 11.5 bytes per parameter: 9.8 GB at 860M
+    # (benchmarks/results/realsize_quantizers.md).
+    memory_fit = (637 * 2**20, 11.5)
 
     def quantize_component(self, pipe, component, calib_inputs, options: QuantizeOptions, float_units, root: Path,
                            workdir: Path) -> ComponentArtifact:

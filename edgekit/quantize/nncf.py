@@ -63,6 +63,10 @@ class NncfQuantizer(Quantizer):
     pip_package = "nncf"
     artifact_kind = "onnx"
     uses_options = ("exclude", "float_budget")
+    # Peak RSS on SD-1.5-layout UNets of 13M, 34M and 52M parameters (32x32 latents, 4 rows): 1.58, 2.55 and
+    # 3.24 GB, a line of 1072 MB + 44.2 bytes per parameter (about 11 float copies of the weights): 36 GB at
+    # 860M (benchmarks/results/realsize_quantizers.md).
+    memory_fit = (1072 * 2**20, 44.2)
 
     def quantize_component(self, pipe, component, calib_inputs, options: QuantizeOptions, float_units, root: Path,
                            workdir: Path) -> ComponentArtifact:
