@@ -188,6 +188,7 @@ class CoreMLRecipes(_Strict):
     palette_bits: tuple[int, ...] = (2, 4, 6, 8)  # bit widths a layer may get
     mixed_target_bits: float = 4.5  # average bits per palettized weight (--precision mixed:4.5 overrides)
     min_palettize_weights: int = 2048  # smaller weight tensors stay fp16 (coremltools' own threshold)
+    palette_group_size: int = 0  # output channels per look-up table (0: one per weight; > 0 needs iOS18)
 
     def __post_init__(self):
         for bits in self.palette_bits:
@@ -197,6 +198,9 @@ class CoreMLRecipes(_Strict):
         if not self.palette_bits:
             raise InputError("coreml.palette_bits: expected at least one bit width")
         check_mixed_target(self.mixed_target_bits, self.palette_bits, "coreml.mixed_target_bits")
+        if self.palette_group_size < 0:
+            raise InputError(f"coreml.palette_group_size {self.palette_group_size}: expected 0 (one look-up table "
+                             "per weight) or a positive number of output channels")
 
 
 def check_mixed_target(bits: float, palette_bits, what: str) -> None:

@@ -94,6 +94,109 @@ def test_coreml_mixed_bits_in_the_package_match_the_plan(pipe, tmp_path):
     assert plan_mixed(measured, sizes, profile.coreml.palette_bits, 3.0).bits == plan["bits"]
 
 
+def _shared_zero_bias_model():
+    """A bias-free linear next to a batch norm of the same width: the converter gives the linear a zero bias,
+    and constant deduplication makes it the batch norm's (zero) running mean, one constant read by both ops."""
+    import torch
+    from torch import nn
+
+    class SharedZero(nn.Module):
+        def __init__(self, c=128):
+            super().__init__()
+            self.norm = nn.BatchNorm2d(c)  # fresh: running mean zeros
+            self.proj = nn.Linear(c, c, bias=False)
+            self.out = nn.Linear(c, c)
+
+        def forward(self, x):
+            return self.out(self.proj(self.norm(x).flatten(2).transpose(1, 2)))
+
+    torch.manual_seed(0)
+    return SharedZero().eval(), torch.randn(1, 128, 4, 4)
+
+
+def _convert(module, x, target):
+    import coremltools as ct
+    import torch
+
+    traced = torch.jit.trace(module, x)
+    return ct.convert(traced, inputs=[ct.TensorType(name="x", shape=x.shape)], convert_to="mlprogram",
+                      minimum_deployment_target=getattr(ct.target, target), skip_model_load=True)
+
+
+@pytest.mark.parametrize("target,group_size,tables", [("iOS16", 0, 1), ("iOS18", 16, 8)])
+def test_mixed_palettization_exports_when_a_bias_constant_is_shared(tmp_path, target, group_size, tables):
+    from coremltools.optimize import coreml as cto
+
+    from edgekit.targets.coreml import mixed_bits_problems
+    from edgekit.targets.coreml_recipes import MixedPlan, apply_mixed, op_layers, palettes_in
+
+    module, x = _shared_zero_bias_model()
+    model = _convert(module, x, target)
+    ops = {op.op_type: op for op in model._mil_program.functions["main"].operations if op.op_type != "const"}
+    proj = next(op for op in model._mil_program.functions["main"].operations
+                if op.op_type == "linear" and op_layers(model._mil_program, module).get(op.name) == "proj")
+    # the cause, as coremltools has it: one constant is the linear's bias and the batch norm's mean, and a
+    # config on the linear op conflicts with the batch norm's (none)
+    assert proj.inputs["bias"].op is ops["batch_norm"].inputs["mean"].op
+    by_op = cto.OptimizationConfig(op_name_configs={proj.name: cto.OpPalettizerConfig(nbits=4, mode="kmeans")})
+    with pytest.raises(ValueError, match="compression config conflict"):
+        cto.palettize_weights(model, by_op)
+    plan = MixedPlan(bits={"proj": 4, "out": 8}, average_bits=6.0, target_bits=6.0, group_size=group_size)
+    compressed, constants = apply_mixed(model, module, plan, min_weights=2048)
+    path = tmp_path / "m.mlpackage"
+    compressed.save(str(path))
+    written = palettes_in(path)
+    assert {p: written[f"{c}_palettized"] for p, c in constants.items()} == {"proj": (4, tables), "out": (8, tables)}
+    assert mixed_bits_problems(path, plan.to_dict(), constants) == []
+    wrong = {**plan.to_dict(), "bits": {"proj": 8, "out": 8}}
+    assert "1 layers differ from the plan's bit widths (first: proj: 4 bits, plan 8)" in \
+        mixed_bits_problems(path, wrong, constants)[0]
+
+
+def test_grouped_palettes_follow_coremltools_channel_groups():
+    import torch
+
+    from edgekit.targets.coreml_recipes import palette_groups, palettized
+
+    assert palette_groups(128, 16) == 8 and palette_groups(96, 16) == 6
+    assert palette_groups(24, 16) == 1 and palette_groups(128, 0) == 1 and palette_groups(16, 16) == 1
+    torch.manual_seed(0)
+    w = torch.randn(64, 32) * torch.logspace(-2, 0, 64)[:, None]  # rows of very different scales
+    one, grouped = palettized(w, 2), palettized(w, 2, group_size=8)
+    assert len(torch.unique(one)) <= 4 and all(len(torch.unique(grouped[i:i + 8])) <= 4 for i in range(0, 64, 8))
+    # the small rows get a table of their own instead of the large rows' values
+    assert (grouped[:8] - w[:8]).abs().mean() < (one[:8] - w[:8]).abs().mean() / 4
+
+
+@pytest.mark.slow
+def test_digits_mixed_bundle_packages_carry_the_planned_bits_per_layer(default_model, tmp_path):
+    """The digits model's mixed bundle (its full-width UNet hit the shared-constant conflict): every package's
+    palettized weights are the plan's layers at the plan's bit widths."""
+    import dataclasses
+    import json
+
+    from edgekit.cli import main
+    from edgekit.targets.base import ExportRequest, export_bundle
+    from edgekit.targets.coreml_recipes import palettes_in
+
+    calib = tmp_path / "calib"
+    assert main(["calibrate", "--model", str(default_model), "--samples", "4", "--steps", "2", "--out", str(calib)]) == 0
+    profile = shipped_profile("ios-coreml").with_precision("mixed:5")
+    out = tmp_path / "bundle"
+    export_bundle(ExportRequest(model_dir=default_model, out=out, target="coreml",
+                                profile=dataclasses.replace(profile, precision="mixed"), widths=(1.0,),
+                                calib_dir=calib, steps=(4,)))
+    comps = json.loads((out / "manifest.json").read_text())["components"]
+    entries = [comps["text_encoder"], comps["vae_decoder"], *comps["unet"]["widths"].values()]
+    for entry in entries:
+        plan, constants = entry["palette_plan"], entry["palette_weights"]
+        written = palettes_in(out / entry["file"])
+        assert {p: written[f"{constants[p]}_palettized"][0] for p in plan["bits"]} == plan["bits"]
+        assert len(written) == len(plan["bits"])
+    unet = entries[-1]["palette_plan"]
+    assert unet["average_bits"] <= 5.0 and len(set(unet["bits"].values())) >= 2
+
+
 # ---------------------------------------------------------------- precision table
 
 def test_precision_table_reports_worst_rows_with_intervals():
@@ -139,6 +242,19 @@ def test_bad_palette_bits_in_a_profile_exit_2(sd15_reduced, tmp_path, run_cli):
     code, _, err = run_cli("export", "--model", sd15_reduced, "--target", "coreml", "--profile", path, "--out", out)
     assert code == 2 and not out.exists()
     assert "coreml.palette_bits entry 5" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_palette_group_size_in_a_profile_exit_2(sd15_reduced, tmp_path, run_cli):
+    import yaml
+
+    data = shipped_profile("ios-coreml").to_dict()
+    data["coreml"]["palette_group_size"] = -4
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "b"
+    code, _, err = run_cli("export", "--model", sd15_reduced, "--target", "coreml", "--profile", path, "--out", out)
+    assert code == 2 and not out.exists()
+    assert "coreml.palette_group_size -4" in err and len(err.strip().splitlines()) == 1
 
 
 def test_recipe_naming_a_unit_the_unet_lacks_exit_2_nothing_written(sd15_reduced, sd15_calib, tmp_path, run_cli):

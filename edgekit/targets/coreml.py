@@ -13,7 +13,6 @@ import dataclasses
 import platform
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -93,21 +92,34 @@ def compress_calibrated(model, job: ComponentJob, profile: TargetProfile):
                        "int8_compute_on": profile.coreml.w8a8_devices, **facts}
     cfg = profile.coreml
     plan, sensitivity = recipes.mixed_plan_for(module, spec, rows, cfg.palette_bits, cfg.mixed_target_bits,
-                                               cfg.min_palettize_weights)
-    model, _ = recipes.apply_mixed(model, module, plan, cfg.min_palettize_weights)
+                                               cfg.min_palettize_weights, group_size=cfg.palette_group_size)
+    model, constants = recipes.apply_mixed(model, module, plan, cfg.min_palettize_weights)
+    tables = (f"one look-up table per {plan.group_size} output channels" if plan.group_size else
+              "one look-up table per weight")
     return model, {"recipe": f"mixed-bit palettization, average {plan.average_bits:.2f} bits (target "
-                             f"{plan.target_bits:g}; per-layer bits from output PSNR vs float on calibration rows)",
-                   "palette_plan": plan.to_dict(),
+                             f"{plan.target_bits:g}; per-layer bits from output PSNR vs float on calibration rows; "
+                             f"{tables})",
+                   "palette_plan": plan.to_dict(), "palette_weights": constants,
                    "layer_psnr_db": {p: {str(b): round(v, 2) for b, v in d.items()} for p, d in sensitivity.items()}}
 
 
-def mixed_bits_problems(path: Path, plan: dict) -> list[str]:
-    """The saved package's palettized weights must carry exactly the plan's bit widths."""
+def mixed_bits_problems(path: Path, plan: dict, constants: dict) -> list[str]:
+    """The saved package's palettized weights must be exactly the plan's layers, each at the plan's bit width
+    (``constants``: layer path -> the weight constant apply_mixed palettized for it)."""
     from edgekit.targets.coreml_recipes import palette_bits_in
 
-    got = Counter(palette_bits_in(path).values())
-    want = Counter(plan["bits"].values())
-    return [] if got == want else [f"palettized weights by bit width {dict(got)} differ from the plan's {dict(want)}"]
+    written = palette_bits_in(path)
+    want = {f"{constants[p]}_palettized": b for p, b in plan["bits"].items()}  # coremltools' output naming
+    wrong = sorted(p for p, b in plan["bits"].items() if written.get(f"{constants[p]}_palettized") != b)
+    extra = sorted(set(written) - set(want))
+    problems = []
+    if wrong:
+        first = wrong[0]
+        problems.append(f"{len(wrong)} layers differ from the plan's bit widths (first: {first}: "
+                        f"{written.get(f'{constants[first]}_palettized')} bits, plan {plan['bits'][first]})")
+    if extra:
+        problems.append(f"{len(extra)} palettized weights are not in the plan (first: {extra[0]})")
+    return problems
 
 
 def structure_problems(info: dict, entry: dict) -> list[str]:
@@ -159,6 +171,9 @@ class CoreMLTarget(Target):
         if job.precision == "w8a8" and DEPLOYMENT_TARGETS.index(deployment) < DEPLOYMENT_TARGETS.index(
                 profile.coreml.w8a8_deployment_target):
             deployment = profile.coreml.w8a8_deployment_target  # quantize/dequantize of activations: iOS17 opset
+        if job.precision == "mixed" and profile.coreml.palette_group_size and \
+                DEPLOYMENT_TARGETS.index(deployment) < DEPLOYMENT_TARGETS.index("iOS18"):
+            deployment = "iOS18"  # a look-up table per group of channels: the iOS18 constexpr_lut_to_dense
         model = convert(job, dataclasses.replace(profile, minimum_deployment_target=deployment))
         convert_s = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -180,7 +195,7 @@ class CoreMLTarget(Target):
         info = inspect_mlpackage(path)
         problems = structure_problems(info, entry)
         if job.precision == "mixed":
-            problems += mixed_bits_problems(path, recipe_facts["palette_plan"])
+            problems += mixed_bits_problems(path, recipe_facts["palette_plan"], recipe_facts["palette_weights"])
         if problems:
             raise VerificationError(f"{job.name}: {path}: " + "; ".join(problems))
         entry["ops"] = info["ops"]

@@ -193,11 +193,22 @@ def kmeans_lut(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
     return centers.numpy().astype(dtype), index.numpy().astype(np.uint8)
 
 
-def palettized(weight: torch.Tensor, nbits: int) -> torch.Tensor:
-    """The weight as Core ML will hold it: float16, palettized to ``nbits`` by kmeans_lut."""
+def palette_groups(channels: int, group_size: int) -> int:
+    """How many look-up tables a weight with ``channels`` output channels gets: one per ``group_size`` channels
+    (coremltools' per_grouped_channel granularity, iOS18), or one for the tensor when group_size is 0 or does not
+    divide the channels (coremltools would skip such a weight; apply_mixed gives it a per-tensor table)."""
+    return channels // group_size if group_size and channels % group_size == 0 and channels > group_size else 1
+
+
+def palettized(weight: torch.Tensor, nbits: int, group_size: int = 0) -> torch.Tensor:
+    """The weight as Core ML will hold it: float16, palettized to ``nbits`` by kmeans_lut, one table per group of
+    ``group_size`` output channels (0: one table)."""
     w16 = weight.detach().half().numpy()
-    lut, index = kmeans_lut(w16, nbits)
-    return torch.from_numpy(lut[index].reshape(w16.shape).astype(np.float32)).to(weight.dtype)
+    parts = []
+    for part in np.split(w16, palette_groups(w16.shape[0], group_size), axis=0):
+        lut, index = kmeans_lut(part, nbits)
+        parts.append(lut[index].reshape(part.shape))
+    return torch.from_numpy(np.concatenate(parts, axis=0).astype(np.float32)).to(weight.dtype)
 
 
 def palettizable(module: nn.Module, min_weights: int) -> dict[str, nn.Module]:
@@ -207,7 +218,8 @@ def palettizable(module: nn.Module, min_weights: int) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def layer_sensitivity(module: nn.Module, spec, rows: dict[str, np.ndarray], bits, min_weights: int) -> dict:
+def layer_sensitivity(module: nn.Module, spec, rows: dict[str, np.ndarray], bits, min_weights: int,
+                      group_size: int = 0) -> dict:
     """Per layer: {bits: output PSNR (dB) against float when only that layer is palettized to bits}."""
     from edgekit.quality.metrics import psnr
 
@@ -219,7 +231,7 @@ def layer_sensitivity(module: nn.Module, spec, rows: dict[str, np.ndarray], bits
     for path, layer in palettizable(module, min_weights).items():
         out[path] = {}
         for b in bits:
-            with _Patched({path: layer}, {path: palettized(layer.weight.data, b)}):
+            with _Patched({path: layer}, {path: palettized(layer.weight.data, b, group_size)}):
                 out[path][b] = min(float(psnr(module(*args).numpy(), reference, data_range=_span(reference))), 100.0)
     return out
 
@@ -233,12 +245,14 @@ class MixedPlan:
     bits: dict  # layer path -> bit width
     average_bits: float
     target_bits: float
+    group_size: int = 0  # output channels per look-up table (0: one table per weight)
 
     def to_dict(self) -> dict:
-        return {"bits": dict(self.bits), "average_bits": round(self.average_bits, 3), "target_bits": self.target_bits}
+        return {"bits": dict(self.bits), "average_bits": round(self.average_bits, 3), "target_bits": self.target_bits,
+                "group_size": self.group_size}
 
 
-def plan_mixed(sensitivity: dict, sizes: dict, bits, target: float) -> MixedPlan:
+def plan_mixed(sensitivity: dict, sizes: dict, bits, target: float, group_size: int = 0) -> MixedPlan:
     """From every layer at the widest bit width, repeatedly lower the layer whose next step loses the least PSNR
     per saved bit (weighted by its weight count) until the weighted average is at most ``target``."""
     bits = sorted(bits)
@@ -264,18 +278,18 @@ def plan_mixed(sensitivity: dict, sizes: dict, bits, target: float) -> MixedPlan
         if best is None:
             break
         plan[best] = bits[bits.index(plan[best]) - 1]
-    return MixedPlan(bits=plan, average_bits=average(), target_bits=target)
+    return MixedPlan(bits=plan, average_bits=average(), target_bits=target, group_size=group_size)
 
 
 def mixed_plan_for(module: nn.Module, spec, rows: dict[str, np.ndarray], palette_bits, target: float,
-                   min_weights: int, probe_rows: int = 8) -> tuple[MixedPlan, dict]:
+                   min_weights: int, probe_rows: int = 8, group_size: int = 0) -> tuple[MixedPlan, dict]:
     """The plan for one component: per-layer sensitivity on ``probe_rows`` rows spread over ``rows``, then
     plan_mixed; returns (plan, sensitivity)."""
     n = len(next(iter(rows.values())))
     probe = {k: v[np.linspace(0, n - 1, min(n, probe_rows)).round().astype(int)] for k, v in rows.items()}
-    sensitivity = layer_sensitivity(module, spec, probe, palette_bits, min_weights)
+    sensitivity = layer_sensitivity(module, spec, probe, palette_bits, min_weights, group_size)
     sizes = {p: layer.weight.numel() for p, layer in palettizable(module, min_weights).items()}
-    return plan_mixed(sensitivity, sizes, palette_bits, target), sensitivity
+    return plan_mixed(sensitivity, sizes, palette_bits, target, group_size), sensitivity
 
 
 def simulate_mixed(module: nn.Module, plan: MixedPlan):
@@ -284,29 +298,50 @@ def simulate_mixed(module: nn.Module, plan: MixedPlan):
 
     layers = weight_layers(module)
     return _Patched({p: layers[p] for p in plan.bits},
-                    {p: palettized(layers[p].weight.data, b) for p, b in plan.bits.items()})
+                    {p: palettized(layers[p].weight.data, b, plan.group_size) for p, b in plan.bits.items()})
 
 
 def apply_mixed(model, module: nn.Module, plan: MixedPlan, min_weights: int = 2048):
     """Palettize the Core ML model's layers to the plan's bit widths with the simulation's look-up tables
-    (constants of at most ``min_weights`` elements, biases among them, stay fp16)."""
+    (constants of at most ``min_weights`` elements, biases among them, stay fp16). Returns (model, {layer path:
+    the name of the weight constant palettized for it})."""
     from coremltools.optimize import coreml as cto
 
-    layers = op_layers(model._mil_program, module)
-    # one config object per bit width: coremltools compares the configs of ops that share a constant
-    per_bits = {b: cto.OpPalettizerConfig(mode="custom", lut_function=lambda v, n=b: kmeans_lut(v, n),
-                                          weight_threshold=min_weights)
-                for b in set(plan.bits.values())}
-    configs = {op_name: per_bits[plan.bits[path]] for op_name, path in layers.items() if path in plan.bits}
-    missing = sorted(set(plan.bits) - set(layers.values()))
+    program = model._mil_program
+    layers = op_layers(program, module)
+    per_bits = {}
+
+    def config_for(bits: int, channels: int):
+        grouped = palette_groups(channels, plan.group_size) > 1
+        key = (bits, grouped)
+        if key not in per_bits:
+            extra = {"granularity": "per_grouped_channel", "group_size": plan.group_size} if grouped else {}
+            per_bits[key] = cto.OpPalettizerConfig(mode="custom", lut_function=lambda v, n=bits: kmeans_lut(v, n),
+                                                   weight_threshold=min_weights, **extra)
+        return per_bits[key]
+    # Configs are keyed by the weight constant, not by the conv/linear op: coremltools checks every constant
+    # input of a configured op (its bias too) against the other ops that read that constant, and the
+    # converter's constant deduplication shares a bias-free linear's zero bias with a group norm's zero mean
+    # ("compression config conflict"). A config on the constant itself is looked up first and touches nothing
+    # else.
+    configs, constants = {}, {}
+    for op in program.functions["main"].operations:
+        path = layers.get(op.name)
+        if path in plan.bits:
+            weight = op.inputs["weight"]
+            configs[weight.op.name] = config_for(plan.bits[path], weight.shape[0])
+            constants[path] = weight.op.name
+    missing = sorted(set(plan.bits) - set(constants))
     if missing:
         raise VerificationError(f"mixed-bit plan: layers {missing[:4]} have no Core ML op holding their weights")
     config = cto.OptimizationConfig(global_config=None, op_name_configs=configs)
-    return cto.palettize_weights(model, config), layers
+    return cto.palettize_weights(model, config), constants
 
 
-def palette_bits_in(path) -> dict[str, int]:
-    """Per constexpr_lut_to_dense op of a saved .mlpackage: its bit width (log2 of the LUT size)."""
+def palettes_in(path) -> dict[str, tuple[int, int]]:
+    """Per constexpr_lut_to_dense op of a saved .mlpackage: (bit width, number of look-up tables). The iOS16 op
+    holds one table of 2**bits values as an attribute; the iOS18 op takes it as an input shaped [groups, 1, ...,
+    2**bits, 1]."""
     import coremltools as ct
 
     spec = ct.utils.load_spec(str(path))
@@ -316,8 +351,17 @@ def palette_bits_in(path) -> dict[str, int]:
             for op in block.operations:
                 if op.type != "constexpr_lut_to_dense":
                     continue
-                lut = op.attributes.get("lut") or op.inputs.get("lut")
-                dims = list(lut.type.tensorType.dimensions) if hasattr(lut, "type") else []
-                size = int(dims[0].constant.size) if dims else 0
-                out[op.outputs[0].name] = int(np.log2(size)) if size else 0
+                if "lut" in op.attributes:
+                    dims = [int(d.constant.size) for d in op.attributes["lut"].type.tensorType.dimensions]
+                    size, tables = dims[0], 1
+                else:
+                    dims = [int(d.constant.size)
+                            for d in op.inputs["lut"].arguments[0].value.type.tensorType.dimensions]
+                    size, tables = dims[-2], int(np.prod(dims[:-2]))
+                out[op.outputs[0].name] = (int(np.log2(size)), tables)
     return out
+
+
+def palette_bits_in(path) -> dict[str, int]:
+    """Per constexpr_lut_to_dense op of a saved .mlpackage: its bit width (log2 of the look-up table size)."""
+    return {name: bits for name, (bits, _) in palettes_in(path).items()}
