@@ -76,6 +76,7 @@ def bundle_facts(name: str, bundle: Path) -> dict:
     checks = manifest["verification"]["unet"]["widths"]
     total = sum(c["bytes"] for k, c in comps.items() if k != "unet") + sum(u["bytes"] for u in unets.values())
     return {"variant": name, "bundle_bytes": total, "widths": sorted(unets, key=float, reverse=True),
+            "steps": sorted(int(k) for k in manifest["sampling"]["schedules"]),
             "unet": {w: {"bytes": u["bytes"], "recipe": u.get("recipe"), "int8_recipe": u.get("int8_recipe"),
                          "rel_err_vs_torch": checks[w]["checks"][0].get("rel_err")} for w, u in unets.items()}}
 
@@ -155,8 +156,8 @@ def paired_row(labels, pred_a, pred_b, img_a, img_b, reference) -> dict:
     agree = int((np.asarray(pred_a) == np.asarray(pred_b)).sum())
     vs_fp16 = psnr_per_image(img_a, img_b)
     m, (plo, phi_) = mean_ci95(vs_fp16)
-    to_ref = psnr_per_image(img_a, reference) - psnr_per_image(img_b, reference)
-    dm, (dlo, dhi) = mean_ci95(to_ref)
+    if reference is not None:
+        dm, (dlo, dhi) = mean_ci95(psnr_per_image(img_a, reference) - psnr_per_image(img_b, reference))
     r4 = lambda x: round(float(x), 4)  # noqa: E731
     return {"n": n, "accuracy_int8": r4(ok_a.mean()), "accuracy_fp16": r4(ok_b.mean()), "pairs": cells,
             "accuracy_diff": r4(ok_a.mean() - ok_b.mean()), "accuracy_diff_ci95": [r4(lo), r4(hi)],
@@ -164,7 +165,8 @@ def paired_row(labels, pred_a, pred_b, img_a, img_b, reference) -> dict:
             "accuracy_diff_bootstrap_ci95": [r4(blo), r4(bhi)],
             "agreement": r4(agree / n), "agreement_ci95": [r4(x) for x in wilson_ci95(agree, n)],
             "psnr_vs_fp16_db": {"value": round(m, 2), "ci95": [round(plo, 2), round(phi_, 2)]},
-            "psnr_vs_float_diff_db": {"value": round(dm, 2), "ci95": [round(dlo, 2), round(dhi, 2)]},
+            "psnr_vs_float_diff_db": ({"value": round(dm, 2), "ci95": [round(dlo, 2), round(dhi, 2)]}
+                                      if reference is not None else None),
             "non_inferior": bool(min(lo, tlo) > -MARGIN)}
 
 
@@ -286,7 +288,8 @@ def markdown(data: dict) -> str:
             f"{r['accuracy_int8']:.3f} | {_pts(r['accuracy_diff'])} [{_pts(tlo)}, {_pts(thi)}] [{_pts(lo)}, {_pts(hi)}] [{_pts(blo)}, {_pts(bhi)}] "
             f"| {c['both']}/{c['only_int8']}/{c['only_fp16']}/{c['neither']} | {r['agreement']:.3f} "
             f"[{r['agreement_ci95'][0]:.3f}, {r['agreement_ci95'][1]:.3f}] | {p['value']:.2f} [{p['ci95'][0]:.2f}, "
-            f"{p['ci95'][1]:.2f}] | {dp['value']:+.2f} [{dp['ci95'][0]:+.2f}, {dp['ci95'][1]:+.2f}] | "
+            f"{p['ci95'][1]:.2f}] | "
+            + (f"{dp['value']:+.2f} [{dp['ci95'][0]:+.2f}, {dp['ci95'][1]:+.2f}]" if dp else "not measured") + " | "
             f"{'yes' if r['non_inferior'] else 'not shown'} |")
     lat = data.get("latency") or []
     if lat:
@@ -337,14 +340,20 @@ def main() -> None:
     ap.add_argument("--variants", default="fp16,int8-recipe,int8-all-ops")
     ap.add_argument("--widths", default="1.00,0.75,0.50", help="widths to generate (with --generate-only)")
     ap.add_argument("--generate-only", action="store_true", help="fill the image cache and stop")
+    ap.add_argument("--no-float-reference", action="store_true",
+                    help="skip the PSNR difference against the float torch model (its images cost a torch run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     names = args.variants.split(",")
-    if names[0] != BASE:
+    if names[0] != BASE and not args.generate_only:
         sys.exit(f"--variants: the first variant must be {BASE}, the one the others are paired with")
     chosen = variants(shipped_profile("android-tflite"))
-    bundles = {name: export(name, chosen[name], args.work, args.calib_root, steps) for name in names}
+    unknown = [n for n in names if n not in chosen and not (args.work / n / "manifest.json").is_file()]
+    if unknown:  # a bundle exported another way (e.g. one width with its own recipe) is measured as it is
+        sys.exit(f"--variants: {', '.join(unknown)} is neither one of {', '.join(chosen)} nor a bundle in {args.work}")
+    bundles = {name: (args.work / name if name not in chosen else export(name, chosen[name], args.work,
+                                                                          args.calib_root, steps)) for name in names}
     facts = [bundle_facts(name, path) for name, path in bundles.items()]
     quality = ModelQuality(MODEL, args.samples, args.seed)
     grid = quality.grid
@@ -355,11 +364,11 @@ def main() -> None:
         for w in f["widths"]:
             if w not in widths and args.generate_only:
                 continue
-            for s in steps:
+            for s in (s for s in steps if s in f["steps"]):
                 images[(f["variant"], w, s)] = cached_images(bundles[f["variant"]], f["variant"], grid, w, s, cache)
     if args.generate_only:
         return
-    reference = quality.reference()
+    reference = None if args.no_float_reference else quality.reference()
     scorer = quality.digits.scorer
     preds = {k: scorer.logits_and_features(v)[0].argmax(axis=1) for k, v in images.items()}
     paired = []
@@ -371,7 +380,8 @@ def main() -> None:
         print(json.dumps(paired[-1])[:300], flush=True)
     latency = []
     if args.rounds:
-        keys = [(f["variant"], w, s) for w in ("1.00", "0.75", "0.50") for s in steps for f in facts if w in f["widths"]]
+        keys = [(f["variant"], w, s) for w in ("1.00", "0.75", "0.50") for s in steps for f in facts
+                if w in f["widths"] and s in f["steps"]]
         latency = latency_rows(interleaved_latency(bundles, keys, grid, args.rounds))
     meta = {"host": host_device(), "python": platform.python_version(), "samples": args.samples, "seed": args.seed,
             "steps": steps, "widths": list(WIDTHS), "threads": 1, "latency_rounds": args.rounds,

@@ -65,7 +65,7 @@ class _Strict:
             if isinstance(value, _Strict):
                 value = value.to_dict()
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [v.to_dict() if isinstance(v, _Strict) else v for v in value]
             out[f.name] = value
         return out
 
@@ -147,6 +147,23 @@ class OpRules(_Strict):
 
 
 @dataclass(frozen=True)
+class LiteRTWidthRecipe(_Strict):
+    """What one UNet width adds to the recipe: its own sensitivity budget (replacing the recipe's) and units."""
+
+    width: float
+    sensitive_budget: float = 0.0
+    float_units: tuple[str, ...] = ()
+    int16_units: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not 0.0 < self.width <= 1.0:
+            raise InputError(f"int8_recipe.widths entry width {self.width}: expected a width in (0, 1]")
+        if not 0.0 <= self.sensitive_budget < 1.0:
+            raise InputError(f"int8_recipe.widths entry {self.width:g}: sensitive_budget {self.sensitive_budget}: "
+                             "expected a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
 class LiteRTInt8Recipe(_Strict):
     """How the tflite target quantizes a UNet to full-integer INT8 (ai-edge-quantizer, static ranges from the
     calibration rows). Units are module paths of the UNet (edgekit.quantize.sensitivity: ``down_blocks.0.resnets.1``,
@@ -162,6 +179,7 @@ class LiteRTInt8Recipe(_Strict):
     sensitive_as: str = "float"  # how those ranked units are kept: float or int16
     # tensor names in the flatbuffer shortened to ids (signature names kept): ~0.6 MB of scope names per UNet
     compact_names: bool = False
+    widths: tuple[LiteRTWidthRecipe, ...] = ()  # per-width budget and units (a width that loses more accuracy)
 
     def __post_init__(self):
         for op in self.int8_ops:
@@ -174,6 +192,17 @@ class LiteRTInt8Recipe(_Strict):
         both = sorted(set(self.float_units) & set(self.int16_units))
         if both:
             raise InputError(f"int8_recipe: units {both} are listed both in float_units and int16_units")
+        seen = [round(w.width, 6) for w in self.widths]
+        if len(set(seen)) != len(seen):
+            raise InputError(f"int8_recipe.widths: a width is listed twice ({', '.join(f'{w:g}' for w in seen)})")
+
+    def for_width(self, width: float | None) -> tuple[float, tuple[str, ...], tuple[str, ...]]:
+        """(sensitive budget, float units, int16 units) at ``width``: the width's entry, else the recipe's own."""
+        entry = next((w for w in self.widths if width is not None and abs(w.width - float(width)) < 1e-6), None)
+        if entry is None:
+            return self.sensitive_budget, self.float_units, self.int16_units
+        return (entry.sensitive_budget, tuple(dict.fromkeys(self.float_units + entry.float_units)),
+                tuple(dict.fromkeys(self.int16_units + entry.int16_units)))
 
 
 @dataclass(frozen=True)

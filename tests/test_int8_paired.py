@@ -79,3 +79,31 @@ def test_decision_needs_every_row_every_width_and_the_bytes(bench):
     assert one_row_short["worst_row"]["lower_end"] == pytest.approx(-0.031)
     assert not bench.decide(_data([-0.01], int8_bytes=61))["int8-recipe"]["holds"]  # 0.61x fp16
     assert not bench.decide(_data([-0.01], widths=("0.50",)))["int8-recipe"]["holds"]
+
+
+# ---------------------------------------------------------------- per-width recipe (profile data)
+
+def test_per_width_recipe_round_trips_and_overrides_one_width():
+    from edgekit.profiles import LiteRTInt8Recipe
+
+    data = {"int8_ops": ["CONV_2D", "FULLY_CONNECTED"], "float_units": ["conv_out"],
+            "widths": [{"width": 0.5, "sensitive_budget": 0.15, "float_units": ["conv_in"]}]}
+    recipe = LiteRTInt8Recipe.from_dict(data, "int8_recipe")
+    assert LiteRTInt8Recipe.from_dict(recipe.to_dict(), "int8_recipe") == recipe
+    assert recipe.for_width(0.5) == (0.15, ("conv_out", "conv_in"), ())
+    assert recipe.for_width(1.0) == (0.0, ("conv_out",), ()) and recipe.for_width(None) == (0.0, ("conv_out",), ())
+
+
+@pytest.mark.parametrize("widths, words", [
+    ([{"width": 0.5}, {"width": 0.5}], "a width is listed twice"),
+    ([{"width": 1.5}], "expected a width in (0, 1]"),
+    ([{"width": 0.5, "sensitive_budget": 1.0}], "expected a fraction in [0, 1)"),
+    ([{"widht": 0.5}], "did you mean 'width'"),
+])
+def test_bad_per_width_recipe_is_one_clear_error(widths, words):
+    from edgekit.errors import InputError
+    from edgekit.profiles import LiteRTInt8Recipe
+
+    with pytest.raises(InputError) as info:
+        LiteRTInt8Recipe.from_dict({"widths": widths}, "android-tflite.yaml: int8_recipe")
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -57,6 +57,7 @@ def precision_lines(summary: dict) -> list[str]:
                else (r["not_measured"] or "-").split(":")[0])
         lines.append(f"| {r['target']} | {r['precision']} | {r['bytes'] / MIB:.2f} | {err} | "
                      f"{_interval(r.get('worst_accuracy'), '.3f')} | {_interval(r.get('worst_psnr'), '.2f')} | {lat} |")
-    lines += ["", "Measured recipes behind each choice (three widths, fp16 vs INT8 recipes, Core ML W8/W8A8/mixed-bit "
-                  "with torch-simulated quality): benchmarks/results/int8_recipes.md, coreml_recipes.md.", ""]
+    lines += ["", "Measured recipes behind each choice (three widths; LiteRT INT8 recipes paired with the fp16 bundle on "
+                  "the same images, the default's rule and its intervals; Core ML W8/W8A8/mixed-bit with torch-simulated "
+                  "quality): benchmarks/results/int8_recipes.md, coreml_recipes.md.", ""]
     return lines

@@ -11,7 +11,8 @@ Two converters sit behind one interface (``CONVERTERS``), picked by the profile'
 Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (LiteRT's own quantizer). The INT8
 recipe is the profile's ``int8_recipe``: which op types get int8 weights and activations (the shipped profile:
 conv and fully-connected only), which UNet units stay float or get int16 activations (named, or picked per width
-by edgekit.quantize.sensitivity's ranking under a weight budget); the manifest records the recipe as applied and
+by edgekit.quantize.sensitivity's ranking under a weight budget, per width where the profile's
+``int8_recipe.widths`` says so); the manifest records the recipe as applied and
 the output types of each named unit's ops.
 """
 from __future__ import annotations
@@ -184,20 +185,22 @@ def plan_int8_recipe(job: ComponentJob, recipe, where: str) -> dict:
     from edgekit.quantize.sensitivity import rank_units, select_float_units
 
     module = export_module(job.pipe, job.name)
-    check_units(module, recipe.float_units, "float_units", where)
-    check_units(module, recipe.int16_units, "int16_units", where)
-    float_units, int16_units = list(recipe.float_units), list(recipe.int16_units)
+    width = job.width.value if job.width is not None else None
+    budget, float_named, int16_named = recipe.for_width(width)
+    check_units(module, float_named, "float_units", where)
+    check_units(module, int16_named, "int16_units", where)
+    float_units, int16_units = list(float_named), list(int16_named)
     ranking = []
-    if recipe.sensitive_budget > 0 and job.calibration:
+    if budget > 0 and job.calibration:
         rows = job.calibration
         n = len(next(iter(rows.values())))
         held = np.linspace(0, n - 1, min(n, 8)).round().astype(int)
         ranking = rank_units(module, component_spec(job.pipe, job.name), rows,
                              {k: v[held] for k, v in rows.items()})
-        chosen = select_float_units(ranking, recipe.sensitive_budget, already=float_units + int16_units)
+        chosen = select_float_units(ranking, budget, already=float_units + int16_units)
         (float_units if recipe.sensitive_as == "float" else int16_units).extend(chosen)
     return {"int8_ops": list(recipe.int8_ops), "float_units": float_units, "int16_units": int16_units,
-            "sensitive_budget": recipe.sensitive_budget, "sensitive_as": recipe.sensitive_as,
+            "width": width, "sensitive_budget": budget, "sensitive_as": recipe.sensitive_as,
             "ranking": [{"unit": r["unit"], "rel_err": round(float(r["rel_err"]), 5), "weights": r["weights"]}
                         for r in ranking[:12]]}
 
@@ -319,11 +322,13 @@ class TFLiteTarget(Target):
         from edgekit.components import component_spec, export_module
 
         recipe = profile.int8_recipe
-        if job.precision == "int8" and (recipe.float_units or recipe.int16_units):
+        named_float = recipe.float_units + tuple(u for w in recipe.widths for u in w.float_units)
+        named_int16 = recipe.int16_units + tuple(u for w in recipe.widths for u in w.int16_units)
+        if job.precision == "int8" and (named_float or named_int16):
             # checked at the first component (the text encoder), before any conversion writes anything
             unet = export_module(job.pipe, "unet")
-            check_units(unet, recipe.float_units, "float_units", f"profile '{profile.name}'")
-            check_units(unet, recipe.int16_units, "int16_units", f"profile '{profile.name}'")
+            check_units(unet, named_float, "float_units", f"profile '{profile.name}'")
+            check_units(unet, named_int16, "int16_units", f"profile '{profile.name}'")
         folder = job.output_dir(stage)
         path = folder / MODEL_FILE
         spec = component_spec(job.pipe, job.name)
