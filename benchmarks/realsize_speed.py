@@ -5,6 +5,7 @@ Rows (each skipped with a note when its input is missing):
   fp32            the UNet as the quantize stage exports it (edgekit.quantize.ort_static.export_fp32_onnx)
   int8            ort-static as edgekit ships it: QDQ, uint8 activations, int8 per-channel weights on
                   Conv/MatMul/Gemm, ranges by edgekit's bounded collector, float units by the sensitivity ranking
+  int8+attn       the same with attention's activation-by-activation MatMuls in INT8 as well
   w0.50 fp32/int8 the same for a width-0.5 model (``--slim-model``: an `edgekit slim` output)
   usual-dynamic   the usual route: plain torch.onnx.export + onnxruntime quantize_dynamic
   litert-fp16     a LiteRT fp16 file (``--tflite``: e.g. an `edgekit export --targets tflite` unet file)
@@ -94,6 +95,14 @@ def _build(pipe, workdir: Path, calib: dict, args, tag: str) -> dict[str, Path]:
                          per_channel=options.per_channel, nodes_to_exclude=onnx_nodes_in_units(fp32, float_units),
                          compact=True)
     files[f"{tag}int8"] = int8
+    if not tag and "int8+attn" in args.rows_wanted:
+        # attention's activation-by-activation MatMuls in INT8 too (the shipped recipe keeps them float)
+        attn = workdir / "int8-attn" / "model.onnx"
+        quantize_onnx_static(fp32, calib, attn, calibrate_method=options.calibrate_method,
+                             activations=options.activations, per_channel=options.per_channel,
+                             nodes_to_exclude=onnx_nodes_in_units(fp32, float_units), compact=True,
+                             weight_matmuls_only=False)
+        files["int8+attn"] = attn
     if not tag and "usual-dynamic" in args.rows_wanted:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -183,7 +192,7 @@ def main() -> int:
     parser.add_argument("--calib-rows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--rows", dest="rows_wanted", default="fp32,int8,w0.50 fp32,w0.50 int8,usual-dynamic,litert-fp16")
+    parser.add_argument("--rows", dest="rows_wanted", default="fp32,int8,int8+attn,w0.50 fp32,w0.50 int8,usual-dynamic,litert-fp16")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
