@@ -340,6 +340,7 @@ def main() -> None:
     ap.add_argument("--variants", default="fp16,int8-recipe,int8-all-ops")
     ap.add_argument("--widths", default="1.00,0.75,0.50", help="widths to generate (with --generate-only)")
     ap.add_argument("--generate-only", action="store_true", help="fill the image cache and stop")
+    ap.add_argument("--note-file", type=Path, help="a text file: the Decision section's paragraph (what ships, why)")
     ap.add_argument("--no-float-reference", action="store_true",
                     help="skip the PSNR difference against the float torch model (its images cost a torch run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -387,7 +388,7 @@ def main() -> None:
             "steps": steps, "widths": list(WIDTHS), "threads": 1, "latency_rounds": args.rounds,
             "margin": MARGIN, "bytes_goal": BYTES_GOAL,
             "command": "benchmarks/int8_recipes.py " + " ".join(sys.argv[1:])}
-    data = {"meta": meta, "bundles": facts, "paired": paired, "latency": latency}
+    data = {"meta": meta, "bundles": facts, "paired": paired, "latency": latency, "conclusion": args.note_file.read_text().strip() if args.note_file else ""}
     data["decision"] = decide(data)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_recipes.json").write_text(json.dumps(data, indent=2) + "\n")
