@@ -107,3 +107,18 @@ def test_bad_per_width_recipe_is_one_clear_error(widths, words):
     with pytest.raises(InputError) as info:
         LiteRTInt8Recipe.from_dict({"widths": widths}, "android-tflite.yaml: int8_recipe")
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_profile_int8_tolerance_refuses_the_every_op_graph_and_passes_the_recipe():
+    """The measured UNet rel-errs vs torch (benchmarks/results/int8_recipes.json): the every-op graph (53-57% digit
+    accuracy) must fail the shipped profile's int8 tolerance, the shipped recipe's widths must pass it."""
+    import json
+
+    from edgekit.profiles import shipped_profile
+
+    tolerance = shipped_profile("android-tflite").tolerance.int8
+    data = json.loads((BENCH.parent / "results" / "int8_recipes.json").read_text())
+    errs = {b["variant"]: [u["rel_err_vs_torch"] for u in b["unet"].values()] for b in data["bundles"]}
+    accuracy = {r["variant"]: r["accuracy_int8"] for r in data["paired"]}
+    assert accuracy["int8-all-ops"] < 0.6 and min(errs["int8-all-ops"]) > tolerance
+    assert max(errs["int8-recipe"]) < tolerance
