@@ -148,7 +148,7 @@ def write_results(results: dict) -> None:
     merged["runs"].update(results)
     by_method: dict[str, list] = {}
     for run in merged["runs"].values():
-        by_method.setdefault(f"{run['method']} @ {run['latent']}x{run['latent']}", []).append(run)
+        by_method.setdefault(f"{run['method']} @ {run['latent']}x{run['latent']}, {run['rows']} rows", []).append(run)
     merged["fits"] = {m: f for m, runs in sorted(by_method.items()) if (f := fit(runs))}
     path.write_text(json.dumps(merged, indent=2) + "\n")
     lines = [
@@ -167,7 +167,7 @@ def write_results(results: dict) -> None:
         lines.append(f"| {key} | {run['method']} | {run.get('unet_params', 0) / 1e6:.0f}M | {run['rows']} | {run['wall_s']} "
                      f"| {run['peak_rss_mb'] / 1024:.2f} | {phases} | {note.strip()} |")
     lines += ["", "## Linear fit over parameters, and the estimate at 860M", "",
-              "| method @ latents | scales | whole-process peak: MB + bytes/param -> 860M | quantize phase -> 860M | wall s at 860M (linear) |",
+              "| method @ latents | scales | whole-process peak: MB + bytes/param -> 860M | quantize phase -> 860M | wall s at 860M (linear; noisy on this shared machine) |",
               "|---|---|---|---|---|"]
     for method, f in merged["fits"].items():
         p, q = f["peak"], f["quantize_phase"]

@@ -207,7 +207,12 @@ def load_component(pipe, component: str, directory: Path) -> None:
     load_fx_layers(target, recipe["quantized_layers"], state, recipe.get("per_channel", True))
 
 
-def _calibration_runner(spec, inputs: dict[str, np.ndarray], batch: int = 16):
+# Rows per calibration forward: the activations of one forward scale with it (at 64x64 latents they are
+# most of what the measured line below adds over 32x32), so the line holds only for this many.
+FORWARD_ROWS = 4
+
+
+def _calibration_runner(spec, inputs: dict[str, np.ndarray], batch: int = FORWARD_ROWS):
     import torch
 
     n = len(next(iter(inputs.values())))
@@ -225,10 +230,10 @@ class FxQuantizer(Quantizer):
     pip_package = "torch"
     artifact_kind = "torch-fx"
     uses_options = ("per_channel", "exclude", "float_budget")
-    # Peak RSS on SD-1.5-layout UNets of 13M, 52M and 211M parameters (32x32 latents, 4 rows): 0.76, 1.22 and
-    # 2.95 GB, a line of 637 MB + 11.5 bytes per parameter: 9.8 GB at 860M
-    # (benchmarks/results/realsize_quantizers.md).
-    memory_fit = (637 * 2**20, 11.5)
+    # Peak RSS on SD-1.5-layout UNets of 13M, 52M and 211M parameters at SD-1.5's 64x64 latents, 4-row
+    # forwards: 1.05, 1.81 and 4.18 GB, a line of 945 MB + 16.7 bytes per parameter: 14.3 GB at 860M
+    # (32x32 latents: 637 MB + 11.5 bytes per parameter; benchmarks/results/realsize_quantizers.md).
+    memory_fit = (945 * 2**20, 16.7)
 
     def quantize_component(self, pipe, component, calib_inputs, options: QuantizeOptions, float_units, root: Path,
                            workdir: Path) -> ComponentArtifact:
