@@ -122,3 +122,23 @@ def test_profile_int8_tolerance_refuses_the_every_op_graph_and_passes_the_recipe
     accuracy = {r["variant"]: r["accuracy_int8"] for r in data["paired"]}
     assert accuracy["int8-all-ops"] < 0.6 and min(errs["int8-all-ops"]) > tolerance
     assert max(errs["int8-recipe"]) < tolerance
+
+
+def test_plan_applies_only_the_jobs_width_entry(sd15_reduced):
+    from edgekit.errors import InputError
+    from edgekit.loader import open_model
+    from edgekit.profiles import LiteRTInt8Recipe
+    from edgekit.targets.base import ComponentJob
+    from edgekit.targets.tflite import plan_int8_recipe
+    from edgekit.width import Width
+
+    pipe = open_model(sd15_reduced)
+    recipe = LiteRTInt8Recipe.from_dict({"int8_ops": ["CONV_2D"], "float_units": ["conv_out"],
+                                         "widths": [{"width": 1.0, "float_units": ["conv_in"]},
+                                                    {"width": 0.5, "int16_units": ["down_blocks.0.resnets.0"]}]})
+    for width in (1.0, Width.parse(1.0)):
+        plan = plan_int8_recipe(ComponentJob(pipe, "unet", width, "unet", 2, "int8"), recipe, "profile 'p'")
+        assert plan["float_units"] == ["conv_out", "conv_in"] and plan["int16_units"] == [] and plan["width"] == 1.0
+    bad = LiteRTInt8Recipe.from_dict({"widths": [{"width": 1.0, "float_units": ["down_blocks.9.resnets.0"]}]})
+    with pytest.raises(InputError, match="int8_recipe.float_units names 'down_blocks.9.resnets.0'"):
+        plan_int8_recipe(ComponentJob(pipe, "unet", 1.0, "unet", 2, "int8"), bad, "profile 'p'")

@@ -185,7 +185,7 @@ def plan_int8_recipe(job: ComponentJob, recipe, where: str) -> dict:
     from edgekit.quantize.sensitivity import rank_units, select_float_units
 
     module = export_module(job.pipe, job.name)
-    width = job.width.value if job.width is not None else None
+    width = getattr(job.width, "value", job.width)  # a Width, or a plain number from a caller
     budget, float_named, int16_named = recipe.for_width(width)
     check_units(module, float_named, "float_units", where)
     check_units(module, int16_named, "int16_units", where)
