@@ -151,14 +151,19 @@ def main() -> None:
             for name in COMPONENTS:
                 module = export_module(pipe, name)
                 key = (group, name, width if name == "unet" else None)
-                if key not in sensitivities:  # the per-layer PSNR does not depend on the target
-                    rows = calibration_rows(pipe, name, args.calib_root / f"calib-w{width if name == 'unet' else 1.0}")
-                    n = len(next(iter(rows.values())))
-                    probe = {k: v[np.linspace(0, n - 1, min(n, 8)).round().astype(int)] for k, v in rows.items()}
-                    sensitivities[key] = cr.layer_sensitivity(
-                        module, component_spec(pipe, name), probe, probe_bits, cfg.min_palettize_weights, group)
-                sizes = {p: m.weight.numel() for p, m in cr.palettizable(module, cfg.min_palettize_weights).items()}
-                plan = cr.plan_mixed(sensitivities[key], sizes, palette, target, group)
+                rows = calibration_rows(pipe, name, args.calib_root / f"calib-w{width if name == 'unet' else 1.0}")
+                sizes = {p: m.weight.numel() for p, m in
+                         cr.palettizable(module, cfg.min_palettize_weights, component_spec(pipe, name), rows).items()}
+                if target <= min(palette):  # every layer at the smallest width (as mixed_plan_for): nothing to measure
+                    plan = cr.MixedPlan(bits={p: min(palette) for p in sizes}, average_bits=float(min(palette)),
+                                        target_bits=target, group_size=group)
+                else:
+                    if key not in sensitivities:  # the per-layer PSNR does not depend on the target
+                        n = len(next(iter(rows.values())))
+                        probe = {k: v[np.linspace(0, n - 1, min(n, 8)).round().astype(int)] for k, v in rows.items()}
+                        sensitivities[key] = cr.layer_sensitivity(module, component_spec(pipe, name), probe, probe_bits,
+                                                                  cfg.min_palettize_weights, group)
+                    plan = cr.plan_mixed(sensitivities[key], sizes, palette, target, group)
                 plans[(recipe, width, name)] = plan
                 results["plans"][f"{recipe} {width:g}/{name}"] = plan.to_dict()
         base = None

@@ -168,6 +168,19 @@ def test_grouped_palettes_follow_coremltools_channel_groups():
     assert (grouped[:8] - w[:8]).abs().mean() < (one[:8] - w[:8]).abs().mean() / 4
 
 
+def test_mixed_plans_only_layers_the_component_runs(pipe):
+    """The VAE decoder's export module holds the encoder too; its graph has no op for the encoder's weights, so a
+    plan naming them could not be exported."""
+    from edgekit.components import component_spec, export_module
+    from edgekit.targets.coreml_recipes import palettizable
+
+    module = export_module(pipe, "vae_decoder")
+    every = palettizable(module, 0)
+    ran = palettizable(module, 0, component_spec(pipe, "vae_decoder"), _rows(pipe, "vae_decoder", 2))
+    assert any(p.startswith("encoder.") for p in every)
+    assert ran and not any(p.startswith("encoder.") for p in ran) and set(ran) < set(every)
+
+
 @pytest.mark.slow
 def test_digits_mixed_bundle_packages_carry_the_planned_bits_per_layer(default_model, tmp_path):
     """The digits model's mixed bundle (its full-width UNet hit the shared-constant conflict): every package's

@@ -211,10 +211,23 @@ def palettized(weight: torch.Tensor, nbits: int, group_size: int = 0) -> torch.T
     return torch.from_numpy(np.concatenate(parts, axis=0).astype(np.float32)).to(weight.dtype)
 
 
-def palettizable(module: nn.Module, min_weights: int) -> dict[str, nn.Module]:
-    from edgekit.quantize.sensitivity import weight_layers
+def palettizable(module: nn.Module, min_weights: int, spec=None, rows: dict | None = None) -> dict[str, nn.Module]:
+    """Conv/linear layers with more than ``min_weights`` weights; with ``spec`` and ``rows``, only those the
+    component's forward runs (the VAE decoder's export module also holds the encoder, which its graph has not)."""
+    from edgekit.quantize.sensitivity import _args, weight_layers
 
-    return {p: l for p, l in weight_layers(module).items() if l.weight.numel() > min_weights}
+    layers = {p: l for p, l in weight_layers(module).items() if l.weight.numel() > min_weights}
+    if spec is None:
+        return layers
+    ran = set()
+    handles = [l.register_forward_pre_hook(lambda *_a, p=p: ran.add(p)) for p, l in layers.items()]
+    try:
+        with torch.no_grad():
+            module(*[a[:1] for a in _args(spec, rows)])
+    finally:
+        for h in handles:
+            h.remove()
+    return {p: l for p, l in layers.items() if p in ran}
 
 
 @torch.no_grad()
@@ -228,7 +241,7 @@ def layer_sensitivity(module: nn.Module, spec, rows: dict[str, np.ndarray], bits
     args = _args(spec, rows)
     reference = module(*args).numpy()
     out = {}
-    for path, layer in palettizable(module, min_weights).items():
+    for path, layer in palettizable(module, min_weights, spec, rows).items():
         out[path] = {}
         for b in bits:
             with _Patched({path: layer}, {path: palettized(layer.weight.data, b, group_size)}):
@@ -285,10 +298,13 @@ def mixed_plan_for(module: nn.Module, spec, rows: dict[str, np.ndarray], palette
                    min_weights: int, probe_rows: int = 8, group_size: int = 0) -> tuple[MixedPlan, dict]:
     """The plan for one component: per-layer sensitivity on ``probe_rows`` rows spread over ``rows``, then
     plan_mixed; returns (plan, sensitivity)."""
+    sizes = {p: layer.weight.numel() for p, layer in palettizable(module, min_weights, spec, rows).items()}
+    if target <= min(palette_bits):  # every layer at the smallest width: nothing to choose, nothing to measure
+        return MixedPlan(bits={p: min(palette_bits) for p in sizes}, average_bits=float(min(palette_bits)),
+                         target_bits=target, group_size=group_size), {}
     n = len(next(iter(rows.values())))
     probe = {k: v[np.linspace(0, n - 1, min(n, probe_rows)).round().astype(int)] for k, v in rows.items()}
     sensitivity = layer_sensitivity(module, spec, probe, palette_bits, min_weights, group_size)
-    sizes = {p: layer.weight.numel() for p, layer in palettizable(module, min_weights).items()}
     return plan_mixed(sensitivity, sizes, palette_bits, target, group_size), sensitivity
 
 
