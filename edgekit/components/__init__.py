@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from edgekit.components.base import (Component, ComponentSpec, StandIn, TensorSpec, inputs_from_calibration,
-                                     run_torch)
+                                     run_in_chunks, run_torch)
 from edgekit.registry import Registry
 
 COMPONENTS = Registry("component", "COMPONENT")
@@ -70,4 +70,4 @@ def geometry(pipe) -> dict:
 
 __all__ = ["BUNDLE_COMPONENTS", "CALIB_COMPONENTS", "COMPONENTS", "PER_WIDTH_COMPONENTS", "Component",
            "ComponentSpec", "StandIn", "TensorSpec", "all_components", "bundle_components", "component_spec",
-           "example_inputs", "export_module", "geometry", "get_component", "inputs_from_calibration", "run_torch"]
+           "example_inputs", "export_module", "geometry", "get_component", "inputs_from_calibration", "run_in_chunks", "run_torch"]

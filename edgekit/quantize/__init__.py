@@ -188,7 +188,7 @@ def quantize_component(pipe, name: str, rows: dict[str, np.ndarray], quantizer: 
     split, the sensitivity ranking and float budget, the method's artifact under ``root``, and its error on the
     held-out rows. Returns (artifact, the record the quantize manifest keeps for it). The quantize stage and a
     target that quantizes on its own call this one function, so both make the same graph."""
-    from edgekit.components import get_component, inputs_from_calibration, run_torch
+    from edgekit.components import get_component, inputs_from_calibration, run_in_chunks, run_torch
     from edgekit.quality import relative_error
     from edgekit.quantize import sensitivity
 
@@ -203,7 +203,9 @@ def quantize_component(pipe, name: str, rows: dict[str, np.ndarray], quantizer: 
     calib_inputs = inputs_from_calibration(spec, rows, calib_idx)
     held_inputs = inputs_from_calibration(spec, rows, held_idx)
     module = component.export_module(pipe)
-    reference = run_torch(module, spec, held_inputs)
+    # a component past the full-ranking size runs its held-out rows one at a time (bounded memory)
+    rows_per_call = 1 if sensitivity.measure_for(module) == "bounded" else None
+    reference = run_in_chunks(lambda feeds: run_torch(module, spec, feeds), held_inputs, rows_per_call)
 
     sens_inputs = {k: v[: options.sensitivity_rows] for k, v in calib_inputs.items()}
     ranking = sensitivity.rank(module, spec, calib_inputs, sens_inputs, float_budget=options.float_budget)
@@ -212,7 +214,7 @@ def quantize_component(pipe, name: str, rows: dict[str, np.ndarray], quantizer: 
     float_units = excluded + budgeted
 
     made = quantizer.quantize_component(pipe, name, calib_inputs, options, float_units, Path(root), Path(workdir))
-    actual = made.run(held_inputs)
+    actual = run_in_chunks(made.run, held_inputs, rows_per_call)
     fp32_bytes = sensitivity.float_weight_bytes(module)
     int8_bytes = sum((Path(root) / f).stat().st_size for f in made.files)
     record = {
