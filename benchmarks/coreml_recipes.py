@@ -276,13 +276,14 @@ def markdown(results: dict) -> str:
             rows = [r for r in results["simulated"] if r["recipe"] == recipe]
             worst = min(rows, key=lambda r: r["prompt_accuracy"] - base[r["width"]])
             diff = worst["prompt_accuracy"] - base[worst["width"]]
-            lower = worst["paired_vs_fp16"]["accuracy_diff_ci95"][0]
+            paired_ci = worst.get("paired_vs_fp16", {}).get("accuracy_diff_ci95")
+            lower = f"paired 95% lower end {paired_ci[0] * 100:+.1f}" if paired_ci else "no paired measure"
             size = results["bundles"].get(recipe, {}).get("bytes")
             size_text = (f"{size / 2**20:.2f} MiB ({'holds' if size <= 6 * 2**20 else 'missed'})" if size
                          else "bundle not exported")
             holds = diff >= -0.03 and size is not None and size <= 6 * 2**20
-            lines.append(f"- {recipe}: worst width {worst['width']:g}: {diff * 100:+.1f} points vs fp16 (paired 95% "
-                         f"lower end {lower * 100:+.1f}; {'holds' if diff >= -0.03 else 'missed'}); {size_text}; "
+            lines.append(f"- {recipe}: worst width {worst['width']:g}: {diff * 100:+.1f} points vs fp16 ({lower}; "
+                         f"{'holds' if diff >= -0.03 else 'missed'}); {size_text}; "
                          f"goal {'holds' if holds else 'missed'}")
     return "\n".join(lines) + "\n"
 
