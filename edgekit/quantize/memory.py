@@ -14,8 +14,6 @@ from pathlib import Path
 
 from edgekit.errors import InputError
 
-# The component's weights live in the pipeline folder of this name.
-COMPONENT_FOLDERS = {"unet": "unet", "text_encoder": "text_encoder", "vae_decoder": "vae"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -38,7 +36,10 @@ def safetensors_params(path: Path) -> int:
 def component_params(model_dir: Path, component: str) -> int | None:
     """Parameters of ``component`` in the pipeline at ``model_dir`` (None when its weights are not safetensors
     or cannot be read: then no estimate is made)."""
-    folder = Path(model_dir) / COMPONENT_FOLDERS.get(component, component)
+    from edgekit.components import get_component
+
+    # a diffusers pipeline keeps each module's weights in the folder named like its pipeline attribute
+    folder = Path(model_dir) / get_component(component).pipeline_attr
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
