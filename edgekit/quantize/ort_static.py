@@ -184,6 +184,23 @@ def _has_external_data(model) -> bool:
     return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+@contextlib.contextmanager
+def _weights_moved_out(model):
+    """A temporary copy of the loaded ``model`` with its weights in one external file. Weights inside the graph would be
+    copied by every step of a range pass (shape inference, the augmented copy, its serialisation, the session):
+    they are moved out once, and the pass measures from the copy."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
+        moved = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(moved), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        del model
+        yield moved
+
+
 def _range_model(model, tensors: list[str]):
     """A copy of ``model``'s graph whose only outputs are ReduceMin/ReduceMax of ``tensors`` (one float each).
     Reducing inside the graph keeps memory at one inference's: no activation leaves the session, and ORT frees
@@ -245,13 +262,9 @@ def minmax_ranges(model_path: Path, rows: dict[str, np.ndarray], op_types=DEFAUL
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
     if not _has_external_data(model):
-        # Weights inside the graph would be copied by every step below (shape inference, the augmented copy,
-        # its serialisation, the session): move them to one external file once, and measure from there.
-        with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
-            moved = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(moved), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx.data", size_threshold=1024)
-            del model
+        moving = _weights_moved_out(model)
+        del model  # the copy below holds the only reference until its weights are written out
+        with moving as moved:
             return minmax_ranges(moved, rows, op_types, rows_per_run=rows_per_run,
                                  tensors_per_pass=tensors_per_pass, progress=progress)
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -404,8 +417,6 @@ def histogram_ranges(model_path: Path, rows: dict[str, np.ndarray], calibrate_me
     ranges are those of ORT's calibrator; otherwise they are those of ORT's strided calibration
     (``CalibStridedMinMax``: each stride's histograms merged into the last). The memory is one inference plus
     one pass; the cost is one inference for the element counts and the rows re-run once per pass."""
-    import tempfile
-
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, TensorsData
 
@@ -414,11 +425,9 @@ def histogram_ranges(model_path: Path, rows: dict[str, np.ndarray], calibrate_me
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
     if not _has_external_data(model):
-        with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
-            moved = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(moved), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx.data", size_threshold=1024)
-            del model
+        moving = _weights_moved_out(model)
+        del model  # the copy below holds the only reference until its weights are written out
+        with moving as moved:
             return histogram_ranges(moved, rows, calibrate_method, op_types, rows_per_run=rows_per_run,
                                     pass_bytes=pass_bytes, progress=progress)
     inferred = onnx.shape_inference.infer_shapes(model)
