@@ -63,9 +63,10 @@ Example (an ort-web bundle of the tiny digits model, two UNet widths; lists shor
                     "sections": {"components": "<hex>", "...": "one per top-level key but this one"}}
     }
 
-Per-format extras in a component entry: ort-web ``opset``, and for split weights ``external_data``
+Per-format extras in a component entry: ort-web ``opset``, for split weights ``external_data``
 ([{file, bytes}], each chunk below the profile's ``max_file_mb``) with ``join`` (how the runtime puts
-them together); tflite ``converter``, ``signature`` (the LiteRT signature key; its input/output names
+them together), and ``rows_per_call`` where the all-rows call ran out of onnxruntime-web's 4 GB wasm heap
+at export (the graph is fed that many rows per call; for the UNet ``sampling.batching`` is then two-calls); tflite ``converter``, ``signature`` (the LiteRT signature key; its input/output names
 are the entry's tensor names), ``ops`` (operator counts), ``flex_ops`` (always empty: export refuses
 them), ``recipe`` (fp16/int8), ``io_quantization`` ({tensor: {scale, zero_point}} where a full-integer
 model takes or gives int8: real = scale * (q - zero_point)); coreml ``minimum_deployment_target``,

@@ -3,10 +3,11 @@
 // EDGEKIT_ORT_WEB names the onnxruntime-web package directory to load (edgekit.resources finds it: the
 // checkout's node_modules, EDGEKIT_NODE_MODULES, or edgekit's own copy); edgekit.runtime.runners sets it.
 //
-//   node ort_web.mjs check BUNDLE [LABEL...]
+//   node ort_web.mjs check BUNDLE [--rows-per-call N] [LABEL...]
 //       For every ONNX component of BUNDLE/manifest.json (or only LABELs such as "unet@1.00"), load
 //       the graph the way the web demo does (external-data chunks joined through the externalData
 //       option), feed the stored verification inputs and compare with the stored torch outputs.
+//       An all-rows call that runs out of the wasm heap stops the check: see check() below.
 //   node ort_web.mjs run MODEL.onnx REQUEST.json OUT_DIR
 //       REQUEST: {"inputs": {name: {file, dtype, shape}}, "external_data": [relative paths]}; writes
 //       OUT_DIR/<output name>.bin (raw little-endian) and prints the outputs' {file, dtype, shape}.
@@ -68,11 +69,43 @@ async function openSession(modelPath, externalData) {
 
 async function runOnce(modelPath, inputs, externalData) {
   const session = await openSession(modelPath, externalData);
-  const started = performance.now();
-  const outputs = await session.run(inputs);
-  const ms = performance.now() - started;
-  await session.release();
-  return { outputs, ms };
+  try {
+    const started = performance.now();
+    const outputs = await session.run(inputs);
+    return { outputs, ms: performance.now() - started };
+  } finally {
+    await session.release();
+  }
+}
+
+// The wasm32 heap holds at most 4 GB: a large graph (an SD-1.5 UNet) can run one row per call where its
+// two-row call asks for more. The page does the same when the manifest entry says rows_per_call.
+const OUT_OF_MEMORY = /bad_alloc|out of memory|Aborted\(OOM\)/i;
+
+function rowSlice(tensor, start, count) {
+  const per = tensor.data.length / tensor.dims[0];
+  return new ort.Tensor(tensor.type, tensor.data.slice(start * per, (start + count) * per), [count, ...tensor.dims.slice(1)]);
+}
+
+async function runInRows(modelPath, inputs, externalData, outputName, perCall) {
+  const rows = Object.values(inputs)[0].dims[0];
+  const session = await openSession(modelPath, externalData);
+  try {
+    const parts = [];
+    const started = performance.now();
+    for (let start = 0; start < rows; start += perCall) {
+      const slice = {};
+      for (const [name, t] of Object.entries(inputs)) slice[name] = rowSlice(t, start, Math.min(perCall, rows - start));
+      parts.push((await session.run(slice))[outputName].data);
+    }
+    const ms = performance.now() - started;
+    const all = new parts[0].constructor(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) { all.set(p, at); at += p.length; }
+    return { data: all, ms };
+  } finally {
+    await session.release();
+  }
 }
 
 function entries(manifest) {
@@ -88,24 +121,39 @@ function entries(manifest) {
   return out;
 }
 
-async function check(bundle, labels) {
+// rowsPerCall: feed every checked graph that many rows per call (the caller's retry after an out-of-memory
+// answer). Without it a graph runs all its rows in one call, or entry.rows_per_call per call where the entry
+// says so; an all-rows call that runs out of the wasm heap ends the check there with `out_of_memory` (the
+// heap is not trusted after that) and the labels not yet checked, for the caller to re-run in fresh processes.
+async function check(bundle, labels, rowsPerCall) {
   const manifest = JSON.parse(readFileSync(join(bundle, 'manifest.json'), 'utf8'));
+  const todo = entries(manifest).filter(([label]) => !labels.length || labels.includes(label));
+  if (labels.length && todo.length !== labels.length) throw new Error(`unknown component label(s): ${labels}`);
   const results = [];
-  for (const [label, entry, record] of entries(manifest)) {
-    if (labels.length && !labels.includes(label)) continue;
+  for (const [i, [label, entry, record]] of todo.entries()) {
     if (entry.format !== 'onnx') throw new Error(`${label}: format ${entry.format}, this script runs ONNX only`);
     if (!record || !record.data) throw new Error(`${label}: no verification data in the manifest`);
     const inputs = {};
     for (const [name, rec] of Object.entries(record.data.inputs)) inputs[name] = readTensor(bundle, rec);
     const expected = readTensor(bundle, record.data.expected);
     const external = (entry.external_data || []).map((c) => c.file);
-    const { outputs, ms } = await runOnce(join(bundle, entry.file), inputs, external);
-    const actual = outputs[entry.outputs[0].name];
-    const err = relativeError(actual.data, expected.data);
+    const outputName = entry.outputs[0].name;
+    const rows = Object.values(inputs)[0].dims[0];
+    const perCall = Math.min(rows, rowsPerCall || entry.rows_per_call || rows);
+    let data, ms;
+    try {
+      ({ data, ms } = await runInRows(join(bundle, entry.file), inputs, external, outputName, perCall));
+    } catch (err) {
+      if (perCall < 2 || !OUT_OF_MEMORY.test(err.message)) throw new Error(`${label}: ${err.message}`);
+      return { bundle, ort_version: ORT_VERSION, results, passed: results.every((r) => r.passed),
+               out_of_memory: { component: label, rows: perCall, error: err.message },
+               remaining: todo.slice(i + 1).map(([l]) => l) };
+    }
+    const err = relativeError(data, expected.data);
     results.push({ component: label, runtime: `onnxruntime-web ${ORT_VERSION} (node, wasm)`, ...err,
-                   tolerance: record.tolerance, ms: Math.round(ms), passed: err.rel_err <= record.tolerance });
+                   tolerance: record.tolerance, ms: Math.round(ms), passed: err.rel_err <= record.tolerance,
+                   ...(perCall < rows ? { rows_per_call: perCall } : {}) });
   }
-  if (labels.length && results.length !== labels.length) throw new Error(`unknown component label(s): ${labels}`);
   return { bundle, ort_version: ORT_VERSION, results, passed: results.every((r) => r.passed) };
 }
 
@@ -127,9 +175,14 @@ async function run(modelPath, requestPath, outDir) {
 const [mode, ...rest] = process.argv.slice(2);
 try {
   let result;
-  if (mode === 'check' && rest.length >= 1) result = await check(rest[0], rest.slice(1));
+  if (mode === 'check' && rest.length >= 1) {
+    const at = rest.indexOf('--rows-per-call');
+    const perCall = at >= 0 ? Number(rest.splice(at, 2)[1]) : undefined;
+    if (perCall !== undefined && !(perCall >= 1)) throw new Error('--rows-per-call takes a whole number >= 1');
+    result = await check(rest[0], rest.slice(1), perCall);
+  }
   else if (mode === 'run' && rest.length === 3) result = await run(rest[0], rest[1], rest[2]);
-  else throw new Error('usage: ort_web.mjs check BUNDLE [LABEL...] | run MODEL.onnx REQUEST.json OUT_DIR');
+  else throw new Error('usage: ort_web.mjs check BUNDLE [--rows-per-call N] [LABEL...] | run MODEL.onnx REQUEST.json OUT_DIR');
   process.stdout.write(JSON.stringify(result) + '\n');
   process.exit(result.passed === false ? 1 : 0);
 } catch (err) {

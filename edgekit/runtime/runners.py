@@ -104,9 +104,13 @@ class OrtRunner(_Batched):
         """onnxruntime here, or onnxruntime-web under Node when ``node``."""
         path = Path(bundle_dir) / entry["file"]
         if node:
-            return NodeOrtWebRunner(path, [t["name"] for t in entry["inputs"]],
-                                    [c["file"] for c in entry.get("external_data", [])])
-        return cls(path, threads)
+            runner = NodeOrtWebRunner(path, [t["name"] for t in entry["inputs"]],
+                                      [c["file"] for c in entry.get("external_data", [])])
+        else:
+            runner = cls(path, threads)
+        if entry.get("rows_per_call") and runner.fixed_batch is None:
+            runner.fixed_batch = int(entry["rows_per_call"])  # as the page feeds it (the wasm heap's limit)
+        return runner
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -240,11 +244,26 @@ def _node(args: list[str], timeout: float) -> dict:
 
 
 def check_bundle_in_node(bundle_dir: Path, labels: list[str] = (), timeout: float = 1800) -> list[dict]:
-    """Run ort_web.mjs check on a bundle: every ONNX component replayed in onnxruntime-web."""
+    """Run ort_web.mjs check on a bundle: every ONNX component replayed in onnxruntime-web.
+
+    A component whose all-rows call runs out of the wasm32 heap (4 GB) is checked again in a fresh Node
+    process one row per call; its result then carries ``rows_per_call`` and ``all_rows_error``, and the
+    components after it are checked in another fresh process (a heap that failed once is not trusted)."""
     why = node_available()
     if why:
         raise MissingBackendError(f"onnxruntime-web under Node: {why}")
-    return _node(["check", str(bundle_dir), *labels], timeout)["results"]
+    results: list[dict] = []
+    todo = [str(bundle_dir), *labels]
+    while todo:
+        out = _node(["check", *todo], timeout)
+        results += out["results"]
+        oom = out.get("out_of_memory")
+        if oom is None:
+            break
+        (one,) = _node(["check", str(bundle_dir), "--rows-per-call", "1", oom["component"]], timeout)["results"]
+        results.append({**one, "all_rows_error": f"{oom['rows']} rows in one call: {oom['error']}"})
+        todo = [str(bundle_dir), *out["remaining"]] if out["remaining"] else []
+    return results
 
 
 def inspect_mlpackage(path: Path) -> dict:

@@ -93,10 +93,12 @@ async function session(key, entry) {
   return sessions.get(key);
 }
 
-// Run a graph on `rows` rows; a graph with a fixed batch axis gets them in slices of its size.
+// Run a graph on `rows` rows; a graph with a fixed batch axis gets them in slices of its size, and one whose
+// all-rows call did not fit the wasm heap at export (entry.rows_per_call) in slices of that many rows.
 async function runRows(entry, key, feeds, rows) {
   const sess = await session(key, entry);
-  const fixed = typeof entry.inputs[0].shape[0] === "number" ? entry.inputs[0].shape[0] : rows;
+  const first = entry.inputs[0].shape[0];
+  const fixed = typeof first === "number" ? first : Math.min(rows, entry.rows_per_call ?? rows);
   const outName = entry.outputs[0].name;
   const parts = [];
   for (let start = 0; start < rows; start += fixed) {
