@@ -117,6 +117,9 @@ class PackageConfig:
     steps: tuple[int, ...] | None = None  # the bundles' (and bench's) step counts; None: the model's, else each profile's
     guidance: float | None = None  # the bundles' guidance scale; None: the model's edgekit_defaults.json
     calib_samples: int = 44
+    # sampling steps per calibration image (None: the model's default, e.g. 50 for SD-1.5): rows come from the
+    # steps the bundles run, and at real size the capture is the longest stage at the model's full schedule
+    calib_steps: int | None = None
     samples: int = 20  # images per quality number (float quality per width, every table row)
     clip: str | None = None  # a local CLIP model directory: adds CLIP score to every quality number
     prompts: str | None = None  # calibration prompts file (None: the model's declared prompts, else the general set)
@@ -177,7 +180,8 @@ class PackageConfig:
         slim = replace(slim, seed=self.seed)
         quantize = _section(QuantizeOptions, self.quantize, {"seed": self.seed}, "quantize")
         quantize = replace(quantize, seed=self.seed)
-        for name, value in (("calib_samples", self.calib_samples), ("repeats", self.repeats)):
+        for name, value in (("calib_samples", self.calib_samples), ("repeats", self.repeats),
+                            ("calib_steps", 1 if self.calib_steps is None else self.calib_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InputError("expected a positive whole number", param=name, value=value)
         from edgekit.quality.evaluator import MIN_SAMPLES
@@ -265,7 +269,8 @@ class PackageConfig:
                 "quantize": _section_dict(self.quantize),
                 "precisions": dict(self.precisions),
                 "steps": None if self.steps is None else list(self.steps),
-                "guidance": self.guidance, "calib_samples": self.calib_samples, "samples": self.samples,
+                "guidance": self.guidance, "calib_samples": self.calib_samples, "calib_steps": self.calib_steps,
+                "samples": self.samples,
                 "clip": self.clip, "prompts": self.prompts, "repeats": self.repeats, "seed": self.seed,
                 "policy": self.policy}
 
@@ -740,7 +745,8 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
 
     prompts_file = Path(config.prompts) if config.prompts else default_prompts_file(model)
     defaults = sampling_defaults(model)
-    calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps,
+    calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)),
+                                     steps=config.calib_steps or defaults.steps,
                                      samples=config.calib_samples,
                                      # the guidance the bundles sample with (an LCM UNet's embedding depends on it)
                                      guidance_scale=defaults.guidance_scale if config.guidance is None
@@ -789,7 +795,10 @@ def _float_quality(model: Path, width: Width, defaults, config: PackageConfig, p
     evaluation = ModelQuality(model, config.samples, config.seed, clip_dir=config.clip, cache_root=cache_root,
                               guidance_scale=config.guidance, progress=progress)
     pipe = open_model(model, width=width.value)
-    scores = evaluation.score_pipe(pipe, defaults.steps)
+    if width.is_full:  # the candidate is the reference model itself: its (cached) images, not a second run
+        scores = evaluation.score(evaluation.reference())
+    else:
+        scores = evaluation.score_pipe(pipe, defaults.steps)
     macs = unet_macs(pipe.unet, tokens=int(pipe.tokenizer.model_max_length))  # the context the model really sees
     return {"width": width.value, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
             "n_images": len(evaluation.grid), "evaluators": evaluation.evaluators(), **scores.row, **scores.detail}

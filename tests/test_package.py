@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FAST = ("--steps", "4", "--samples", "4", "--repeats", "1", "--calib-samples", "4")
+FAST = ("--steps", "4", "--samples", "4", "--repeats", "1", "--calib-samples", "4", "--calib-steps", "3")
 # The same settings as a --config file, with a slim section that differs from the recipe (unused here: the default
 # model is slimmable already; recorded all the same)
 FAST_CONFIG = """\
@@ -15,6 +15,7 @@ steps: [4]
 samples: 4
 repeats: 1
 calib_samples: 4
+calib_steps: 3
 slim: {train_steps: 7, lr: 0.001}
 """
 
@@ -63,6 +64,9 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
     assert [r["stage"] for r in summary["stages"]] == ["calib-w1.00", "quant-w1.00", "quality-w1.00",
                                                         "export-ort-web", "bench-ort-web"]
     assert all(r["ran"] for r in summary["stages"]) and not summary["failures"]
+    # calibration ran the asked 3 steps per image (the model's default is 20): 4 images x 3 steps x 2 CFG rows
+    meta = json.loads((packaged / "stages/calib-w1.00/meta.json").read_text())
+    assert meta["config"]["steps"] == 3 and meta["components"]["unet"]["rows"] == 4 * 3 * 2
     manifest = read_manifest(packaged / "ort-web")
     assert manifest["precision"] == "int8"
     # the shipped INT8 UNet is the quantize stage's graph, checked against torch like any export

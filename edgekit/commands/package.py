@@ -61,6 +61,9 @@ def register(sub) -> None:
                    help="guidance scale the bundles sample at; <= 1 turns guidance off (default: the model's)")
     p.add_argument("--calib-samples", type=positive_int, default=None,
                    help=f"images generated per width for calibration (default {PackageConfig.calib_samples})")
+    p.add_argument("--calib-steps", type=positive_int, default=None,
+                   help="sampling steps per calibration image (default: the model's default steps); fewer steps "
+                        "make the capture shorter, the rows then cover that schedule's timesteps")
     from edgekit.commands.evaluate import add_quality_flags
 
     add_quality_flags(p, default_samples=None, samples_help=str(PackageConfig.samples))
@@ -88,6 +91,7 @@ def config_from_args(args):
     base = PackageConfig.from_yaml(args.config) if args.config is not None else None
     flags = {"targets": args.targets, "widths": args.widths, "prune": args.prune, "quant": args.quant,
              "steps": args.steps, "guidance": args.guidance, "calib_samples": args.calib_samples,
+             "calib_steps": args.calib_steps,
              "samples": args.samples, "clip": None if args.clip is None else str(args.clip),
              "prompts": None if args.prompts is None else str(args.prompts), "repeats": args.repeats,
              "seed": args.seed,
