@@ -82,6 +82,22 @@ def calibration_rows(pipe, name: str, calib_dir: Path) -> dict:
     return inputs_from_calibration(component_spec(pipe, name), data, index)
 
 
+def memoized_palettized(palettized):
+    """``palettized`` remembering its results by the weight's bytes: the text encoder's and VAE decoder's weights
+    are the same at every width, and recipes share most layers' bit widths (k-means is the slow part here)."""
+    import hashlib
+
+    memo = {}
+
+    def wrapper(weight, nbits, group_size=0):
+        key = (hashlib.sha1(weight.detach().cpu().numpy().tobytes()).hexdigest(), tuple(weight.shape), nbits,
+               group_size)
+        if key not in memo:
+            memo[key] = palettized(weight, nbits, group_size)
+        return memo[key]
+    return wrapper
+
+
 def recipe_context(recipe: str, pipe, calib_root: Path, width: float, plans: dict):
     """Patches every component of ``pipe`` as ``recipe`` stores it in Core ML (inside ``with``)."""
     from edgekit.components import component_spec, export_module
@@ -119,31 +135,49 @@ def main() -> None:
     ap.add_argument("--calib-root", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit_coreml_recipes"))
     ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0, help="image i of a width takes seed + i (screens used 0)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--recipes", default="fp16,w8,w8a8,mixed")
     ap.add_argument("--export", default=None, help="recipes to export as bundles (default: all of --recipes)")
     ap.add_argument("--no-export", action="store_true", help="torch simulation only")
-    ap.add_argument("--widths", default=",".join(f"{w:g}" for w in WIDTHS), help="widths to simulate")
+    ap.add_argument("--widths", default=",".join(f"{w:g}" for w in WIDTHS),
+                    help="widths to simulate (none: export only)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--plans", type=Path, default=None,
+                    help="an earlier results file, or an exported mixed bundle, whose plans (same recipe or same "
+                         "target bits and group size, width, component) are reused instead of measuring the "
+                         "per-layer sensitivity again (plans depend on the calibration rows, not on the seeds)")
+    ap.add_argument("--run", default="", help="label of this run in the rows it measures (e.g. a commit)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="measure nothing: merge these results files (a later file's row replaces an earlier one "
+                         "of the same recipe, width and seeds; bundles and plans by name) into --out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        results = merge([json.loads(p.read_text()) for p in args.merge])
+        (args.out / "coreml_recipes.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "coreml_recipes.md").write_text(markdown(results))
+        return
     torch.set_num_threads(2)
+    cr.palettized = memoized_palettized(cr.palettized)
     profile = shipped_profile("ios-coreml")
     cfg = profile.coreml
-    quality = ModelQuality(MODEL, samples=args.samples, seed=0)
+    quality = ModelQuality(MODEL, samples=args.samples, seed=args.seed)
     quality.reference()
     labels = np.asarray(quality.grid.labels)
     recipes = args.recipes.split(",")
     if recipes[0] != "fp16":
         raise SystemExit("--recipes: fp16 comes first (the paired measures compare with it)")
-    results = {"meta": {"host": host_device(), "samples": args.samples, "steps": args.steps,
+    results = {"meta": {"host": host_device(), "samples": args.samples, "seed": args.seed, "steps": args.steps,
+                        "run": args.run,
                         "profile_mixed_target_bits": cfg.mixed_target_bits, "profile_palette_bits": list(cfg.palette_bits),
                         "widths": list(WIDTHS), "bootstrap_draws": BOOTSTRAP_DRAWS},
-               "simulated": [], "bundles": {}, "plans": {}}
+               "simulated": [], "bundles": {}, "plans": {}, "sensitivity": {}}
     mixed = [r for r in recipes if r.startswith("mixed")]
     probe_bits = tuple(sorted({b for r in mixed for b in mixed_variant(r, cfg)[1]}))
+    reused = known_plans(args.plans, [r for r in recipes if r.startswith("mixed")], cfg) if args.plans else {}
     sensitivities = {}  # the text encoder's and VAE decoder's do not depend on the UNet's width
-    for width in (float(w) for w in args.widths.split(",")):
+    for width in ([] if args.widths == "none" else [float(w) for w in args.widths.split(",")]):
         pipe = open_model(MODEL, width=width)
         plans = {}
         for recipe in mixed:
@@ -154,7 +188,13 @@ def main() -> None:
                 rows = calibration_rows(pipe, name, args.calib_root / f"calib-w{width if name == 'unet' else 1.0}")
                 sizes = {p: m.weight.numel() for p, m in
                          cr.palettizable(module, cfg.min_palettize_weights, component_spec(pipe, name), rows).items()}
-                if target <= min(palette):  # every layer at the smallest width (as mixed_plan_for): nothing to measure
+                known = reused.get(f"{recipe} {width:g}/{name}")
+                if known is not None:
+                    plan = cr.MixedPlan(bits=known["bits"], average_bits=known["average_bits"],
+                                        target_bits=known["target_bits"], group_size=known["group_size"])
+                    if set(plan.bits) != set(sizes) or plan.target_bits != target or plan.group_size != group:
+                        raise SystemExit(f"--plans: {recipe} {width:g}/{name} does not match this model's layers")
+                elif target <= min(palette):  # every layer at the smallest width (as mixed_plan_for): nothing to do
                     plan = cr.MixedPlan(bits={p: min(palette) for p in sizes}, average_bits=float(min(palette)),
                                         target_bits=target, group_size=group)
                 else:
@@ -164,6 +204,7 @@ def main() -> None:
                         sensitivities[key] = cr.layer_sensitivity(module, component_spec(pipe, name), probe, probe_bits,
                                                                   cfg.min_palettize_weights, group)
                     plan = cr.plan_mixed(sensitivities[key], sizes, palette, target, group)
+                    results["sensitivity"][f"g{group} {width:g}/{name}"] = sensitivities[key]
                 plans[(recipe, width, name)] = plan
                 results["plans"][f"{recipe} {width:g}/{name}"] = plan.to_dict()
         base = None
@@ -174,7 +215,8 @@ def main() -> None:
             row = quality.score(images).row
             read = quality.digits.scorer.logits_and_features(images)[0].argmax(axis=1)
             correct = read == labels
-            entry = {"recipe": recipe, "width": width, "steps": args.steps,
+            entry = {"recipe": recipe, "width": width, "steps": args.steps, "n": args.samples, "run": args.run,
+                     "seeds": [args.seed, args.seed + args.samples - 1],
                      "prompt_accuracy": row.get("prompt_accuracy"), "prompt_accuracy_ci95": row.get("prompt_accuracy_ci95"),
                      "psnr": row["quality"], "seconds": round(time.perf_counter() - t0, 1)}
             if recipe == "fp16":
@@ -212,6 +254,42 @@ def main() -> None:
     print(markdown(results))
 
 
+def known_plans(path: Path, recipes: list[str], cfg) -> dict:
+    """Plans by "recipe width/component" from a results file, or from an exported bundle's manifest for each of
+    ``recipes`` whose target bits and group size are the bundle's."""
+    if path.is_file():
+        return json.loads(path.read_text())["plans"]
+    comps = json.loads((path / "manifest.json").read_text())["components"]
+    entries = {**{(float(w), "unet"): u for w, u in comps["unet"]["widths"].items()},
+               **{(w, k): comps[k] for k in ("text_encoder", "vae_decoder") for w in WIDTHS}}
+    out = {}
+    for recipe in recipes:
+        target, _, group = mixed_variant(recipe, cfg)
+        for (width, name), entry in entries.items():
+            plan = entry.get("palette_plan")
+            if plan and plan["target_bits"] == target and plan["group_size"] == group:
+                out[f"{recipe} {width:g}/{name}"] = plan
+    return out
+
+
+def merge(parts: list[dict]) -> dict:
+    """One results dict from several runs' (in order: a later row of the same recipe, width and seeds replaces an
+    earlier one); rows keep the run that measured them, the meta is the last run's with every run's listed."""
+    rows, bundles, plans, sensitivity = {}, {}, {}, {}
+    for part in parts:
+        meta = part["meta"]
+        for r in part["simulated"]:
+            r = {"n": meta["samples"], "seeds": [meta.get("seed", 0), meta.get("seed", 0) + meta["samples"] - 1],
+                 "run": meta.get("run", ""), **r}
+            rows[(r["recipe"], r["width"], tuple(r["seeds"]))] = r
+        bundles.update(part["bundles"])
+        plans.update(part["plans"])
+        sensitivity.update(part.get("sensitivity", {}))
+    runs = [m for p in parts for m in p["meta"].get("runs", [p["meta"]])]
+    return {"meta": {**{k: v for k, v in runs[-1].items() if k != "runs"}, "runs": runs},
+            "simulated": list(rows.values()), "bundles": bundles, "plans": plans, "sensitivity": sensitivity}
+
+
 def bundle_facts(out: Path) -> dict:
     """Bytes of an exported bundle: in all (each component's package once, the UNet once per width) and per
     component, with the deployment target and the palettized UNets' average bits."""
@@ -227,25 +305,36 @@ def bundle_facts(out: Path) -> dict:
                                           *((f"unet@{w}", u) for w, u in unet.items())]}}
 
 
+def goal_row(rows: list, recipe: str, width: float, seeds=None):
+    """The row of ``recipe`` at ``width`` the goal reads: with ``seeds``, the one on those seeds; else the paired
+    one with the most images (an unpaired one when none is paired)."""
+    rows = [r for r in rows if r["recipe"] == recipe and r["width"] == width
+            and (seeds is None or r.get("seeds") == seeds)]
+    return max(rows, key=lambda r: ("paired_vs_fp16" in r or recipe == "fp16", r.get("n", 0)), default=None)
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = ["# Core ML recipes (digits model, three widths)", "",
              f"{meta['host']}. Quality: torch simulation of each recipe on all three components (Core ML cannot "
-             f"predict on Linux; the packages are checked structurally), {meta['samples']} images per width, "
-             f"{meta['steps']} steps, seed 0; accuracy: held-out digit classifier (Wilson 95%); PSNR against the float "
-             f"model at full width and 20 steps (mean, 95% interval). Paired with fp16 at the same width (same prompts, "
+             f"predict on Linux; the packages are checked structurally), n images per width (image i of a row "
+             f"takes seed first + i; seeds 0..99 are the screen that chose the recipes), {meta['steps']} steps; "
+             f"run: the commit or run that measured the row; accuracy: held-out digit classifier (Wilson 95%); "
+             f"PSNR against the float model at full width and 20 steps (mean, 95% interval). Paired with fp16 at the same width (same prompts, "
              f"seeds and noise): digit agreement (Wilson 95%), accuracy difference in points (percentile bootstrap "
              f"95% over images, {meta['bootstrap_draws']} draws), PSNR against the fp16 images. mixed:BITS/PALETTE[/gN]: "
              "target average bits per palettized weight, the bit widths a layer may get (each layer's from its "
              "measured output PSNR vs float on 8 calibration rows), one look-up table per N output channels "
              "(iOS18; none: one per weight). Palettized: every conv/linear weight over 2048 values of all three "
              "components.", "",
-             "| recipe | width | accuracy [95%] | PSNR vs float dB [95%] | agrees with fp16 [95%] | "
-             "accuracy - fp16, points [95%] | PSNR vs fp16 dB [95%] |", "|---|---:|---|---|---|---|---|"]
+             "| recipe | width | n (seeds) | run | accuracy [95%] | PSNR vs float dB [95%] | agrees with fp16 [95%] | "
+             "accuracy - fp16, points [95%] | PSNR vs fp16 dB [95%] |", "|---|---:|---|---|---|---|---|---|---|"]
     for r in results["simulated"]:
         q = r["psnr"]
         lo, hi = r["prompt_accuracy_ci95"]
-        cells = [r["recipe"], f"{r['width']:g}", f"{r['prompt_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+        seeds = r.get("seeds", [0, meta["samples"] - 1])
+        cells = [r["recipe"], f"{r['width']:g}", f"{r.get('n', meta['samples'])} ({seeds[0]}..{seeds[1]})",
+                 r.get("run", "-"), f"{r['prompt_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
                  f"{q['value']:.2f} [{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}]"]
         p = r.get("paired_vs_fp16")
         if p:
@@ -268,22 +357,32 @@ def markdown(results: dict) -> str:
                                                                  if b["average_bits"].get(n) else "") for n in names]
             lines.append(f"| {recipe} | {b['bytes'] / 2**20:.2f} | " + " | ".join(cells) +
                          f" | {b['minimum_deployment_target']} |")
-    base = {r["width"]: r["prompt_accuracy"] for r in results["simulated"] if r["recipe"] == "fp16"}
-    if base:
+    if any(r["recipe"] != "fp16" for r in results["simulated"]):
         lines += ["", "Goal (issue 15: a bundle for three widths <= 6 MiB whose simulated accuracy is within 3 points "
-                      "of fp16 at every width):"]
+                      "of fp16 at every width; per width the paired row with the most images, point estimate and "
+                      "paired 95% interval):"]
         for recipe in dict.fromkeys(r["recipe"] for r in results["simulated"] if r["recipe"] != "fp16"):
-            rows = [r for r in results["simulated"] if r["recipe"] == recipe]
-            worst = min(rows, key=lambda r: r["prompt_accuracy"] - base[r["width"]])
-            diff = worst["prompt_accuracy"] - base[worst["width"]]
-            paired_ci = worst.get("paired_vs_fp16", {}).get("accuracy_diff_ci95")
-            lower = f"paired 95% lower end {paired_ci[0] * 100:+.1f}" if paired_ci else "no paired measure"
+            per_width, ok = [], True
+            for width in sorted({r["width"] for r in results["simulated"] if r["recipe"] == recipe}, reverse=True):
+                r = goal_row(results["simulated"], recipe, width)
+                p = r.get("paired_vs_fp16")
+                if p:
+                    d, ci = p["accuracy_diff"], p["accuracy_diff_ci95"]
+                    per_width.append(f"w{width:g} {d * 100:+.1f} [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}] (n={p['n']})")
+                else:
+                    base = goal_row(results["simulated"], "fp16", width, r.get("seeds"))
+                    d = r["prompt_accuracy"] - base["prompt_accuracy"] if base else float("nan")
+                    per_width.append(f"w{width:g} {d * 100:+.1f} (unpaired, n={r.get('n', meta['samples'])})")
+                ok = ok and d >= -0.03
+            missing = [w for w in meta["widths"] if not any(r["recipe"] == recipe and r["width"] == w
+                                                            for r in results["simulated"])]
             size = results["bundles"].get(recipe, {}).get("bytes")
             size_text = (f"{size / 2**20:.2f} MiB ({'holds' if size <= 6 * 2**20 else 'missed'})" if size
                          else "bundle not exported")
-            holds = diff >= -0.03 and size is not None and size <= 6 * 2**20
-            lines.append(f"- {recipe}: worst width {worst['width']:g}: {diff * 100:+.1f} points vs fp16 ({lower}; "
-                         f"{'holds' if diff >= -0.03 else 'missed'}); {size_text}; "
+            holds = ok and not missing and size is not None and size <= 6 * 2**20
+            unmeasured = f"; widths not measured: {', '.join(f'{w:g}' for w in missing)}" if missing else ""
+            lines.append(f"- {recipe}: points vs fp16 {'; '.join(per_width)} "
+                         f"({'within 3 points' if ok else 'missed'}{unmeasured}); {size_text}; "
                          f"goal {'holds' if holds else 'missed'}")
     return "\n".join(lines) + "\n"
 

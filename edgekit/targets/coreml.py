@@ -105,10 +105,12 @@ def compress_calibrated(model, job: ComponentJob, profile: TargetProfile):
 
 def mixed_bits_problems(path: Path, plan: dict, constants: dict) -> list[str]:
     """The saved package's palettized weights must be exactly the plan's layers, each at the plan's bit width
-    (``constants``: layer path -> the weight constant apply_mixed palettized for it)."""
-    from edgekit.targets.coreml_recipes import palette_bits_in
+    with the plan's look-up tables (one per group_size output channels, as palette_groups; ``constants``: layer
+    path -> the weight constant apply_mixed palettized for it)."""
+    from edgekit.targets.coreml_recipes import palette_facts_in, palette_groups
 
-    written = palette_bits_in(path)
+    facts = palette_facts_in(path)
+    written = {name: bits for name, (bits, _, _) in facts.items()}
     want = {f"{constants[p]}_palettized": b for p, b in plan["bits"].items()}  # coremltools' output naming
     wrong = sorted(p for p, b in plan["bits"].items() if written.get(f"{constants[p]}_palettized") != b)
     extra = sorted(set(written) - set(want))
@@ -119,6 +121,14 @@ def mixed_bits_problems(path: Path, plan: dict, constants: dict) -> list[str]:
                         f"{written.get(f'{constants[first]}_palettized')} bits, plan {plan['bits'][first]})")
     if extra:
         problems.append(f"{len(extra)} palettized weights are not in the plan (first: {extra[0]})")
+    group = plan.get("group_size", 0)
+    layer_facts = {p: facts[f"{constants[p]}_palettized"] for p in plan["bits"]
+                   if f"{constants[p]}_palettized" in facts}
+    tables = sorted(p for p, (_, n, channels) in layer_facts.items() if n != palette_groups(channels, group))
+    if tables:
+        _, got, channels = layer_facts[tables[0]]
+        problems.append(f"{len(tables)} layers have other look-up tables than the plan's (first: {tables[0]}: {got} "
+                        f"tables for {channels} output channels, plan one per {group or 'weight'})")
     return problems
 
 

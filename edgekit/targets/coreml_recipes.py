@@ -358,6 +358,12 @@ def palettes_in(path) -> dict[str, tuple[int, int]]:
     """Per constexpr_lut_to_dense op of a saved .mlpackage: (bit width, number of look-up tables). The iOS16 op
     holds one table of 2**bits values as an attribute; the iOS18 op takes it as an input shaped [groups, 1, ...,
     2**bits, 1]."""
+    return {name: (bits, tables) for name, (bits, tables, _) in palette_facts_in(path).items()}
+
+
+def palette_facts_in(path) -> dict[str, tuple[int, int, int]]:
+    """Per constexpr_lut_to_dense op of a saved .mlpackage: (bit width, number of look-up tables, output channels
+    of the weight it makes)."""
     import coremltools as ct
 
     spec = ct.utils.load_spec(str(path))
@@ -374,7 +380,8 @@ def palettes_in(path) -> dict[str, tuple[int, int]]:
                     dims = [int(d.constant.size)
                             for d in op.inputs["lut"].arguments[0].value.type.tensorType.dimensions]
                     size, tables = dims[-2], int(np.prod(dims[:-2]))
-                out[op.outputs[0].name] = (int(np.log2(size)), tables)
+                channels = int(op.outputs[0].type.tensorType.dimensions[0].constant.size)
+                out[op.outputs[0].name] = (int(np.log2(size)), tables, channels)
     return out
 
 
