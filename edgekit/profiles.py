@@ -19,6 +19,9 @@ PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize6", "w8a8", "mixed")
 COREML_PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 # LiteRT op types a full-integer recipe may name (ai-edge-quantizer TFLOperationName values); "*" is every one.
 LITERT_INT8_OPS = ("*", "CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE")
+# How a width's int8 ops get their activations: int8 ranges calibrated ahead (static), int16 ranges calibrated
+# ahead (LiteRT int16x8), or int8 ranges taken from each call's own values at run time (dynamic range).
+LITERT_ACTIVATIONS = ("int8", "int16", "dynamic")
 BATCHING = ("batch2", "two-calls")
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -154,8 +157,13 @@ class LiteRTWidthRecipe(_Strict):
     sensitive_budget: float = 0.0
     float_units: tuple[str, ...] = ()
     int16_units: tuple[str, ...] = ()
+    activations: str = "int8"  # the int8 ops' activations at this width: int8, int16 or dynamic (LITERT_ACTIVATIONS)
 
     def __post_init__(self):
+        _choice(self.activations, LITERT_ACTIVATIONS, f"int8_recipe.widths entry {self.width:g}: activations")
+        if self.activations == "dynamic" and self.int16_units:
+            raise InputError(f"int8_recipe.widths entry {self.width:g}: int16_units need calibrated activations; "
+                             "activations: dynamic has none")
         if not 0.0 < self.width <= 1.0:
             raise InputError(f"int8_recipe.widths entry width {self.width}: expected a width in (0, 1]")
         if not 0.0 <= self.sensitive_budget < 1.0:
@@ -192,6 +200,11 @@ class LiteRTInt8Recipe(_Strict):
         both = sorted(set(self.float_units) & set(self.int16_units))
         if both:
             raise InputError(f"int8_recipe: units {both} are listed both in float_units and int16_units")
+        for w in self.widths:
+            ranked_int16 = w.sensitive_budget > 0 and self.sensitive_as == "int16"
+            if w.activations == "dynamic" and (self.int16_units or ranked_int16):
+                raise InputError(f"int8_recipe.widths entry {w.width:g}: activations: dynamic leaves no int16 units "
+                                 "(int8_recipe.int16_units, sensitive_as: int16)")
         seen = [round(w.width, 6) for w in self.widths]
         if len(set(seen)) != len(seen):
             raise InputError(f"int8_recipe.widths: a width is listed twice ({', '.join(f'{w:g}' for w in seen)})")
@@ -203,6 +216,11 @@ class LiteRTInt8Recipe(_Strict):
             return self.sensitive_budget, self.float_units, self.int16_units
         return (entry.sensitive_budget, tuple(dict.fromkeys(self.float_units + entry.float_units)),
                 tuple(dict.fromkeys(self.int16_units + entry.int16_units)))
+
+    def activations_for(self, width: float | None) -> str:
+        """How the int8 ops' activations are quantized at ``width``: the width entry's ``activations``, else int8."""
+        entry = next((w for w in self.widths if width is not None and abs(w.width - float(width)) < 1e-6), None)
+        return entry.activations if entry is not None else "int8"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Float16 and INT8 are applied to the float32 flatbuffer by ai-edge-quantizer (Lit
 recipe is the profile's ``int8_recipe``: which op types get int8 weights and activations (the shipped profile:
 conv and fully-connected only), which UNet units stay float or get int16 activations (named, or picked per width
 by edgekit.quantize.sensitivity's ranking under a weight budget, per width where the profile's
-``int8_recipe.widths`` says so); the manifest records the recipe as applied and
+``int8_recipe.widths`` says so), and per width whether those ops' activations use calibrated int8 or int16 ranges or
+dynamic ones (int8 ranges taken from each call's values); the manifest records the recipe as applied and
 the output types of each named unit's ops.
 """
 from __future__ import annotations
@@ -179,8 +180,9 @@ def check_units(unet_module: nn.Module, names, field_name: str, where: str) -> N
 
 
 def plan_int8_recipe(job: ComponentJob, recipe, where: str) -> dict:
-    """The UNet's float and int16 units for this width: the profile's lists plus, with a sensitivity budget, the
-    units the ranking puts first (measured on this width's calibration rows); with the ranking used."""
+    """The UNet's activation mode, float and int16 units for this width: the profile's lists plus, with a
+    sensitivity budget, the units the ranking puts first (measured on this width's calibration rows); with the
+    ranking used."""
     from edgekit.components import component_spec, export_module
     from edgekit.quantize.sensitivity import rank_units, select_float_units
 
@@ -199,8 +201,9 @@ def plan_int8_recipe(job: ComponentJob, recipe, where: str) -> dict:
                              {k: v[held] for k, v in rows.items()})
         chosen = select_float_units(ranking, budget, already=float_units + int16_units)
         (float_units if recipe.sensitive_as == "float" else int16_units).extend(chosen)
-    return {"int8_ops": list(recipe.int8_ops), "float_units": float_units, "int16_units": int16_units,
-            "width": width, "sensitive_budget": budget, "sensitive_as": recipe.sensitive_as,
+    return {"int8_ops": list(recipe.int8_ops), "activations": recipe.activations_for(width),
+            "float_units": float_units, "int16_units": int16_units, "width": width,
+            "sensitive_budget": budget, "sensitive_as": recipe.sensitive_as,
             "ranking": [{"unit": r["unit"], "rel_err": round(float(r["rel_err"]), 5), "weights": r["weights"]}
                         for r in ranking[:12]]}
 
@@ -246,7 +249,8 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
     """fp16: float16 weights dequantized at load (float compute). int8: int8 weights and activations,
     ranges calibrated on the representative rows; with ``float_activations`` int8 weights only (dynamic
     range: activations quantized on the fly, no calibration). ``plan`` (plan_int8_recipe) names the op types
-    that get int8 and the UNet units (of ``unet``) left float or given int16 activations."""
+    that get int8, their activations (int8 or int16 calibrated ranges, or dynamic: int8 ranges taken at run time)
+    and the UNet units (of ``unet``) left float or given int16 activations."""
     from ai_edge_quantizer import quantizer as aeq_quantizer
     from ai_edge_quantizer import recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -268,9 +272,14 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         from edgekit.runtime.runners import LiteRTRunner
 
         ops = tuple((plan or {}).get("int8_ops") or ("*",))
+        activations = (plan or {}).get("activations", "int8")
         op_names = [TFLOperationName.ALL_SUPPORTED if op == "*" else TFLOperationName(op) for op in ops]
         for op in op_names:  # later rules win in ai-edge-quantizer
-            q.add_static_config(".*", op, activation_num_bits=8, weight_num_bits=8)
+            if activations == "dynamic":
+                q.add_dynamic_config(".*", op, num_bits=8)
+            else:
+                bits = 16 if activations == "int16" else 8
+                q.add_static_config(".*", op, activation_num_bits=bits, weight_num_bits=8)
         if float_scopes:
             scope = ".*(" + "|".join(re.escape(s) for s in float_scopes) + ").*"
             q.update_quantization_recipe(scope, TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
@@ -280,6 +289,11 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         for unit in (plan or {}).get("float_units", ()):
             q.update_quantization_recipe(unit_regex(unet, unit), TFLOperationName.ALL_SUPPORTED,
                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
+        if activations == "dynamic":  # nothing to calibrate: each call quantizes its own activations
+            result = q.quantize(enable_progress_report=False)
+            out.write_bytes(bytes(result.quantized_model))
+            return {"recipe": f"dynamic range: int8 weights, int8 activations quantized per call on {', '.join(ops)}, "
+                              "other ops float (ai-edge-quantizer)", "float_scopes": list(float_scopes)}
         runner = LiteRTRunner(float_path)
         samples = _signature_batches(calibration, batch, runner.input_dtypes)
         if not samples:
@@ -287,8 +301,10 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         qsvs = q.calibrate({runner.signature_key: samples}, num_threads=1)
         result = q.quantize(qsvs, enable_progress_report=False)
         out.write_bytes(bytes(result.quantized_model))
-        label = ("static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)" if ops == ("*",)
-                 else f"static int8 weights + int8 activations on {', '.join(ops)}, other ops float (ai-edge-quantizer)")
+        kind = "int16" if activations == "int16" else "int8"
+        label = ("static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)" if ops == ("*",) and kind == "int8"
+                 else f"static int8 weights + {kind} activations on {', '.join(ops)}, other ops float "
+                      "(ai-edge-quantizer)")
         return {"recipe": label, "representative_batches": len(samples), "float_scopes": list(float_scopes)}
     raise InputError(f"precision {precision}: tflite offers fp32, fp16, int8")
 
