@@ -1,6 +1,7 @@
 """LiteRT INT8 recipes on the embedded digits model at three widths, compared with the fp16 bundle image by image.
 
-Every variant (fp16; the profile's recipe; the old every-op int8, kept for the tolerance it must fail) is exported as
+Every variant (fp16; the profile's recipe; that recipe without its per-width entries, int8-recipe-static; the old
+every-op int8, kept for the tolerance it must fail) is exported as
 a whole tflite bundle and run by its own LiteRT runtime on the same prompts, seeds and initial noise (seeds the
 recipe was not tuned on: --seed, default 1000; the recipe and the earlier unpaired table used 0..99). Per (width,
 steps) row and INT8 variant, against fp16 on the same images:
@@ -51,7 +52,10 @@ def variants(profile):
 
     return {"fp16": dataclasses.replace(profile, precision="fp16"),
             "int8-all-ops": dataclasses.replace(profile, precision="int8", int8_recipe=LiteRTInt8Recipe()),
-            "int8-recipe": dataclasses.replace(profile, precision="int8")}
+            "int8-recipe": dataclasses.replace(profile, precision="int8"),
+            # the profile's recipe without its per-width entries: calibrated int8 activations at every width
+            "int8-recipe-static": dataclasses.replace(profile, precision="int8",
+                                                      int8_recipe=dataclasses.replace(profile.int8_recipe, widths=()))}
 
 
 def export(name, profile, work: Path, calib_root: Path, steps) -> Path:
@@ -257,8 +261,10 @@ def markdown(data: dict) -> str:
     meta = data["meta"]
     lines = ["# LiteRT INT8 recipes against fp16, paired (digits model, three widths)", "",
              f"{meta['host']}; {meta['samples']} images per row (digits balanced, image i asks digit i % 10 with seed "
-             f"{meta['seed']} + i: seeds {meta['seed']}..{meta['seed'] + meta['samples'] - 1}, none used to tune the "
-             "recipe), every variant on the same prompts, seeds and initial noise; accuracy: held-out digit "
+             f"{meta['seed']} + i: seeds {meta['seed']}..{meta['seed'] + meta['samples'] - 1}, "
+             + (f"the first {meta['tuned_on']} of them used to choose a recipe, see the held-out table"
+                if meta.get("tuned_on") else "none used to tune the recipe")
+             + "), every variant on the same prompts, seeds and initial noise; accuracy: held-out digit "
              "classifier; intervals 95%. Run: " + meta["command"], "",
              "## Bundles", "", "| variant | UNet widths | bundle MiB | vs fp16 | UNet rel-err vs torch (per width) |",
              "|---|---|---:|---:|---|"]
@@ -267,8 +273,11 @@ def markdown(data: dict) -> str:
         errs = " / ".join(f"{b['unet'][w]['rel_err_vs_torch']:.3g}" for w in b["widths"])
         lines.append(f"| {b['variant']} | {', '.join(b['widths'])} | {b['bundle_bytes'] / 2**20:.2f} | "
                      f"{b['bundle_bytes'] / base['bundle_bytes']:.2f} | {errs} |")
-    lines += ["", "int8-all-ops (every op int8) was exported at width 0.5 only, as the graph the profile's tolerance "
-                  "must refuse; its bytes are not a three-width bundle's.", "",
+    partial = [b["variant"] for b in data["bundles"] if len(b["widths"]) < len(base["widths"])]
+    if partial:
+        lines += ["", f"{', '.join(partial)}: exported at fewer widths (int8-all-ops, every op int8, as the graph "
+                      "the profile's tolerance must refuse); their bytes are not a three-width bundle's."]
+    lines += ["",
               "## Paired rows (INT8 minus fp16 on the same images)", "",
               "Accuracy difference in points with its paired 95% intervals: Tango's score interval, Newcombe's hybrid "
               "score interval, the paired bootstrap's; "
@@ -291,6 +300,19 @@ def markdown(data: dict) -> str:
             f"{p['ci95'][1]:.2f}] | "
             + (f"{dp['value']:+.2f} [{dp['ci95'][0]:+.2f}, {dp['ci95'][1]:+.2f}]" if dp else "not measured") + " | "
             f"{'yes' if r['non_inferior'] else 'not shown'} |")
+    held = [r for r in data["paired"] if r.get("held_out")]
+    if held:
+        k = meta["tuned_on"]
+        lines += ["", f"## Paired rows on the images not used to choose a recipe (seeds {meta['seed'] + k}.."
+                      f"{meta['seed'] + meta['samples'] - 1})", "",
+                  "| variant | width | steps | n | diff pts [Tango] [Newcombe] | pairs | within 3 pts |",
+                  "|---|---:|---:|---:|---|---|---|"]
+        for r in held:
+            h, c = r["held_out"], r["held_out"]["pairs"]
+            (tlo, thi), (lo, hi) = h["accuracy_diff_tango_ci95"], h["accuracy_diff_ci95"]
+            lines.append(f"| {r['variant']} | {float(r['width']):g} | {r['steps']} | {h['n']} | {_pts(h['accuracy_diff'])} "
+                         f"[{_pts(tlo)}, {_pts(thi)}] [{_pts(lo)}, {_pts(hi)}] | {c['both']}/{c['only_int8']}/"
+                         f"{c['only_fp16']}/{c['neither']} | {'yes' if h['non_inferior'] else 'not shown'} |")
     lat = data.get("latency") or []
     if lat:
         lines += ["", f"## LiteRT latency (one image end to end, one thread, {meta['latency_rounds']} interleaved rounds: "
@@ -337,6 +359,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--steps", default="4,8,20")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds (0: skip latency)")
+    ap.add_argument("--tuned-on", type=int, default=0,
+                    help="the grid's first K images were used to choose a recipe: rows also on the others")
+    ap.add_argument("--latency-variants", help="the variants timed (default: all; fp16 is always timed)")
     ap.add_argument("--variants", default="fp16,int8-recipe,int8-all-ops")
     ap.add_argument("--widths", default="1.00,0.75,0.50", help="widths to generate (with --generate-only)")
     ap.add_argument("--generate-only", action="store_true", help="fill the image cache and stop")
@@ -344,7 +369,17 @@ def main() -> None:
     ap.add_argument("--no-float-reference", action="store_true",
                     help="skip the PSNR difference against the float torch model (its images cost a torch run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--rewrite-note", action="store_true",
+                    help="only replace the Decision paragraph of --out's int8_recipes.json/.md with --note-file's text")
     args = ap.parse_args()
+    if args.rewrite_note:
+        if not args.note_file:
+            sys.exit("--rewrite-note: name the paragraph with --note-file")
+        data = json.loads((args.out / "int8_recipes.json").read_text())
+        data["conclusion"] = args.note_file.read_text().strip()
+        (args.out / "int8_recipes.json").write_text(json.dumps(data, indent=2) + "\n")
+        (args.out / "int8_recipes.md").write_text(markdown(data))
+        return
     steps = [int(s) for s in args.steps.split(",")]
     names = args.variants.split(",")
     if names[0] != BASE and not args.generate_only:
@@ -377,15 +412,24 @@ def main() -> None:
         if name == BASE:
             continue
         row = paired_row(grid.labels, preds[(name, w, s)], preds[(BASE, w, s)], img, images[(BASE, w, s)], reference)
+        if args.tuned_on:
+            k = args.tuned_on
+            held = paired_row(grid.labels[k:], preds[(name, w, s)][k:], preds[(BASE, w, s)][k:], img[k:],
+                              images[(BASE, w, s)][k:], None)
+            row["held_out"] = {key: held[key] for key in ("n", "accuracy_int8", "accuracy_fp16", "pairs", "accuracy_diff",
+                                                           "accuracy_diff_ci95", "accuracy_diff_tango_ci95", "non_inferior")}
         paired.append({"variant": name, "width": w, "steps": s, **row})
         print(json.dumps(paired[-1])[:300], flush=True)
     latency = []
     if args.rounds:
+        timed = set(args.latency_variants.split(",")) | {BASE} if args.latency_variants else set(names)
         keys = [(f["variant"], w, s) for w in ("1.00", "0.75", "0.50") for s in steps for f in facts
-                if w in f["widths"] and s in f["steps"]]
-        latency = latency_rows(interleaved_latency(bundles, keys, grid, args.rounds))
+                if w in f["widths"] and s in f["steps"] and f["variant"] in timed]
+        latency = latency_rows(interleaved_latency({n: p for n, p in bundles.items() if n in timed}, keys, grid,
+                                                   args.rounds))
     meta = {"host": host_device(), "python": platform.python_version(), "samples": args.samples, "seed": args.seed,
             "steps": steps, "widths": list(WIDTHS), "threads": 1, "latency_rounds": args.rounds,
+            "tuned_on": args.tuned_on,
             "margin": MARGIN, "bytes_goal": BYTES_GOAL,
             "command": "benchmarks/int8_recipes.py " + " ".join(sys.argv[1:])}
     data = {"meta": meta, "bundles": facts, "paired": paired, "latency": latency, "conclusion": args.note_file.read_text().strip() if args.note_file else ""}
