@@ -13,10 +13,14 @@ Columns: median ms per call, ratio to FP32, bytes, ratio to FP32 bytes, rel-err 
 (calibration rows the quantizer did not see when ``--calib`` is given, else seeded random rows, said so).
 ``--profile`` adds the top op types by time for the fp32 and int8 rows (ORT's session profiler, 2 threads).
 
-Only one thread setting's sessions are held at a time (the real-size FP32 session alone is ~3.5 GB).
+Only one thread setting's sessions are held at a time (the real-size FP32 session alone is ~3.5 GB), and
+every session runs without ORT's CPU memory arena: with it each session keeps its peak activations (the
+64x64 attention scores are ~1 GB per tensor) and six real-size sessions would not fit in 24 GB. The same
+setting for every row, so the ratios compare like with like.
 
     nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --latent 32 --rounds 3           # real size, 32x32
     nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --calib CALIB --slim-model SLIM --profile
+    .venv/bin/python benchmarks/realsize_speed.py --model M --calib C --quantized OUT/stages/quant-w1.00  # as packaged
     .venv/bin/python benchmarks/realsize_speed.py --scale 0.125 --latent 16 --rounds 2       # a smoke run
 -> benchmarks/results/realsize_speed[_<tag>].{json,md}
 """
@@ -87,14 +91,20 @@ def _build(pipe, workdir: Path, calib: dict, args, tag: str) -> dict[str, Path]:
     options = QuantizeOptions()
     module = export_module(pipe, "unet")
     spec = component_spec(pipe, "unet")
-    sens = {k: v[: options.sensitivity_rows] for k, v in calib.items()}
-    ranking = sensitivity.rank(module, spec, calib, sens, float_budget=options.float_budget)
-    float_units = sensitivity.select_float_units(ranking, options.float_budget)
-    int8 = workdir / tag / "int8" / "model.onnx"
-    quantize_onnx_static(fp32, calib, int8, calibrate_method=options.calibrate_method, activations=options.activations,
-                         per_channel=options.per_channel, nodes_to_exclude=onnx_nodes_in_units(fp32, float_units),
-                         compact=True)
-    files[f"{tag}int8"] = int8
+    if not tag and args.quantized:
+        # the quantize stage's own graph, as `edgekit package` ships it, and the float units it kept
+        record = json.loads((Path(args.quantized) / "manifest.json").read_text())["components"]["unet"]
+        float_units = record["float_units"]["kept_by_budget"] + record["float_units"]["excluded_by_pattern"]
+        files["int8"] = Path(args.quantized) / record["files"][0]
+    else:
+        sens = {k: v[: options.sensitivity_rows] for k, v in calib.items()}
+        ranking = sensitivity.rank(module, spec, calib, sens, float_budget=options.float_budget)
+        float_units = sensitivity.select_float_units(ranking, options.float_budget)
+        int8 = workdir / tag / "int8" / "model.onnx"
+        quantize_onnx_static(fp32, calib, int8, calibrate_method=options.calibrate_method,
+                             activations=options.activations, per_channel=options.per_channel,
+                             nodes_to_exclude=onnx_nodes_in_units(fp32, float_units), compact=True)
+        files[f"{tag}int8"] = int8
     if not tag and "int8+attn" in args.rows_wanted:
         # attention's activation-by-activation MatMuls in INT8 too (the shipped recipe keeps them float)
         attn = workdir / "int8-attn" / "model.onnx"
@@ -149,6 +159,7 @@ def _ort(path: Path, threads: int, profile: str | None = None):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # see the module docstring
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -184,6 +195,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a diffusers SD directory (default: SD-1.5's layout at --scale, random weights)")
     parser.add_argument("--calib", help="`edgekit calibrate` output for --model (held-out rows for the error column)")
+    parser.add_argument("--quantized", help="a quantize-stage output for --model (e.g. a package's "
+                        "stages/quant-w1.00): its UNet graph is the int8 row instead of one quantized here")
     parser.add_argument("--slim-model", help="an `edgekit slim` output: adds the w0.50 rows")
     parser.add_argument("--slim-width", type=float, default=0.5)
     parser.add_argument("--tflite", help="a LiteRT fp16 UNet file: adds the litert-fp16 row")
@@ -208,8 +221,11 @@ def main() -> int:
     pipe, what = _pipeline(args)
     calib, held, rows_from = _rows(pipe, args)
     notes = [f"rows: {rows_from}"]
-    reference = run_torch(export_module(pipe, "unet"), component_spec(pipe, "unet"), held)
     feeds = {k: v[:2] for k, v in held.items()}  # batch 2: one classifier-free-guidance call
+    references = {"": run_torch(export_module(pipe, "unet"), component_spec(pipe, "unet"), feeds)}
+    if args.quantized:
+        notes.append(f"int8: the quantize stage's graph from {args.quantized} (as `edgekit package` ships it); "
+                     "int8+attn keeps the same float units")
     with tempfile.TemporaryDirectory(prefix="realsize-speed-") as tmp:
         files = _build(pipe, Path(tmp), calib, args, "")
         params = int(sum(p.numel() for p in pipe.unet.parameters()))
@@ -219,8 +235,10 @@ def main() -> int:
 
             slim = load_pipeline(args.slim_model, width=args.slim_width)
             w = f"w{args.slim_width:.2f} "
+            references[w] = run_torch(export_module(slim, "unet"), component_spec(slim, "unet"), feeds)
             files.update(_build(slim, Path(tmp), calib, args, w))
-            notes.append(f"width {args.slim_width} from {args.slim_model}; its error is against the full-width torch UNet")
+            notes.append(f"width {args.slim_width} from {args.slim_model}; its error is against its own torch UNet "
+                         "at that width")
             del slim
         else:
             notes.append("no --slim-model: the width-0.5 rows are missing")
@@ -235,7 +253,8 @@ def main() -> int:
             sessions = {name: (_litert(path, threads) if name == "litert-fp16" else _ort(path, threads))
                         for name, path in files.items()}
             for name, run in sessions.items():
-                table[name].setdefault("rel_err", round(relative_error(run(feeds), reference[:2]), 5))
+                ref = references.get(name.split(" ")[0] + " " if " " in name else "", references[""])
+                table[name].setdefault("rel_err", round(relative_error(run(feeds), ref), 5))
             times = _time(sessions, feeds, args.rounds)
             for name, ms in times.items():
                 table[name][f"ms_{threads}t"] = round(statistics.median(ms), 1)
