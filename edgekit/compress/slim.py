@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edgekit.config import check_keys, widths_param
@@ -102,6 +102,108 @@ def check_widths_reload(out_dir: Path, unet, widths, scope: str = "all") -> dict
     return {str(w): check_reload(out_dir, unet, w, scope) for w in sorted(Width.parse(v) for v in widths)}
 
 
+# Peak resident memory of slim_model on CPU, measured on UNets of SD-1.5's layout (channels x 0.2 and x 0.4) with
+# widths 0.5,1.0 (benchmarks/realsize_slim_memory.py, results in benchmarks/results/realsize_slim_memory.md).
+# "order" (no training, l1 importance: load, order, write, reload every width): intercept bytes + bytes per
+# UNet parameter, the least-squares line at 64x64 latents. "train" (sandwich steps): intercept + bytes per
+# parameter + bytes per activation unit, solved from batch-1 runs at 64x64 and 32x32 latents. Activations grow
+# with channels and latent area, not with parameters (which grow with channels squared), so a line over
+# parameters alone, extrapolated from small scales, would overstate them; one activation unit is a batch-1
+# step (a prompted row and its empty-prompt twin, at full width and at width 0.5) of a UNet with SD-1.5's
+# 320 first-block channels at 64x64 latents.
+MEMORY_FIT = {"order": (521 * 2**20, 14.8), "train": (538 * 2**20, 23.7, 6673 * 2**20)}
+MEMORY_RESULTS = "benchmarks/results/realsize_slim_memory.md"
+
+
+def _activation_units(model_dir: Path, config: SlimConfig) -> float:
+    """Activation units (see MEMORY_FIT) of one step: rows per step x channel scale x latent area, and the
+    narrower widths run beside the full one (their activations scale with the width)."""
+    unet = json.loads((Path(model_dir) / "unet" / "config.json").read_text())
+    size = unet.get("sample_size", 64)
+    height, breadth = (size, size) if isinstance(size, int) else size
+    scale = unet.get("block_out_channels", [320])[0] / 320 * height * breadth / 64**2
+    if not config.train_steps:  # data importance: one backward over 16 rows at full width (a unit holds 3)
+        return scale * 16 / 3
+    narrower = [w for w in config.widths if w < 1.0]
+    widths = 1.0 + (narrower[0] if narrower else 0.0) + (max(narrower[1:]) if len(narrower) > 1 else 0.0)
+    return scale * config.batch_size * widths / 1.5
+
+
+def _capture_samples(config: SlimConfig) -> int:
+    # Distillation memorises few trajectories: after 5000 steps on 8k rows from 220 images the full width
+    # matched its teacher to 0.08% on those rows but 2% on fresh ones (and lost 5 points of accuracy), so
+    # long runs capture many more images (about one row per training sample) when no --calib is given.
+    return min(1500, max(22, config.train_steps * config.batch_size // 40))
+
+
+def _max_rows(samples: int) -> int:
+    return max(512, min(60000, samples * 40))
+
+
+def _rows_bytes(model_dir: Path, rows: int) -> int:
+    """Memory of ``rows`` UNet input rows held for training (float32 sample, timestep and text states, plus
+    the prompted rows' copy the training set takes)."""
+    config = json.loads((Path(model_dir) / "unet" / "config.json").read_text())
+    size = config.get("sample_size", 64)
+    height, width = (size, size) if isinstance(size, int) else size
+    per_row = 4 * (config.get("in_channels", 4) * height * width + 77 * config.get("cross_attention_dim", 768) + 1)
+    return 2 * rows * per_row
+
+
+def _memory_line(config: SlimConfig) -> str:
+    # a data-driven importance runs backward passes over calibration rows like a training step does
+    return "train" if config.train_steps or config.importance != "l1" else "order"
+
+
+def estimate_memory(config: SlimConfig, params: int, rows_bytes: int = 0, activation_units: float = 0.0) -> int:
+    """Estimated peak resident bytes of slim_model for a UNet of ``params`` parameters (the measured fit)."""
+    if _memory_line(config) == "order":
+        intercept, per_param = MEMORY_FIT["order"]
+        return int(intercept + per_param * params)
+    intercept, per_param, per_unit = MEMORY_FIT["train"]
+    return int(intercept + per_param * params + per_unit * activation_units + (rows_bytes if config.train_steps else 0))
+
+
+def check_memory(model_dir: Path, config: SlimConfig, calib_dir: Path | None = None) -> dict | None:
+    """Raise InputError (one line: the estimate, the measured line it comes from, what is available and what
+    would fit) when ``config`` is estimated to need more memory than is available now. Reads the UNet's
+    parameter count from its weight files' headers (nothing loaded). None when that count is unknown. On a
+    machine with a GPU the training runs there, so only the host's share (the no-training line) is checked."""
+    import torch
+
+    from edgekit.quantize.memory import available_bytes, component_params
+
+    params = component_params(model_dir, "unet")
+    if not params:
+        return None
+    rows = 0
+    if config.train_steps and calib_dir is None:  # captured now: the row count is known in advance
+        rows = _rows_bytes(model_dir, _max_rows(_capture_samples(config)))
+    untrained = replace(config, train_steps=0, importance="l1")
+    on_cpu = not torch.cuda.is_available()
+    run = config if on_cpu else untrained
+    units = _activation_units(model_dir, run)
+    needed = estimate_memory(run, params, rows, units)
+    free = available_bytes()
+    record = {"params": params, "estimated_peak_bytes": needed, "available_bytes": free}
+    if needed <= free:
+        return record
+    intercept, per_param, *per_unit = MEMORY_FIT[_memory_line(run)]
+    activations = f" + {per_unit[0] * units / 2**30:.1f} GB of activations" if per_unit else ""
+    measured = (f"measured {intercept / 2**20:.0f} MB + {per_param:.1f} bytes per parameter{activations}"
+                + (f" + {rows / 2**30:.1f} GB of calibration rows" if rows else "") + f", {MEMORY_RESULTS}")
+    need = f"needs about {needed / 2**30:.1f} GB for the {params / 1e6:.0f}M-parameter UNet ({measured}), " \
+           f"{free / 2**30:.1f} GB available"
+    order = estimate_memory(untrained, params)
+    if _memory_line(run) == "train" and order <= free:
+        fits = "{train_steps} 0" + (" {importance} l1" if config.importance != "l1" else "")
+        raise InputError(f"{need}; {fits} fits (about {order / 2**30:.1f} GB: channels ordered by weight norms "
+                         f"and the widths written, untrained)", mentions=("train_steps", "importance"),
+                         **({"param": "train_steps", "value": config.train_steps} if config.train_steps else
+                            {"param": "importance", "value": config.importance}))
+    raise InputError(f"{need}; use a machine with more memory", param="model_dir", value=model_dir)
+
+
 def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path | None = None,
                progress=None, init_dir: Path | None = None) -> dict:
     """Make ``model_dir``'s UNet slimmable at ``config.widths`` and write ``out`` atomically.
@@ -109,7 +211,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     is kept; the teacher is still ``model_dir``'s UNet)."""
     import torch
 
-    from edgekit.compress.distill import calibration_rows, frozen_copy, is_main_process, train_slimmable
+    from edgekit.compress.distill import calibration_rows, is_main_process, train_slimmable
     from edgekit.compress.importance import importance_scores
     from edgekit.compress.prune import REPORT_FILE, write_structured_model
     from edgekit.fsutil import staged_dir
@@ -117,6 +219,7 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     from edgekit.pipeline import load_pipeline
     from edgekit.structure import check_widths, record
 
+    check_memory(model_dir, config, calib_dir)  # a run that cannot fit is refused before loading anything
     torch.manual_seed(config.seed)
     pipe = load_pipeline(model_dir)
     if pipe.edgekit_structure is not None and pipe.edgekit_structure.slimmable:
@@ -126,21 +229,21 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     check_widths(base, config.widths, config.scope)
     earlier = _continued(init_dir, base, config) if init_dir is not None else None  # before any long work
     needs_rows = config.importance != "l1" or config.train_steps > 0
-    # Distillation memorises few trajectories: after 5000 steps on 8k rows from 220 images the full width
-    # matched its teacher to 0.08% on those rows but 2% on fresh ones (and lost 5 points of accuracy), so
-    # long runs capture many more images (about one row per training sample) when no --calib is given.
-    samples = min(1500, max(22, config.train_steps * config.batch_size // 40))
+    samples = _capture_samples(config)
     rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed, samples=samples,
-                            max_rows=max(512, min(60000, samples * 40))) if needs_rows else None
+                            max_rows=_max_rows(samples)) if needs_rows else None
+    pipe = None  # the text encoder and VAE are not needed past here (0.8 GB at SD-1.5's size)
     started = time.perf_counter()
     if earlier is not None:
         ordered = earlier.unet
     else:
         ordered = order_by_importance(base, importance_scores(base, config.importance, rows, seed=config.seed))
     order_seconds = time.perf_counter() - started
-    training = train_slimmable(ordered, frozen_copy(base), rows, config.widths, config.train_steps, config.lr,
+    # ``ordered`` is a copy: the loaded UNet itself is the frozen teacher (no second copy of the weights)
+    training = train_slimmable(ordered, base, rows, config.widths, config.train_steps, config.lr,
                                config.batch_size, config.seed, progress, config.full_weight, config.scope,
                                config.guidance_weight) if config.train_steps else {}
+    base = None  # the source UNet is not needed past training: its memory goes before the reload checks
     ordered.eval().requires_grad_(False)
     provenance = {"command": "slim", "source": str(model_dir), **config.to_dict()}
     if earlier is not None:

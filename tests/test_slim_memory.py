@@ -1,0 +1,137 @@
+"""slim refuses, before loading anything, a run its measured memory line says will not fit the available memory
+(benchmarks/realsize_slim_memory.py), and names what would fit."""
+import json
+import os
+
+import pytest
+
+from edgekit.fsutil import sha256_tree
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading a pipeline or capturing calibration rows fails the test: the refusal comes before them."""
+    import edgekit.compress.distill
+    import edgekit.pipeline
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("heavy work started before the refusal")
+
+    monkeypatch.setattr(edgekit.pipeline, "load_pipeline", forbidden)
+    monkeypatch.setattr(edgekit.compress.distill, "calibration_rows", forbidden)
+
+
+def _estimate(default_model, config, monkeypatch):
+    """The estimate check_memory makes for ``config`` on the tiny model (with all the memory it could want)."""
+    from edgekit.compress import slim
+    from edgekit.quantize import memory
+
+    with monkeypatch.context() as m:
+        m.setattr(memory, "available_bytes", lambda: 2**50)
+        return slim.check_memory(default_model, config)["estimated_peak_bytes"]
+
+
+def test_estimate_uses_the_measured_fit(default_model, monkeypatch):
+    from edgekit.compress import slim
+    from edgekit.compress.slim import SlimConfig
+    from edgekit.quantize import memory
+
+    params = memory.component_params(default_model, "unet")
+    assert params == 4_192_900
+    order, train = SlimConfig(train_steps=0), SlimConfig(widths=(0.5, 1.0), train_steps=2, batch_size=1)
+    a, b = slim.MEMORY_FIT["order"]
+    assert slim.estimate_memory(order, params, 10**9, 5.0) == int(a + b * params)  # no rows, no backward
+    a, b, c = slim.MEMORY_FIT["train"]
+    assert slim.estimate_memory(train, params, 10**9, 2.0) == int(a + b * params + 2 * c + 10**9)
+    # importance from data runs a backward pass: the training fit, no rows counted without training steps
+    taylor = SlimConfig(importance="taylor")
+    assert slim.estimate_memory(taylor, params, 10**9, 2.0) == int(a + b * params + 2 * c)
+    # training holds a gradient and two AdamW moments per parameter beyond the untrained run's copies
+    assert slim.MEMORY_FIT["train"][1] - slim.MEMORY_FIT["order"][1] >= 8
+    # activation units: SD-1.5's first-block width and 64x64 latents at batch 1 and widths 0.5,1.0 are one
+    cfg = json.loads((default_model / "unet" / "config.json").read_text())
+    one = cfg["block_out_channels"][0] / 320 * cfg["sample_size"] ** 2 / 64**2
+    assert slim._activation_units(default_model, train) == pytest.approx(one)
+    assert slim._activation_units(default_model, SlimConfig(widths=(0.5, 1.0), train_steps=2, batch_size=16)) == \
+        pytest.approx(16 * one)
+    assert slim._activation_units(default_model, SlimConfig(widths=(0.5, 0.75, 1.0), train_steps=2, batch_size=1)) \
+        == pytest.approx(one * 2.25 / 1.5)
+    # rows captured for training are counted (3000 steps: 75 images, 3000 rows); a given set's are not
+    many = SlimConfig(widths=(0.5, 1.0), train_steps=3000, batch_size=1)
+    assert slim._max_rows(slim._capture_samples(many)) == 3000
+    assert slim._max_rows(slim._capture_samples(SlimConfig(train_steps=3000, batch_size=16))) == 48000
+    rows = slim._rows_bytes(default_model, 3000)
+    assert slim._max_rows(slim._capture_samples(train)) == 880  # 22 images at least
+    assert _estimate(default_model, many, monkeypatch) == _estimate(default_model, train, monkeypatch) \
+        - slim._rows_bytes(default_model, 880) + rows
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**50)
+    assert slim.check_memory(default_model, many, calib_dir=default_model)["estimated_peak_bytes"] == \
+        _estimate(default_model, train, monkeypatch) - slim._rows_bytes(default_model, 880)
+
+
+def test_slim_refuses_training_past_the_available_memory(run_cli, default_model, tmp_path, monkeypatch, no_loading):
+    from edgekit.compress.slim import SlimConfig
+    from edgekit.quantize import memory
+
+    needed = _estimate(default_model, SlimConfig(widths=(0.5, 1.0), train_steps=2, batch_size=1), monkeypatch)
+    assert _estimate(default_model, SlimConfig(train_steps=0), monkeypatch) < needed - 1
+    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)  # the threshold lowered to the tiny model
+    before = sha256_tree(default_model)
+    out = tmp_path / "slim"
+    code, _, err = run_cli("slim", "--model", default_model, "--widths", "0.5,1.0", "--train-steps", "2",
+                           "--batch-size", "1", "--out", out)
+    assert code == 2
+    line = _one_line(err)
+    assert line.startswith("edgekit slim: error: --train-steps 2: needs about ")
+    assert "4M-parameter UNet" in line and "bytes per parameter" in line and "GB of activations" in line
+    assert "GB of calibration rows" in line and "GB available" in line and "realsize_slim_memory.md" in line
+    assert "--train-steps 0 fits" in line
+    assert not out.exists() and os.listdir(tmp_path) == []
+    assert sha256_tree(default_model) == before
+
+
+def test_slim_refuses_taylor_importance_and_names_l1(run_cli, default_model, tmp_path, monkeypatch, no_loading):
+    from edgekit.compress.slim import SlimConfig
+    from edgekit.quantize import memory
+
+    needed = _estimate(default_model, SlimConfig(importance="taylor"), monkeypatch)
+    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)
+    out = tmp_path / "slim"
+    code, _, err = run_cli("slim", "--model", default_model, "--importance", "taylor", "--out", out)
+    assert code == 2
+    line = _one_line(err)
+    assert "--importance taylor: needs about" in line and "--train-steps 0 --importance l1 fits" in line
+    assert not out.exists()
+
+
+def test_slim_refuses_when_even_ordering_does_not_fit(run_cli, default_model, tmp_path, monkeypatch, no_loading):
+    from edgekit.quantize import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    out = tmp_path / "slim"
+    code, _, err = run_cli("slim", "--model", default_model, "--out", out)
+    assert code == 2
+    line = _one_line(err)
+    assert line.startswith(f"edgekit slim: error: --model {default_model}: needs about ")
+    assert "use a machine with more memory" in line and "--train-steps 0 fits" not in line
+    assert not out.exists()
+
+
+def test_slim_runs_when_it_fits(run_cli, default_model, tmp_path, monkeypatch):
+    """The check passes a run the available memory holds (the untrained run on the tiny model)."""
+    from edgekit.compress.slim import SlimConfig
+    from edgekit.quantize import memory
+
+    needed = _estimate(default_model, SlimConfig(), monkeypatch)
+    monkeypatch.setattr(memory, "available_bytes", lambda: needed)
+    out = tmp_path / "slim"
+    code, _, err = run_cli("slim", "--model", default_model, "--widths", "0.5,1.0", "--out", out)
+    assert code == 0, err
+    assert (out / "structure.json").exists()
