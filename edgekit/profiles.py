@@ -157,13 +157,12 @@ class LiteRTWidthRecipe(_Strict):
     sensitive_budget: float = 0.0
     float_units: tuple[str, ...] = ()
     int16_units: tuple[str, ...] = ()
-    activations: str = "int8"  # the int8 ops' activations at this width: int8, int16 or dynamic (LITERT_ACTIVATIONS)
+    # the int8 ops' activations at this width: int8, int16 or dynamic (LITERT_ACTIVATIONS); at a dynamic width the
+    # int16 units (named, or ranked with sensitive_as: int16) still get calibrated int16 activations
+    activations: str = "int8"
 
     def __post_init__(self):
         _choice(self.activations, LITERT_ACTIVATIONS, f"int8_recipe.widths entry {self.width:g}: activations")
-        if self.activations == "dynamic" and self.int16_units:
-            raise InputError(f"int8_recipe.widths entry {self.width:g}: int16_units need calibrated activations; "
-                             "activations: dynamic has none")
         if not 0.0 < self.width <= 1.0:
             raise InputError(f"int8_recipe.widths entry width {self.width}: expected a width in (0, 1]")
         if not 0.0 <= self.sensitive_budget < 1.0:
@@ -200,11 +199,6 @@ class LiteRTInt8Recipe(_Strict):
         both = sorted(set(self.float_units) & set(self.int16_units))
         if both:
             raise InputError(f"int8_recipe: units {both} are listed both in float_units and int16_units")
-        for w in self.widths:
-            ranked_int16 = w.sensitive_budget > 0 and self.sensitive_as == "int16"
-            if w.activations == "dynamic" and (self.int16_units or ranked_int16):
-                raise InputError(f"int8_recipe.widths entry {w.width:g}: activations: dynamic leaves no int16 units "
-                                 "(int8_recipe.int16_units, sensitive_as: int16)")
         seen = [round(w.width, 6) for w in self.widths]
         if len(set(seen)) != len(seen):
             raise InputError(f"int8_recipe.widths: a width is listed twice ({', '.join(f'{w:g}' for w in seen)})")

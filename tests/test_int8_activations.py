@@ -22,12 +22,6 @@ def test_width_activations_round_trip_and_default_to_int8():
 
 @pytest.mark.parametrize("data, words", [
     ({"widths": [{"width": 0.5, "activations": "int4"}]}, "int8_recipe.widths entry 0.5: activations 'int4'"),
-    ({"widths": [{"width": 0.5, "activations": "dynamic", "int16_units": ["conv_in"]}]},
-     "int16_units need calibrated activations"),
-    ({"int16_units": ["conv_in"], "widths": [{"width": 0.5, "activations": "dynamic"}]},
-     "activations: dynamic leaves no int16 units"),
-    ({"sensitive_as": "int16", "widths": [{"width": 0.5, "sensitive_budget": 0.1, "activations": "dynamic"}]},
-     "activations: dynamic leaves no int16 units"),
 ])
 def test_bad_width_activations_is_one_clear_error(data, words):
     from edgekit.errors import InputError
@@ -50,9 +44,22 @@ def test_shipped_recipe_is_the_one_measured():
         assert unet["int8_recipe"]["int8_ops"] == list(recipe.int8_ops)
 
 
+def test_recipe_int16_units_stay_in_the_plan_at_a_dynamic_width(sd15_reduced):
+    from edgekit.loader import open_model
+    from edgekit.profiles import LiteRTInt8Recipe
+    from edgekit.targets.base import ComponentJob
+    from edgekit.targets.tflite import plan_int8_recipe
+
+    recipe = LiteRTInt8Recipe.from_dict({"int8_ops": ["CONV_2D"], "int16_units": ["down_blocks.0.resnets.0"],
+                                         "widths": [{"width": 1.0, "activations": "dynamic"}]})
+    plan = plan_int8_recipe(ComponentJob(open_model(sd15_reduced), "unet", 1.0, "unet", 2, "int8"), recipe, "p")
+    assert plan["activations"] == "dynamic" and plan["int16_units"] == ["down_blocks.0.resnets.0"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("activations", ["dynamic", "int16"])
-def test_unet_written_with_the_widths_activations(sd15_reduced, tmp_path, activations):
+@pytest.mark.parametrize("activations, int16_unit", [("dynamic", None), ("int16", None),
+                                                     ("dynamic", "down_blocks.0.resnets.0")])
+def test_unet_written_with_the_widths_activations(sd15_reduced, tmp_path, activations, int16_unit):
     import dataclasses
 
     import numpy as np
@@ -68,7 +75,8 @@ def test_unet_written_with_the_widths_activations(sd15_reduced, tmp_path, activa
     pipe = open_model(sd15_reduced)
     base = shipped_profile("android-tflite").with_precision("int8")
     profile = dataclasses.replace(base, int8_recipe=dataclasses.replace(
-        base.int8_recipe, compact_names=False, widths=(LiteRTWidthRecipe(width=1.0, activations=activations),)))
+        base.int8_recipe, compact_names=False, int16_units=(int16_unit,) if int16_unit else (),
+        widths=(LiteRTWidthRecipe(width=1.0, activations=activations),)))
     rows = example_inputs(pipe, "unet", batch=8, seed=3)
     target = get_target("tflite")
     entry = target.write(ComponentJob(pipe, "unet", 1.0, "unet", 2, "int8", rows), tmp_path, profile)
@@ -81,7 +89,11 @@ def test_unet_written_with_the_widths_activations(sd15_reduced, tmp_path, activa
     weights = {graph.tensors[op.inputs[1]].type for op in conv}
     outputs = {graph.tensors[op.outputs[0]].type for op in conv}
     assert weights == {schema.TensorType.INT8}
-    if activations == "dynamic":  # float in and out of every conv, no calibration rows used
+    if int16_unit:  # a dynamic width whose int16 unit is calibrated: int16 there, float out of the other convs
+        assert "dynamic-range int8 (int16 units calibrated)" in entry["recipe"] and entry["representative_batches"] == 4
+        assert "int16" in entry["int8_recipe"]["unit_dtypes"][int16_unit]
+        assert outputs == {schema.TensorType.FLOAT32, schema.TensorType.INT16}
+    elif activations == "dynamic":  # float in and out of every conv, no calibration rows used
         assert "dynamic range" in entry["recipe"] and "representative_batches" not in entry
         assert outputs == {schema.TensorType.FLOAT32}
     else:

@@ -289,7 +289,7 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         for unit in (plan or {}).get("float_units", ()):
             q.update_quantization_recipe(unit_regex(unet, unit), TFLOperationName.ALL_SUPPORTED,
                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
-        if activations == "dynamic":  # nothing to calibrate: each call quantizes its own activations
+        if activations == "dynamic" and not (plan or {}).get("int16_units"):  # nothing to calibrate
             result = q.quantize(enable_progress_report=False)
             out.write_bytes(bytes(result.quantized_model))
             return {"recipe": f"dynamic range: int8 weights, int8 activations quantized per call on {', '.join(ops)}, "
@@ -301,7 +301,7 @@ def quantize(float_path: Path, out: Path, precision: str, calibration: dict | No
         qsvs = q.calibrate({runner.signature_key: samples}, num_threads=1)
         result = q.quantize(qsvs, enable_progress_report=False)
         out.write_bytes(bytes(result.quantized_model))
-        kind = "int16" if activations == "int16" else "int8"
+        kind = {"int16": "int16", "int8": "int8"}.get(activations, "dynamic-range int8 (int16 units calibrated)")
         label = ("static int8 weights + int8 activations (ai-edge-quantizer static_wi8_ai8)" if ops == ("*",) and kind == "int8"
                  else f"static int8 weights + {kind} activations on {', '.join(ops)}, other ops float "
                       "(ai-edge-quantizer)")
