@@ -147,6 +147,7 @@ def main() -> None:
                     help="an earlier results file, or an exported mixed bundle, whose plans (same recipe or same "
                          "target bits and group size, width, component) are reused instead of measuring the "
                          "per-layer sensitivity again (plans depend on the calibration rows, not on the seeds)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a host loaded by other jobs)")
     ap.add_argument("--run", default="", help="label of this run in the rows it measures (e.g. a commit)")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="measure nothing: merge these results files (a later file's row replaces an earlier one "
@@ -158,7 +159,7 @@ def main() -> None:
         (args.out / "coreml_recipes.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.out / "coreml_recipes.md").write_text(markdown(results))
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cr.palettized = memoized_palettized(cr.palettized)
     profile = shipped_profile("ios-coreml")
     cfg = profile.coreml
