@@ -135,3 +135,25 @@ def test_slim_runs_when_it_fits(run_cli, default_model, tmp_path, monkeypatch):
     code, _, err = run_cli("slim", "--model", default_model, "--widths", "0.5,1.0", "--out", out)
     assert code == 0, err
     assert (out / "structure.json").exists()
+
+
+def test_package_refuses_a_slim_stage_past_the_available_memory(run_cli, digits_arch_model, tmp_path, monkeypatch,
+                                                                 no_loading):
+    """`edgekit package` at a width the model must be slimmed for checks the slim stage's line in its plan, before
+    any stage runs, and words the refusal with its own flag (--slim-steps)."""
+    from edgekit.compress.slim import SlimConfig
+    from edgekit.package import SLIM_RECIPE
+    from edgekit.quantize import memory
+
+    config = SlimConfig(widths=(0.5, 1.0), train_steps=3, importance=SLIM_RECIPE["importance"])
+    needed = _estimate(digits_arch_model, config, monkeypatch)
+    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)
+    before = sha256_tree(digits_arch_model)
+    out = tmp_path / "pk"
+    code, _, err = run_cli("package", "--model", digits_arch_model, "--targets", "ort-web", "--widths", "1.0,0.5",
+                           "--slim-steps", "3", "--out", out)
+    assert code == 2
+    line = _one_line(err)
+    assert line.startswith("edgekit package: error: --slim-steps 3: needs about "), line
+    assert "--slim-steps 0" in line and "fits" in line
+    assert not out.exists() and sha256_tree(digits_arch_model) == before
