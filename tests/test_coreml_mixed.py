@@ -1,4 +1,9 @@
-"""Core ML mixed-bit palettization: the package check catches look-up tables other than the plan's."""
+"""Core ML mixed-bit palettization: the package check catches look-up tables other than the plan's, and the
+shipped profile's mixed recipe is the measured one (benchmarks/results/coreml_recipes.md)."""
+import pytest
+
+from edgekit.errors import InputError
+from edgekit.profiles import shipped_profile
 
 
 def _two_linears(tmp_path, group_size):
@@ -35,3 +40,14 @@ def test_mixed_check_counts_the_look_up_tables_per_layer(tmp_path):
                         "channels, plan one per 32)"]
     one_table, _, one_constants = _two_linears(tmp_path, 0)  # one table per weight written, 16 channels claimed
     assert "2 layers have other look-up tables" in mixed_bits_problems(one_table, plan.to_dict(), one_constants)[0]
+
+
+def test_shipped_mixed_recipe_is_the_measured_one():
+    """--precision mixed (and coreml=mixed in a package) takes the profile's recipe: 4.25 average bits of 4/6/8,
+    one look-up table per 16 output channels."""
+    profile = shipped_profile("ios-coreml")
+    for precision in ("mixed", "mixed:4.25"):
+        cfg = profile.with_precision(precision).coreml
+        assert (cfg.mixed_target_bits, tuple(cfg.palette_bits), cfg.palette_group_size) == (4.25, (4, 6, 8), 16)
+    with pytest.raises(InputError, match="between the smallest"):
+        profile.with_precision("mixed:3")

@@ -96,8 +96,8 @@ def test_target_specific_profile_rules():
 
 def test_mixed_precision_names_its_average():
     profile = shipped_profile("ios-coreml")
-    mixed = profile.with_precision("mixed:3.5")
-    assert mixed.precision == "mixed" and mixed.coreml.mixed_target_bits == 3.5
+    mixed = profile.with_precision("mixed:4.5")
+    assert mixed.precision == "mixed" and mixed.coreml.mixed_target_bits == 4.5
     assert TargetProfile.from_dict(mixed.to_dict()) == mixed
     assert profile.with_precision("mixed").coreml.mixed_target_bits == profile.coreml.mixed_target_bits
     assert mixed.tolerance.for_precision("mixed") == profile.tolerance.mixed
