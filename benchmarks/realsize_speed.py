@@ -285,13 +285,13 @@ def main() -> int:
              "| row | " + " | ".join(f"ms ({t} thr) | x FP32 ({t} thr)" for t in threads)
              + " | bytes | x FP32 bytes | rel-err vs torch |",
              "|---|" + "---|---|" * len(threads) + "---|---|---|"]
-    for name, row in table.items():
+    for row_name, row in table.items():
         cells = " | ".join(f"{row.get(f'ms_{t}t', '')} | {row.get(f'speedup_{t}t', '')}" for t in threads)
-        lines.append(f"| {name} | {cells} | {row['bytes'] / 2**20:.0f} MiB | {row.get('bytes_ratio', '')} | "
+        lines.append(f"| {row_name} | {cells} | {row['bytes'] / 2**20:.0f} MiB | {row.get('bytes_ratio', '')} | "
                      f"{row['rel_err']} |")
     lines += [""] + [f"- {n}" for n in notes]
-    for name, ops in profiles.items():
-        lines += ["", f"Top op types, {name} (2 threads): "
+    for row_name, ops in profiles.items():
+        lines += ["", f"Top op types, {row_name} (2 threads): "
                   + ", ".join(f"{o['op']} {o['ms_per_call']} ms ({o['share']:.0%})" for o in ops)]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
