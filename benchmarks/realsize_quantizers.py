@@ -25,10 +25,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -91,32 +89,11 @@ def child(method: str, scale: float, latent: int, n_rows: int) -> dict:
 
 
 def run_one(method: str, scale: float, latent: int, n_rows: int, timeout: float) -> dict:
+    from measured_child import run_child
+
     cmd = [sys.executable, __file__, "--child", method, "--scales", str(scale), "--latent", str(latent),
            "--rows", str(n_rows)]
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > timeout:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.2)
-        seconds = time.perf_counter() - started
-        log.seek(0)
-        text = log.read()
-    result = {"method": method, "scale": scale, "latent": latent, "rows": n_rows, "wall_s": round(seconds, 1),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        result["failed"] = f"exit {code}" + (" (killed: timeout or out of memory)" if code < 0 else "")
-        result["log_tail"] = text[-800:]
-        return result
-    result.update(json.loads(text.strip().splitlines()[-1]))
-    return result
+    return {"method": method, "scale": scale, "latent": latent, "rows": n_rows, **run_child(cmd, timeout)}
 
 
 def fit(runs: list[dict]) -> dict | None:

@@ -117,18 +117,9 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
             "rows": int(len(rows["sample"])), "training": report["training"], "phases": peaks.close()}
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def run_one(setting: str, scale: float, latent: int, max_rss_gb: float, timeout: float) -> dict:
+    from measured_child import run_child
+
     with tempfile.TemporaryDirectory(prefix="rssm-") as tmp:
         model_dir = Path(tmp) / "model"
         made = subprocess.run([sys.executable, __file__, "--prepare", str(model_dir), "--scales", str(scale)],
@@ -136,35 +127,8 @@ def run_one(setting: str, scale: float, latent: int, max_rss_gb: float, timeout:
         model = json.loads(made.stdout.strip().splitlines()[-1])
         cmd = [sys.executable, __file__, "--child", setting, "--model-dir", str(model_dir),
                "--out", str(Path(tmp) / "out"), "--latent", str(latent)]
-        started = time.perf_counter()
-        killed = None
-        with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.perf_counter() - started > timeout:
-                    killed = f"timeout after {timeout:.0f} s"
-                elif _rss_mb(proc.pid) > max_rss_gb * 1024:
-                    killed = f"killed past {max_rss_gb:g} GB RSS"
-                if killed:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.1)
-            seconds = time.perf_counter() - started
-            log.seek(0)
-            text = log.read()
-    result = {"setting": setting, "scale": scale, "latent": latent, **model, "wall_s": round(seconds, 1),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-    code = os.waitstatus_to_exitcode(status)
-    if killed or code != 0:
-        result["failed"] = killed or f"exit {code}"
-        result["log_tail"] = text[-800:]
-        return result
-    result.update(json.loads(text.strip().splitlines()[-1]))
-    return result
+        measured = run_child(cmd, timeout, max_rss_mb=max_rss_gb * 1024, poll=0.1)
+    return {"setting": setting, "scale": scale, "latent": latent, **model, **measured}
 
 
 def fit(runs: list[dict]) -> dict | None:
