@@ -15,6 +15,19 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def _refused(run_cli, monkeypatch, available: int, out, *args) -> str:
+    """Run the command with ``available`` bytes of memory reported: it must refuse in one line (exit 2) and write
+    nothing at ``out``. Returns that line."""
+    from edgekit.quantize import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: available)
+    code, _, err = run_cli(*args, "--out", out)
+    assert code == 2
+    line = _one_line(err)
+    assert not out.exists()
+    return line
+
+
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading a pipeline or capturing calibration rows fails the test: the refusal comes before them."""
@@ -78,17 +91,13 @@ def test_estimate_uses_the_measured_fit(default_model, monkeypatch):
 
 def test_slim_refuses_training_past_the_available_memory(run_cli, default_model, tmp_path, monkeypatch, no_loading):
     from edgekit.compress.slim import SlimConfig
-    from edgekit.quantize import memory
 
     needed = _estimate(default_model, SlimConfig(widths=(0.5, 1.0), train_steps=2, batch_size=1), monkeypatch)
     assert _estimate(default_model, SlimConfig(train_steps=0), monkeypatch) < needed - 1
-    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)  # the threshold lowered to the tiny model
     before = sha256_tree(default_model)
     out = tmp_path / "slim"
-    code, _, err = run_cli("slim", "--model", default_model, "--widths", "0.5,1.0", "--train-steps", "2",
-                           "--batch-size", "1", "--out", out)
-    assert code == 2
-    line = _one_line(err)
+    line = _refused(run_cli, monkeypatch, needed - 1, out,  # the threshold lowered to the tiny model
+                    "slim", "--model", default_model, "--widths", "0.5,1.0", "--train-steps", "2", "--batch-size", "1")
     assert line.startswith("edgekit slim: error: --train-steps 2: needs about ")
     assert "4M-parameter UNet" in line and "bytes per parameter" in line and "GB of activations" in line
     assert "GB of calibration rows" in line and "GB available" in line and "realsize_slim_memory.md" in line
@@ -99,29 +108,17 @@ def test_slim_refuses_training_past_the_available_memory(run_cli, default_model,
 
 def test_slim_refuses_taylor_importance_and_names_l1(run_cli, default_model, tmp_path, monkeypatch, no_loading):
     from edgekit.compress.slim import SlimConfig
-    from edgekit.quantize import memory
 
     needed = _estimate(default_model, SlimConfig(importance="taylor"), monkeypatch)
-    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)
-    out = tmp_path / "slim"
-    code, _, err = run_cli("slim", "--model", default_model, "--importance", "taylor", "--out", out)
-    assert code == 2
-    line = _one_line(err)
+    line = _refused(run_cli, monkeypatch, needed - 1, tmp_path / "slim", "slim", "--model", default_model,
+                    "--importance", "taylor")
     assert "--importance taylor: needs about" in line and "--train-steps 0 --importance l1 fits" in line
-    assert not out.exists()
 
 
 def test_slim_refuses_when_even_ordering_does_not_fit(run_cli, default_model, tmp_path, monkeypatch, no_loading):
-    from edgekit.quantize import memory
-
-    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
-    out = tmp_path / "slim"
-    code, _, err = run_cli("slim", "--model", default_model, "--out", out)
-    assert code == 2
-    line = _one_line(err)
+    line = _refused(run_cli, monkeypatch, 2**20, tmp_path / "slim", "slim", "--model", default_model)
     assert line.startswith(f"edgekit slim: error: --model {default_model}: needs about ")
     assert "use a machine with more memory" in line and "--train-steps 0 fits" not in line
-    assert not out.exists()
 
 
 def test_slim_runs_when_it_fits(run_cli, default_model, tmp_path, monkeypatch):
@@ -143,17 +140,12 @@ def test_package_refuses_a_slim_stage_past_the_available_memory(run_cli, digits_
     any stage runs, and words the refusal with its own flag (--slim-steps)."""
     from edgekit.compress.slim import SlimConfig
     from edgekit.package import SLIM_RECIPE
-    from edgekit.quantize import memory
 
     config = SlimConfig(widths=(0.5, 1.0), train_steps=3, importance=SLIM_RECIPE["importance"])
     needed = _estimate(digits_arch_model, config, monkeypatch)
-    monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)
     before = sha256_tree(digits_arch_model)
-    out = tmp_path / "pk"
-    code, _, err = run_cli("package", "--model", digits_arch_model, "--targets", "ort-web", "--widths", "1.0,0.5",
-                           "--slim-steps", "3", "--out", out)
-    assert code == 2
-    line = _one_line(err)
+    line = _refused(run_cli, monkeypatch, needed - 1, tmp_path / "pk", "package", "--model", digits_arch_model,
+                    "--targets", "ort-web", "--widths", "1.0,0.5", "--slim-steps", "3")
     assert line.startswith("edgekit package: error: --slim-steps 3: needs about "), line
     assert "--slim-steps 0" in line and "fits" in line
-    assert not out.exists() and sha256_tree(digits_arch_model) == before
+    assert sha256_tree(digits_arch_model) == before
