@@ -333,30 +333,6 @@ def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str
                                f"on {model_dir}")
 
 
-@contextmanager
-def out_of_space_names(stage: str, out: Path):
-    """A full disk while ``stage`` writes its staged ``out`` becomes one OutOfSpaceError naming ``out`` and the
-    file that did not fit (the staged directory is already removed when this runs: nothing half-written)."""
-    import shutil
-
-    from edgekit.fsutil import OutOfSpaceError, disk_full
-
-    try:
-        yield
-    except OSError as exc:
-        full, path = disk_full(exc)
-        if not full:
-            raise
-        try:
-            free = f"{shutil.disk_usage(Path(out).parent).free / 2**20:.0f} MiB free there"
-        except OSError:
-            free = "free space unknown"
-        # a file outside the staged sibling of ``out`` (a temporary directory) is named as well
-        where = f" (at {path})" if path and not str(path).startswith(str(Path(out).resolve().parent)) else ""
-        raise OutOfSpaceError(f"{stage}: no space left on device writing {out}{where}, {free}; nothing was "
-                              f"written to it, free some space and rerun") from None
-
-
 def _read_config(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -43,6 +43,44 @@ def disk_full(exc: BaseException) -> tuple[bool, str | None]:
     return False, None
 
 
+def free_space(path: Path) -> str:
+    """'N MiB free there' for the filesystem holding ``path``, or 'free space unknown'."""
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+@contextmanager
+def out_of_space_names(stage: str, out: Path, then: str = "nothing was written to it, free some space and rerun"):
+    """A full disk while ``stage`` writes ``out`` becomes one OutOfSpaceError naming ``out``, the file that did
+    not fit when it lies elsewhere (a temporary directory, a file inside ``out``), the free space, and ``then``:
+    what the user does next. A staged sibling of ``out`` is removed by the time this runs, so a file in it is
+    not named (nothing half-written is left there)."""
+    try:
+        yield
+    except OSError as exc:
+        full, path = disk_full(exc)
+        if not full:
+            raise
+        where = f" (at {path})" if path and not _named_by(Path(path), Path(out)) else ""
+        raise OutOfSpaceError(f"{stage}: no space left on device writing {out}{where}, {free_space(out.parent)}; "
+                              f"{then}") from None
+
+
+def _named_by(path: Path, out: Path) -> bool:
+    """Whether naming ``out`` already says where ``path`` is: it is ``out``, or lies in a staged sibling of it."""
+    path, out = path.resolve(), out.resolve()
+    if path == out:
+        return True
+    try:
+        top = path.relative_to(out.parent).parts[0]
+    except (ValueError, IndexError):
+        return False
+    match = PARTIAL.match(top)
+    return match is not None and match["name"] == out.name
+
+
 def check_writable(path: Path, flag: str = "--out", shown: Path | None = None) -> None:
     """Refuse, before any work, an output path where nothing can be created: a parent that is a file, a
     read-only or virtual filesystem (/proc), a directory without write permission. Probes by creating and

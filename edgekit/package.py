@@ -35,7 +35,6 @@ import math
 import shutil
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -626,29 +625,15 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
         raise PackageInterrupted(f"interrupted; finished stages kept in {p.out}, rerun to resume") from None
 
 
-@contextmanager
-def _writing(stage: str, where: Path):
-    """A full disk while ``stage`` writes ``where`` is one line naming both."""
-    from edgekit.fsutil import OutOfSpaceError, disk_full
-
-    try:
-        yield
-    except OSError as exc:
-        full, path = disk_full(exc)
-        if not full:
-            raise
-        raise OutOfSpaceError(f"{stage}: no space left on device writing {path or where} "
-                              f"({_free(where)} free); free some space and rerun to resume") from None
-
-
 def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
-    from edgekit.fsutil import OutOfSpaceError, sha256_tree
+    from edgekit.fsutil import OutOfSpaceError, out_of_space_names, sha256_tree
     from edgekit.pipeline import sampling_defaults
 
+    resume = "free some space and rerun to resume"  # finished stages are kept
     started = time.perf_counter()
     source_key = sha256_tree(p.source)
     run_key = _digest({"source": source_key, "config": config.to_dict()})
-    with _writing("package", p.out):
+    with out_of_space_names("package", p.out, then=resume):
         claim_out(p.out_dir, config.targets, run_key)
     stages = Stages(p.out, say)
     work = p.out / STAGES_DIR
@@ -703,7 +688,7 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
     }
     from edgekit.report import write_report
 
-    with _writing("report", p.out):
+    with out_of_space_names("report", p.out, then=resume):
         summary["report"] = write_report(p.out, summary)
         written = {Path(f).parts[0] for f in (summary["report"]["markdown"], summary["report"]["json"],
                                               *summary["report"]["plots"])}

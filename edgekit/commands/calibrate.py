@@ -26,8 +26,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, out_of_space_names, read_prompts
-    from edgekit.fsutil import check_output_path, staged_dir
+    from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
+    from edgekit.fsutil import check_output_path, out_of_space_names, staged_dir
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
 

@@ -245,9 +245,9 @@ def quantize_model(model_dir: Path, calib_dir: Path, method: str, out: Path, *,
     Returns the manifest. Nothing is written when any check fails (staged directory)."""
     import tempfile
 
-    from edgekit.calibration import CalibrationSet, out_of_space_names
+    from edgekit.calibration import CalibrationSet
     from edgekit.components import component_spec
-    from edgekit.fsutil import staged_dir
+    from edgekit.fsutil import out_of_space_names, staged_dir
     from edgekit.pipeline import load_pipeline
     from edgekit.quantize import artifact
 
