@@ -269,6 +269,9 @@ class TargetProfile(_Strict):
     ops: OpRules = field(default_factory=OpRules)
     tolerance: Tolerances = field(default_factory=Tolerances)
     verify_in_node: bool = False  # ort-web: also run each graph in onnxruntime-web under Node
+    # ort-web / onnx: each attention block as one com.microsoft MultiHeadAttention node (no full score matrix;
+    # edgekit.targets.ort_attention)
+    fused_attention: bool = False
     # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
     # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
     int8_float_activations: tuple[str, ...] = ()

@@ -36,6 +36,13 @@ def test_manifest_follows_the_contract(ort_bundle, sd15_reduced):
     assert [t["name"] for t in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet["inputs"][0]["shape"] == ["batch", 4, 8, 8] and unet["layout"] == "NCHW"
     assert m["geometry"]["latent_shape"] == [4, 8, 8] and m["geometry"]["image_size"] == 64
+    # the profile's fused attention: every UNet attention block is one MultiHeadAttention node, verified below
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    blocks = sum(isinstance(x, Attention) for x in UNet2DConditionModel.from_pretrained(sd15_reduced / "unet").modules())
+    assert blocks > 0 and unet["attention"] == {"op": "com.microsoft.MultiHeadAttention", "nodes": blocks}
+    assert "attention" not in m["components"]["text_encoder"]  # its causal-masked attention does not match
     assert m["geometry"]["vae_scale_factor"] == 8
     assert "tokenizer/tokenizer.json" in m["tokenizer"]["files"] and m["tokenizer"]["max_length"] == 77
     assert m["sampling"]["batching"] == "batch2"

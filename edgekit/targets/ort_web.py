@@ -118,6 +118,12 @@ class OrtWebTarget(Target):
             export_onnx(job.pipe, job.name, raw, opset=profile.opset, dynamic_batch=job.batch is None)
             to_float16(raw, path)
             shutil.rmtree(stage / ".raw")
+        if profile.fused_attention:
+            from edgekit.targets.ort_attention import fuse_attention_file
+
+            fused = fuse_attention_file(path)
+            if fused:  # recorded in the manifest entry: the runtime must have onnxruntime's contrib ops
+                job.notes["attention"] = {"op": "com.microsoft.MultiHeadAttention", "nodes": fused}
         files = sorted(p for p in folder.iterdir() if p.is_file())
         external = []
         cap = int(profile.max_file_mb * 2**20)
