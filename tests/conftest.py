@@ -44,6 +44,21 @@ def sd15_calib(sd15_reduced, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_calib(default_pipe, default_model, tmp_path_factory) -> Path:
+    """A small calibration of the default model (2 prompts, 2 steps, 8 UNet rows): quick to capture, for tests
+    that need real rows but not their quality."""
+    from edgekit.calibration import CalibrationConfig, capture
+
+    out = tmp_path_factory.mktemp("small_calib") / "calib"
+    out.mkdir()
+    config = CalibrationConfig(prompts=("a handwritten digit three", "a handwritten digit seven"), steps=2,
+                               guidance_scale=4.0, seed=1,
+                               max_rows={"text_encoder": 4, "unet": 8, "vae_decoder": 2}, batch_size=2)
+    capture(default_pipe, config, out, default_model)
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_arch_model(tmp_path_factory, sd15_reduced):
     """A pipeline whose UNet has the default model's architecture (random weights): fast and independent of
     the trained weights, which the benchmark measures. Shared by the prune and slim tests."""

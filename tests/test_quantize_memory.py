@@ -167,19 +167,6 @@ def test_ranges_of_external_data_model_leave_nothing_beside_it(unet_onnx, tmp_pa
 
 # ---------------------------------------------------------------- the quantize stage's output directory
 
-@pytest.fixture(scope="module")
-def small_calib(default_pipe, default_model, tmp_path_factory):
-    from edgekit.calibration import CalibrationConfig, capture
-
-    out = tmp_path_factory.mktemp("mcalib") / "calib"
-    out.mkdir()
-    config = CalibrationConfig(prompts=("a handwritten digit three", "a handwritten digit seven"), steps=2,
-                               guidance_scale=4.0, seed=1,
-                               max_rows={"text_encoder": 4, "unet": 8, "vae_decoder": 2}, batch_size=2)
-    capture(default_pipe, config, out, default_model)
-    return out
-
-
 def test_quantized_dir_links_unchanged_components_and_keeps_weights_external(default_model, small_calib, tmp_path,
                                                                                monkeypatch):
     """ort-static on the UNet with the 2 GB thresholds lowered: the float export and the INT8 file both go

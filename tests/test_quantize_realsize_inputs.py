@@ -23,19 +23,6 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def default_calib(default_pipe, default_model, tmp_path_factory):
-    from edgekit.calibration import CalibrationConfig, capture
-
-    out = tmp_path_factory.mktemp("rcalib") / "calib"
-    out.mkdir()
-    config = CalibrationConfig(prompts=("a handwritten digit three", "a handwritten digit seven"), steps=2,
-                               guidance_scale=4.0, seed=1,
-                               max_rows={"text_encoder": 4, "unet": 8, "vae_decoder": 2}, batch_size=2)
-    capture(default_pipe, config, out, default_model)
-    return out
-
-
 @pytest.fixture
 def realsize_config_model(sd15_reduced, tmp_path):
     """The reduced SD-1.5 directory with the real-size UNet's config (SD-1.5's 860M-parameter layout)."""
@@ -89,22 +76,22 @@ def test_estimate_uses_the_measured_line(monkeypatch, default_model):
 
 
 @pytest.mark.parametrize("method", ["nncf", "fx"])
-def test_quantize_refuses_a_method_past_the_available_memory(run_cli, default_model, default_calib, tmp_path,
+def test_quantize_refuses_a_method_past_the_available_memory(run_cli, default_model, small_calib, tmp_path,
                                                              monkeypatch, no_heavy_work, method):
     from edgekit.quantize import get_quantizer, memory
 
     needed = memory.estimate_bytes(get_quantizer(method), memory.component_params(default_model, "unet"))
     monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)  # the threshold lowered to the tiny model
-    before = sha256_tree(default_calib)
+    before = sha256_tree(small_calib)
     out = tmp_path / "q"
-    code, _, err = run_cli("quantize", "--model", default_model, "--method", method, "--calib", default_calib,
+    code, _, err = run_cli("quantize", "--model", default_model, "--method", method, "--calib", small_calib,
                            "--components", "unet", "--out", out)
     assert code == 2
     line = _one_line(err)
     assert line.startswith(f"edgekit quantize: error: --method {method}: needs about ")
     assert "bytes per parameter" in line and "GB available" in line and "use --method ort-static" in line
     assert not out.exists() and sorted(os.listdir(tmp_path)) == []
-    assert sha256_tree(default_calib) == before
+    assert sha256_tree(small_calib) == before
 
 
 def test_package_refuses_a_method_past_the_available_memory(run_cli, default_model, tmp_path, monkeypatch,
@@ -184,22 +171,22 @@ def _mount_tmpfs(path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or result.returncode})")
 
 
-def test_quantize_on_a_full_disk_names_out_and_leaves_nothing(run_cli, default_model, default_calib, tmp_path):
+def test_quantize_on_a_full_disk_names_out_and_leaves_nothing(run_cli, default_model, small_calib, tmp_path):
     """A 2 MiB tmpfs cannot take the source model the quantized directory starts from (11 MB, copied across
     filesystems where it would be hard-linked on one)."""
     small = tmp_path / "small"
     _mount_tmpfs(small, "2m")
     try:
-        before = sha256_tree(default_model), sha256_tree(default_calib)
+        before = sha256_tree(default_model), sha256_tree(small_calib)
         out = small / "q"
         code, _, err = run_cli("quantize", "--model", default_model, "--method", "ort-static", "--calib",
-                               default_calib, "--components", "unet", "--out", out)
+                               small_calib, "--components", "unet", "--out", out)
         assert code == 1
         line = _one_line(err)
         assert line.startswith(f"edgekit quantize: error: quantize: no space left on device writing {out}")
         assert "nothing was written to it" in line
         assert [p for p in small.iterdir() if not p.name.endswith(".log")] == []
-        assert (sha256_tree(default_model), sha256_tree(default_calib)) == before
+        assert (sha256_tree(default_model), sha256_tree(small_calib)) == before
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
