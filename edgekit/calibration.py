@@ -381,7 +381,7 @@ class CalibrationSet:
              check_hash: bool = True) -> "CalibrationSet":
         """Open a calibration directory; with ``model_dir``, check it was captured from that model: its row
         shapes against the model's configs first (cheap), then (``check_hash``) the model's files' digest,
-        which reads every weight byte (seconds at 3.4 GB)."""
+        which reads every weight byte (seconds at 3.4 GB; ``check_model_digest`` runs it later)."""
         try:
             directory = Path(directory).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
@@ -402,10 +402,17 @@ class CalibrationSet:
         if model_dir is not None:
             _check_rows_fit_configs(meta, directory, Path(model_dir), flag)
             _check_guidance_rows(meta, directory, Path(model_dir), flag)
-            if check_hash and meta["model"].get("sha256") != sha256_tree(model_dir):
-                raise CalibrationError(f"{flag} {directory}: captured from another model "
-                                       f"({meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
-        return cls(directory, meta)
+        calib = cls(directory, meta)
+        if model_dir is not None and check_hash:
+            calib.check_model_digest(model_dir, flag)
+        return calib
+
+    def check_model_digest(self, model_dir: Path, flag: str = "--calib") -> None:
+        """Refuse rows captured from another model than ``model_dir`` by its files' digest: reads every weight
+        byte, so a command runs its cheap refusals first (flags, --out, memory) and this one last."""
+        if self.meta["model"].get("sha256") != sha256_tree(model_dir):
+            raise CalibrationError(f"{flag} {self.directory}: captured from another model "
+                                   f"({self.meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
 
     def components(self) -> list[str]:
         return list(self.meta["components"])

@@ -68,17 +68,25 @@ def register(sub) -> None:
     s.set_defaults(func=run_slim)
 
 
-def _inputs(args, more_inputs=()):
+def _inputs(args, more_inputs=(), check_memory=None):
+    """Every input check before any work, the cheap ones first (the model directory, --calib's meta and row
+    shapes, --out, ``check_memory(model_dir)``), then --calib against the model's digest, which reads every
+    weight byte (seconds at 3.4 GB)."""
     from edgekit.fsutil import check_output_path
     from edgekit.pipeline import check_model_dir
 
     model_dir = check_model_dir(args.model)
+    calib = None
     if args.calib is not None:
         from edgekit.calibration import CalibrationSet
 
-        CalibrationSet.open(args.calib, model_dir)  # fail before any work if it is not this model's
+        calib = CalibrationSet.open(args.calib, model_dir, check_hash=False)
     protected = [model_dir] + ([Path(args.calib)] if args.calib else []) + [Path(p) for p in more_inputs]
     out = check_output_path(args.out, protected, force=args.force)
+    if check_memory is not None:
+        check_memory(model_dir)
+    if calib is not None:
+        calib.check_model_digest(model_dir)  # fail before any work if it is not this model's
     return model_dir, out
 
 
@@ -104,12 +112,13 @@ def run_prune(args) -> int:
 
 
 def run_slim(args) -> int:
-    from edgekit.compress.slim import SlimConfig, slim_model
+    from edgekit.compress.slim import SlimConfig, check_memory, slim_model
 
     config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
                         batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight,
                         scope=args.scope, guidance_weight=args.guidance_weight)
-    model_dir, out = _inputs(args, [args.init] if args.init else [])
+    model_dir, out = _inputs(args, [args.init] if args.init else [],
+                             check_memory=lambda model_dir: check_memory(model_dir, config, args.calib))
     with progress() as bar:
         report = slim_model(model_dir, config, out, args.calib, bar, init_dir=args.init)
     lines = [f"wrote {out}"] + [f"width {row['width']:g}: params {row['params']:,}, MACs {row['macs_ratio']:.2f}x of full"
