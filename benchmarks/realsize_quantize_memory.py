@@ -70,6 +70,19 @@ class PhasePeaks:
         self._t0 = now
         self.phase = phase
 
+    def around(self, module, name: str, phase: str, after: str) -> None:
+        """Count calls of ``module.name`` (patched for the rest of this process) as ``phase``; ``after`` follows."""
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            self.enter(phase)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.enter(after)
+
+        setattr(module, name, timed)
+
     def close(self) -> dict:
         self.enter("end")
         self._stop = True
@@ -138,16 +151,7 @@ def child(step: str, workdir: Path, scale: float, latent: int, n_rows: int) -> d
             # phases: the range pass, then ORT's QDQ writer
             from edgekit.quantize import ort_static
 
-            original = ort_static.minmax_ranges
-
-            def timed(*args, **kwargs):
-                peaks.enter("ranges")
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    peaks.enter("qdq_writer")
-
-            ort_static.minmax_ranges = timed
+            peaks.around(ort_static, "minmax_ranges", "ranges", after="qdq_writer")
         report = quantize_onnx_static(fp32, rows, target, activations="uint8", per_channel=True,
                                       bounded_ranges=(step == "bounded"), batch_size=min(n_rows, 8))
         out["report"] = {k: report[k] for k in ("range_collector", "quantize_linear_nodes", "seconds", "files")}
@@ -180,13 +184,19 @@ def run_step(step: str, workdir: Path, scale: float, latent: int, n_rows: int, t
     return {"step": step, **run_child(cmd, timeout)}
 
 
-def write_results(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{NAME}.json"
+def merged_results(path: Path, results: dict) -> dict:
+    """The runs already in ``path`` (a results JSON, merged by key) updated with ``results``, and this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     merged = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     merged["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     merged["runs"].update(results)
+    return merged
+
+
+def write_results(results: dict) -> None:
+    path = RESULTS / f"{NAME}.json"
+    merged = merged_results(path, results)
     path.write_text(json.dumps(merged, indent=2) + "\n")
     lines = [
         "# ORT static INT8: peak memory and time by UNet size",

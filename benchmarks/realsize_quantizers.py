@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -56,16 +54,7 @@ def child(method: str, scale: float, latent: int, n_rows: int) -> dict:
         if method in ("nncf", "fx"):
             from edgekit.quantize import nncf as nncf_module
 
-            original = nncf_module.export_fp32_onnx
-
-            def timed_export(*args, **kwargs):
-                peaks.enter("export")
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    peaks.enter("quantize")
-
-            nncf_module.export_fp32_onnx = timed_export
+            peaks.around(nncf_module, "export_fp32_onnx", "export", after="quantize")
             quantizer = get_quantizer(method)
             peaks.enter("quantize")
             made = quantizer.quantize_component(pipe, "unet", rows, QuantizeOptions(), [], root, work)
@@ -117,12 +106,10 @@ def fit(runs: list[dict]) -> dict | None:
 
 
 def write_results(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from realsize_quantize_memory import merged_results
+
     path = RESULTS / f"{NAME}.json"
-    merged = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    merged["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-    merged["runs"].update(results)
+    merged = merged_results(path, results)
     by_method: dict[str, list] = {}
     for run in merged["runs"].values():
         by_method.setdefault(f"{run['method']} @ {run['latent']}x{run['latent']}, {run['rows']} rows", []).append(run)
