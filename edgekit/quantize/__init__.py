@@ -130,9 +130,9 @@ def methods() -> list[str]:
     return sorted(QUANTIZERS.names())
 
 
-def get_quantizer(name: str, flag: str | None = None) -> Quantizer:
-    """A fresh quantizer of method ``name`` (InputError naming the known methods otherwise). ``flag`` is
-    accepted for older callers and unused: the error names the method; a command maps it to its flag."""
+def get_quantizer(name: str) -> Quantizer:
+    """A fresh quantizer of method ``name`` (InputError naming the known methods otherwise; a command maps it
+    to its flag)."""
     return QUANTIZERS.get(name)()
 
 
