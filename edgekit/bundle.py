@@ -111,7 +111,7 @@ from typing import Iterator
 import numpy as np
 
 from edgekit.components import BUNDLE_COMPONENTS, all_components, get_component
-from edgekit.constants import MANIFEST
+from edgekit.constants import FORMATS, MANIFEST
 from edgekit.errors import InputError, VerificationError
 from edgekit.fsutil import sha256_file, staged_file
 from edgekit.width import Width, WidthError
@@ -120,7 +120,6 @@ FORMAT_VERSION = 2
 STAGE = "export"
 COMPONENTS = BUNDLE_COMPONENTS  # every bundle has these (edgekit.components); a target may add others
 BATCHING = ("batch2", "two-calls")
-FORMATS = ("onnx", "tflite", "mlpackage")
 CANONICAL = "edgekit-canonical-json/1"
 TOP_LEVEL = {
     "format_version": int, "stage": str, "target": str, "profile": dict, "created_with": dict,

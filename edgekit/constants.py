@@ -5,3 +5,10 @@ SAFETENSORS_SUFFIX = ".safetensors"
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CALIB_META = "meta.json"
 MANIFEST = "manifest.json"
+
+# A bundle component entry's "format": the manifest accepts these (edgekit.bundle), a runner class runs each
+# (edgekit.runtime.runners) and a target writes one (Target.file_format).
+ONNX = "onnx"
+TFLITE = "tflite"
+MLPACKAGE = "mlpackage"
+FORMATS = (ONNX, TFLITE, MLPACKAGE)

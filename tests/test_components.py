@@ -127,14 +127,16 @@ def test_stand_ins_take_the_pipeline_modules_place(default_pipe):
 
 
 def test_one_registry_pattern_for_every_extension_point():
+    from edgekit.constants import FORMATS
     from edgekit.quantize import QUANTIZERS
     from edgekit.runtime.runners import RUNNERS
     from edgekit.targets import TARGETS
 
     for registry, names in ((TARGETS, ["ort-web", "tflite", "coreml", "onnx"]),
                             (QUANTIZERS, ["ort-static", "fx", "nncf"]),
-                            (RUNNERS, ["onnx", "tflite", "mlpackage"]), (COMPONENTS, list(COMPONENTS.names()))):
+                            (RUNNERS, list(FORMATS)), (COMPONENTS, list(COMPONENTS.names()))):
         assert isinstance(registry, Registry) and registry.names() == names
+    assert FORMATS == ("onnx", "tflite", "mlpackage")  # one runner per format the manifest accepts
     registry = Registry("widget", "WIDGET")
     registry.add("a", "edgekit.width")  # a module name: loaded on first use, its WIDGET is the entry
     with pytest.raises(ValueError, match="registered twice"):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.constants import MLPACKAGE, ONNX, TFLITE
 from edgekit.errors import InputError, MissingBackendError, VerificationError
 from edgekit.registry import Registry
 
@@ -97,7 +98,7 @@ class _Batched:
 
 
 class OrtRunner(_Batched):
-    format = "onnx"
+    format = ONNX
 
     @classmethod
     def from_entry(cls, bundle_dir, entry, node=False, threads=None):
@@ -138,7 +139,7 @@ class OrtRunner(_Batched):
 class LiteRTRunner(_Batched):
     """The stock LiteRT interpreter (the pip ai_edge_litert build, which has no Flex delegate)."""
 
-    format = "tflite"
+    format = TFLITE
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         try:
@@ -305,7 +306,7 @@ def inspect_mlpackage(path: Path) -> dict:
 class CoreMLRunner(_Batched):
     """Core ML prediction: macOS only (the Core ML framework does not exist elsewhere)."""
 
-    format = "mlpackage"
+    format = MLPACKAGE
 
     @classmethod
     def unavailable(cls) -> str | None:
