@@ -4,12 +4,7 @@ before any loading."""
 import pytest
 
 from edgekit.fsutil import sha256_tree
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+from cli_checks import one_line
 
 
 def _forbid(monkeypatch, module, name):
@@ -36,7 +31,7 @@ def test_slim_memory_refusal_comes_before_the_calib_digest(run_cli, default_mode
     out = tmp_path / "slim"
     code, _, err = run_cli("slim", "--model", default_model, "--calib", small_calib, "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert line.startswith(f"edgekit slim: error: --model {default_model}: needs about ")
     assert not out.exists()
 
@@ -45,7 +40,7 @@ def test_slim_bad_out_comes_before_the_calib_digest(run_cli, default_model, smal
                                                     no_digest_no_loading):
     (tmp_path / "file.txt").write_text("keep")
     code, _, err = run_cli("slim", "--model", default_model, "--calib", small_calib, "--out", tmp_path / "file.txt")
-    assert code == 2 and "exists" in _one_line(err)
+    assert code == 2 and "exists" in one_line(err)
     assert (tmp_path / "file.txt").read_text() == "keep"
 
 
@@ -68,7 +63,7 @@ def test_calib_of_another_model_is_refused_by_its_digest_before_loading(run_cli,
     out = tmp_path / "out"
     code, _, err = run_cli(*command, "--model", model_copy, "--calib", small_calib, "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert f"--calib {small_calib.resolve()}: captured from another model" in line
     assert ran == (["memory"] if command == ["slim"] else [])
     assert not out.exists() and sha256_tree(small_calib) == before

@@ -14,13 +14,7 @@ import subprocess
 import pytest
 
 from edgekit.fsutil import sha256_tree
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+from cli_checks import one_line
 
 
 @pytest.fixture
@@ -87,7 +81,7 @@ def test_quantize_refuses_a_method_past_the_available_memory(run_cli, default_mo
     code, _, err = run_cli("quantize", "--model", default_model, "--method", method, "--calib", small_calib,
                            "--components", "unet", "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert line.startswith(f"edgekit quantize: error: --method {method}: needs about ")
     assert "bytes per parameter" in line and "GB available" in line and "use --method ort-static" in line
     assert not out.exists() and sorted(os.listdir(tmp_path)) == []
@@ -103,7 +97,7 @@ def test_package_refuses_a_method_past_the_available_memory(run_cli, default_mod
     code, _, err = run_cli("package", "--model", default_model, "--targets", "ort-web", "--quant", "nncf",
                            "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert "--quant nncf: needs about" in line and "use --quant ort-static" in line
     assert not out.exists()
 
@@ -117,7 +111,7 @@ def test_package_refuses_a_groupnorm_width_at_real_size_without_loading(run_cli,
     code, _, err = run_cli("package", "--model", realsize_config_model, "--targets", "ort-web", "--widths",
                            "1.0,0.04", "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert "--widths 0.04" in line and "320 channels" in line and "GroupNorm" in line
     assert not out.exists()
     assert sha256_tree(realsize_config_model) == before
@@ -128,7 +122,7 @@ def test_package_refuses_a_groupnorm_width_on_the_reduced_layout(run_cli, sd15_r
     code, _, err = run_cli("package", "--model", sd15_reduced, "--targets", "ort-web", "--widths", "1.0,0.5",
                            "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert "--widths 0.5" in line and "GroupNorm" in line
     assert not out.exists()
 
@@ -140,7 +134,7 @@ def test_reduced_rows_given_to_the_real_size_model_fail_before_hash_or_load(run_
     code, _, err = run_cli("quantize", "--model", realsize_config_model, "--method", "ort-static", "--calib",
                            sd15_calib, "--components", "unet", "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert f"--calib {sd15_calib.resolve()}: unet rows have sample of shape" in line
     assert "[4, 64, 64]" in line and "re-run edgekit calibrate on" in line
     assert not out.exists()
@@ -182,7 +176,7 @@ def test_quantize_on_a_full_disk_names_out_and_leaves_nothing(run_cli, default_m
         code, _, err = run_cli("quantize", "--model", default_model, "--method", "ort-static", "--calib",
                                small_calib, "--components", "unet", "--out", out)
         assert code == 1
-        line = _one_line(err)
+        line = one_line(err)
         assert line.startswith(f"edgekit quantize: error: quantize: no space left on device writing {out}")
         assert "nothing was written to it" in line
         assert [p for p in small.iterdir() if not p.name.endswith(".log")] == []
@@ -212,7 +206,7 @@ def test_calibrate_on_a_full_disk_names_out_and_leaves_nothing(run_cli, default_
         code, _, err = run_cli("calibrate", "--model", default_model, "--samples", "1", "--steps", "2", "--out", out)
         (small / "filler").unlink(missing_ok=True)
         assert code == 1
-        line = _one_line(err)
+        line = one_line(err)
         assert line.startswith(f"edgekit calibrate: error: calibrate: no space left on device writing {out}")
         assert [p for p in small.iterdir() if not p.name.endswith(".log")] == []
     finally:
