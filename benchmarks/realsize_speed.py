@@ -7,6 +7,8 @@ Rows (each skipped with a note when its input is missing):
                   Conv/MatMul/Gemm, ranges by edgekit's bounded collector, float units by the sensitivity ranking
   int8+attn       the same with attention's activation-by-activation MatMuls in INT8 as well
   w0.50 fp32/int8 the same for a width-0.5 model (``--slim-model``: an `edgekit slim` output)
+  <row>+mha       that row's graph with attention fused into MultiHeadAttention nodes, as the ort-web and onnx
+                  targets ship it (edgekit.targets.ort_attention): e.g. fp32+mha, int8+mha, w0.50 int8+mha
   usual-dynamic   the usual route: plain torch.onnx.export + onnxruntime quantize_dynamic
   litert-fp16     a LiteRT fp16 file (``--tflite``: e.g. an `edgekit export --targets tflite` unet file)
 Columns: median ms per call, ratio to FP32, bytes, ratio to FP32 bytes, rel-err vs torch on held-out rows
@@ -16,7 +18,9 @@ Columns: median ms per call, ratio to FP32, bytes, ratio to FP32 bytes, rel-err 
 Only one thread setting's sessions are held at a time (the real-size FP32 session alone is ~3.5 GB), and
 every session runs without ORT's CPU memory arena: with it each session keeps its peak activations (the
 64x64 attention scores are ~1 GB per tensor) and six real-size sessions would not fit in 24 GB. The same
-setting for every row, so the ratios compare like with like.
+setting for every row, so the ratios compare like with like. Without the arena a graph that writes a 1 GB score
+matrix pays for fresh pages on every call, which the fused-attention rows do not: ``--arena on`` measures the
+other way round (ORT's default arena, one session alive at a time, each created afresh per row and round).
 
     nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --latent 32 --rounds 3           # real size, 32x32
     nice -n 5 .venv/bin/python benchmarks/realsize_speed.py --calib CALIB --slim-model SLIM --profile
@@ -133,6 +137,23 @@ def _build(pipe, workdir: Path, calib: dict, args, tag: str) -> dict[str, Path]:
     return files
 
 
+def _fused_copy(path: Path, workdir: Path, name: str) -> Path:
+    """``path`` with attention fused (edgekit.targets.ort_attention). A graph with external data is written beside
+    it (``model.mha.onnx``, same data file, no copy of the weights); an inline one under ``workdir``."""
+    import onnx
+
+    from edgekit.targets.ort_attention import fuse_attention
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not fuse_attention(model):
+        raise SystemExit(f"{path}: no attention block matched the fusion pattern")
+    out = path.with_name("model.mha.onnx") if external else workdir / name.replace(" ", "_") / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(out))
+    return out
+
+
 def _bytes(path: Path) -> int:
     from edgekit.quantize.ort_static import onnx_bytes
 
@@ -152,14 +173,29 @@ def _time(sessions: dict, feeds: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def _ort(path: Path, threads: int, profile: str | None = None):
+def _time_fresh(files: dict, feeds: dict, rounds: int, threads: int) -> dict[str, list[float]]:
+    """``--arena on``: interleaved rounds in which every row's session is created, warmed up with one call, timed
+    on the next and released, so only one session (and its memory arena) is alive at a time."""
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, path in files.items():
+            run = _litert(path, threads) if name == "litert-fp16" else _ort(path, threads, arena=True)
+            run(feeds)
+            t0 = time.perf_counter()
+            run(feeds)
+            times[name].append((time.perf_counter() - t0) * 1000)
+            del run
+    return times
+
+
+def _ort(path: Path, threads: int, profile: str | None = None, arena: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False  # see the module docstring
+    options.enable_cpu_mem_arena = arena  # see the module docstring
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -205,7 +241,11 @@ def main() -> int:
     parser.add_argument("--calib-rows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--rows", dest="rows_wanted", default="fp32,int8,int8+attn,w0.50 fp32,w0.50 int8,usual-dynamic,litert-fp16")
+    parser.add_argument("--rows", dest="rows_wanted", default="fp32,fp32+mha,int8,int8+mha,int8+attn,w0.50 fp32,w0.50 int8,w0.50 int8+mha,"
+                        "usual-dynamic,litert-fp16")
+    parser.add_argument("--arena", choices=("off", "on"), default="off",
+                        help="off: every row's session held, no CPU memory arena (the default); on: ORT's default "
+                        "arena, one session alive at a time, created afresh for each row in each round")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -246,15 +286,29 @@ def main() -> int:
             files["litert-fp16"] = Path(args.tflite)
         else:
             notes.append("no --tflite: the LiteRT row is missing")
-        files = {k: v for k, v in files.items() if k in args.rows_wanted.split(",")}
+        wanted = args.rows_wanted.split(",")
+        for base in list(files):
+            if f"{base}+mha" in wanted and files[base].suffix == ".onnx":
+                files[f"{base}+mha"] = _fused_copy(files[base], Path(tmp), f"{base}+mha")
+        files = {k: v for k, v in files.items() if k in wanted}
         torch.set_num_threads(2)
+        reference = lambda row: references.get(row.split(" ")[0] + " " if " " in row else "", references[""])  # noqa: E731
         table: dict[str, dict] = {name: {"bytes": _bytes(path)} for name, path in files.items()}
         for threads in [int(t) for t in args.threads.split(",")]:
+            if args.arena == "on":
+                for name, path in files.items():
+                    run = _litert(path, threads) if name == "litert-fp16" else _ort(path, threads, arena=True)
+                    table[name].setdefault("rel_err", round(relative_error(run(feeds), reference(name)), 5))
+                    del run
+                times = _time_fresh(files, feeds, args.rounds, threads)
+                for name, ms in times.items():
+                    table[name][f"ms_{threads}t"] = round(statistics.median(ms), 1)
+                    table[name][f"ms_{threads}t_all"] = [round(m, 1) for m in ms]
+                continue
             sessions = {name: (_litert(path, threads) if name == "litert-fp16" else _ort(path, threads))
                         for name, path in files.items()}
             for name, run in sessions.items():
-                ref = references.get(name.split(" ")[0] + " " if " " in name else "", references[""])
-                table[name].setdefault("rel_err", round(relative_error(run(feeds), ref), 5))
+                table[name].setdefault("rel_err", round(relative_error(run(feeds), reference(name)), 5))
             times = _time(sessions, feeds, args.rounds)
             for name, ms in times.items():
                 table[name][f"ms_{threads}t"] = round(statistics.median(ms), 1)
@@ -262,7 +316,7 @@ def main() -> int:
             del sessions
         profiles = {}
         if args.profile:
-            for name in ("fp32", "int8"):
+            for name in ("fp32", "int8", "int8+mha"):
                 if name in files:
                     profiles[name] = _top_ops(_ort(files[name], 2, profile=str(Path(tmp) / name)), feeds)
     fp32 = table.get("fp32", {})
@@ -272,7 +326,11 @@ def main() -> int:
                 row[f"speedup_{key[3:]}"] = round(fp32[key] / row[key], 2)
         if fp32.get("bytes"):
             row["bytes_ratio"] = round(row["bytes"] / fp32["bytes"], 3)
+    notes.append("sessions: ORT's default CPU memory arena, one session alive at a time, created afresh per row "
+                 "and round (one warm-up call, one timed call)" if args.arena == "on" else
+                 "sessions: all rows held at once, without ORT's CPU memory arena (see the script's docstring)")
     result = {"model": what, "unet_params": params, "latent": args.latent, "batch": 2, "rounds": args.rounds,
+              "arena": args.arena,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "notes": notes,
               "table": table, "profiles": profiles, "seconds": round(time.perf_counter() - started, 1)}
     name = "realsize_speed" + (f"_{args.tag}" if args.tag else "")

@@ -269,9 +269,9 @@ class TargetProfile(_Strict):
     ops: OpRules = field(default_factory=OpRules)
     tolerance: Tolerances = field(default_factory=Tolerances)
     verify_in_node: bool = False  # ort-web: also run each graph in onnxruntime-web under Node
-    # ort-web / onnx: each attention block as one com.microsoft MultiHeadAttention node (no full score matrix;
-    # edgekit.targets.ort_attention)
-    fused_attention: bool = False
+    # ort-web / onnx: these components' attention blocks as one com.microsoft MultiHeadAttention node each (no
+    # full score matrix; edgekit.targets.ort_attention)
+    fused_attention: tuple[str, ...] = ()
     # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
     # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
     int8_float_activations: tuple[str, ...] = ()
@@ -297,6 +297,10 @@ class TargetProfile(_Strict):
 
         for name in self.int8_float_activations:
             _choice(name, CALIB_COMPONENTS, "int8_float_activations entry")
+        from edgekit.components import COMPONENTS
+
+        for name in self.fused_attention:
+            _choice(name, tuple(COMPONENTS.names()), "fused_attention entry")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
 

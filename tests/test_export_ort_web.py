@@ -43,6 +43,7 @@ def test_manifest_follows_the_contract(ort_bundle, sd15_reduced):
     blocks = sum(isinstance(x, Attention) for x in UNet2DConditionModel.from_pretrained(sd15_reduced / "unet").modules())
     assert blocks > 0 and unet["attention"] == {"op": "com.microsoft.MultiHeadAttention", "nodes": blocks}
     assert "attention" not in m["components"]["text_encoder"]  # its causal-masked attention does not match
+    assert "attention" not in m["components"]["vae_decoder"]  # not in the profile's fused_attention list
     assert m["geometry"]["vae_scale_factor"] == 8
     assert "tokenizer/tokenizer.json" in m["tokenizer"]["files"] and m["tokenizer"]["max_length"] == 77
     assert m["sampling"]["batching"] == "batch2"

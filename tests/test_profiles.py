@@ -56,6 +56,7 @@ BASE = "name: x\ntarget: ort-web\nprecisions: [fp32, fp16]\n"
     ("int8_recipe:\n  float_units: [conv_in]\n  int16_units: [conv_in]\n", "both in float_units and int16_units"),
     ("coreml:\n  palette_bits: [2, 5]\n", "coreml.palette_bits entry 5: coremltools palettizes to 1, 2, 3, 4, 6, 8"),
     ("coreml:\n  mixed_target_bits: 1.5\n", "coreml.mixed_target_bits 1.5: expected an average between"),
+    ("fused_attention: [unets]\n", "fused_attention entry 'unets'.*did you mean 'unet'"),
 ])
 def test_bad_profiles_name_the_key(tmp_path, extra, message):
     with pytest.raises(InputError, match=message) as info:

@@ -20,9 +20,9 @@ def target_names() -> list[str]:
     return TARGETS.names()
 
 
-def get_target(name: str, flag: str | None = None):
-    """The target registered as ``name`` (one instance per process). ``flag`` is accepted for older callers
-    and unused: an unknown name raises InputError naming the target and the known ones."""
+def get_target(name: str):
+    """The target registered as ``name`` (one instance per process); an unknown name raises InputError naming
+    the target and the known ones."""
     if name not in _INSTANCES:
         _INSTANCES[name] = TARGETS.get(name)()
     return _INSTANCES[name]

@@ -118,7 +118,7 @@ class OrtWebTarget(Target):
             export_onnx(job.pipe, job.name, raw, opset=profile.opset, dynamic_batch=job.batch is None)
             to_float16(raw, path)
             shutil.rmtree(stage / ".raw")
-        if profile.fused_attention:
+        if job.name in profile.fused_attention:
             from edgekit.targets.ort_attention import fuse_attention_file
 
             fused = fuse_attention_file(path)
