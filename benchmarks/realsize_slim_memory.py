@@ -20,9 +20,13 @@ Settings (widths 0.5,1.0 as ``edgekit package --widths 1.0,0.5``; package's lr a
              empty-prompt twin per step
   train-b16  --train-steps 2 --batch-size 16 --importance l1: the package's batch (32 rows per step with twins)
   taylor     --train-steps 0 --importance taylor: the package's importance (backward passes over 16 rows)
+  lean-b1    --train-steps 2 --batch-size 1 --memory lean: the lean memory mode (teacher outputs first and the
+             teacher released, one row and its twin per pass, gradient checkpointing, Adafactor)
+  lean-b4    the same with --batch-size 4 (four passes per step, gradients accumulated)
 
-The fit: peak RSS = a + b * parameters per setting (least squares); its value at 859.5M parameters is what
-slim's up-front refusal uses (edgekit/compress/slim.py, MEMORY_FIT). Results ->
+The fit: peak RSS = a + b * parameters per setting (least squares); training settings also apart as
+a + b * parameters + c * activation units over two latent sizes: what slim's up-front check uses
+(edgekit/compress/slim.py, MEMORY_FIT: "train" from train-b1, "lean" from lean-b1). Results ->
 benchmarks/results/realsize_slim_memory.{json,md} (merged by key).
 
     nice -n 15 .venv/bin/python benchmarks/realsize_slim_memory.py --settings order,train-b1 --scales 0.2,0.4
@@ -50,7 +54,11 @@ SETTINGS = {
     "train-b1": {"train_steps": 2, "importance": "l1", "batch_size": 1},
     "train-b16": {"train_steps": 2, "importance": "l1", "batch_size": 16},
     "taylor": {"train_steps": 0, "importance": "taylor", "batch_size": 16},
+    "lean-b1": {"train_steps": 2, "importance": "l1", "batch_size": 1, "memory": "lean"},
+    "lean-b4": {"train_steps": 2, "importance": "l1", "batch_size": 4, "memory": "lean"},
 }
+# the line each training setting's batch-1 runs fit (MEMORY_FIT's key) and the phases its peak is taken over
+TRAIN_LINES = {"train-b1": ("train", ("train",)), "lean-b1": ("lean", ("teacher", "train"))}
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -93,7 +101,8 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
     peaks = PhasePeaks()
     params = SETTINGS[setting]
     config = SlimConfig(widths=(0.5, 1.0), train_steps=params["train_steps"], importance=params["importance"],
-                        batch_size=params["batch_size"], lr=5e-4, full_weight=2.0)
+                        batch_size=params["batch_size"], lr=5e-4, full_weight=2.0,
+                        memory=params.get("memory", "standard"))
     rows = _rows(max(16, params["batch_size"]), latent)
     distill.calibration_rows = lambda *args, **kwargs: rows  # synthesized rows (capture is not measured)
 
@@ -110,10 +119,12 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
     pipeline.load_pipeline = phase("load", pipeline.load_pipeline, later="reload")
     importance.importance_scores = phase("importance", importance.importance_scores)
     distill.train_slimmable = phase("train", distill.train_slimmable)
+    distill.TeacherOutputs.__init__ = phase("teacher", distill.TeacherOutputs.__init__)
     prune.write_structured_model = phase("write", prune.write_structured_model)
     started = time.perf_counter()
     report = slim_model(model_dir, config, out)
     return {"slim_seconds": round(time.perf_counter() - started, 1), "config": config.to_dict(),
+            "memory": report["memory"],
             "rows": int(len(rows["sample"])), "training": report["training"], "phases": peaks.close()}
 
 
@@ -151,19 +162,22 @@ def activation_units(run: dict) -> float:
     return run["channels"][0] / 320 * run["latent"] ** 2 / 64**2
 
 
-def train_fit(runs: list[dict]) -> dict | None:
-    """Training peak = a + b * params + c * activation units, least squares over the completed train-b1 runs at
-    two latent sizes (the train phase's peak: the reload checks after it hold less). None below three runs."""
-    ok = [r for r in runs if r["setting"] == "train-b1" and "failed" not in r]
+def train_fit(runs: list[dict], setting: str = "train-b1") -> dict | None:
+    """Training peak = a + b * params + c * activation units, least squares over the completed batch-1 runs of
+    ``setting`` at two latent sizes (the peak over its training phases, TRAIN_LINES: the reload checks after
+    them hold less). None below three runs."""
+    phases = TRAIN_LINES[setting][1]
+    ok = [r for r in runs if r["setting"] == setting and "failed" not in r]
     if len(ok) < 3 or len({r["latent"] for r in ok}) < 2:
         return None
     x = np.array([[1.0, r["unet_params"], activation_units(r)] for r in ok])
-    y = np.array([r["phases"]["train"]["peak_rss_mb"] * 2**20 for r in ok])
+    y = np.array([max(r["phases"][p]["peak_rss_mb"] for p in phases if p in r["phases"]) * 2**20 for r in ok])
     (a, b, c), *_ = np.linalg.lstsq(x, y, rcond=None)
-    out = {"intercept_mb": round(a / 2**20, 1), "bytes_per_param": round(b, 2), "mb_per_unit": round(c / 2**20, 1),
+    out = {"line": TRAIN_LINES[setting][0], "phases": list(phases),
+           "intercept_mb": round(a / 2**20, 1), "bytes_per_param": round(b, 2), "mb_per_unit": round(c / 2**20, 1),
            "runs": sorted(f"{r['setting']}-scale{r['scale']:g}-latent{r['latent']}" for r in ok),
            "max_residual_mb": round(float(np.abs(x @ [a, b, c] - y).max()) / 2**20, 1)}
-    for batch in (1, 16):
+    for batch in (1,) if setting.startswith("lean") else (1, 16):  # lean: one row per pass at any batch
         out[f"at_860m_batch{batch}_gb"] = round((a + b * REAL_UNET_PARAMS + c * batch) / 2**30, 1)
     return out
 
@@ -188,6 +202,7 @@ def _write_results(results: dict) -> None:
         by_setting.setdefault(f"{run['setting']} @ {run['latent']}x{run['latent']}", []).append(run)
     merged["fits"] = {s: f for s, runs in sorted(by_setting.items()) if (f := fit(runs))}
     merged["train_fit"] = train_fit(list(merged["runs"].values()))
+    merged["lean_fit"] = train_fit(list(merged["runs"].values()), "lean-b1")
     path.write_text(json.dumps(merged, indent=2) + "\n")
     lines = [
         "# edgekit slim: peak memory and time by UNet size",
@@ -223,6 +238,16 @@ def _write_results(results: dict) -> None:
                   f"(largest residual {t['max_residual_mb']} MB)",
                   f"- at 859.5M, 64x64: batch 1 {t['at_860m_batch1_gb']} GB, batch 16 (the package's) "
                   f"{t['at_860m_batch16_gb']} GB"]
+    t = merged["lean_fit"]
+    if t:
+        lines += ["", "## The lean memory mode (`--memory lean`)", "",
+                  "Teacher outputs computed first and the teacher released, one prompted row and its twin per pass",
+                  "(gradients accumulated over the batch), diffusers' gradient checkpointing, Adafactor. Peaks over",
+                  f"the teacher and train phases of the batch-1 runs ({', '.join(t['runs'])}), the same fit:", "",
+                  f"- {t['intercept_mb']:.0f} MB + {t['bytes_per_param']:.1f} B/param + {t['mb_per_unit']:.0f} MB/unit "
+                  f"(largest residual {t['max_residual_mb']} MB)",
+                  f"- at 859.5M, 64x64, batch 1: {t['at_860m_batch1_gb']} GB (one row and its twin per pass at any "
+                  "batch; lean-b4 against lean-b1 in the notes)"]
     notes = merged.get("notes", [])
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]

@@ -584,15 +584,8 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         check_widths(unet, slim_config.widths, slim_config.scope)
         from edgekit.compress.slim import check_memory as check_slim_memory
 
-        try:  # its measured memory line, before any work (training at 860M needs > 24 GB)
-            check_slim_memory(source, slim_config)
-        except InputError as exc:  # named as this config's slim section (--slim-steps for slim.train_steps)
-            section = {"train_steps": "slim.train_steps", "importance": "slim.importance"}
-            detail = exc.detail
-            for field, name in section.items():
-                detail = detail.replace("{" + field + "}", "{" + name + "}")
-            raise InputError(detail, param=section.get(exc.param, exc.param), value=exc.value,
-                             mentions=tuple(section.get(m, m) for m in exc.mentions)) from None
+        # its measured memory line, before any work; errors name the fields as this config's slim section
+        check_slim_memory(source, slim_config, section="slim")  # (--slim-steps for slim.train_steps)
     quantizer = get_quantizer(config.quant)
     quantizer.check_backend()
     from edgekit.quantize.memory import check_memory

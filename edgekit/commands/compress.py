@@ -39,7 +39,7 @@ def _common(p, config) -> None:
 
 def register(sub) -> None:
     from edgekit.compress.prune import PruneConfig
-    from edgekit.compress.slim import SlimConfig
+    from edgekit.compress.slim import MEMORY_CHOICES, SlimConfig
 
     p = sub.add_parser("prune", help="remove UNet inner channels and attention heads (physically smaller tensors)")
     p.add_argument("--ratio", type=number, required=True, help="fraction of resnet and feed-forward inner channels to remove, in (0, 1)")
@@ -62,6 +62,10 @@ def register(sub) -> None:
                    help="weight of the full-width term (anchors it to the source model)")
     s.add_argument("--guidance-weight", type=number, default=SlimConfig.guidance_weight,
                    help="weight of the guidance-direction term (prompted minus empty-prompt prediction); 0 turns it off")
+    s.add_argument("--memory", choices=MEMORY_CHOICES, default=SlimConfig.memory,
+                   help="training's memory mode: standard (whole batch, AdamW), lean (teacher outputs first, one row "
+                        "per pass with gradient checkpointing, Adafactor: a few steps at SD-1.5 size on 24 GB) or "
+                        "auto (standard when its measured memory fits, else lean)")
     s.add_argument("--init", type=Path, default=None,
                    help="an earlier edgekit slim output of --model to continue training from")
     _common(s, SlimConfig)
@@ -116,12 +120,13 @@ def run_slim(args) -> int:
 
     config = SlimConfig(widths=args.widths, train_steps=args.train_steps, importance=args.importance, lr=args.lr,
                         batch_size=args.batch_size, seed=args.seed, full_weight=args.full_weight,
-                        scope=args.scope, guidance_weight=args.guidance_weight)
+                        scope=args.scope, guidance_weight=args.guidance_weight, memory=args.memory)
     model_dir, out = _inputs(args, [args.init] if args.init else [],
                              check_memory=lambda model_dir: check_memory(model_dir, config, args.calib))
     with progress() as bar:
         report = slim_model(model_dir, config, out, args.calib, bar, init_dir=args.init)
-    lines = [f"wrote {out}"] + [f"width {row['width']:g}: params {row['params']:,}, MACs {row['macs_ratio']:.2f}x of full"
-                                for row in report["widths"]]
+    note = [report["memory_note"]] if "memory_note" in report else []  # auto took the lean mode: why
+    lines = [f"wrote {out}"] + note + [f"width {row['width']:g}: params {row['params']:,}, "
+                                       f"MACs {row['macs_ratio']:.2f}x of full" for row in report["widths"]]
     emit(report, args.json, lines)
     return 0

@@ -12,9 +12,19 @@ equal shards (Accelerate's ``split_batches``; incomplete batches are dropped so 
 averages the shards' gradients, and the loss normalisers (mean squares of the teacher's outputs) are
 averaged over the global batch before dividing, as one process would compute them. Only the main process
 writes outputs (``is_main_process``).
+
+The slimmable training has a lean memory mode (``memory="lean"``) for UNets whose training would not fit the
+host otherwise (SD-1.5's 860M parameters on 24 GB): the teacher's outputs for the rows the run will train on
+are computed first, so its weights can be released before training (``TeacherOutputs``); each forward pass
+takes one prompted row and its empty-prompt twin, the batch's gradients accumulated (the same loss as the
+whole batch at once: its normalisers come from the teacher's outputs for the whole batch); the UNet's blocks
+are recomputed in the backward pass instead of keeping their activations (diffusers' gradient
+checkpointing); and Adafactor (factored second moments, no first moment, Adam's absolute learning rate)
+replaces AdamW's two full-size moments.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -22,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.errors import InputError
+from edgekit.errors import EdgekitError, InputError
 
 
 def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 0, samples: int = 22,
@@ -44,13 +54,19 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
         return CalibrationSet.open(tmp).load("unet")
 
 
-def _dataset(rows: dict, keep=None):
+MEMORY_MODES = ("standard", "lean")
+
+
+def _dataset(rows: dict, keep=None, indexed: bool = False):
+    """(sample, timestep, text states) per row; ``indexed``: each row's position in the set as well."""
     import torch
 
     keep = slice(None) if keep is None else keep
-    return torch.utils.data.TensorDataset(
-        torch.as_tensor(rows["sample"][keep]).float(), torch.as_tensor(rows["timestep"][keep]).float(),
-        torch.as_tensor(rows["encoder_hidden_states"][keep]).float())
+    tensors = [torch.as_tensor(rows["sample"][keep]).float(), torch.as_tensor(rows["timestep"][keep]).float(),
+               torch.as_tensor(rows["encoder_hidden_states"][keep]).float()]
+    if indexed:
+        tensors.append(torch.arange(len(tensors[0])))
+    return torch.utils.data.TensorDataset(*tensors)
 
 
 def guidance_pairs(rows: dict):
@@ -85,8 +101,6 @@ def _accelerator(seed: int):
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
-    from edgekit.errors import EdgekitError
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # Without a GPU, Accelerate treats a multi-process launch as one plain process per rank (each training
     # alone on the whole batch) unless told to use CPU processes (gloo).
@@ -115,6 +129,61 @@ def _loader(dataset, batch_size: int, seed: int, accelerator):
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                                        generator=generator)
+
+
+def training_batches(rows: int, batch_size: int, steps: int, seed: int) -> list:
+    """The row positions of each of the first ``steps`` global batches ``_loader`` deals (the same shuffles:
+    one generator seeded with ``seed``, incomplete batches dropped)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.utils.data.DataLoader(range(rows), batch_size=batch_size, shuffle=True, drop_last=True,
+                                        generator=generator)
+    batches = _endless(order)
+    return [next(batches) for _ in range(steps)]
+
+
+class TeacherOutputs:
+    """The frozen teacher's predictions for the rows a slimmable training run will take (its first ``steps``
+    batches), computed up front one prompted row and its empty-prompt twin at a time, so the teacher's
+    weights can be released before the student trains. Called with a batch's row positions, it returns what
+    ``teacher(sample, t, ctx).sample`` returns for that batch ([prompted rows..., their twins...] with
+    guidance pairs)."""
+
+    def __init__(self, teacher, rows: dict, batch_size: int, steps: int, seed: int = 0,
+                 guidance_weight: float = 1.0):
+        import torch
+
+        from edgekit.progress import track
+
+        pairs = guidance_pairs(rows) if guidance_weight > 0 else None
+        self.paired = pairs is not None
+        dataset = _dataset(rows, pairs[0] if pairs else None)
+        used = list(dict.fromkeys(int(i) for batch in training_batches(len(dataset), batch_size, steps, seed)
+                                  for i in batch))
+        self.position = {row: k for k, row in enumerate(used)}
+        teacher = teacher.eval().requires_grad_(False)
+        outputs = []
+        with torch.no_grad():
+            for row in track(used, "slim: teacher outputs"):
+                sample, t, ctx = (x.unsqueeze(0) for x in dataset[row])
+                if pairs:
+                    sample, t, ctx = torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([ctx, pairs[1][None]])
+                outputs.append(teacher(sample, t, ctx).sample)
+        self.outputs = torch.stack(outputs)  # (rows, 2 with twins else 1, C, H, W)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def __call__(self, rows):
+        import torch
+
+        missing = [int(r) for r in rows if int(r) not in self.position]
+        if missing:
+            raise EdgekitError(f"the teacher's outputs were computed for other batches (rows {missing[:5]} "
+                               "missing): same rows, batch size, steps and seed as the training run are needed")
+        picked = self.outputs[torch.tensor([self.position[int(r)] for r in rows])]
+        return torch.cat([picked[:, 0], picked[:, 1]]) if self.paired else picked[:, 0]
 
 
 def _global_mean(accelerator, values):
@@ -232,7 +301,7 @@ class SlimmableUNet:
     parameters are, on every call, differentiable slices of the full-width ones (torch.func.functional_call),
     so gradients from every width land in the single stored weight set."""
 
-    def __init__(self, unet, widths, scope: str = "all"):
+    def __init__(self, unet, widths, scope: str = "all", checkpointing: bool = False):
         import torch
 
         from edgekit.structure import plan_for_width, sliced_unet
@@ -266,18 +335,50 @@ class SlimmableUNet:
                 plan = plan_for_width(unet, w, scope)
                 self.module.plans[w] = plan
                 self.module.shapes[w] = sliced_unet(unet, plan).requires_grad_(False)
+        if checkpointing:  # blocks recomputed in the backward pass instead of keeping their activations
+            unet.enable_gradient_checkpointing()
+            for shape in self.module.shapes.values():
+                shape.enable_gradient_checkpointing(_checkpoint_with_bound_weights)
+
+
+def _checkpoint_with_bound_weights(module, *args):
+    """Non-reentrant checkpoint of one block of a width's structural copy, with the weights it runs with bound
+    in: that copy holds the differentiable slices of the full weights only inside ``functional_call``, and
+    the backward pass recomputes the block after that call has returned (with the copy's own, stale, weights
+    otherwise)."""
+    from torch.func import functional_call
+    from torch.utils.checkpoint import checkpoint
+
+    bound = dict(module.named_parameters())
+    return checkpoint(lambda *inputs: functional_call(module, bound, inputs), *args, use_reentrant=False)
+
+
+def _optimizer(params, lr: float, memory: str):
+    """AdamW; in the lean mode Adafactor as fine-tuning runs it with Adam's absolute learning rate
+    (relative_step and scale_parameter off): no first moment and factored second moments instead of AdamW's
+    8 bytes per parameter (the first step is the same sign-like step as Adam's)."""
+    import torch
+
+    if memory == "lean":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
 def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
                     seed: int = 0, progress=None, full_weight: float = 1.0, scope: str = "all",
-                    guidance_weight: float = 1.0) -> dict:
+                    guidance_weight: float = 1.0, memory: str = "standard") -> dict:
     """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
     each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
     the smallest width and one random middle width (both distilled from the current full-width output).
     ``full_weight`` scales the full-width term: the narrow widths' gradients land in the same weights and,
     with few steps, pull the full width away from the teacher (measured; see the benchmark).
     ``guidance_weight``: with classifier-free-guidance rows, every prompted row runs with its empty-prompt
-    twin and the guidance direction is distilled too (see ``guidance_pairs``)."""
+    twin and the guidance direction is distilled too (see ``guidance_pairs``).
+    ``memory``: "standard" or "lean" (see the module's docstring); ``teacher`` may be the UNet or, computed
+    for this run's rows, batch size, steps and seed, its ``TeacherOutputs`` (then the UNet can be gone)."""
     import torch
 
     widths = sorted(float(w) for w in widths)
@@ -286,14 +387,21 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     if widths[-1] != 1.0:
         raise InputError("must include 1.0 (the full width every other width distils from)", param="widths",
                          value=",".join(f"{w:g}" for w in widths))
+    if memory not in MEMORY_MODES:
+        raise InputError(f"expected one of {', '.join(MEMORY_MODES)}", param="memory", value=memory)
+    lean = memory == "lean"
     accelerator = _accelerator(seed)
     rng = random.Random(seed)
-    teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    if lean and not isinstance(teacher, TeacherOutputs):
+        teacher = TeacherOutputs(teacher, rows, batch_size, steps, seed, guidance_weight)
+    if not isinstance(teacher, TeacherOutputs):
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     unet.train().requires_grad_(True)
-    slim = SlimmableUNet(unet, widths, scope)
+    slim = SlimmableUNet(unet, widths, scope, checkpointing=lean)
     pairs = guidance_pairs(rows) if guidance_weight > 0 else None
-    loader = _loader(_dataset(rows, pairs[0] if pairs else None), batch_size, seed, accelerator)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    indexed = isinstance(teacher, TeacherOutputs)
+    loader = _loader(_dataset(rows, pairs[0] if pairs else None, indexed), batch_size, seed, accelerator)
+    optimizer = _optimizer(unet.parameters(), lr, memory)
     scheduler = _schedule(optimizer, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(slim.module, optimizer, loader, scheduler)
     middle = widths[1:-1]
@@ -301,52 +409,78 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     started = time.perf_counter()
     task = progress.add_task("slim", total=steps) if progress else None
     batches = _endless(loader)
-    for step in range(steps):
-        sample, t, ctx = next(batches)
-        if pairs:  # each prompted row with its empty-prompt twin: [prompted..., empty...]
+    try:
+        for step in range(steps):
+            sample, t, ctx, *positions = next(batches)
             n = len(sample)
-            sample, t = torch.cat([sample, sample]), torch.cat([t, t])
-            ctx = torch.cat([ctx, pairs[1].to(ctx.device).expand_as(ctx)])
-        chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
-        with torch.no_grad():
-            target = teacher(sample, t, ctx).sample
-        if pairs:
-            direction = target[:n] - target[n:]
-            scale, direction_scale = _global_mean(accelerator, [target.pow(2).mean(), direction.pow(2).mean()])
-            direction_scale = direction_scale.clamp_min(1e-8)
-        else:
-            scale, = _global_mean(accelerator, [target.pow(2).mean()])
-        scale = scale.clamp_min(1e-8)
-
-        def distance(out, goal, goal_direction=None):
-            term = _relative(out, goal, scale)
+            if pairs:  # each prompted row with its empty-prompt twin: [prompted..., empty...]
+                sample, t = torch.cat([sample, sample]), torch.cat([t, t])
+                ctx = torch.cat([ctx, pairs[1].to(ctx.device).expand_as(ctx)])
+            chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
+            if indexed:
+                target = teacher(positions[0]).to(sample.device)
+            else:
+                with torch.no_grad():
+                    target = teacher(sample, t, ctx).sample
             if pairs:
-                goal_direction = goal[:n] - goal[n:] if goal_direction is None else goal_direction
-                term = term + guidance_weight * _relative(out[:n] - out[n:], goal_direction, direction_scale)
-            return term
+                direction = target[:n] - target[n:]
+                scale, direction_scale = _global_mean(accelerator, [target.pow(2).mean(), direction.pow(2).mean()])
+                direction_scale = direction_scale.clamp_min(1e-8)
+            else:
+                scale, = _global_mean(accelerator, [target.pow(2).mean()])
+            scale = scale.clamp_min(1e-8)
 
-        outs = model(sample, t, ctx, chosen)
-        full = outs[0]
-        anchor = distance(full, target, direction if pairs else None)
-        losses[1.0].append(float(anchor.detach()))
-        loss = full_weight * anchor
-        for w, out in zip(chosen[1:], outs[1:]):
-            term = distance(out, full.detach())
-            loss = loss + term
-            losses[w].append(float(term.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        if task is not None:
-            progress.update(task, advance=1)
+            def distance(out, goal, goal_direction=None):
+                term = _relative(out, goal, scale)
+                if pairs:
+                    half = len(out) // 2
+                    goal_direction = goal[:half] - goal[half:] if goal_direction is None else goal_direction
+                    term = term + guidance_weight * _relative(out[:half] - out[half:], goal_direction,
+                                                              direction_scale)
+                return term
+
+            optimizer.zero_grad(set_to_none=True)
+            # the lean mode runs one prompted row (and its twin) per pass; each pass's loss is its share of the
+            # batch's (equal shares of a mean), its gradients accumulated (synchronised across processes once)
+            parts = [slice(None)] if not lean else [slice(j, j + 1) for j in range(n)]
+            step_losses = {w: 0.0 for w in chosen}
+            share = 1.0 / len(parts)
+            for k, part in enumerate(parts):
+                def pick(x, part=part):  # the pass's rows: its prompted rows, then their twins
+                    return torch.cat([x[:n][part], x[n:][part]]) if pairs else x[part]
+
+                outs = model(pick(sample), pick(t), pick(ctx), chosen)
+                full = outs[0]
+                anchor = distance(full, pick(target), direction[part] if pairs else None)
+                step_losses[1.0] += float(anchor.detach()) * share
+                loss = full_weight * anchor
+                for w, out in zip(chosen[1:], outs[1:]):
+                    term = distance(out, full.detach())
+                    loss = loss + term
+                    step_losses[w] += float(term.detach()) * share
+                with (accelerator.no_sync(model) if k < len(parts) - 1 else contextlib.nullcontext()):
+                    accelerator.backward(loss * share)
+            for w, value in step_losses.items():
+                losses[w].append(value)
+            optimizer.step()
+            scheduler.step()
+            if task is not None:
+                progress.update(task, advance=1)
+    finally:
+        if lean:
+            unet.disable_gradient_checkpointing()
     accelerator.unwrap_model(model).full.eval()
+    # the gradients, the optimizer's state and the widths' sliced copies go before the caller writes and reloads
+    # the model (Accelerate keeps what it prepared until told): 8 to 13 bytes per parameter at the peak after
+    unet.zero_grad(set_to_none=True)
+    model = optimizer = loader = scheduler = slim = batches = None
+    accelerator.free_memory()
     losses = {w: _global_losses(accelerator, v) for w, v in losses.items()}
     window = max(1, min(10, steps // 4))
     summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
                for w, v in losses.items() if v}
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths,
-            "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary,
+            "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary, "memory": memory,
             "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
             "device": str(accelerator.device)}
 

@@ -136,10 +136,9 @@ class ModelQuality:
         return out
 
     def latent_shape(self) -> tuple[int, int, int]:
-        config = json.loads((self.model_dir / "unet" / "config.json").read_text())
-        size = config.get("sample_size", 64)
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return int(config.get("in_channels", 4)), int(h), int(w)
+        from edgekit.unet_layout import unet_layout
+
+        return unet_layout(self.model_dir).latent_shape
 
     def generate(self, pipe, steps: int, what: str = "eval") -> np.ndarray:
         """The candidate ``pipe``'s images for the grid (torch), with the shared initial noise."""
