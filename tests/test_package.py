@@ -69,9 +69,17 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
     assert meta["config"]["steps"] == 3 and meta["components"]["unet"]["rows"] == 4 * 3 * 2
     manifest = read_manifest(packaged / "ort-web")
     assert manifest["precision"] == "int8"
-    # the shipped INT8 UNet is the quantize stage's graph, checked against torch like any export
-    assert filecmp.cmp(packaged / "ort-web/unet/w1.00/model.onnx",
-                       packaged / "stages/quant-w1.00/quantized/unet/model.onnx", shallow=False)
+    # the shipped INT8 UNet is the quantize stage's graph (with the profile's fused attention), checked against
+    # torch like any export; the text encoder (not in fused_attention) is that graph byte for byte
+    import onnx
+
+    from edgekit.targets.ort_attention import fuse_attention
+
+    stage_unet = onnx.load(str(packaged / "stages/quant-w1.00/quantized/unet/model.onnx"))
+    assert fuse_attention(stage_unet) == manifest["components"]["unet"]["widths"]["1.00"]["attention"]["nodes"] > 0
+    assert (packaged / "ort-web/unet/w1.00/model.onnx").read_bytes() == stage_unet.SerializeToString()
+    assert filecmp.cmp(packaged / "ort-web/text_encoder/model.onnx",
+                       packaged / "stages/quant-w1.00/quantized/text_encoder/model.onnx", shallow=False)
     assert verify(packaged / "ort-web")["files"] == len(manifest["files"])
     [row] = manifest["table"]
     assert (row["width"], row["steps"]) == (1.0, 4) and row["latency_ms"] > 0
