@@ -324,7 +324,9 @@ class Stages:
                   else self._rerun_reason(saved, key, inputs, output))
         if reason is None:
             self.say(f"stage {name}: reused")
-            self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0})
+            earlier = {k: saved[k] for k in ("seconds", "memory") if k in saved}  # what the run that made it took
+            self.records.append({"stage": name, "key": key, "ran": False, "seconds": 0.0,
+                                 **({"made_by_earlier_run": earlier} if earlier else {})})
             return self._located(saved["result"], output)
         state.unlink(missing_ok=True)
         if output is not None and output.exists() and output.is_relative_to(self.root / STAGES_DIR):
@@ -338,7 +340,8 @@ class Stages:
             files = _checksums(output) if output is not None else {}
             if amends is not None:
                 self._renew(amends, name)
-            _write_json(state, {"stage": name, "key": key, "seconds": round(time.perf_counter() - started, 1),
+            seconds, peak = round(time.perf_counter() - started, 1), memory.stop()
+            _write_json(state, {"stage": name, "key": key, "seconds": seconds, "memory": peak,
                                 "output": None if output is None else output.relative_to(self.root).as_posix(),
                                 "files": files, "result": result})
         except BaseException as exc:
@@ -353,7 +356,7 @@ class Stages:
                                       f"({_free(self.root)} free); the stage's partial output was removed, "
                                       "free some space and rerun to resume") from None
             raise
-        self.records.append({**record, "seconds": round(time.perf_counter() - started, 1), **memory.stop()})
+        self.records.append({**record, "seconds": seconds, **peak})
         self.say(f"stage {name}: done in {self.records[-1]['seconds']:.1f} s")
         self._ran[key] = name
         return self._located(result, output)
@@ -635,7 +638,12 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
     if config.prune is not None:
         model, model_key = _prune(stages, config, model, model_key, work / "pruned", progress)
     if p.slim:
-        model, model_key = _slim(stages, config, p.widths, model, model_key, work / "slim", progress)
+        slim_config = config.slim_config(p.widths)
+        slim_calib = None
+        if slim_config.needs_rows:  # the run's own calibration of the model it slims, at --calib-samples/-steps
+            slim_calib = _calibrate(stages, config, model, model_key, FULL, work / "calib-source", progress,
+                                    name="calib-source")
+        model, model_key = _slim(stages, slim_config, model, model_key, slim_calib, work / "slim", progress)
     defaults = sampling_defaults(model)
 
     calib, quant, quality = {}, {}, {}
@@ -713,21 +721,22 @@ def _prune(stages: Stages, config: PackageConfig, model: Path, model_key: str, o
     return output, stages.key("prune")
 
 
-def _slim(stages: Stages, config: PackageConfig, widths, model: Path, model_key: str, output: Path, progress):
+def _slim(stages: Stages, slim_config, model: Path, model_key: str, calib: dict | None, output: Path, progress):
+    """``calib``: the calib-source stage's record when the slim config trains or ranks channels on data."""
     from edgekit.compress.slim import slim_model
 
-    slim_config = config.slim_config(widths)
-
     def build(where: Path) -> dict:
-        report = slim_model(model, slim_config, where, None, progress)
+        report = slim_model(model, slim_config, where, Path(calib["dir"]) if calib else None, progress)
         return {"widths": report["widths"], "training": report["training"]}
 
-    stages.run("slim", {"model": model_key, "slim": slim_config.to_dict()}, build, output)
+    stages.run("slim", {"model": model_key, "slim": slim_config.to_dict(),
+                        "calib": stages.key("calib-source") if calib else None}, build, output)
     return output, stages.key("slim")
 
 
 def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: str, width: Width, output: Path,
-               progress) -> dict:
+               progress, name: str | None = None) -> dict:
+    """The calibration of ``model`` at ``width`` (stage ``name``, by default calib-<width>)."""
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import sha256_file, staged_dir
     from edgekit.loader import open_model
@@ -749,7 +758,7 @@ def _calibrate(stages: Stages, config: PackageConfig, model: Path, model_key: st
         return {"images": meta["images_generated"],
                 "rows": {k: v["rows"] for k, v in meta["components"].items()}}
 
-    return stages.run(f"calib-{width.tag}", {"model": model_key, "width": width.value, "prompts": sha256_file(prompts_file),
+    return stages.run(name or f"calib-{width.tag}", {"model": model_key, "width": width.value, "prompts": sha256_file(prompts_file),
                                               "config": asdict(calib_config)}, build, output)
 
 

@@ -158,12 +158,21 @@ PEAK_NOTE = ("Peak RSS: the resident high-water mark of the package process duri
 
 
 def stage_peak(record: dict) -> str:
-    """A stage's peak RSS cell (empty for a reused stage, which did not run)."""
+    """A stage's peak RSS cell; for a reused stage, the peak of the earlier run that made it, in brackets
+    (empty when that run did not record it)."""
     from edgekit.usage import STAGE
 
-    if record.get("peak_rss_bytes") is None:
+    earlier = record.get("made_by_earlier_run", {}).get("memory") or {}
+    measured = record if record.get("peak_rss_bytes") is not None else earlier
+    if measured.get("peak_rss_bytes") is None:
         return ""
-    return f"{record['peak_rss_bytes'] / 2**30:.2f}" + ("" if record.get("peak_rss_scope") == STAGE else "*")
+    cell = f"{measured['peak_rss_bytes'] / 2**30:.2f}" + ("" if measured.get("peak_rss_scope") == STAGE else "*")
+    return cell if measured is record else f"({cell})"
+
+
+def _stage_seconds(record: dict) -> str:
+    earlier = record.get("made_by_earlier_run", {}).get("seconds")
+    return f"{record['seconds']:.1f}" + (f" ({earlier:.1f})" if not record["ran"] and earlier is not None else "")
 
 
 def _quality_columns(rows: list[dict]) -> tuple[list[str], callable]:
@@ -201,9 +210,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
 
     lines += ["## Stages", "", "| stage | ran | seconds | peak RSS, GiB |", "|---|---|---:|---:|"]
     lines += [f"| {r['stage']} | {'FAILED' if r.get('failed') else 'ran' if r['ran'] else 'reused (same inputs)'} | "
-              f"{r['seconds']:.1f} | {stage_peak(r)} |"
+              f"{_stage_seconds(r)} | {stage_peak(r)} |"
               for r in summary["stages"]]
-    lines += ["", PEAK_NOTE]
+    lines += ["", PEAK_NOTE + " In brackets: what the earlier run that made a reused stage took."]
 
     full = summary["float_quality"].get("1")
     float_rows = list(summary["float_quality"].values())

@@ -38,8 +38,14 @@ def test_stage_records_and_report_carry_the_peak(tmp_path):
     record = stages.records[-1]
     assert record["ran"] and record["peak_rss_bytes"] > 100 * MB and record["peak_rss_scope"] in (STAGE, PROCESS_SO_FAR)
     assert stage_peak(record).replace("*", "").replace(".", "").isdigit()
-    stages.run("work", {"n": 1}, lambda _: {"value": 0.0})  # reused: did not run, no peak
-    assert "peak_rss_bytes" not in stages.records[-1] and stage_peak(stages.records[-1]) == ""
+    resumed = Stages(tmp_path)  # a later run reuses the stage: it did not run, so it has no peak of its own,
+    resumed.run("work", {"n": 1}, lambda _: {"value": 0.0})  # but says what the run that made it took
+    reused = resumed.records[-1]
+    assert not reused["ran"] and "peak_rss_bytes" not in reused
+    assert reused["made_by_earlier_run"] == {"seconds": record["seconds"],
+                                             "memory": {k: record[k] for k in ("peak_rss_bytes", "peak_rss_scope")}}
+    assert stage_peak(reused) == f"({stage_peak(record)})"
+    assert stage_peak({"stage": "old", "ran": False, "seconds": 0.0}) == ""  # a stage made before peaks were kept
 
 
 def test_out_of_memory_fails_the_stage_with_its_peak(tmp_path):

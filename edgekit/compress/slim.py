@@ -74,6 +74,11 @@ class SlimConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
 
+    @property
+    def needs_rows(self) -> bool:
+        """Whether the run reads calibration rows (training, or a data-driven channel importance)."""
+        return self.importance != "l1" or self.train_steps > 0
+
 
 def order_by_importance(unet, scores: dict):
     """A copy of ``unet`` with inner channels and heads permuted, most important first. The full-width
@@ -307,10 +312,9 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     base = pipe.unet
     check_widths(base, config.widths, config.scope)
     earlier = _continued(init_dir, base, config) if init_dir is not None else None  # before any long work
-    needs_rows = config.importance != "l1" or config.train_steps > 0
     samples = _capture_samples(config)
     rows = calibration_rows(pipe, model_dir, calib_dir, seed=config.seed, samples=samples,
-                            max_rows=_max_rows(samples)) if needs_rows else None
+                            max_rows=_max_rows(samples)) if config.needs_rows else None
     pipe = None  # the text encoder and VAE are not needed past here (0.8 GB at SD-1.5's size)
     started = time.perf_counter()
     if earlier is not None:
