@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.schedule import TABLE_CHECK_TOL
+
 VECTORS = Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors"
 TEXTS = ["a handwritten digit seven", "  A   Handwritten DIGIT 7!! ", "zebra café", "an ink sketch of the digit two",
          "the number seven, drawn in ink with a pen on paper again and again", "", "it's 3's sketch"]
@@ -59,8 +61,11 @@ def test_scheduler_vectors_match_edgekit_schedule():
     fresh = build_scheduler_vectors()
     for a, b in zip(stored["cases"], fresh["cases"]):
         assert a["steps"] == b["steps"]
-        np.testing.assert_allclose(a["expected"], b["expected"], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(a["table"]["sample_coeff"], b["table"]["sample_coeff"], rtol=1e-9)
+        # the tables come from diffusers' schedulers, which compute in float32 torch: another CPU (other SIMD
+        # paths) differs in the last float32 place, measured up to 2.3e-7 in a coefficient and 8.9e-7 at -12
+        # in a trajectory; edgekit.schedule checks its tables against diffusers at TABLE_CHECK_TOL as well
+        np.testing.assert_allclose(a["expected"], b["expected"], rtol=TABLE_CHECK_TOL, atol=1e-6)
+        np.testing.assert_allclose(a["table"]["sample_coeff"], b["table"]["sample_coeff"], rtol=TABLE_CHECK_TOL)
 
 
 def test_runtime_tokenizer_reads_the_shipped_tokenizer_json():

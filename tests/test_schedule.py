@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edgekit.errors import InputError
-from edgekit.schedule import (GUIDANCE_CFG, GUIDANCE_COND, GUIDANCE_EMBEDDING, SUPPORTED, guidance_embedding,
-                              guidance_mode, run_table, schedule_table)
+from edgekit.schedule import (GUIDANCE_CFG, GUIDANCE_COND, GUIDANCE_EMBEDDING, SUPPORTED, TABLE_CHECK_TOL,
+                              guidance_embedding, guidance_mode, run_table, schedule_table)
 
 VECTORS = Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors"
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -136,9 +136,12 @@ def test_scheduler_vectors_match_edgekit_schedule():
     assert [c["name"] for c in stored["cases"]] == [c["name"] for c in fresh["cases"]]
     for a, b in zip(stored["cases"], fresh["cases"]):
         assert (a["guidance_mode"], a["cond_calls"], a["uncond_calls"]) == (b["guidance_mode"], b["cond_calls"], b["uncond_calls"])
-        np.testing.assert_allclose(a["expected"], b["expected"], rtol=1e-9, atol=1e-12)
+        # the tables come from diffusers' schedulers, which compute in float32 torch: another CPU (other SIMD
+        # paths) differs in the last float32 place, measured up to 2.3e-7 in a coefficient and 8.9e-7 at -12
+        # in a trajectory; edgekit.schedule checks its tables against diffusers at TABLE_CHECK_TOL as well
+        np.testing.assert_allclose(a["expected"], b["expected"], rtol=TABLE_CHECK_TOL, atol=1e-6)
         for key in ("sample_coeff", "input_scale", "timesteps"):
-            np.testing.assert_allclose(a["table"][key], b["table"][key], rtol=1e-9)
+            np.testing.assert_allclose(a["table"][key], b["table"][key], rtol=TABLE_CHECK_TOL, atol=1e-9)
     modes = {(c["guidance_mode"], c["table"]["stochastic"]) for c in stored["cases"]}
     assert {(GUIDANCE_CFG, False), (GUIDANCE_COND, False), (GUIDANCE_CFG, True), (GUIDANCE_EMBEDDING, True)} <= modes
     assert {c["sampling"]["guidance_scale"] for c in stored["cases"]} >= {0.0, 1.0, 7.5}
