@@ -480,7 +480,8 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     summary = {f"{w:g}": {"first": sum(v[:window]) / max(1, len(v[:window])), "last": sum(v[-window:]) / max(1, len(v[-window:]))}
                for w, v in losses.items() if v}
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths,
-            "rows": len(rows["sample"]), "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary, "memory": memory,
+            "rows": len(rows["sample"]), "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary,
+            "memory": memory,
             "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
             "device": str(accelerator.device)}
 
