@@ -7,7 +7,7 @@ string) only from its own layer or a lower one; a name matches a module and ever
 name wins. tests/test_layering.py reads this table and checks every import of every module against it.
 
     layer     modules
-    base      edgekit errors width config constants fsutil noise schedule resources logs registry progress usage
+    base      edgekit errors width config constants fsutil noise schedule resources logs registry progress usage safe_read limits locking
     model     components structure pipeline calibration bundle profiles policy zoo
     quality   quality
     convert   onnx_export compress quantize

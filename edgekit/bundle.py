@@ -255,17 +255,30 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
     against the manifest already there, and the bundle is refused (VerificationError naming the file)
     when one was changed, removed or added, so damage is never blessed with a fresh checksum.
 
+    A rewrite holds the bundle's write lock (edgekit.locking) and re-reads the manifest under it: a manifest
+    that was read before another process rewrote the bundle (it carries the ``integrity`` it was read with)
+    is refused, so a stale copy is never combined with another export's ``files``.
+
     Returns the manifest as written (a new dict; the caller's is not changed)."""
+    from edgekit.locking import output_lock
+
     bundle_dir = Path(bundle_dir)
-    if (bundle_dir / MANIFEST).exists():
+    if not (bundle_dir / MANIFEST).exists():
+        if manifest.get("files"):
+            raise InputError(f"{bundle_dir}: {MANIFEST} missing, so its files cannot be checked before the "
+                             "manifest is rewritten (not a finished bundle)")
+        return _write_checked(bundle_dir, manifest, _collect_files(bundle_dir))
+    with output_lock(bundle_dir, param="bundle"):
         on_disk = read_manifest(bundle_dir)
+        read_as = manifest.get("integrity", {}).get("sha256") if isinstance(manifest.get("integrity"), dict) else None
+        if read_as is not None and read_as != on_disk["integrity"]["sha256"]:
+            raise VerificationError(f"{bundle_dir / MANIFEST}: rewritten by another process since this command read "
+                                    "it; nothing was written (rerun the command on the bundle as it is now)")
         verify_files(bundle_dir, on_disk)
-        files = on_disk["files"]
-    elif manifest.get("files"):
-        raise InputError(f"{bundle_dir}: {MANIFEST} missing, so its files cannot be checked before the manifest "
-                         "is rewritten (not a finished bundle)")
-    else:
-        files = _collect_files(bundle_dir)
+        return _write_checked(bundle_dir, manifest, on_disk["files"])
+
+
+def _write_checked(bundle_dir: Path, manifest: dict, files: dict) -> dict:
     out = strict_json({k: v for k, v in manifest.items() if k != "integrity"} | {"files": files})
     out["integrity"] = integrity(out)
     check_manifest(out, str(bundle_dir / MANIFEST))

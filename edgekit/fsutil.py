@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -144,10 +145,13 @@ def _resolved(path: Path, label: str) -> Path:
 
 
 def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", force: bool = False,
-                      is_file: bool = False) -> Path:
+                      is_file: bool = False, replaces: bool = True) -> Path:
     """Resolve ``out`` and refuse it when it overlaps an input or exists (unless ``force``).
 
-    ``is_file``: the output is one file (replaced when ``force``), else a directory."""
+    ``is_file``: the output is one file (replaced when ``force``), else a directory. ``replaces``: a forced
+    existing directory is replaced as a whole, so it must be empty or an edgekit output (``edgekit_output``):
+    --force never deletes files edgekit did not write. A caller that writes beside what is there (package)
+    passes False and checks what it may touch itself."""
     out = _resolved(out, f"{flag} {out}")
     for inp in protected:
         inp = _resolved(inp, str(inp))
@@ -167,22 +171,179 @@ def check_output_path(out: Path, protected: list[Path], *, flag: str = "--out", 
         if out == cwd or out in cwd.parents or out == home or out == Path(out.anchor):
             raise InputError(f"{flag} {out}: is the working directory, one that holds it, the home directory or "
                              "the filesystem root; choose a new directory for the output")
+        if force and replaces and edgekit_output(out) is None:
+            raise InputError("holds files edgekit did not write (no edgekit manifest or marker), and {force} "
+                             "replaces only an earlier edgekit output; move them or choose another directory",
+                             param=flag, value=out, mentions=("force",))
     check_writable(out.parent, flag, out)  # the output is staged beside it
     return out
 
 
+class OutputConflictError(EdgekitError):
+    """The output path changed under a running command (another process or a person wrote it): nothing was
+    replaced or deleted, and this run's own output was discarded."""
+
+    exit_code = 1
+
+
+# renameat2(2) flags: rename only when the target does not exist; swap two paths in one step.
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2 with ``flags``; False where the C library or the filesystem lacks it (then the caller falls
+    back), OSError (FileExistsError for an existing target with NOREPLACE) otherwise."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(dst))
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` in one step, refusing (FileExistsError) when ``dst`` exists: a path that
+    appeared meanwhile is never replaced. Without renameat2 a file is hard linked (atomic and exclusive too);
+    a directory is checked then renamed (rename refuses a non-empty target, so no content is ever lost)."""
+    if _renameat2(src, dst, _RENAME_NOREPLACE):
+        return
+    if not Path(src).is_dir():
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            raise
+        except OSError:
+            pass
+        else:
+            os.unlink(src)
+            return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+        raise
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two existing paths: in one step where the filesystem allows, else by two renames."""
+    if _renameat2(a, b, _RENAME_EXCHANGE):
+        return
+    aside = b.parent / f".{b.name}.partial-{os.getpid()}.swap"
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
+# What marks a directory as edgekit's own output: the last file its stage writes. A directory holding one of
+# these (with the content edgekit gives it) or nothing at all may be replaced by --force; any other is not.
+PACKAGE_MARKER = ".edgekit-package.json"
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 64 * 2**20:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def edgekit_output(path: Path) -> str | None:
+    """What edgekit stage wrote the directory ``path`` ("export bundle", "calibration", ...), "empty" for an
+    empty directory, or None when nothing says edgekit wrote it (a foreign directory: never deleted)."""
+    from edgekit.constants import CALIB_META, MANIFEST
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return None
+    try:
+        if not any(path.iterdir()):
+            return "empty"
+    except OSError:
+        return None
+    manifest = _json_object(path / MANIFEST)
+    if manifest is not None and isinstance(manifest.get("stage"), str):
+        return f"{manifest['stage']} output"
+    package = _json_object(path / PACKAGE_MARKER)
+    if package is not None and str(package.get("format", "")).startswith("edgekit-package/"):
+        return "package output"
+    meta = _json_object(path / CALIB_META)
+    if meta is not None and isinstance(meta.get("components"), dict) and isinstance(meta.get("config"), dict):
+        return "calibration"
+    report = _json_object(path / "compress_report.json")
+    if report is not None and isinstance(report.get("config"), dict) and "out" in report:
+        return "compressed model"
+    return None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_appeared(out: Path, what: str = "directory") -> OutputConflictError:
+    return OutputConflictError(f"appeared while this command ran (another process or person wrote it); it was left "
+                               f"as it is and this run's {what} discarded: choose another path, or pass {{force}} "
+                               "to replace an edgekit output", param="out", value=out, mentions=("force",))
+
+
 @contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+def staged_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it takes the place of ``out`` in one rename, on error
+    it is removed.
+
+    Nothing edgekit did not write is ever deleted: an ``out`` that did not exist when the stage began and
+    exists at its end (another run, a person) is refused unless ``force``; an existing ``out`` is replaced
+    only when it is the directory the caller already checked at the start, or an edgekit output (its stage's
+    manifest or marker, ``edgekit_output``), or empty; the old one is swapped out in one step and removed."""
     out = Path(out).resolve()
     created = [p for p in reversed(out.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent, out.name)
+    started_as = _identity(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
+        try:
+            rename_noreplace(tmp, out)
+            return
+        except FileExistsError:
+            pass
+        now = _identity(out)
+        if started_as is None and not force:
+            raise _refuse_appeared(out, "output")
+        if now != started_as and edgekit_output(out) is None:
+            raise OutputConflictError("holds files edgekit did not write (no edgekit manifest or marker); nothing "
+                                      "was replaced and this run's output was discarded: move them or choose "
+                                      "another path", param="out", value=out)
+        if out.is_symlink() or not out.is_dir():
+            raise OutputConflictError("is now a file, not a directory; nothing was replaced and this run's output "
+                                      "was discarded", param="out", value=out)
+        _exchange(tmp, out)
+        # ``tmp`` now holds what was at ``out``: check, in this private place, that it is what may be deleted
+        if _identity(tmp) != started_as and edgekit_output(tmp) is None:
+            _exchange(tmp, out)
+            raise OutputConflictError("was replaced by files edgekit did not write while this command ran; they "
+                                      "were kept and this run's output discarded", param="out", value=out)
+        shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for parent in reversed(created):
@@ -191,24 +352,33 @@ def staged_dir(out: Path) -> Iterator[Path]:
             except OSError:
                 break
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 @contextmanager
-def staged_file(out: Path) -> Iterator[Path]:
-    """Like ``staged_dir`` for a single file."""
+def staged_file(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Like ``staged_dir`` for a single file: a file that existed when the stage began (the caller checked
+    it), or any file with ``force``, is replaced in one rename; a path that appeared meanwhile is refused and
+    kept; a directory is never replaced."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent, out.name)
+    existed = os.path.lexists(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}{out.suffix}"
     try:
         yield tmp
+        if out.is_dir():
+            raise OutputConflictError("is a directory now; it was left as it is and this run's file discarded",
+                                      param="out", value=out)
+        if existed or force:
+            tmp.replace(out)
+            return
+        try:
+            rename_noreplace(tmp, out)
+        except FileExistsError:
+            raise _refuse_appeared(out, "file") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(out)
 
 
 # Hard linking failed for a reason that copying does not share: another filesystem, a filesystem without

@@ -500,7 +500,7 @@ def check_out(out: Path, source: Path, force: bool, targets=DEFAULT_TARGETS) -> 
     even then nothing edgekit did not write is replaced or removed (a name it would write is refused)."""
     from edgekit.fsutil import check_output_path, check_writable
 
-    out = check_output_path(out, [source], force=True)  # overlap with the model, a writable parent
+    out = check_output_path(out, [source], force=True, replaces=False)  # overlap with the model, a writable parent
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", param="out", value=out)
     check_writable(out)
@@ -614,9 +614,12 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
     (running, reused, done in N s). Raises PackageError after writing
     everything else when some target failed, PackageInterrupted on Ctrl-C (finished stages are kept),
     OutOfSpaceError when the disk fills up (the stage under way leaves nothing half-written)."""
+    from edgekit.locking import output_lock
+
     p = plan(model_dir, config, out, force)
     try:
-        return _package(p, config, progress, say)
+        with output_lock(p.out, "edgekit package"):  # one run per --out: a second is refused naming this one
+            return _package(p, config, progress, say)
     except KeyboardInterrupt:
         raise PackageInterrupted(f"interrupted; finished stages kept in {p.out}, rerun to resume") from None
 
@@ -799,7 +802,9 @@ def _float_quality(model: Path, width: Width, defaults, config: PackageConfig, p
     else:
         scores = evaluation.score_pipe(pipe, defaults.steps)
     macs = unet_macs(pipe.unet, tokens=int(pipe.tokenizer.model_max_length))  # the context the model really sees
-    return {"width": width.value, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
+    structure = pipe.edgekit_structure
+    untrained = {"untrained": True} if not width.is_full and structure is not None and not structure.trained else {}
+    return {**untrained, "width": width.value, "steps": defaults.steps, "params": count_params(pipe.unet), "unet_macs": macs,
             "n_images": len(evaluation.grid), "evaluators": evaluation.evaluators(), **scores.row, **scores.detail}
 
 

@@ -220,11 +220,15 @@ def markdown(summary: dict, plots: list[str]) -> str:
     lines += ["", "## The model at each width (torch, float)", "",
               _evaluated_by(float_rows[0] if float_rows else None), ""]
     lines += _table(["width", "UNet params", "UNet MACs (M)", "MACs vs full", "steps", "images", *quality_head],
-                    [[w, f"{q['params']:,}", f"{q['unet_macs'] / 1e6:.1f}",
+                    [[w + (" (untrained)" if q.get("untrained") else ""), f"{q['params']:,}", f"{q['unet_macs'] / 1e6:.1f}",
                       _fmt(q["unet_macs"] / full["unet_macs"] if full else None, ".2f"), str(q["steps"]),
                       str(q["quality"]["n"]), *quality_cells(q)]
                      for w, q in summary["float_quality"].items()])
 
+    if any(q.get("untrained") for q in float_rows):
+        lines += ["", "(untrained): the slim stage ordered this model's channels but did not train its narrower widths "
+                      "(no --slim-steps, or a short training that ended worse than it started and gave its weights "
+                      "back): their fidelity is what slicing alone gives."]
     lines += ["", f"## Quantize stage ({cfg['quant']}, held-out calibration rows)", "",
               "| width | component | held-out rel-err vs float | bytes | vs fp32 weights |", "|---:|---|---:|---:|---:|"]
     for w, q in summary["quantize"].items():

@@ -55,6 +55,15 @@ class Structure:
         return bool(self.widths)
 
     @property
+    def trained(self) -> bool:
+        """Whether the narrower widths of a slimmable model were trained: a slim that only ordered channels, or
+        whose short training ended worse than it started and was given back, was not."""
+        made = self.provenance
+        if "trained" in made:
+            return bool(made["trained"])
+        return int(made.get("train_steps") or 0) > 0 or bool(made.get("continued_from"))
+
+    @property
     def offered(self) -> tuple[Width, ...]:
         """The slimmable widths as Width values, narrowest first (as ``widths``)."""
         return tuple(sorted(Width.parse(w) for w in self.widths))

@@ -27,12 +27,13 @@ def base_unet(digits_arch_model):
     return load_pipeline(digits_arch_model).unet.eval().requires_grad_(False)
 
 
-def _train(base_unet, memory: str, steps: int, batch_size: int, lr: float = 5e-4, teacher=None):
+def _train(base_unet, memory: str, steps: int, batch_size: int, lr: float = 5e-4, teacher=None, keep_best=True):
     from edgekit.compress.distill import train_slimmable
 
     student = copy.deepcopy(base_unet)
     report = train_slimmable(student, base_unet if teacher is None else teacher, _rows(), (0.5, 0.75, 1.0), steps,
-                             lr=lr, batch_size=batch_size, seed=0, full_weight=2.0, memory=memory)
+                             lr=lr, batch_size=batch_size, seed=0, full_weight=2.0, memory=memory,
+                             keep_best=keep_best)
     return student, report
 
 
@@ -66,9 +67,11 @@ def test_lean_computes_the_standard_step_with_the_same_optimizer(base_unet, monk
     from edgekit.compress import distill
 
     monkeypatch.setattr(distill, "_optimizer", lambda params, lr, memory: torch.optim.SGD(params, lr=lr))
-    standard, a = _train(base_unet, "standard", steps=2, batch_size=4, lr=0.05)
-    lean, b = _train(base_unet, "lean", steps=2, batch_size=4, lr=0.05)
+    # (the step itself is compared: these two SGD steps end worse on the first batch, which keep-best would undo)
+    standard, a = _train(base_unet, "standard", steps=2, batch_size=4, lr=0.05, keep_best=False)
+    lean, b = _train(base_unet, "lean", steps=2, batch_size=4, lr=0.05, keep_best=False)
     assert a["memory"] == "standard" and b["memory"] == "lean"
+    assert a["kept"] == b["kept"] == "trained"
     for width in a["loss"]:
         for which in ("first", "last"):
             assert b["loss"][width][which] == pytest.approx(a["loss"][width][which], rel=1e-4)
@@ -90,6 +93,22 @@ def test_lean_training_lowers_the_distillation_loss_like_the_standard_mode(base_
         assert standard["loss"][width]["last"] < 0.9 * standard["loss"][width]["first"], standard["loss"]
         assert lean["loss"][width]["last"] < 0.9 * lean["loss"][width]["first"], lean["loss"]
         assert lean["loss"][width]["last"] < 1.3 * standard["loss"][width]["last"], (lean["loss"], standard["loss"])
+    assert standard["kept"] == lean["kept"] == "trained"
+
+
+@pytest.mark.parametrize("memory", ["standard", "lean"])
+def test_a_run_that_ends_worse_gives_back_the_weights_it_started_from(base_unet, memory):
+    """Two steps at a learning rate far too high push every width off (the failure seen at real size: width 1's
+    loss from 5e-12 to 29.8 after 2 lean steps): the run measures its first batch before and after, and since the
+    widths' weighted loss rose it ends on its starting weights, and says so."""
+    student, report = _train(base_unet, memory, steps=2, batch_size=4, lr=1.0)
+    held = report["held_loss"]
+    weigh = lambda losses: sum((2.0 if w == "1" else 1.0) * v for w, v in losses.items())
+    assert weigh(held["after"]) > weigh(held["before"]), held
+    assert report["kept"] == "start"
+    assert held["before"]["1"] < 1e-8  # the full width started as the teacher itself
+    for name, p in student.named_parameters():
+        assert torch.equal(p, base_unet.get_parameter(name)), name
 
 
 def test_teacher_outputs_cover_the_training_batches_only(base_unet):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.commands.common import add_seed_flag, width_list
-from edgekit.commands.common import add_json_flag, emit, positive_int, progress, read_json, step_list
+from edgekit.commands.common import add_json_flag, bounded_int, emit, progress, read_json, step_list, thread_count
 
 
 def register(sub) -> None:
@@ -21,12 +21,12 @@ def register(sub) -> None:
 
     add_quality_flags(p, default_samples=20)
     p.add_argument("--reference-model", type=Path, default=None, metavar="DIR",
-                   help="the float model the bundle was exported from, for quality (default: the manifest's "
-                        "source_model.path)")
-    p.add_argument("--repeats", type=positive_int, default=7,
+                   help="the float model the bundle was exported from (its sha256 must match the manifest's "
+                        "source_model); without it only latency is measured and the manifest is left unchanged")
+    p.add_argument("--repeats", type=bounded_int("MAX_REPEATS", "timing rounds"), default=7,
                    help="interleaved timing rounds, one image per row per round (median and 25..75%% spread)")
     add_seed_flag(p)
-    p.add_argument("--threads", type=positive_int, default=None, help="runtime CPU threads (default: the runtime's)")
+    p.add_argument("--threads", type=thread_count, default=None, help="runtime CPU threads (default: the runtime's)")
     p.add_argument("--policy", type=Path, default=None,
                    help="policy parameters JSON to write (default: keep the bundle's, or edgekit's default)")
     p.add_argument("--import-table", type=Path, default=None,
@@ -37,12 +37,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgekit.bundle import read_manifest
+    from edgekit.locking import output_lock
+
+    read_manifest(args.bundle)  # not a bundle: refused before a lock file is made beside it
+    # the bundle's write lock for the whole run: an export replacing it meanwhile is refused (and this bench is
+    # refused while another writer holds it), so the table is measured on the graphs it is written beside
+    with output_lock(args.bundle, "edgekit bench", param="bundle"):
+        return _run_locked(args)
+
+
+def _run_locked(args) -> int:
     import json
 
     from edgekit.bundle import read_manifest, verify_files
     from edgekit.runtime.bench import BenchConfig, import_rows, measure, write_table
 
-    manifest = read_manifest(args.bundle)
+    manifest = read_manifest(args.bundle)  # again, under the lock
     verify_files(args.bundle, manifest)  # a damaged bundle is refused before any work (and again at the write)
     policy = read_json(args.policy, "--policy") if args.policy is not None else None
     if args.import_table is not None:
@@ -52,17 +63,25 @@ def run(args) -> int:
                              seed=args.seed, threads=args.threads, reference_model=args.reference_model, clip=args.clip)
         with progress() as bar:
             rows, runtime = measure(args.bundle, config, bar)
-    written, dropped = write_table(args.bundle, manifest, rows, policy)
+    latency_only = not all("quality" in r for r in rows)
     lines = [f"{args.bundle}: {len(rows)} rows {'imported' if args.import_table else 'measured'} ({runtime}) on "
              f"{rows[0]['device']}",
              f"  {'width':>5} {'steps':>5} {'latency':>10}  quality"]
     for r in rows:
-        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms  {_quality_text(r)}")
+        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms  "
+                     f"{'not measured' if latency_only else _quality_text(r)}")
+    if latency_only:  # a table row needs its quality (the policy ranks by it): the manifest stays as it is
+        lines.append(f"  quality needs --reference-model DIR (the float model {args.bundle} was exported from); "
+                     "latency only, manifest.json left unchanged")
+        emit({"bundle": str(args.bundle), "rows": rows, "written": False,
+              "quality": "not measured: needs --reference-model"}, args.json, lines)
+        return 0
+    written, dropped = write_table(args.bundle, manifest, rows, policy)
     if dropped:
         lines.append(f"  dropped {dropped} earlier rows measured on another device")
     lines.append(f"  manifest table now {len(written['table'])} rows; policy {json.dumps(written['policy'])}")
     emit({"bundle": str(args.bundle), "rows": rows, "table": written["table"], "policy": written["policy"],
-          "dropped_rows": dropped}, args.json, lines)
+          "dropped_rows": dropped, "written": True}, args.json, lines)
     return 0
 
 

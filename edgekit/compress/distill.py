@@ -369,7 +369,7 @@ def _optimizer(params, lr: float, memory: str):
 
 def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3e-4, batch_size: int = 16,
                     seed: int = 0, progress=None, full_weight: float = 1.0, scope: str = "all",
-                    guidance_weight: float = 1.0, memory: str = "standard") -> dict:
+                    guidance_weight: float = 1.0, memory: str = "standard", keep_best: bool = True) -> dict:
     """Sandwich rule with in-place distillation, in place on ``unet`` (full width, importance-ordered):
     each step runs the largest width (distilled from the frozen original ``teacher``, which anchors it),
     the smallest width and one random middle width (both distilled from the current full-width output).
@@ -378,7 +378,9 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     ``guidance_weight``: with classifier-free-guidance rows, every prompted row runs with its empty-prompt
     twin and the guidance direction is distilled too (see ``guidance_pairs``).
     ``memory``: "standard" or "lean" (see the module's docstring); ``teacher`` may be the UNet or, computed
-    for this run's rows, batch size, steps and seed, its ``TeacherOutputs`` (then the UNet can be gone)."""
+    for this run's rows, batch size, steps and seed, its ``TeacherOutputs`` (then the UNet can be gone).
+    ``keep_best``: a run whose first batch measures worse after training than before (the widths' losses
+    weighted as in training) ends on the weights it started from; its record says which it kept."""
     import torch
 
     widths = sorted(float(w) for w in widths)
@@ -409,53 +411,86 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
     started = time.perf_counter()
     task = progress.add_task("slim", total=steps) if progress else None
     batches = _endless(loader)
+
+    def targets(batch):
+        """A batch's inputs (with their empty-prompt twins), the teacher's outputs and the loss normalisers."""
+        sample, t, ctx, *positions = batch
+        n = len(sample)
+        if pairs:  # each prompted row with its empty-prompt twin: [prompted..., empty...]
+            sample, t = torch.cat([sample, sample]), torch.cat([t, t])
+            ctx = torch.cat([ctx, pairs[1].to(ctx.device).expand_as(ctx)])
+        if indexed:
+            target = teacher(positions[0]).to(sample.device)
+        else:
+            with torch.no_grad():
+                target = teacher(sample, t, ctx).sample
+        direction = direction_scale = None
+        if pairs:
+            direction = target[:n] - target[n:]
+            scale, direction_scale = _global_mean(accelerator, [target.pow(2).mean(), direction.pow(2).mean()])
+            direction_scale = direction_scale.clamp_min(1e-8)
+        else:
+            scale, = _global_mean(accelerator, [target.pow(2).mean()])
+        return sample, t, ctx, n, target, direction, scale.clamp_min(1e-8), direction_scale
+
+    def distance(out, goal, goal_direction, scale, direction_scale):
+        term = _relative(out, goal, scale)
+        if pairs:
+            half = len(out) // 2
+            goal_direction = goal[:half] - goal[half:] if goal_direction is None else goal_direction
+            term = term + guidance_weight * _relative(out[:half] - out[half:], goal_direction, direction_scale)
+        return term
+
+    def passes(n):  # the lean mode runs one prompted row (and its twin) per pass
+        return [slice(None)] if not lean else [slice(j, j + 1) for j in range(n)]
+
+    def picker(n, part):  # a pass's rows: its prompted rows, then their twins
+        return lambda x: torch.cat([x[:n][part], x[n:][part]]) if pairs else x[part]
+
+    def held_losses(batch) -> dict:
+        """Every width's loss against the teacher on ``batch``, without training (the keep-best measure)."""
+        sample, t, ctx, n, target, direction, scale, direction_scale = targets(batch)
+        totals = {w: 0.0 for w in widths}
+        parts = passes(n)
+        with torch.no_grad():
+            for part in parts:
+                pick = picker(n, part)
+                outs = model(pick(sample), pick(t), pick(ctx), widths)
+                for w, out in zip(widths, outs):
+                    totals[w] += float(distance(out, pick(target), direction[part] if pairs else None, scale,
+                                                direction_scale)) / len(parts)
+        return totals
+
+    def objective(per_width: dict) -> float:  # the training loss's own weighting of the widths
+        return sum((full_weight if w >= 1.0 else 1.0) * v for w, v in per_width.items())
+
+    # keep-best: the first batch is measured before and after training, and a run that ends worse than it
+    # started (a few steps at a high learning rate can push every width off, full width included) gives back
+    # the weights it started from; those wait on disk, not in memory (the lean mode's budget has no room)
+    held = next(batches)
+    before = held_losses(held)
+    saved = tempfile.TemporaryDirectory(prefix="edgekit-slim-")
+    start_file = Path(saved.name) / "start.safetensors"
+    _save_weights(unet, start_file)
     try:
         for step in range(steps):
-            sample, t, ctx, *positions = next(batches)
-            n = len(sample)
-            if pairs:  # each prompted row with its empty-prompt twin: [prompted..., empty...]
-                sample, t = torch.cat([sample, sample]), torch.cat([t, t])
-                ctx = torch.cat([ctx, pairs[1].to(ctx.device).expand_as(ctx)])
+            sample, t, ctx, n, target, direction, scale, direction_scale = targets(held if step == 0 else next(batches))
             chosen = [1.0] + ([widths[0]] if widths[0] < 1.0 else []) + ([rng.choice(middle)] if middle else [])
-            if indexed:
-                target = teacher(positions[0]).to(sample.device)
-            else:
-                with torch.no_grad():
-                    target = teacher(sample, t, ctx).sample
-            if pairs:
-                direction = target[:n] - target[n:]
-                scale, direction_scale = _global_mean(accelerator, [target.pow(2).mean(), direction.pow(2).mean()])
-                direction_scale = direction_scale.clamp_min(1e-8)
-            else:
-                scale, = _global_mean(accelerator, [target.pow(2).mean()])
-            scale = scale.clamp_min(1e-8)
-
-            def distance(out, goal, goal_direction=None):
-                term = _relative(out, goal, scale)
-                if pairs:
-                    half = len(out) // 2
-                    goal_direction = goal[:half] - goal[half:] if goal_direction is None else goal_direction
-                    term = term + guidance_weight * _relative(out[:half] - out[half:], goal_direction,
-                                                              direction_scale)
-                return term
-
             optimizer.zero_grad(set_to_none=True)
-            # the lean mode runs one prompted row (and its twin) per pass; each pass's loss is its share of the
-            # batch's (equal shares of a mean), its gradients accumulated (synchronised across processes once)
-            parts = [slice(None)] if not lean else [slice(j, j + 1) for j in range(n)]
+            # each pass's loss is its share of the batch's (equal shares of a mean), its gradients accumulated
+            # (synchronised across processes once)
+            parts = passes(n)
             step_losses = {w: 0.0 for w in chosen}
             share = 1.0 / len(parts)
             for k, part in enumerate(parts):
-                def pick(x, part=part):  # the pass's rows: its prompted rows, then their twins
-                    return torch.cat([x[:n][part], x[n:][part]]) if pairs else x[part]
-
+                pick = picker(n, part)
                 outs = model(pick(sample), pick(t), pick(ctx), chosen)
                 full = outs[0]
-                anchor = distance(full, pick(target), direction[part] if pairs else None)
+                anchor = distance(full, pick(target), direction[part] if pairs else None, scale, direction_scale)
                 step_losses[1.0] += float(anchor.detach()) * share
                 loss = full_weight * anchor
                 for w, out in zip(chosen[1:], outs[1:]):
-                    term = distance(out, full.detach())
+                    term = distance(out, full.detach(), None, scale, direction_scale)
                     loss = loss + term
                     step_losses[w] += float(term.detach()) * share
                 with (accelerator.no_sync(model) if k < len(parts) - 1 else contextlib.nullcontext()):
@@ -466,7 +501,12 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
             scheduler.step()
             if task is not None:
                 progress.update(task, advance=1)
+        after = held_losses(held)
+        kept = "trained" if objective(after) <= objective(before) or not keep_best else "start"
+        if kept == "start":
+            _load_weights(unet, start_file)
     finally:
+        saved.cleanup()
         if lean:
             unet.disable_gradient_checkpointing()
     accelerator.unwrap_model(model).full.eval()
@@ -481,9 +521,28 @@ def train_slimmable(unet, teacher, rows: dict, widths, steps: int, lr: float = 3
                for w, v in losses.items() if v}
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "full_weight": full_weight, "widths": widths,
             "rows": len(rows["sample"]), "guidance_weight": guidance_weight if pairs else 0.0, "loss": summary,
+            "held_loss": {"rows": len(held[0]), "before": {f"{w:g}": v for w, v in before.items()},
+                          "after": {f"{w:g}": v for w, v in after.items()}},
+            "kept": kept,
             "memory": memory,
             "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes,
             "device": str(accelerator.device)}
+
+
+def _save_weights(unet, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: t.detach().contiguous().cpu() for name, t in unet.state_dict().items()}, str(path))
+
+
+def _load_weights(unet, path: Path) -> None:
+    """Back to the weights in ``path``, one tensor at a time, in place (the prepared modules keep theirs)."""
+    import torch
+    from safetensors import safe_open
+
+    with torch.no_grad(), safe_open(str(path), framework="pt") as stored:
+        for name, t in unet.state_dict().items():
+            t.copy_(stored.get_tensor(name))
 
 
 def frozen_copy(unet):

@@ -333,7 +333,9 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
                                config.guidance_weight, memory) if config.train_steps else {}
     teacher = None
     ordered.eval().requires_grad_(False)
-    provenance = {"command": "slim", "source": str(model_dir), **config.to_dict()}
+    provenance = {"command": "slim", "source": str(model_dir), **config.to_dict(),
+                  "trained": training.get("kept") == "trained"
+                  or (earlier is not None and earlier.edgekit_structure.trained)}
     if earlier is not None:
         provenance["continued_from"] = {"path": str(init_dir), **earlier.edgekit_structure.provenance}
     structure = record(ordered, widths=config.widths, width_scope=config.scope, provenance=provenance)

@@ -28,7 +28,7 @@ class BenchConfig:
     repeats: int = 7  # interleaved timing rounds (one image per row per round)
     seed: int = 0
     threads: int | None = None
-    reference_model: Path | None = None  # None: the source model the manifest names
+    reference_model: Path | None = None  # None: latency only (quality needs the float model)
     clip: Path | None = None  # a local CLIP directory: adds clip_score
     cache_root: Path | None = None  # reference images cache (None: edgekit.quality.fidelity's default)
 
@@ -135,23 +135,23 @@ def monotone_in_steps(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def reference_model_of(bundle_dir: Path, manifest: dict, given: Path | None) -> tuple[Path, str]:
-    """The float model the bundle's quality is measured against: ``given`` (--reference-model), else the source
-    model the manifest names; it must be that model (same sha256), or the numbers would compare strangers."""
+def reference_model_of(manifest: dict, given: Path | None) -> Path | None:
+    """The float model the bundle's quality is measured against: ``given`` (--reference-model), checked to be a
+    model directory and then to be the model the bundle was exported from (same sha256 as the manifest's
+    source_model), or the numbers would compare strangers. None when none was given: a manifest names its
+    source by name and hash only (no path of the packaging host), so there is nothing to look up, and
+    nothing else (the working directory) is ever hashed in its place."""
     from edgekit.fsutil import sha256_tree
+    from edgekit.pipeline import check_model_dir
 
-    source = manifest.get("source_model") or {}
-    path = Path(given) if given is not None else Path(str(source.get("path", "")))
-    flag = "reference_model" if given is not None else f"{bundle_dir}/manifest.json source_model.path"
-    if not path.is_dir():
-        raise InputError("not a directory on this host; give {reference_model}, the float model the bundle was "
-                         "exported from (quality is measured against it)", param=flag, value=path,
-                         mentions=("reference_model",))
-    expected = source.get("sha256")
+    if given is None:
+        return None
+    path = check_model_dir(given, "reference_model")  # a model directory before anything is hashed
+    expected = (manifest.get("source_model") or {}).get("sha256")
     if expected and sha256_tree(path) != expected:
         raise InputError("not the model this bundle was exported from (sha256 differs from the manifest's "
-                         "source_model.sha256)", param=flag, value=path)
-    return path, flag
+                         "source_model.sha256)", param="reference_model", value=given)
+    return path
 
 
 def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[dict], str]:
@@ -169,20 +169,31 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
         sampler.components(w)  # refuses a width the bundle lacks before anything runs
     for s in steps:
         sampler.table(s)
-    reference, flag = reference_model_of(Path(bundle_dir), sampler.manifest, config.reference_model)
+    reference = reference_model_of(sampler.manifest, config.reference_model)
     guidance = float(sampler.manifest["sampling"]["guidance_scale"])
-    evaluation = ModelQuality(reference, config.samples, config.seed, clip_dir=config.clip,
-                              cache_root=config.cache_root, flag=flag, guidance_scale=guidance, progress=progress)
-    grid = evaluation.grid
+    evaluation = None
+    if reference is not None:
+        evaluation = ModelQuality(reference, config.samples, config.seed, clip_dir=config.clip,
+                                  cache_root=config.cache_root, flag="reference_model", guidance_scale=guidance,
+                                  progress=progress)
+        grid = evaluation.grid
+    else:  # latency only: the timing rounds still cycle through the general evaluation prompts and seeds
+        from edgekit.quality.evaluator import general_grid
+
+        grid = general_grid(min(config.repeats, 64), config.seed)
     device = host_device()
     keys = [(w, int(s)) for w in widths for s in steps]
-    task = progress.add_task("bench", total=config.repeats + len(keys)) if progress else None
+    task = progress.add_task("bench", total=config.repeats + (len(keys) if evaluation else 0)) if progress else None
 
     def run_row(key, r):
         sampler.generate([grid.prompts[r % len(grid)]], [grid.seeds[r % len(grid)]], key[1], key[0])
 
     times = time_rounds(run_row, keys, config.repeats,
                         on_round=(lambda _: progress.update(task, advance=1)) if task is not None else None)
+    if evaluation is None:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return monotone_in_steps([{"width": w.value, "steps": s, **latency_summary(times[(w, s)]), "device": device,
+                                   "runtime": sampler.runtime, "measured_at": now} for w, s in keys]), sampler.runtime
     evaluation.reference()  # before the first candidate, so its cost is not in any row
     rows = []
     for w, s in keys:

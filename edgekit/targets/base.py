@@ -247,7 +247,11 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     components: dict = {}
     verification: dict = {}
     task = progress.add_task(f"export {target.name}", total=len(jobs)) if progress else None
-    with staged_dir(out) as stage:
+    from edgekit.locking import output_lock
+
+    # one writer per --out (a second export or a bench of it is refused naming this one); the final rename
+    # replaces only an earlier edgekit output, never what appeared at --out meanwhile without --force
+    with output_lock(out, "edgekit export"), staged_dir(out, force=request.force) as stage:
         for job in jobs:
             if task is not None:
                 progress.update(task, description=f"export {target.name}: {job.label}")
