@@ -141,4 +141,18 @@ def test_slim_cli_lean_mode(run_cli, digits_arch_model, tmp_path):
     report = json.loads(stdout)
     assert report["memory"] == "lean" and report["training"]["memory"] == "lean"
     assert report["config"]["memory"] == "lean" and "memory_note" not in report  # asked for, not chosen
-    assert json.loads((tmp_path / "slim" / "structure.json").read_text())["widths"] == [0.5, 1.0]
+    structure = json.loads((tmp_path / "slim" / "structure.json").read_text())
+    assert structure["widths"] == [0.5, 1.0]
+    kept = report["training"]["kept"]
+    assert kept in ("trained", "start") and structure["provenance"]["trained"] == (kept == "trained")
+
+
+def test_structure_says_whether_the_widths_were_trained():
+    """The report marks a width untrained from the structure's provenance: a slim records whether the weights it
+    wrote are trained ones; older records (no such key) count as trained when they trained or continued a run."""
+    from edgekit.structure import Structure
+
+    assert not Structure(widths=(0.5, 1.0), provenance={"train_steps": 2, "trained": False}).trained
+    assert Structure(widths=(0.5, 1.0), provenance={"train_steps": 2, "trained": True}).trained
+    assert not Structure(widths=(0.5, 1.0), provenance={"train_steps": 0}).trained
+    assert Structure(widths=(0.5, 1.0), provenance={"train_steps": 3000}).trained
