@@ -1,0 +1,155 @@
+"""The WebGPU form of an INT8 QDQ graph for onnxruntime-web: the same int8 weights, with the DequantizeLinear
+forms that onnxruntime-web's WebGPU execution provider computes wrongly (and silently) rewritten into forms it
+computes right.
+
+Measured on onnxruntime-web 1.30.0 in Chromium 150's SwiftShader adapter, one op per graph against numpy
+(benchmarks/webgpu_int8_bisect.py, results in benchmarks/results/webgpu_int8_bisect.md):
+
+- DequantizeLinear of int8 with a per-channel scale (axis 0 or 1, zero points or not): right (rel-err 3e-8);
+- of int8 with a per-tensor scale (scalar, or one channel): wrong (rel-err 1.3-1.4, unrelated numbers);
+- of uint8, per-tensor or per-channel, constant or an activation: wrong (rel-err 4e7);
+- QuantizeLinear to uint8, Cast int8 -> float, and Div/Round/Add/Clip/Sub/Mul: right.
+
+A quantize_static QDQ graph (per-channel int8 weights, uint8 per-tensor activations) therefore breaks at every
+activation DequantizeLinear. The rewrite, exact in value:
+
+- an activation ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)`` becomes
+  ``(Clip(Round(x / s) + z, lo, hi) - z) * s`` in float (the QuantizeLinear goes when nothing else reads it);
+- a constant uint8 weight becomes int8 (``q - 128`` and ``z - 128``: the same values);
+- a constant per-tensor weight gets its scale and zero point repeated along an axis of length > 1, which is the
+  per-channel form; a constant with no such axis (a scalar) is stored dequantized (a few floats).
+The int8 weight bytes stay as they are, so the WebGPU graph costs what the INT8 graph costs.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+QDQ_DOMAINS = ("", "ai.onnx")
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return default
+
+
+def rewrite_qdq_for_webgpu(model):
+    """A new ModelProto with the rewrite above; returns (model, {what: count})."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's graph is not changed
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = Counter(i for n in graph.node for i in n.input)
+    consumers.update(o.name for o in graph.output)
+    counts: Counter = Counter()
+    new_inits: list = []
+    replace: dict[int, list] = {}  # node index -> nodes standing in its place
+    drop: set[int] = set()
+    index = {id(n): k for k, n in enumerate(graph.node)}
+
+    def const(name, value):
+        new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def array(name):
+        return numpy_helper.to_array(inits[name])
+
+    for k, node in enumerate(graph.node):
+        if node.op_type != "DequantizeLinear" or node.domain not in QDQ_DOMAINS:
+            continue
+        x, s = node.input[0], node.input[1]
+        z = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if s not in inits or (z and z not in inits):
+            continue
+        scale = array(s).astype(np.float32)
+        # no zero point: 0 of the quantized type (uint8 for an activation, as QuantizeLinear's default)
+        zero = array(z) if z else np.zeros((), array(x).dtype if x in inits else np.uint8)
+        tag = node.output[0]
+        if x in inits:  # a constant weight (or bias)
+            q = array(x)
+            if q.dtype == np.int32 or (q.dtype == np.int8 and scale.size > 1):
+                continue  # int32 biases and per-channel int8: right on WebGPU as they are
+            if q.dtype == np.uint8:
+                q = (q.astype(np.int16) - 128).astype(np.int8)
+                zero = (zero.astype(np.int16) - 128).astype(np.int8)
+                counts["uint8 weights to int8"] += 1
+            axis = _attr(node, "axis", 1)
+            if scale.size == 1:
+                long_axes = [a for a in range(q.ndim) if q.shape[a] > 1]
+                if not long_axes:  # a scalar: store it dequantized
+                    value = ((q.astype(np.float32) - zero.astype(np.float32)) * scale).astype(np.float32)
+                    replace[k] = [helper.make_node("Identity", [const(f"{tag}__webgpu_float", value)], list(node.output),
+                                                   name=f"{node.name}__webgpu")]
+                    counts["scalar weights stored in float"] += 1
+                    continue
+                axis = long_axes[0]
+                scale = np.full(q.shape[axis], scale.reshape(()), np.float32)
+                zero = np.full(q.shape[axis], zero.reshape(()), np.int8)
+                counts["per-tensor weights as per-channel"] += 1
+            inputs = [const(f"{tag}__webgpu_q", q), const(f"{tag}__webgpu_s", scale), const(f"{tag}__webgpu_z", zero)]
+            replace[k] = [helper.make_node("DequantizeLinear", inputs, list(node.output), name=f"{node.name}__webgpu",
+                                           axis=axis)]
+            continue
+        q_node = producers.get(x)
+        if q_node is None or q_node.op_type != "QuantizeLinear" or scale.size != 1:
+            continue
+        # an activation: the QuantizeLinear -> DequantizeLinear pair in float, with the pair's own rounding/clip
+        info = np.iinfo(zero.dtype)
+        zf = float(zero.reshape(()))
+        src = q_node.input[0]
+        names = [f"{tag}__webgpu_{p}" for p in ("div", "round", "shift", "clip", "center")]
+        s_name = const(f"{tag}__webgpu_scale", np.float32(scale.reshape(())))
+        z_name = const(f"{tag}__webgpu_zero", np.float32(zf))
+        lo, hi = const(f"{tag}__webgpu_lo", np.float32(info.min)), const(f"{tag}__webgpu_hi", np.float32(info.max))
+        replace[k] = [
+            helper.make_node("Div", [src, s_name], [names[0]], name=names[0]),
+            helper.make_node("Round", [names[0]], [names[1]], name=names[1]),
+            helper.make_node("Add", [names[1], z_name], [names[2]], name=names[2]),
+            helper.make_node("Clip", [names[2], lo, hi], [names[3]], name=names[3]),
+            helper.make_node("Sub", [names[3], z_name], [names[4]], name=names[4]),
+            helper.make_node("Mul", [names[4], s_name], list(node.output), name=f"{tag}__webgpu_mul"),
+        ]
+        counts["activation quantize-dequantize pairs in float"] += 1
+        consumers[x] -= 1
+        if consumers[x] == 0:
+            drop.add(index[id(q_node)])
+    nodes = []
+    for k, node in enumerate(graph.node):
+        if k in drop:
+            continue
+        nodes.extend(replace.get(k, [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    left = Counter(n.op_type for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    return model, {**dict(counts), **{f"{op} left": c for op, c in left.items()}}
+
+
+def write_webgpu_graph(src: Path, dst: Path) -> dict:
+    """``rewrite_qdq_for_webgpu`` of the graph at ``src``, written to ``dst``; returns what was rewritten."""
+    import onnx
+
+    model = onnx.load(str(src))
+    out, counts = rewrite_qdq_for_webgpu(model)
+    onnx.checker.check_model(out)
+    onnx.save_model(out, str(dst))
+    return counts
+
+
+def needs_webgpu_graph(path: Path) -> bool:
+    """Whether the graph holds a DequantizeLinear (a QDQ graph): fp32/fp16 graphs run on WebGPU as they are."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type == "DequantizeLinear" for n in graph.node)
