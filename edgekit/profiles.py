@@ -272,6 +272,11 @@ class TargetProfile(_Strict):
     # ort-web / onnx: these components' attention blocks as one com.microsoft MultiHeadAttention node each (no
     # full score matrix; edgekit.targets.ort_attention)
     fused_attention: tuple[str, ...] = ()
+    # the UNet's self-attention at its `attention_downsample_levels` highest-resolution levels attends to keys and
+    # values average-pooled by this factor per side (1 = off; edgekit.targets.attention_downsample): an
+    # approximation, measured by bench's reference fidelity
+    attention_downsample: int = 1
+    attention_downsample_levels: int = 1
     # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
     # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
     int8_float_activations: tuple[str, ...] = ()
@@ -301,6 +306,10 @@ class TargetProfile(_Strict):
 
         for name in self.fused_attention:
             _choice(name, tuple(COMPONENTS.names()), "fused_attention entry")
+        for key in ("attention_downsample", "attention_downsample_levels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+                raise InputError(f"{key} {value!r}: expected a whole number in 1..8")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
 
@@ -342,6 +351,12 @@ class TargetProfile(_Strict):
             return dataclasses.replace(self, precision=name,
                                        coreml=dataclasses.replace(self.coreml, mixed_target_bits=bits))
         return dataclasses.replace(self, precision=name)
+
+
+    def with_attention_downsample(self, factor: int, param: str = "attention_downsample") -> "TargetProfile":
+        if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 8:
+            raise InputError("expected a whole number in 1..8 (1 = off)", param=param, value=factor)
+        return dataclasses.replace(self, attention_downsample=factor)
 
 
 def shipped_profile(name: str) -> TargetProfile:

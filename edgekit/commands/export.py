@@ -24,6 +24,10 @@ def register(sub) -> None:
                         "edgekit_defaults.json offered_steps, else the profile's plus the model's default)")
     p.add_argument("--guidance", type=number, default=None,
                    help="guidance scale the bundle samples at; <= 1 turns guidance off (default: the model's)")
+    p.add_argument("--attention-downsample", type=int, default=None, metavar="N",
+                   help="the UNet's highest-resolution self-attention attends to keys and values average-pooled "
+                        "by N per side (N*N fewer; training-free, its fidelity cost measured by bench); "
+                        "1 = off; default: the profile's attention_downsample")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
@@ -46,6 +50,8 @@ def run_export(args) -> int:
     target = get_target(args.target)
     profile_path = args.profile or profiles_dir() / f"{DEFAULT_PROFILES[target.name]}.yaml"
     profile = TargetProfile.from_yaml(profile_path).with_precision(args.precision)
+    if args.attention_downsample is not None:
+        profile = profile.with_attention_downsample(args.attention_downsample)
     request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
                             widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force,
                             steps=args.steps, guidance=args.guidance)

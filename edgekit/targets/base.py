@@ -232,7 +232,19 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
 
     started = time.perf_counter()
     base = open_model(model_dir)  # the components not exported per width are the same at every width
+    downsample = None
+    if profile.attention_downsample > 1:  # refused before any width is opened or anything exported
+        from edgekit.targets.attention_downsample import check_downsample
+
+        check_downsample(base.unet, profile.attention_downsample, profile.attention_downsample_levels,
+                         base.unet.config.sample_size)
     pipes = {w: (base if w.is_full else open_model(model_dir, width=w)) for w in widths}
+    if profile.attention_downsample > 1:  # the export's own copies: torch reference and graph alike
+        from edgekit.targets.attention_downsample import downsample_keys
+
+        for pipe in {id(p): p for p in pipes.values()}.values():
+            downsample = downsample_keys(pipe.unet, profile.attention_downsample,
+                                         profile.attention_downsample_levels)
     fixed = profile.fixed_shapes
     unet_batch = profile.unet_batch if sampling["guidance_mode"] == GUIDANCE_CFG else 1  # one pass without CFG
     jobs = []
@@ -280,6 +292,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                 entry["params"] = int(sum(p.numel() for p in comp.torch_module(job.pipe).parameters()))
             comp.check_entry(job.pipe, entry, job.label)
             entry.update(job.notes)
+            if downsample is not None and comp.per_width:
+                entry["attention_downsample"] = downsample
             key = job.rel_dir.replace("/", "_")
             data = {"inputs": {n: save_array(stage, f"verification/{key}/{n}.bin", v) for n, v in inputs.items()},
                     "expected": save_array(stage, f"verification/{key}/expected.bin", expected)}
