@@ -126,6 +126,9 @@ class PackageConfig:
     repeats: int = 7  # timed images per table row (median): 3 left the policy choosing on noise
     seed: int = 0
     policy: dict | None = None  # policy parameters for every bundle (default: edgekit's)
+    # every bundle's UNet attends to keys and values pooled by this factor at its highest resolution (1 = off;
+    # edgekit.targets.attention_downsample); ort-web then quantizes inside its export, from the same calibration
+    attention_downsample: int = 1
 
     def __post_init__(self):
         from edgekit.compress.prune import PruneConfig
@@ -193,6 +196,10 @@ class PackageConfig:
                                                              for s in self.steps)):
             raise InputError("expected positive whole numbers of sampling steps", param="steps",
                              value=",".join(str(s) for s in self.steps))
+        if (isinstance(self.attention_downsample, bool) or not isinstance(self.attention_downsample, int)
+                or not 1 <= self.attention_downsample <= 8):
+            raise InputError("expected a whole number in 1..8 (1 = off)", param="attention_downsample",
+                             value=self.attention_downsample)
         if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
                                           or not math.isfinite(self.guidance)):
             raise InputError("expected a finite number", param="guidance", value=self.guidance)
@@ -272,7 +279,7 @@ class PackageConfig:
                 "guidance": self.guidance, "calib_samples": self.calib_samples, "calib_steps": self.calib_steps,
                 "samples": self.samples,
                 "clip": self.clip, "prompts": self.prompts, "repeats": self.repeats, "seed": self.seed,
-                "policy": self.policy}
+                "policy": self.policy, "attention_downsample": self.attention_downsample}
 
 
 def _digest(inputs: dict) -> str:
@@ -599,6 +606,8 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         target = get_target(name)
         profile = TargetProfile.from_yaml(profiles_dir() / f"{DEFAULT_PROFILES[name]}.yaml")
         profile = profile.with_precision(config.precision(name))
+        if config.attention_downsample != 1:
+            profile = profile.with_attention_downsample(config.attention_downsample)
         target.check_profile(profile)
         profiles[name] = profile
     from edgekit.targets.base import sampling_plan
@@ -818,7 +827,7 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
     target = get_target(name)
     widest = max(p.widths)
     needs_calib = profile.precision in target.needs_calibration
-    onnx_quant = (target.takes_quantized_onnx and profile.precision == "int8"
+    onnx_quant = (target.takes_quantized_onnx and profile.precision == "int8" and profile.attention_downsample == 1
                   and all(c["kind"] == "onnx" for q in quant.values() for c in q["components"].values()))
     request = ExportRequest(
         model_dir=model, out=p.out / name, target=name, profile=profile, widths=p.widths,

@@ -108,3 +108,22 @@ def test_profile_field_is_checked():
     assert profile.attention_downsample == 1
     with pytest.raises(InputError, match="attention_downsample"):
         type(profile).from_dict({**profile.to_dict(), "attention_downsample": -2}, where="p.yaml")
+
+
+def test_package_recipe_carries_it_to_every_bundle_profile(tmp_path):
+    """The package recipe field round-trips through report.json's config and sets every target's profile; the
+    ort-web INT8 then quantizes inside its export (the quantize stage's graph has no pooled keys)."""
+    from edgekit.package import PackageConfig, plan
+
+    config = PackageConfig.from_dict({"targets": ["ort-web", "tflite"], "attention_downsample": 2})
+    assert PackageConfig.from_dict(config.to_dict()) == config
+    p = plan(SLIM, config, tmp_path / "out")
+    assert {name: prof.attention_downsample for name, prof in p.profiles.items()} == {"ort-web": 2, "tflite": 2}
+    assert not (tmp_path / "out").exists()
+
+
+def test_package_flag_refuses_a_bad_factor(run_cli, tmp_path):
+    code, _, err = run_cli("package", "--attention-downsample", "0", "--out", tmp_path / "p")
+    assert code == 2
+    one_line(err, "attention", "1..8")
+    assert not (tmp_path / "p").exists()

@@ -75,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed, default=None, help=f"random seed, 0 to {SEED_MAX} (default {PackageConfig.seed})")
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
                                                               "(default: edgekit's policy_default.json)")
+    p.add_argument("--attention-downsample", type=int, default=None, metavar="N",
+                   help="every bundle's UNet attends to keys and values average-pooled by N per side at its "
+                        "highest resolution (training-free; bench measures its fidelity cost); 1 = off (default)")
     p.add_argument("--out", type=Path, required=True,
                    help="output directory: new, empty, or an earlier package output (resumed; damaged stages rerun)")
     p.add_argument("--force", action="store_true",
@@ -94,7 +97,7 @@ def config_from_args(args):
              "calib_steps": args.calib_steps,
              "samples": args.samples, "clip": None if args.clip is None else str(args.clip),
              "prompts": None if args.prompts is None else str(args.prompts), "repeats": args.repeats,
-             "seed": args.seed,
+             "seed": args.seed, "attention_downsample": args.attention_downsample,
              "policy": None if args.policy is None else read_json(args.policy, "--policy"),
              "precisions": None if args.precision is None else dict(args.precision)}
     given = {key: value for key, value in flags.items() if value is not None}
