@@ -288,12 +288,10 @@ def _write_checked(bundle_dir: Path, manifest: dict, files: dict) -> dict:
 
 
 def _parse_manifest(path: Path, flag: str) -> dict:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+    from edgekit.safe_read import read_json
+
+    # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
+    manifest = read_json(path, "bundle manifest")
     if not isinstance(manifest, dict):
         raise InputError(f"{path}: expected a JSON object")
     return manifest
@@ -307,14 +305,14 @@ def read_manifest(bundle_dir: Path | str, flag: str = "BUNDLE", checked: bool = 
     bundle_dir = Path(bundle_dir)
     if not checked:
         path = bundle_dir / MANIFEST if bundle_dir.is_dir() else bundle_dir
-        if not path.is_file():
+        if not path.exists():  # a FIFO or device is named by _parse_manifest, never opened
             raise InputError(f"{flag} {bundle_dir}: no {MANIFEST} (expected a bundle directory written by "
                              "`edgekit export`, or its manifest.json)")
         return _parse_manifest(path, flag)
     if not bundle_dir.is_dir():
         raise InputError(f"{flag} {bundle_dir}: no such directory (expected a bundle written by edgekit export)")
     path = bundle_dir / MANIFEST
-    if not path.is_file():
+    if not path.exists():  # a FIFO or device is named by _parse_manifest, never opened
         raise InputError(f"{flag} {bundle_dir}: {MANIFEST} missing (not a finished bundle)")
     manifest = _parse_manifest(path, flag)
     check_manifest(manifest, str(path))
@@ -381,6 +379,7 @@ def check_manifest(m, where: str) -> None:
         for f in entry["files"]:
             if m["files"] and f not in m["files"] and not any(k.startswith(f.rstrip("/") + "/") for k in m["files"]):
                 raise InputError(f"{where}: {label} names {f}, which the files list lacks")
+        _check_providers(m, entry.get("providers"), label, where)
     geometry = m["geometry"]
     for key in ("image_size", "latent_shape", "vae_scale_factor", "vae_scaling_factor"):
         if key not in geometry:
@@ -427,6 +426,25 @@ def check_manifest(m, where: str) -> None:
         if not isinstance(steps, int) or isinstance(steps, bool) or str(steps) not in s["schedules"]:
             raise InputError(f"{where}: table row {i} names {steps!r} steps, which have no schedule in the bundle "
                              f"(schedules {sorted(s['schedules'], key=int)})")
+
+
+EXECUTION_PROVIDERS = ("wasm", "webgpu")  # onnxruntime-web's, as a manifest entry's providers name them
+
+
+def _check_providers(m: dict, providers, label: str, where: str) -> None:
+    """An ONNX entry's optional ``providers``: {execution provider: {file, files, precision, ...}}, the graph the
+    page loads on that provider instead of the entry's own (edgekit.targets.ort_webgpu)."""
+    if providers is None:
+        return
+    if not isinstance(providers, dict) or not set(providers) <= set(EXECUTION_PROVIDERS):
+        raise InputError(f"{where}: {label}.providers should be an object keyed by {EXECUTION_PROVIDERS}")
+    for ep, alt in providers.items():
+        if not (isinstance(alt, dict) and isinstance(alt.get("file"), str) and isinstance(alt.get("files"), list)
+                and alt["file"] in alt["files"] and isinstance(alt.get("precision"), str)):
+            raise InputError(f"{where}: {label}.providers.{ep} should be {{file, files (holding file), precision}}")
+        for f in alt["files"]:
+            if m["files"] and f not in m["files"]:
+                raise InputError(f"{where}: {label}.providers.{ep} names {f}, which the files list lacks")
 
 
 def _key_or_none(width) -> str | None:

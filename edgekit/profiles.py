@@ -23,6 +23,12 @@ LITERT_INT8_OPS = ("*", "CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "DEPTHWISE
 # ahead (LiteRT int16x8), or int8 ranges taken from each call's own values at run time (dynamic range).
 LITERT_ACTIVATIONS = ("int8", "int16", "dynamic")
 BATCHING = ("batch2", "two-calls")
+# The ONNX opsets edgekit's exporter (torch.onnx's TorchScript exporter, edgekit.onnx_export) writes these
+# models in: scaled-dot-product attention needs opset 14, and that exporter stops at 20.
+EXPORT_OPSETS = (14, 20)
+# A file cap below 1 MiB cannot be honoured: one weight tensor of the smallest model is larger, and a tensor is
+# never split across chunks.
+MIN_FILE_MB = 1.0
 LAYOUTS = ("NCHW", "NHWC")
 
 
@@ -128,6 +134,14 @@ class Tolerances(_Strict):
     palettize6: float = 0.2
     w8a8: float = 0.2
     mixed: float = 0.3
+
+    def __post_init__(self):
+        import math
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value <= 0:
+                raise InputError(f"tolerance.{f.name} {value}: expected a finite relative error > 0")
 
     def for_precision(self, precision: str) -> float:
         return float(getattr(self, precision.partition(":")[0]))
@@ -269,6 +283,9 @@ class TargetProfile(_Strict):
     ops: OpRules = field(default_factory=OpRules)
     tolerance: Tolerances = field(default_factory=Tolerances)
     verify_in_node: bool = False  # ort-web: also run each graph in onnxruntime-web under Node
+    # ort-web: also run each graph in headless Chromium on wasm and WebGPU and record per-EP results (the page
+    # runs a graph on WebGPU only where that check passed)
+    verify_in_browser: bool = False
     # ort-web / onnx: these components' attention blocks as one com.microsoft MultiHeadAttention node each (no
     # full score matrix; edgekit.targets.ort_attention)
     fused_attention: tuple[str, ...] = ()
@@ -294,10 +311,14 @@ class TargetProfile(_Strict):
             raise InputError(f"precision '{self.precision}' is not among precisions {list(self.precisions)}")
         _choice(self.guidance_batching, BATCHING, "guidance_batching")
         _choice(self.layout, LAYOUTS, "layout")
-        if not 7 <= self.opset <= 23:
-            raise InputError(f"opset {self.opset}: expected 7..23")
-        if self.max_file_mb <= 0:
-            raise InputError(f"max_file_mb {self.max_file_mb}: expected a positive number")
+        lo, hi = EXPORT_OPSETS
+        if not lo <= self.opset <= hi:
+            raise InputError(f"opset {self.opset}: expected {lo}..{hi} (the opsets edgekit's ONNX exporter writes)")
+        import math
+
+        if not math.isfinite(self.max_file_mb) or self.max_file_mb < MIN_FILE_MB:
+            raise InputError(f"max_file_mb {self.max_file_mb}: expected a finite number of at least {MIN_FILE_MB:g} "
+                             "(MiB; a weight tensor is never split across files)")
         from edgekit.components import CALIB_COMPONENTS  # what INT8 can quantize (calibration captures it)
 
         for name in self.int8_float_activations:
@@ -312,6 +333,9 @@ class TargetProfile(_Strict):
                 raise InputError(f"{key} {value!r}: expected a whole number in 1..8")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
+        from edgekit.limits import check_step_counts
+
+        check_step_counts(self.steps)
 
     @property
     def unet_batch(self) -> int:
@@ -319,16 +343,13 @@ class TargetProfile(_Strict):
 
     @classmethod
     def from_yaml(cls, path: Path | str, flag: str = "--profile") -> "TargetProfile":
-        import yaml
+        from edgekit.safe_read import read_yaml
 
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"{flag} {path}: no such file (expected a target profile YAML, see targets/)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{flag} {path}: not valid YAML ({first})") from None
+        # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
+        data = read_yaml(path, "target profile YAML", param=flag)
         return cls.from_dict(data, where=str(path))
 
     def with_precision(self, precision: str | None) -> "TargetProfile":

@@ -38,6 +38,8 @@ def register(sub) -> None:
     v.add_argument("bundle", type=Path, metavar="BUNDLE")
     v.add_argument("--files-only", action="store_true", help="skip re-running the components")
     v.add_argument("--node", action="store_true", help="run ONNX components in onnxruntime-web under Node")
+    v.add_argument("--browser", action="store_true", help="run ONNX components in headless Chromium on wasm and "
+                   "WebGPU (SwiftShader where there is no GPU); needs the Debian package chromium")
     add_json_flag(v)
     v.set_defaults(func=run_verify)
 
@@ -57,8 +59,9 @@ def run_export(args) -> int:
                             steps=args.steps, guidance=args.guidance)
     with progress() as bar:
         manifest = export_bundle(request, bar)
-    lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, "
-             f"{sum(f['bytes'] for f in manifest['files'].values()) / 2**20:.1f} MiB, {len(manifest['files'])} files)"]
+    on_disk = bytes_on_disk(Path(args.out), manifest)
+    lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, {on_disk / 2**20:.1f} MiB on disk, "
+             f"{len(manifest['files'])} files)"]
     summary = []
     from edgekit.bundle import component_entries, entry_label, lookup
 
@@ -69,23 +72,44 @@ def run_export(args) -> int:
         summary.append({"component": entry_label(name, width), "file": entry["file"], "bytes": entry["bytes"],
                         "checks": record["checks"]})
     emit({"out": str(Path(args.out).resolve()), "target": manifest["target"], "precision": manifest["precision"],
-          "components": summary}, args.json, lines)
+          "bytes_on_disk": on_disk, "components": summary}, args.json, lines)
     return 0
+
+
+def bytes_on_disk(root: Path, manifest: dict) -> int:
+    """The bytes the manifest's files take on disk: a file hard-linked under several names (the onnx target's
+    pipeline views) counts once."""
+    seen, total = set(), 0
+    for rel in manifest["files"]:
+        st = (root / rel).stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
 
 
 def run_verify(args) -> int:
     from edgekit.runtime.verify import verify
 
     with progress():
-        result = verify(args.bundle, numeric=not args.files_only, node=args.node)
+        result = verify(args.bundle, numeric=not args.files_only, node=args.node, browser=args.browser)
     lines = [f"{args.bundle}: {result['files']} files match manifest.json"]
     for c in result["checks"]:
         lines.append(f"  {c['component']:14s} {describe_check(c)}")
+    if args.browser:
+        refused = [f"{c['component']} ({c['provider']})" for c in result["checks"] if c.get("passed") is False]
+        lines.append(f"  the page will not run: {', '.join(refused)}" if refused else "  every component passed on "
+                     "every execution provider")
     emit(result, args.json, lines)
     return 0
 
 
 def describe_check(c: dict) -> str:
+    if "error" in c:
+        return f"{c['runtime']}: FAILED ({c['error']})"
+    if "passed" in c and "rel_err" in c:
+        return (f"{c['runtime']}: rel-err {c['rel_err']:.2e} ({'ok' if c['passed'] else 'FAILED'}, tolerance "
+                f"{c['tolerance']:.2g}, {c.get('precision', '?')} {c.get('file', '')})")
     if "rel_err" in c:
         return f"{c['runtime']}: rel-err {c['rel_err']:.2e}"
     if "skipped" in c:

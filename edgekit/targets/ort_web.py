@@ -21,6 +21,7 @@ from edgekit.profiles import TargetProfile
 from edgekit.targets.base import ComponentJob, Target
 
 MODEL_FILE = "model.onnx"
+WEBGPU_FILE = "model.webgpu.onnx"  # beside MODEL_FILE: the graph for onnxruntime-web's WebGPU EP, where it differs
 
 
 def split_external_data(path: Path, cap_bytes: int) -> list[dict]:
@@ -37,6 +38,10 @@ def split_external_data(path: Path, cap_bytes: int) -> list[dict]:
         if not tensor.HasField("raw_data") or len(tensor.raw_data) < 1024:
             continue
         size = len(tensor.raw_data)
+        if size > cap_bytes:  # the profile's cap is honoured or refused, never exceeded silently
+            raise InputError(f"{path}: weight tensor '{tensor.name}' holds {size / 2**20:.2f} MiB, over the profile's "
+                             f"max_file_mb {cap_bytes / 2**20:g} (a tensor is never split across files); raise "
+                             "max_file_mb")
         if not chunks or chunks[-1] + size > cap_bytes:
             chunks.append(0)
         chunks[-1] += size
@@ -142,7 +147,27 @@ class OrtWebTarget(Target):
             entry["external_data"] = [{"file": f"{job.rel_dir}/{c['file']}", "bytes": c["bytes"]} for c in external]
             entry["join"] = ("onnxruntime-web: InferenceSession.create(model.onnx, {externalData: [{path: <file name>, "
                              "data: <fetched bytes>} per chunk]}); each tensor names its chunk")
+        self._add_webgpu_graph(job, folder, entry)
         return entry
+
+    @staticmethod
+    def _add_webgpu_graph(job: ComponentJob, folder: Path, entry: dict) -> None:
+        """A QDQ graph's WebGPU form (edgekit.targets.ort_webgpu) beside it, named in ``entry["providers"]``; the
+        page loads it on WebGPU only where the browser check passed it. Float graphs run there as they are."""
+        from edgekit.targets.ort_webgpu import needs_webgpu_graph, write_webgpu_graph
+
+        path = folder / MODEL_FILE
+        if not needs_webgpu_graph(path):
+            return
+        counts = write_webgpu_graph(path, folder / WEBGPU_FILE)
+        rel = f"{job.rel_dir}/{WEBGPU_FILE}"
+        shared = entry["files"][1:]  # external weight chunks: both graphs name the same files
+        gpu = {"file": rel, "files": [rel] + shared, "precision": job.precision,
+               "bytes": (folder / WEBGPU_FILE).stat().st_size + sum((folder / Path(f).name).stat().st_size for f in shared),
+               "rewrite": {"by": "edgekit.targets.ort_webgpu.rewrite_qdq_for_webgpu", **counts}}
+        if "external_data" in entry:
+            gpu["external_data"] = entry["external_data"]
+        entry["providers"] = {"webgpu": gpu}
 
     def _quantize_int8(self, job: ComponentJob, work: Path) -> Path:
         """The quantize stage's own per-component route (``edgekit.quantize.quantize_component`` with the
@@ -165,10 +190,22 @@ class OrtWebTarget(Target):
         from edgekit.runtime.runners import OrtRunner, compare
 
         runner = OrtRunner(stage / entry["file"])
-        return [{"runtime": runner.runtime, **compare(runner.run(inputs), expected)}]
+        checks = [{"runtime": runner.runtime, **compare(runner.run(inputs), expected)}]
+        gpu = entry.get("providers", {}).get("webgpu")
+        if gpu:  # the WebGPU graph's arithmetic, here on the CPU (the browser check runs it on WebGPU)
+            other = OrtRunner(stage / gpu["file"])
+            checks.append({"runtime": f"{other.runtime}: {WEBGPU_FILE}", **compare(other.run(inputs), expected)})
+        return checks
 
     def finish(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
-        """Replay every graph in onnxruntime-web under Node, as the page would load it."""
+        """Replay every graph in onnxruntime-web under Node, as the page would load it, and (the profile's
+        verify_in_browser) in headless Chromium on wasm and WebGPU."""
+        manifest = self._verify_in_node(stage, manifest, profile)
+        if profile.verify_in_browser:
+            manifest = record_browser_checks(stage, manifest)
+        return manifest
+
+    def _verify_in_node(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
         if not profile.verify_in_node:
             return manifest
         from edgekit.bundle import lookup
@@ -194,6 +231,43 @@ class OrtWebTarget(Target):
                 if name == "unet":
                     manifest["sampling"]["batching"] = "two-calls"
         return manifest
+
+
+BROWSER_KEYS = ("provider", "file", "precision", "rel_err", "max_abs_err", "tolerance", "passed", "load_ms", "run_ms",
+                "rows_per_call", "error")
+
+
+def record_browser_checks(bundle_dir: Path, manifest: dict) -> dict:
+    """Every ONNX graph of the bundle in headless Chromium on wasm and WebGPU (edgekit.runtime.browser);
+    each verification record gets ``providers: {wasm: {...}, webgpu: {...}}`` with the rel-err, tolerance and
+    ``passed``. A wrong or failing WebGPU result is recorded as not passed (the page then runs that component on
+    wasm); a wrong wasm result is a VerificationError. Without Chromium every record says why it was skipped."""
+    from edgekit.bundle import lookup
+    from edgekit.runtime.browser import browser_missing, check_bundle_in_browser
+
+    why = browser_missing()
+    records = []
+    for name, comp in manifest["verification"].items():
+        records += [(f"{name}@{w}", r) for w, r in comp["widths"].items()] if "widths" in comp else [(name, comp)]
+    if why:
+        for _, record in records:
+            record["providers"] = {"skipped": why}
+        return manifest
+    answer = check_bundle_in_browser(bundle_dir)
+    for result in answer["results"]:
+        if "skipped" in result:
+            continue
+        name, _, width = result["component"].partition("@")
+        record = lookup(manifest["verification"], name, width or None)
+        if result["provider"] == "wasm" and not result["passed"]:
+            raise VerificationError(f"{result['component']}: onnxruntime-web (Chromium, wasm) "
+                                    + (result["error"] if "error" in result else
+                                       f"rel-err {result['rel_err']:.3g} > tolerance {result['tolerance']:.3g}"))
+        record.setdefault("providers", {})[result["provider"]] = {
+            "runtime": f"onnxruntime-web (Chromium {answer['chromium']}, {result['provider']})",
+            **({"adapter": answer["adapter"]} if result["provider"] == "webgpu" else {}),
+            **{k: result[k] for k in BROWSER_KEYS if k in result and k != "provider"}}
+    return manifest
 
 
 def _check_graph_inputs(path: Path, spec, label: str) -> None:

@@ -37,8 +37,10 @@ def _attr(node, name, default=None):
     return default
 
 
-def rewrite_qdq_for_webgpu(model):
-    """A new ModelProto with the rewrite above; returns (model, {what: count})."""
+def rewrite_qdq_for_webgpu(model, base_dir: Path | None = None):
+    """A new ModelProto with the rewrite above; returns (model, {what: count}). A graph loaded without its
+    external data (``base_dir``: where that data lies) keeps naming the same weight files for the weights the
+    rewrite leaves alone, so the two graphs share them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -59,7 +61,7 @@ def rewrite_qdq_for_webgpu(model):
         return name
 
     def array(name):
-        return numpy_helper.to_array(inits[name])
+        return numpy_helper.to_array(inits[name], str(base_dir) if base_dir else "")
 
     for k, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear" or node.domain not in QDQ_DOMAINS:
@@ -73,10 +75,13 @@ def rewrite_qdq_for_webgpu(model):
         zero = array(z) if z else np.zeros((), array(x).dtype if x in inits else np.uint8)
         tag = node.output[0]
         if x in inits:  # a constant weight (or bias)
-            q = array(x)
-            if q.dtype == np.int32 or (q.dtype == np.int8 and scale.size > 1):
+            kind = inits[x].data_type
+            if kind == TensorProto.INT32 or (kind == TensorProto.INT8 and scale.size > 1):
                 continue  # int32 biases and per-channel int8: right on WebGPU as they are
+            q = array(x)
+            same_q = True
             if q.dtype == np.uint8:
+                same_q = False
                 q = (q.astype(np.int16) - 128).astype(np.int8)
                 zero = (zero.astype(np.int16) - 128).astype(np.int8)
                 counts["uint8 weights to int8"] += 1
@@ -93,7 +98,7 @@ def rewrite_qdq_for_webgpu(model):
                 scale = np.full(q.shape[axis], scale.reshape(()), np.float32)
                 zero = np.full(q.shape[axis], zero.reshape(()), np.int8)
                 counts["per-tensor weights as per-channel"] += 1
-            inputs = [const(f"{tag}__webgpu_q", q), const(f"{tag}__webgpu_s", scale), const(f"{tag}__webgpu_z", zero)]
+            inputs = [x if same_q else const(f"{tag}__webgpu_q", q), const(f"{tag}__webgpu_s", scale), const(f"{tag}__webgpu_z", zero)]
             replace[k] = [helper.make_node("DequantizeLinear", inputs, list(node.output), name=f"{node.name}__webgpu",
                                            axis=axis)]
             continue
@@ -140,10 +145,10 @@ def write_webgpu_graph(src: Path, dst: Path) -> dict:
     """``rewrite_qdq_for_webgpu`` of the graph at ``src``, written to ``dst``; returns what was rewritten."""
     import onnx
 
-    model = onnx.load(str(src))
-    out, counts = rewrite_qdq_for_webgpu(model)
+    model = onnx.load(str(src), load_external_data=False)
+    out, counts = rewrite_qdq_for_webgpu(model, Path(src).parent)
     onnx.checker.check_model(out)
-    onnx.save_model(out, str(dst))
+    onnx.save_model(out, str(dst))  # weights in external files stay there, named by the same locations
     return counts
 
 
