@@ -45,6 +45,13 @@ class CalibrationConfig:
             raise InputError("expected a positive whole number", param="steps", value=self.steps)
         if self.samples is not None and self.samples <= 0:
             raise InputError("expected a positive whole number", param="samples", value=self.samples)
+        from edgekit.limits import MAX_SAMPLES, MAX_STEPS, check_at_most, check_samples
+
+        if self.samples is not None:
+            check_samples(self.samples)
+        else:  # one image per prompt
+            check_at_most(len(self.prompts), MAX_SAMPLES, "prompts", "prompts (one image each)")
+        check_at_most(self.steps, MAX_STEPS, "steps", "sampling steps")
         unknown = set(self.max_rows) - set(CALIB_COMPONENTS)
         if unknown:
             raise InputError(f"unknown calibration component(s) {sorted(unknown)}; known: {list(CALIB_COMPONENTS)}")
@@ -62,10 +69,9 @@ def default_prompts_file(model_dir: Path | None = None) -> Path:
     (edgekit_defaults.json "calibration_prompts", relative to the directory; prune, slim and quantize
     outputs copy it), else the general set written for any model (calibration_data/general_prompts.txt).
     ``None`` is the embedded default model."""
-    import json
-
     from edgekit.constants import EDGEKIT_DEFAULTS
     from edgekit.errors import ModelFormatError
+    from edgekit.safe_read import read_json
 
     if model_dir is None:
         from edgekit.pipeline import default_model_dir
@@ -74,10 +80,7 @@ def default_prompts_file(model_dir: Path | None = None) -> Path:
     path = Path(model_dir) / EDGEKIT_DEFAULTS
     if not path.is_file():
         return GENERAL_PROMPTS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json(path, error=ModelFormatError, invalid="not a readable JSON file")
     name = data.get(PROMPTS_FIELD) if isinstance(data, dict) else None
     if name is None:
         return GENERAL_PROMPTS_FILE
@@ -85,6 +88,14 @@ def default_prompts_file(model_dir: Path | None = None) -> Path:
     if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or not declared.is_file():
         raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' is {name!r}, expected the name of a prompts file inside "
                                f"{model_dir}")
+    # the name is checked as text above; a symlink (or a linked folder on its way) may still lead out
+    try:
+        real, root = declared.resolve(strict=True), Path(model_dir).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' {name!r} cannot be resolved ({exc})") from None
+    if root not in real.parents:
+        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' {name!r} is a symlink to {real}, outside {root}; expected "
+                               "a prompts file inside the model directory")
     return declared
 
 
@@ -93,20 +104,20 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
     JSON string: ``""`` is the empty prompt (the one guidance runs), ``"# not a comment"`` keeps its '#'."""
     import json
 
+    from edgekit.safe_read import MAX_TEXT_BYTES, lone_surrogate, read_bytes
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file (expected a text file, one prompt per line)", param=flag, value=path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror or exc})", param=flag, value=path) from None
+    what = "text file, one prompt per line"
+    # bounded: a regular file (a FIFO is refused by its type, never waited on) of at most MAX_TEXT_BYTES
+    data = read_bytes(path, MAX_TEXT_BYTES, what, param=flag)
     if b"\0" in data:
         raise InputError("a binary file (NUL bytes), expected UTF-8 text with one prompt per line",
                          param=flag, value=path)
     try:
-        lines = data.decode("utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text (expected one prompt per line)", param=flag, value=path) from None
+    lines = text.removeprefix("\ufeff").splitlines()  # a byte-order mark is no part of the first line
     prompts, comments = [], 0
     for number, line in enumerate(lines, 1):
         text = line.strip()
@@ -121,6 +132,9 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
             except json.JSONDecodeError as exc:
                 raise InputError(f"line {number} is not a valid quoted prompt ({exc.msg})",
                                  param=flag, value=path) from None
+            if not isinstance(text, str) or lone_surrogate(text) is not None:
+                raise InputError(f"line {number} is not a quoted prompt of valid Unicode text (a lone UTF-16 "
+                                 "surrogate escape, or not a JSON string)", param=flag, value=path)
         prompts.append(text)
     if not prompts:
         what = f"only comments ({comments} comment line{'s' if comments != 1 else ''})" if comments else "empty"
@@ -209,9 +223,7 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
 
     from edgekit.pipeline import generate
 
-    n = config.samples or len(config.prompts)
-    prompts = [config.prompts[i % len(config.prompts)] for i in range(n)]
-    seeds = [config.seed + i for i in range(n)]
+    n = config.samples or len(config.prompts)  # at most MAX_SAMPLES (CalibrationConfig)
     rng = np.random.default_rng(config.seed)
     # kept rows wait on disk beside the shards (hidden folders, removed once the shards are written)
     reservoirs = {name: Reservoir(int(config.max_rows.get(name, 256)), rng, spill_dir=Path(out_dir) / f".rows-{name}")
@@ -225,7 +237,8 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
         for start in range(0, n, config.batch_size):
             state["step"] = 0
             state["prompt_batch"] = start
-            generate(pipe, prompts[start:start + config.batch_size], seeds[start:start + config.batch_size],
+            batch = range(start, min(start + config.batch_size, n))  # each batch's prompts and seeds built as it runs
+            generate(pipe, [config.prompts[i % len(config.prompts)] for i in batch], [config.seed + i for i in batch],
                      config.steps, config.guidance_scale, batch_size=config.batch_size)
             if task is not None:
                 progress.update(task, advance=min(config.batch_size, n - start))
@@ -316,10 +329,10 @@ def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str
     config_path = model_dir / "unet" / "config.json"
     if unet is None or not config_path.is_file():
         return
-    try:
-        dim = unet_guidance_dim(json.loads(config_path.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    config = _read_config(config_path)
+    if config is None:
         return  # the model's own checks name an unreadable config
+    dim = unet_guidance_dim(config)
     captured = (unet.get("inputs") or {}).get("timestep_cond")
     shape = captured.get("shape") if isinstance(captured, dict) else captured
     if dim and shape != [dim]:
@@ -334,9 +347,11 @@ def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str
 
 
 def _read_config(path: Path) -> dict | None:
+    from edgekit.safe_read import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except InputError:
         return None  # the model's own checks name an unreadable config
     return data if isinstance(data, dict) else None
 

@@ -196,6 +196,14 @@ class PackageConfig:
                                                              for s in self.steps)):
             raise InputError("expected positive whole numbers of sampling steps", param="steps",
                              value=",".join(str(s) for s in self.steps))
+        from edgekit.limits import MAX_STEPS, check_at_most, check_repeats, check_samples, check_step_counts
+
+        check_samples(self.samples)  # every limit named before the first stage runs (edgekit.limits)
+        check_samples(self.calib_samples, "calib_samples")
+        check_repeats(self.repeats)
+        check_at_most(1 if self.calib_steps is None else self.calib_steps, MAX_STEPS, "calib_steps", "sampling steps")
+        if self.steps is not None:
+            check_step_counts(self.steps)
         if (isinstance(self.attention_downsample, bool) or not isinstance(self.attention_downsample, int)
                 or not 1 <= self.attention_downsample <= 8):
             raise InputError("expected a whole number in 1..8 (1 = off)", param="attention_downsample",
@@ -251,14 +259,11 @@ class PackageConfig:
     @classmethod
     def from_yaml(cls, path: Path | str, base: "PackageConfig | None" = None) -> "PackageConfig":
         """A YAML (or JSON) file of ``to_dict``'s fields, any subset; an error names the file and the field."""
-        import yaml
+        from edgekit.safe_read import read_yaml
 
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"not a readable YAML file ({reason})", param="config_file", value=path) from None
+        # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
+        data = read_yaml(path, "package config YAML", param="config_file", invalid="not a readable YAML file")
         try:
             return cls.from_dict({} if data is None else data, base)
         except InputError as exc:

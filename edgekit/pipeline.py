@@ -37,8 +37,13 @@ def default_model_dir() -> Path:
     return PIPELINE_DIR
 
 
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
 def check_safetensors(path: Path) -> None:
     """Raise ModelFormatError unless ``path`` is a complete safetensors file (header and data sizes agree)."""
+    from edgekit.safe_read import parse_json
+
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
@@ -48,7 +53,12 @@ def check_safetensors(path: Path) -> None:
             (header_len,) = struct.unpack("<Q", head)
             if header_len <= 0 or 8 + header_len > size:
                 raise ValueError(f"header length {header_len} exceeds the file size {size}")
-            header = json.loads(fh.read(header_len))
+            if header_len > SAFETENSORS_MAX_HEADER:
+                raise ValueError(f"header length {header_len} is over the format's {SAFETENSORS_MAX_HEADER}-byte limit")
+            try:  # bounded like every JSON edgekit reads (depth, integer digits)
+                header = parse_json(fh.read(header_len).decode("utf-8"), "its JSON header", "safetensors header")
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
         if not isinstance(header, dict):
             raise ValueError(f"its JSON header is a {type(header).__name__}, expected an object of tensors")
         ends = []
@@ -69,12 +79,9 @@ def check_safetensors(path: Path) -> None:
 def read_json_object(path: Path, error: type[InputError] = ModelFormatError) -> dict:
     """A file that must hold one JSON object (a model's config, a calibration meta.json), or ``error`` naming it
     and what is wrong."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: not valid JSON ({exc})") from None
+    from edgekit.safe_read import read_json
+
+    data = read_json(path, error=error)  # bounded: a regular file, its size, depth and numbers
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got a {type(data).__name__}")
     return data
@@ -98,10 +105,12 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
         raise InputError("no such directory", param=param, value=path)
     if not path.is_dir():
         raise InputError("expected a diffusers pipeline directory, got a file", param=param, value=path)
+    from edgekit.model_checks import check_inside, check_model_configs
+
     index_path = path / MODEL_INDEX
     if not index_path.is_file():
         raise ModelFormatError(f"not a diffusers pipeline directory ({MODEL_INDEX} missing)", param=param, value=path)
-    index = read_json_object(index_path)
+    index = read_json_object(check_inside(index_path, path))
     for component in PIPELINE_COMPONENTS:
         entry = index.get(component)
         if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
@@ -113,6 +122,7 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
         if not (path / component).is_dir():
             raise ModelFormatError(f"component folder '{component}/' missing", param=param, value=path)
         for json_file in sorted((path / component).glob("*.json")):  # configs, tokenizer files: all objects
+            check_inside(json_file, path)
             read_json_object(json_file)
     for component in WEIGHT_COMPONENTS:
         config_path = path / component / "config.json"
@@ -124,6 +134,7 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
             raise ModelFormatError(f"{path / component}: no weights file (*.safetensors or *.bin)")
         if weights.suffix == SAFETENSORS_SUFFIX:
             check_safetensors(weights)
+    check_model_configs(path, index)  # what the configs claim, against each other (edgekit.model_checks)
     return path
 
 
@@ -153,11 +164,18 @@ def sampling_defaults(model_dir: Path) -> SamplingDefaults:
     offered = data.get("offered_steps")
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise ModelFormatError(f"{path}: guidance_scale {guidance!r}: expected a finite number")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number")
+    from edgekit.limits import MAX_STEPS, check_step_counts
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 < steps <= MAX_STEPS:
+        raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number up to {MAX_STEPS:,}")
     if offered is not None and (not isinstance(offered, list) or not offered
                                 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in offered)):
         raise ModelFormatError(f"{path}: offered_steps {offered!r}: expected a non-empty list of positive whole numbers")
+    if offered is not None:
+        try:
+            check_step_counts(offered)
+        except InputError as exc:
+            raise ModelFormatError(f"{path}: offered_steps: {exc.worded(None)}") from None
     return SamplingDefaults(guidance_scale=float(guidance), steps=steps,
                             offered_steps=tuple(sorted(set(offered))) if offered else None)
 
@@ -178,6 +196,9 @@ def scheduler_config(model_dir: Path) -> dict:
 def _scheduler_from_config(config: dict):
     import diffusers
 
+    from edgekit.model_checks import check_scheduler_config
+
+    check_scheduler_config(config, "scheduler config")  # its table sizes bounded before diffusers allocates them
     name = config.get("_class_name")
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is None or not hasattr(cls, "set_timesteps"):
@@ -215,7 +236,9 @@ def max_scheduler_steps(config: dict) -> int:
     """The largest step count up to the scheduler's num_train_timesteps that it takes with finite latents
     (the count below the top first: the usual failure is the top count alone repeating a timestep; else
     bisection, as a scheduler that fails does so from some count upwards)."""
-    limit = int(_scheduler_from_config(config).config.num_train_timesteps)
+    from edgekit.limits import MAX_STEPS
+
+    limit = min(int(_scheduler_from_config(config).config.num_train_timesteps), MAX_STEPS)
     text = json.dumps(config, sort_keys=True, default=str)
     for count in (limit, limit - 1):
         if count >= 1 and _scheduler_stays_finite(text, count):
@@ -311,33 +334,41 @@ def _diffusers_log_level(level: int):
 
 
 def check_steps(steps: int, param: str = "steps") -> int:
+    from edgekit.limits import MAX_STEPS, check_at_most
+
     if not isinstance(steps, int) or steps <= 0:
         raise InputError("expected a positive whole number of sampling steps", param=param, value=steps)
-    return steps
+    return check_at_most(steps, MAX_STEPS, param, "sampling steps")
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float,
-             batch_size: int = 50, on_batch=None) -> np.ndarray:
-    """Run the pipeline; image i uses its own generator seeded with seeds[i], so it does not depend on
-    how the prompts are batched. Returns (N, H, W, 3) float32 in [0, 1].
+             batch_size: int = 50, on_batch=None, latent_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Run the pipeline; image i draws its noise from edgekit.noise for seeds[i] (initial latents, and a
+    stochastic scheduler's step noise), the generator every bundle runtime uses, so one seed is one image in
+    torch and on every device, however the prompts are batched. ``latent_shape``: (C, h, w), default the
+    UNet's sample size. Returns (N, H, W, 3) float32 in [0, 1].
 
     A step count the scheduler cannot take is refused first (InputError); an image holding NaN or Inf
     raises NumericError naming it, never returned (it would be saved as a black picture)."""
     import torch
+
+    from edgekit.noise import diffusers_noise, initial_latents, latent_shape_of
 
     check_scheduler_steps({**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}, steps)
     if not math.isfinite(guidance_scale):
         raise InputError("expected a finite number", param="guidance", value=guidance_scale)
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
+    shape = tuple(latent_shape) if latent_shape is not None else latent_shape_of(pipe)
     images = []
     for start in range(0, len(prompts), batch_size):
-        chunk = slice(start, start + batch_size)
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[chunk]]
-        with torch.inference_mode():
-            out = pipe(prompt=prompts[chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       generator=generators, output_type="np")
-        batch = out.images.astype(np.float32)
+        chunk_seeds = [int(s) for s in seeds[start:start + batch_size]]
+        latents = torch.from_numpy(initial_latents(chunk_seeds, shape))
+        with torch.inference_mode(), diffusers_noise(pipe, chunk_seeds, shape) as count_step:
+            out = pipe(prompt=list(prompts[start:start + batch_size]), num_inference_steps=steps,
+                       guidance_scale=guidance_scale, latents=latents, callback_on_step_end=count_step,
+                       output_type="np")
+        batch = np.asarray(out.images, dtype=np.float32)
         finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
         if not finite.all():
             i = start + int(np.argmin(finite))
@@ -346,5 +377,5 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_sc
                                f"{len(batch)} images in its batch diverged")
         images.append(batch)
         if on_batch is not None:
-            on_batch(len(generators))
+            on_batch(len(chunk_seeds))
     return np.concatenate(images, axis=0)

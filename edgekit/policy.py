@@ -60,9 +60,23 @@ def _unknown_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
             raise InputError(f"{where}: unknown key '{key}'{hint}")
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past the float range (a 400-digit number)
+        return False
+
+
+def _shown(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _number(value, where: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise InputError(f"{where}: expected a finite number, got {_shown(value)}")
     if low is not None and (value < low or (low_open and value == low)):
         bound = f"> {low}" if low_open else f">= {low}"
         raise InputError(f"{where}: expected a number {bound}" + (f" and <= {high}" if high is not None else "")
@@ -296,6 +310,12 @@ def parse_table(rows, where: str = "table") -> tuple[Row, ...]:
         q = r["quality"]
         if not isinstance(q, dict) or "value" not in q or "ci95" not in q:
             raise InputError(f"{w}.quality: expected an object with 'value' and 'ci95' [low, high]; {_OLD_ROW_HINT}")
+        from edgekit.safe_read import MAX_LABEL_CHARS
+
+        for key, value in (("device", r.get("device", "")), ("quality.metric", q.get("metric", ""))):
+            if not isinstance(value, str) or len(value) > MAX_LABEL_CHARS:
+                raise InputError(f"{w}.{key}: expected a name of at most {MAX_LABEL_CHARS} characters, got "
+                                 f"{'a string of ' + format(len(value), ',') + ' characters' if isinstance(value, str) else _shown(value)}")
         row = Row(width=_number(r["width"], f"{w}.width", 0.0, 1.0, low_open=True), steps=steps,
                   latency_ms=_number(r["latency_ms"], f"{w}.latency_ms", 0.0, low_open=True),
                   quality=_number(q["value"], f"{w}.quality.value"),
@@ -489,13 +509,11 @@ def _worse(a: str, b: str) -> bool:
 
 def load_trace(path: Path) -> list[tuple[float, DeviceState]]:
     """A device trace: a JSON list of {"t", "battery_level", "charging", "low_power", "thermal"[, "headroom"]}."""
+    from edgekit.safe_read import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such file", param="trace", value=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON ({exc})", param="trace", value=path) from None
+    # bounded: a regular file (a FIFO or /dev/zero is refused, never read), its size, nesting and numbers
+    data = read_json(path, "device trace (JSON)", param="trace", invalid="not JSON")
     if not isinstance(data, list) or not data:
         raise InputError("expected a non-empty JSON list of samples {t, battery_level, charging, low_power, thermal}",
                          param="trace", value=path)

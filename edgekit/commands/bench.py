@@ -13,7 +13,7 @@ from edgekit.commands.common import add_json_flag, bounded_int, emit, progress, 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure latency and quality per (width, steps) with the bundle's own runtime "
                                      "and write the table into its manifest")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory (edgekit export / package)")
     p.add_argument("--steps", type=step_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
     p.add_argument("--widths", type=width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
@@ -64,8 +64,10 @@ def _run_locked(args) -> int:
         with progress() as bar:
             rows, runtime = measure(args.bundle, config, bar)
     latency_only = not all("quality" in r for r in rows)
+    from edgekit.safe_read import printable
+
     lines = [f"{args.bundle}: {len(rows)} rows {'imported' if args.import_table else 'measured'} ({runtime}) on "
-             f"{rows[0]['device']}",
+             f"{printable(rows[0]['device'])}",
              f"  {'width':>5} {'steps':>5} {'latency':>10}  quality"]
     for r in rows:
         lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms  "
@@ -90,6 +92,8 @@ def _quality_text(row: dict) -> str:
     q = row.get("quality")
     if isinstance(q, dict) and "value" in q:
         ci = q.get("ci95") or [q["value"], q["value"]]
-        return f"{q['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {q.get('metric', '')}".rstrip()
+        from edgekit.safe_read import printable
+
+        return f"{q['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {printable(q.get('metric', ''))}".rstrip()
     fd = row.get("frechet_distance")
     return f"accuracy {row.get('prompt_accuracy', float('nan')):.3f}" + ("" if fd is None else f", Frechet {fd:.2f}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.commands.common import (add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, emit,
-                                     positive_int, progress)
+                                     bounded_int, positive_int, progress)
 
 
 def register(sub) -> None:
@@ -15,11 +15,11 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=Path, default=None,
                    help="text file, one prompt per line (default: the prompts the model directory declares, "
                         "else calibration_data/general_prompts.txt)")
-    p.add_argument("--samples", type=positive_int, default=None, help="images to generate (prompts cycled)")
+    p.add_argument("--samples", type=bounded_int("MAX_SAMPLES", "images"), default=None, help="images to generate (prompts cycled)")
     p.add_argument("--max-rows-unet", type=positive_int, default=1024, help="bound on kept UNet input rows")
-    p.add_argument("--max-rows-text", type=positive_int, default=256)
-    p.add_argument("--max-rows-vae", type=positive_int, default=256)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-rows-text", type=positive_int, default=256, help="bound on kept text-encoder input rows")
+    p.add_argument("--max-rows-vae", type=positive_int, default=256, help="bound on kept VAE-decoder input rows")
+    p.add_argument("--out", type=Path, required=True, help="directory to write (shards + meta.json)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -11,19 +11,77 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text[:80]}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
     return value
 
 
+def bounded_int(limit_name: str, what: str):
+    """A flag type: a positive whole number of at most ``edgekit.limits.<limit_name>`` (``what`` it counts),
+    refused while the command line is parsed, before any model or bundle is read."""
+    def parse(text: str) -> int:
+        from edgekit import limits
+
+        value = positive_int(text)
+        limit = getattr(limits, limit_name)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value}: over the limit of {limit:,} {what}")
+        return value
+
+    parse.__name__ = f"at most {limit_name}"
+    return parse
+
+
+def thread_count(text: str) -> int:
+    """--threads: a positive whole number up to the CPUs this process may use."""
+    from edgekit.limits import cpu_count
+
+    value = positive_int(text)
+    if value > cpu_count():
+        raise argparse.ArgumentTypeError(f"{value}: more threads than the {cpu_count()} CPUs this process may use")
+    return value
+
+
+def prompt_text(text: str) -> str:
+    """--prompt: text a tokenizer can encode (a lone surrogate, left by bytes that are not UTF-8, is refused)."""
+    from edgekit.safe_read import lone_surrogate
+
+    at = lone_surrogate(text)
+    if at is not None:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text (a byte that is not UTF-8 at character {at}: "
+                                         f"{ascii(text)[:80]}); expected a UTF-8 prompt")
+    return text
+
+
 def _comma_parts(text: str, example: str) -> list[str]:
-    """The parts of a comma-separated flag value; an empty part (``4,,8``, a trailing comma) is refused."""
-    parts = [part.strip() for part in text.split(",")]
-    if not text.strip() or any(not part for part in parts):
+    """The parts of a list flag's value: comma-separated (``4,8,12``), spaces also separating (``"4 8 12"``,
+    ``"4, 8"``); an empty entry between commas (``4,,8``, a trailing comma) is refused."""
+    chunks = text.split(",")
+    if not text.strip() or any(not chunk.strip() for chunk in chunks):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list such as {example} with no empty "
                                          f"entries, got '{text}'")
-    return parts
+    return [part for chunk in chunks for part in chunk.split()]
+
+
+class ListFlag(argparse.Action):
+    """A list flag given as one comma-separated value or as several (``--widths 0.5,1.0`` = ``--widths 0.5 1.0``):
+    with ``nargs="+"``, each value parsed by the flag's type (a tuple), the parts joined into one tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(v for value in values for v in value))
+
+
+def list_flag(parse) -> dict:
+    """The add_argument keywords of a list flag whose values ``parse`` turns into tuples."""
+    return {"type": parse, "nargs": "+", "action": ListFlag}
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """--targets ort-web,tflite: names, no empty entries (each is checked by the command against its registry)."""
+    return tuple(_comma_parts(text, "ort-web,tflite"))
+
+
 
 
 def step_list(text: str) -> tuple[int, ...]:
@@ -35,7 +93,13 @@ def step_list(text: str) -> tuple[int, ...]:
             from None
     if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 4,8,12,20, got '{text}'")
-    return values
+    from edgekit.errors import InputError
+    from edgekit.limits import check_step_counts
+
+    try:
+        return check_step_counts(values)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.worded(None)) from None
 
 
 def number(text: str) -> float:
@@ -84,11 +148,13 @@ def add_seed_flag(p: argparse.ArgumentParser) -> None:
 
 def add_model_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None,
-                   help="local diffusers pipeline directory (default: the embedded tiny digits model)")
+                   help="local diffusers pipeline directory (default: the embedded tiny digits model; a hub model: "
+                        "huggingface-cli download ID --local-dir DIR first)")
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--steps", type=bounded_int("MAX_STEPS", "sampling steps"), default=None,
+                   help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=number, default=None, help="guidance scale (default: the model's)")
     add_seed_flag(p)
 
@@ -162,12 +228,10 @@ def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
 
 def read_json(path: Path, flag: str):
     """A JSON file given on the command line, or one InputError naming the flag."""
-    from edgekit.errors import InputError
+    from edgekit.safe_read import read_json as bounded_json
 
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{flag} {path}: not a readable JSON file ({exc})") from None
+    # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
+    return bounded_json(path, "JSON file", param=flag, invalid="not a readable JSON file")
 
 
 # Library parameter names whose flag is spelled differently (the rest: the flag is the name, "_" -> "-").
@@ -193,6 +257,9 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
         if action.option_strings and action.dest not in flags:
             flags[action.dest] = next((o for o in action.option_strings if o.startswith("--")),
                                       action.option_strings[0])
+        if isinstance(action, argparse._SubParsersAction):  # `policy simulate --trace`: the actions' own flags
+            for sub in action.choices.values():
+                flags = {**flags_of(sub), **flags}
     return flags
 
 

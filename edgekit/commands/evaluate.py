@@ -6,19 +6,23 @@ import argparse
 import time
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int, progress
+from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, bounded_int, emit, positive_int, progress
 
 DEFAULT_SAMPLES = 40
 
 
+_samples = bounded_int("MAX_SAMPLES", "images")
+
+
 def _per_digit(text: str) -> int:
-    return 10 * positive_int(text)
+    value = 10 * positive_int(text)
+    return _samples(str(value))
 
 
 def add_quality_flags(p: argparse.ArgumentParser, default_samples: int | None = DEFAULT_SAMPLES,
                       samples_help: str | None = None) -> None:
     """--samples, --clip (and --samples-per-digit, the digits model's older spelling of --samples)."""
-    p.add_argument("--samples", type=positive_int, default=default_samples,
+    p.add_argument("--samples", type=_samples, default=default_samples,
                    help=f"images per quality number (default {samples_help or default_samples}; at least 2 for an "
                         "interval)")
     p.add_argument("--samples-per-digit", dest="samples", type=_per_digit, default=argparse.SUPPRESS,

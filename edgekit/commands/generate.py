@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int
+from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int, prompt_text
 from edgekit.errors import InputError
 
 
@@ -36,7 +36,7 @@ def register(sub) -> None:
                         "instead of torch, as the device will")
     add_width_flag(p)
     add_sampling_flags(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", type=prompt_text, required=True, help="what to draw")
     p.add_argument("--out", type=_png_path, default=Path("out.png"), help="PNG file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--scale", type=_scale, default=1,

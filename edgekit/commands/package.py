@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.commands.common import (SEED_MAX, add_json_flag, emit, number, positive_int, progress, read_json, seed,
+from edgekit.commands.common import (SEED_MAX, add_json_flag, bounded_int, emit, number, positive_int, progress, read_json, seed,
                                      step_list, width_list)
 
 
@@ -59,9 +59,9 @@ def register(sub) -> None:
                         "edgekit_defaults.json offered_steps, else each profile's)")
     p.add_argument("--guidance", type=number, default=None,
                    help="guidance scale the bundles sample at; <= 1 turns guidance off (default: the model's)")
-    p.add_argument("--calib-samples", type=positive_int, default=None,
+    p.add_argument("--calib-samples", type=bounded_int("MAX_SAMPLES", "images"), default=None,
                    help=f"images generated per width for calibration (default {PackageConfig.calib_samples})")
-    p.add_argument("--calib-steps", type=positive_int, default=None,
+    p.add_argument("--calib-steps", type=bounded_int("MAX_STEPS", "sampling steps"), default=None,
                    help="sampling steps per calibration image (default: the model's default steps); fewer steps "
                         "make the capture shorter, the rows then cover that schedule's timesteps")
     from edgekit.commands.evaluate import add_quality_flags
@@ -70,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=Path, default=None,
                    help="calibration prompts, one per line (default: the model directory's declared prompts, else "
                         "calibration_data/general_prompts.txt)")
-    p.add_argument("--repeats", type=positive_int, default=None,
+    p.add_argument("--repeats", type=bounded_int("MAX_REPEATS", "timing rounds"), default=None,
                    help=f"timed runs per table row (default {PackageConfig.repeats})")
     p.add_argument("--seed", type=seed, default=None, help=f"random seed, 0 to {SEED_MAX} (default {PackageConfig.seed})")
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edgekit.commands.common import add_seed_flag
-from edgekit.commands.common import add_json_flag, emit
+from edgekit.commands.common import add_json_flag, emit, prompt_text
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
     g = actions.add_parser("generate", help="read this computer's state (psutil), let the bundle's policy pick "
                                             "steps and width, and generate with the bundle's own runtime")
     g.add_argument("--bundle", type=Path, required=True, help="bundle directory (onnx or tflite components)")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", type=prompt_text, required=True, help="what to draw")
     add_seed_flag(g)
     g.add_argument("--state", type=Path, default=None,
                    help='JSON {"battery_level", "charging", "low_power", "thermal"} instead of reading psutil')
@@ -167,10 +167,9 @@ def run_generate(args) -> int:
     manifest = read_manifest(args.bundle, "--bundle")
     policy = Policy.from_manifest(manifest, where=f"--bundle {args.bundle}")
     if args.state is not None:
-        try:
-            state = DeviceState.from_dict(json.loads(args.state.read_text(encoding="utf-8")), f"--state {args.state}")
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"--state {args.state}: not a readable JSON file ({exc})") from None
+        from edgekit.commands.common import read_json
+
+        state = DeviceState.from_dict(read_json(args.state, "--state"), f"--state {args.state}")
         source = str(args.state)
     else:
         state, source = read_desktop_state(), "psutil"

@@ -3,7 +3,6 @@ its tokenizer): the cosine similarity of each image's and its prompt's embedding
 Nothing is downloaded; a directory that is missing or holds no CLIP model is one clear error."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,10 @@ def check_clip_dir(path: Path | str, flag: str = "--clip") -> Path:
     config = path / "config.json"
     if not config.is_file():
         raise InputError("not a CLIP model directory (config.json missing)", param=flag, value=path)
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise InputError(f"not valid JSON ({exc})", param=flag, value=config) from None
+    from edgekit.safe_read import read_json
+
+    data = read_json(config, "CLIP config.json", param=flag)
+    model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type != "clip":
         raise InputError(f"{flag} {path}: config.json says model_type {model_type!r}, expected 'clip' "
                          "(a transformers CLIPModel with text and vision towers)")
@@ -59,7 +58,10 @@ class ClipScorer:
         mean, std = CLIP_MEAN, CLIP_STD
         pre = self.directory / "preprocessor_config.json"
         if pre.is_file():
-            data = json.loads(pre.read_text(encoding="utf-8"))
+            from edgekit.safe_read import read_json
+
+            data = read_json(pre, "CLIP preprocessor_config.json", param=flag)
+            data = data if isinstance(data, dict) else {}
             mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)

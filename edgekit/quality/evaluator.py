@@ -12,7 +12,6 @@ A caller builds one ``ModelQuality`` for the reference model, generates the cand
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +32,9 @@ def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
     path = Path(model_dir) / EDGEKIT_DEFAULTS
     if not path.is_file():
         return ()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+    from edgekit.safe_read import read_json
+
+    data = read_json(path, error=ModelFormatError)
     names = data.get(DECLARED_FIELD, []) if isinstance(data, dict) else []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ModelFormatError(f"{path}: '{DECLARED_FIELD}' is {names!r}, expected a list of names "
@@ -94,6 +92,9 @@ class ModelQuality:
 
         if samples < MIN_SAMPLES:
             raise InputError(f"quality intervals need at least {MIN_SAMPLES} images", param="samples", value=samples)
+        from edgekit.limits import check_samples
+
+        check_samples(samples)  # before any grid, prompt or image list is built
         check_grid_seeds(samples, seed)
         self.model_dir = check_model_dir(reference_model, flag)
         self.defaults = sampling_defaults(self.model_dir)

@@ -32,6 +32,16 @@ class BenchConfig:
     clip: Path | None = None  # a local CLIP directory: adds clip_score
     cache_root: Path | None = None  # reference images cache (None: edgekit.quality.fidelity's default)
 
+    def __post_init__(self):  # limits named before the bundle is loaded (edgekit.limits)
+        from edgekit.limits import check_repeats, check_samples, check_step_counts, check_threads
+
+        check_samples(self.samples)
+        check_repeats(self.repeats)
+        if self.threads is not None:
+            check_threads(self.threads)
+        if self.steps is not None:
+            check_step_counts(self.steps)
+
 
 def host_device() -> str:
     cpu = platform.processor() or platform.machine()
@@ -227,18 +237,15 @@ def write_table(bundle_dir: Path, manifest: dict, rows: list[dict], policy: dict
 
 def import_rows(path: Path, manifest: dict) -> list[dict]:
     """Rows measured elsewhere (e.g. on a phone): a JSON list of table rows, each naming its device."""
-    import json
-
     from edgekit.policy import parse_table
+    from edgekit.safe_read import printable, read_json
 
-    try:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such file", param="import_table", value=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON ({exc})", param="import_table", value=path) from None
-    parse_table(rows, f"--import-table {path}")
+    # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
+    rows = read_json(path, "table of measured rows (JSON)", param="import_table", invalid="not JSON")
+    parse_table(rows, f"--import-table {path}")  # device names bounded in length
     for i, r in enumerate(rows):
+        # a device name is printed and shown on devices: control characters (terminal escapes) are dropped
+        r["device"] = printable(r.get("device") or "").strip()
         if not r.get("device"):
             raise InputError(f"row {i} does not say which device measured it ('device')", param="import_table",
                              value=path)
