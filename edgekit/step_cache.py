@@ -1,0 +1,224 @@
+"""Step caching (DeepCache, Ma et al. 2023): a training-free speed axis that reuses the UNet's deep features
+across adjacent sampling steps.
+
+On a *full* step the whole UNet runs and the feature entering its last up block (the output of
+``up_blocks[-2]``) is kept; on the steps between, only the *shallow* branch runs: time embedding, ``conv_in``,
+the first down block's resnets and attentions (the skips the last up block pops: diffusers hands the final up
+block the first ``len(resnets)`` residuals, ``conv_in``'s output and ``down_blocks[0]``'s resnet outputs, never
+its downsampler's), then ``up_blocks[-1]`` fed the kept feature, and the output convolution. With interval N,
+step j is full when j % N == 0 (``cache_plan``); N = 1 is the plain loop.
+
+This module holds the torch side: the two graphs as wrappers of any ``UNet2DConditionModel`` (any width),
+the plan, and ``caching_unet``, which puts a caching stand-in in a diffusers pipeline's place so that its own
+sampling loop (``edgekit.pipeline.generate``) is the torch reference of the cached loop. The bundle's device
+loops run the two exported graphs where the manifest's plan says (edgekit.runtime.sampler).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from edgekit.errors import InputError
+
+FULL = "full"
+SHALLOW = "shallow"
+ROLES = (FULL, SHALLOW)
+MAX_INTERVAL = 1000
+
+
+def check_interval(interval, param: str = "cache") -> int:
+    """A cache interval: a whole number >= 1 (1 = no caching)."""
+    if isinstance(interval, bool) or not isinstance(interval, int):
+        try:
+            text = str(interval).strip()
+            if not text.isdigit():
+                raise ValueError
+            interval = int(text)
+        except ValueError:
+            raise InputError("expected a whole number >= 1 (1 = no step caching)", param=param,
+                             value=interval) from None
+    if not 1 <= interval <= MAX_INTERVAL:
+        raise InputError(f"expected a whole number from 1 to {MAX_INTERVAL} (1 = no step caching)", param=param,
+                         value=interval)
+    return interval
+
+
+def parse_intervals(text, param: str = "cache") -> tuple[int, ...]:
+    """``"1,2,3"`` (or a list) -> (1, 2, 3), sorted, without repeats; 1 is always offered (the plain loop)."""
+    items = text if isinstance(text, (list, tuple)) else [p for p in str(text).split(",")]
+    if not items or any(str(p).strip() == "" for p in items):
+        raise InputError("expected comma-separated whole numbers >= 1, e.g. 1,2,3", param=param, value=text)
+    return tuple(sorted({1, *(check_interval(p, param) for p in items)}))
+
+
+def cache_plan(interval: int, steps: int, param: str = "cache") -> list[str]:
+    """Which graph each of ``steps`` steps runs: "full" every ``interval``-th step from the first, "shallow"
+    between. An interval past the step count would cache nothing the loop reuses: refused."""
+    interval = check_interval(interval, param)
+    if interval > steps:
+        raise InputError(f"is larger than the step count {steps} (an interval of at most {steps} reuses a "
+                         "cached feature)", param=param, value=interval)
+    return [FULL if j % interval == 0 else SHALLOW for j in range(steps)]
+
+
+def check_cacheable(unet, param: str = "cache") -> None:
+    """Refuse a UNet with nowhere to cache (a single up block) or one whose embedding the shallow branch
+    cannot rebuild from (sample, timestep, text, guidance embedding) alone."""
+    ups = list(getattr(unet, "up_blocks", []))
+    downs = list(getattr(unet, "down_blocks", []))
+    if len(ups) < 2 or not downs:
+        raise InputError(f"the UNet has {len(ups)} up block(s): step caching needs at least 2 (it caches the "
+                         "feature entering the last one)", param=param)
+    cfg = unet.config
+    if getattr(unet, "class_embedding", None) is not None or cfg.get("addition_embed_type") \
+            or getattr(unet, "encoder_hid_proj", None) is not None:
+        raise InputError("the UNet takes class, added or projected conditioning: step caching supports UNets "
+                         "conditioned on timestep, text (and a guidance embedding) only", param=param)
+    first_skips = 1 + len(downs[0].resnets)
+    if len(ups[-1].resnets) != first_skips:
+        raise InputError(f"the last up block takes {len(ups[-1].resnets)} skips, the first level gives "
+                         f"{first_skips}: not a mirrored UNet, nothing to cache at", param=param)
+
+
+def feature_channels(unet) -> int:
+    """Channels of the feature entering the last up block (the output of ``up_blocks[-2]``), read from its
+    weights: a slimmed width keeps the base config's block_out_channels."""
+    block = unet.up_blocks[-2]
+    last = block.upsamplers[0].conv if getattr(block, "upsamplers", None) else block.resnets[-1].conv2
+    return int(last.weight.shape[0])
+
+
+def _embedding(unet, sample: torch.Tensor, timestep: torch.Tensor, timestep_cond) -> torch.Tensor:
+    """The timestep embedding exactly as ``UNet2DConditionModel.forward`` builds it for these inputs."""
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    return emb
+
+
+class UNetWithFeature(nn.Module):
+    """The full UNet, returning (noise prediction, the feature entering the last up block)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        check_cacheable(unet)
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        kept = []
+
+        def keep(_module, args, kwargs):
+            kept.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+        handle = self.unet.up_blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            out = self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+        finally:
+            handle.remove()
+        return out, kept[0]
+
+
+class ShallowUNet(nn.Module):
+    """The shallow branch: time embedding, conv_in, the first level's resnets/attentions, the last up block
+    fed ``feature`` (a full step's ``UNetWithFeature`` output), the output convolution."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        check_cacheable(unet)
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, feature, timestep_cond=None):
+        unet = self.unet
+        if unet.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        emb = _embedding(unet, sample, timestep, timestep_cond)
+        hidden = unet.conv_in(sample)
+        skips = [hidden]
+        first = unet.down_blocks[0]
+        attentions = list(getattr(first, "attentions", None) or [])
+        for i, resnet in enumerate(first.resnets):  # CrossAttnDownBlock2D / DownBlock2D, less the downsampler
+            hidden = resnet(hidden, emb)
+            if attentions:
+                hidden = attentions[i](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            skips.append(hidden)
+        last = unet.up_blocks[-1]
+        if getattr(last, "has_cross_attention", False):
+            hidden = last(hidden_states=feature, temb=emb, res_hidden_states_tuple=tuple(skips),
+                          encoder_hidden_states=encoder_hidden_states)
+        else:
+            hidden = last(hidden_states=feature, temb=emb, res_hidden_states_tuple=tuple(skips))
+        if unet.conv_norm_out is not None:
+            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+        return unet.conv_out(hidden)
+
+
+class CachingUNet(nn.Module):
+    """Takes a diffusers pipeline's UNet's place: call k of a sampling run (step k % len(plan)) runs the
+    graph ``plan`` names, full steps keeping the feature for the shallow ones after them."""
+
+    def __init__(self, unet: nn.Module, plan: list[str]) -> None:
+        super().__init__()
+        self.inner = unet
+        self.full = UNetWithFeature(unet)
+        self.shallow = ShallowUNet(unet)
+        self.plan = list(plan)
+        self.calls = 0
+        self.feature = None
+        self.ran: list[str] = []
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    @property
+    def dtype(self):
+        return self.inner.dtype
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, timestep_cond=None, return_dict=True, **_unused):
+        role = self.plan[self.calls % len(self.plan)]
+        self.calls += 1
+        if role == SHALLOW and (self.feature is None or self.feature.shape[0] != sample.shape[0]):
+            raise RuntimeError("step cache: a shallow step before any full step")
+        self.ran.append(role)
+        if role == FULL:
+            out, self.feature = self.full(sample, timestep, encoder_hidden_states, timestep_cond)
+        else:
+            out = self.shallow(sample, timestep, encoder_hidden_states, self.feature, timestep_cond)
+        if return_dict:
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
+
+
+@contextmanager
+def caching_unet(pipe, interval: int, steps: int):
+    """While active, ``pipe``'s sampling loop runs the cached plan for ``interval`` at ``steps`` steps (every
+    pipeline call starts at step 0); yields the stand-in (its ``ran`` lists the roles run). The UNet is put
+    back after."""
+    check_cacheable(pipe.unet)
+    plan = cache_plan(interval, steps)
+    original = pipe.unet
+    stand_in = CachingUNet(original, plan).eval()
+    pipe.__dict__["unet"] = stand_in  # past DiffusionPipeline.__setattr__, which would rewrite its config
+    try:
+        yield stand_in
+    finally:
+        pipe.__dict__["unet"] = original
+
+
+def generate_cached(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, interval: int,
+                    **kwargs):
+    """``edgekit.pipeline.generate`` with step caching at ``interval`` (1: exactly the plain loop)."""
+    from edgekit.pipeline import generate
+
+    if check_interval(interval) == 1:
+        return generate(pipe, prompts, seeds, steps, guidance_scale, **kwargs)
+    with caching_unet(pipe, interval, steps):
+        return generate(pipe, prompts, seeds, steps, guidance_scale, **kwargs)
