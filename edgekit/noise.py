@@ -11,8 +11,13 @@ of words (w0, w1) one pair of standard normals by Box-Muller:
 Stream 0 is an image's initial latent noise; stream i + 1 the fresh noise a stochastic scheduler adds at
 step i (edgekit.schedule's ``noise_coeffs``). The integer words are bit-identical on every platform; the
 normals agree to the platforms' log/cos/sin (~1e-15). Checked by edgekit/twin_vectors/noise.json.
+
+Torch draws the same: edgekit.pipeline.generate hands diffusers ``latents=initial_latents(...)`` and, inside
+``diffusers_noise``, its scheduler's step noise, so one seed is one image in torch and in every bundle.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -71,3 +76,45 @@ def step_noise(seeds, step: int, shape) -> np.ndarray:
     """(N, *shape) float32: the fresh noise of sampling step ``step`` (0-based), stream step + 1."""
     size = int(np.prod(shape))
     return np.stack([normals(int(s), step + 1, size).reshape(shape) for s in seeds]).astype(np.float32)
+
+
+def latent_shape_of(pipe) -> tuple[int, int, int]:
+    """The latent shape a diffusers pipeline samples at its default size: (channels, sample_size, sample_size)."""
+    config = pipe.unet.config
+    size = config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(config.in_channels), int(h), int(w)
+
+
+@contextlib.contextmanager
+def diffusers_noise(pipe, seeds, shape):
+    """While a diffusers pipeline samples ``seeds`` (one image each), its scheduler's fresh noise at step i is
+    ``step_noise(seeds, i, shape)``: the draw every bundle runtime makes. Yields the ``callback_on_step_end``
+    to hand the pipeline call (it counts the steps). diffusers' schedulers draw through the ``randn_tensor``
+    their own module imported, which is replaced for the duration; a deterministic scheduler never calls it.
+    The initial latents are the caller's: ``latents=initial_latents(seeds, shape)``."""
+    import sys
+
+    import torch
+
+    module = sys.modules[type(pipe.scheduler).__module__]
+    original = getattr(module, "randn_tensor", None)
+    step = [0]
+
+    def draw(size, generator=None, device=None, dtype=None, layout=None):
+        noise = torch.from_numpy(step_noise(seeds, step[0], shape))
+        if tuple(size) != tuple(noise.shape):
+            raise ValueError(f"the scheduler drew noise of shape {tuple(size)}; edgekit.noise draws {tuple(noise.shape)}")
+        return noise.to(device=device or "cpu", dtype=dtype or torch.float32)
+
+    def count_step(_pipe, i, _t, _kwargs):
+        step[0] = i + 1
+        return {}
+
+    if original is not None:
+        module.randn_tensor = draw
+    try:
+        yield count_step
+    finally:
+        if original is not None:
+            module.randn_tensor = original

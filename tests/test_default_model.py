@@ -11,7 +11,7 @@ from edgekit.pipeline import generate, sampling_defaults
 @pytest.mark.parametrize("which", ["pipeline", "slim"])
 def test_loads_and_runs_with_plain_diffusers(which):
     """The shipped directories run with the plain call any hub checkpoint gets (no dtype argument), and draw
-    what edgekit's own loader draws for the same generator."""
+    what edgekit's own loader draws for the same noise (edgekit.noise's latents for the seed)."""
     from diffusers import StableDiffusionPipeline
 
     from edgekit.pipeline import load_pipeline
@@ -26,8 +26,12 @@ def test_loads_and_runs_with_plain_diffusers(which):
     assert "Multistep" in type(pipe.scheduler).__name__
     assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
     pipe.set_progress_bar_config(disable=True)
+    from edgekit.noise import initial_latents
+
+    size = pipe.unet.config.sample_size
     plain = pipe("a handwritten digit seven", num_inference_steps=4, guidance_scale=2.0,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images
+                 latents=torch.from_numpy(initial_latents([0], (pipe.unet.config.in_channels, size, size))),
+                 output_type="np").images
     ours = generate(load_pipeline(model), ["a handwritten digit seven"], [0], steps=4, guidance_scale=2.0)
     assert np.isfinite(plain).all()
     np.testing.assert_allclose(plain, ours, atol=1e-5)

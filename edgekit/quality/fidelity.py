@@ -4,11 +4,10 @@ candidate (another width, fewer steps, a quantized directory, an exported bundle
 each candidate image is compared with its reference image (PSNR, SSIM), and the mean over the images is
 reported with its 95% interval.
 
-The initial noise of image i is edgekit.noise's for seeds[i], exactly what the bundle sampler
-(edgekit.runtime.sampler) and the device runtimes draw, and torch candidates get it as diffusers'
-``latents=``, so a difference between two images is the candidate's, never the random number generator's.
-(A stochastic scheduler's per-step noise comes from a torch generator seeded per image in torch, and from
-edgekit.noise in a bundle: for those schedulers a bundle row also measures that difference.)
+The noise of image i is edgekit.noise's for seeds[i] (initial latents and a stochastic scheduler's step
+noise), exactly what the bundle sampler (edgekit.runtime.sampler) and the device runtimes draw; torch
+candidates get it through edgekit.pipeline.generate, so a difference between two images is the candidate's,
+never the random number generator's.
 
 References are computed once and cached on disk by a key over everything they depend on."""
 from __future__ import annotations
@@ -42,34 +41,13 @@ def latent_shape_of(pipe) -> tuple[int, int, int]:
 
 def generate_with_noise(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float,
                         latent_shape, batch_size: int = 50, on_batch=None) -> np.ndarray:
-    """Images (N, H, W, 3) in [0, 1] from a torch pipeline, image i starting from initial_noise(seeds[i])."""
-    import torch
-
-    from edgekit.pipeline import check_steps
+    """Images (N, H, W, 3) in [0, 1] from a torch pipeline, image i drawing edgekit.noise's noise for seeds[i]
+    (edgekit.pipeline.generate: initial latents and a stochastic scheduler's step noise)."""
+    from edgekit.pipeline import check_steps, generate
 
     check_steps(steps)
-    if len(prompts) != len(seeds):
-        raise ValueError("one seed per prompt")
-    images = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = slice(start, start + batch_size)
-        latents = torch.from_numpy(initial_noise(seeds[chunk], latent_shape))
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[chunk]]  # a stochastic scheduler's draws
-        with torch.inference_mode():
-            out = pipe(prompt=list(prompts[chunk]), num_inference_steps=steps, guidance_scale=guidance_scale,
-                       latents=latents, generator=generators, output_type="np")
-        batch = np.asarray(out.images, dtype=np.float32)
-        finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
-        if not finite.all():
-            from edgekit.errors import NumericError
-
-            i = start + int(np.argmin(finite))
-            raise NumericError(f"generate: image {i} (prompt {prompts[i]!r}, seed {seeds[i]}) holds NaN/Inf after "
-                               f"{steps} steps at guidance {guidance_scale:g}")
-        images.append(batch)
-        if on_batch is not None:
-            on_batch(len(latents))
-    return np.concatenate(images, axis=0)
+    return generate(pipe, list(prompts), list(seeds), steps, guidance_scale, batch_size=batch_size,
+                    on_batch=on_batch, latent_shape=tuple(latent_shape))
 
 
 def default_cache_root() -> Path:
@@ -86,7 +64,7 @@ def reference_key(model_sha256: str, steps: int, guidance_scale: float, prompts,
     text = json.dumps({"what": "float reference images, full width", "model": model_sha256, "steps": int(steps),
                        "guidance_scale": float(guidance_scale), "prompts": list(prompts),
                        "seeds": [int(s) for s in seeds], "latent_shape": [int(d) for d in latent_shape],
-                       "noise": "edgekit.noise initial_latents", "torch": torch.__version__,
+                       "noise": "edgekit.noise initial_latents + step_noise", "torch": torch.__version__,
                        "edgekit": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
