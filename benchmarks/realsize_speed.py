@@ -11,7 +11,11 @@ Rows (each skipped with a note when its input is missing):
                   targets ship it (edgekit.targets.ort_attention): e.g. fp32+mha, int8+mha, w0.50 int8+mha
   usual-dynamic   the usual route: plain torch.onnx.export + onnxruntime quantize_dynamic
   litert-fp16     a LiteRT fp16 file (``--tflite``: e.g. an `edgekit export --targets tflite` unet file)
-Columns: median ms per call, ratio to FP32, bytes, ratio to FP32 bytes, rel-err vs torch on held-out rows
+  fp32+kvN        ``--attention-downsample N``: the fp32 UNet whose highest-resolution self-attention attends to
+                  keys and values average-pooled by N per side (edgekit.targets.attention_downsample), compared
+                  with its own patched torch UNet; with +mha, fused as the ort-web target ships it
+Columns: median ms per call, ratio to the ``--baseline`` row (default fp32; the best float route a user would
+otherwise take is fp32+mha), bytes, ratio to its bytes, rel-err vs torch on held-out rows
 (calibration rows the quantizer did not see when ``--calib`` is given, else seeded random rows, said so).
 ``--profile`` adds the top op types by time for the fp32 and int8 rows (ORT's session profiler, 2 threads).
 
@@ -95,7 +99,9 @@ def _build(pipe, workdir: Path, calib: dict, args, tag: str) -> dict[str, Path]:
     options = QuantizeOptions()
     module = export_module(pipe, "unet")
     spec = component_spec(pipe, "unet")
-    if not tag and args.quantized:
+    if not any(row.startswith(f"{tag}int8") for row in args.rows_wanted.split(",")):
+        pass  # no INT8 row asked for: no sensitivity ranking (over an hour at real size)
+    elif not tag and args.quantized:
         # the quantize stage's own graph, as `edgekit package` ships it, and the float units it kept
         record = json.loads((Path(args.quantized) / "manifest.json").read_text())["components"]["unet"]
         float_units = record["float_units"]["kept_by_budget"] + record["float_units"]["excluded_by_pattern"]
@@ -248,6 +254,9 @@ def main() -> int:
                         "arena, one session alive at a time, created afresh for each row in each round")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--attention-downsample", type=int, default=1, metavar="N",
+                        help="adds the fp32+kvN rows (and fp32+kvN+mha when +mha rows are asked for)")
+    parser.add_argument("--baseline", default="fp32", help="the row every ratio divides by (e.g. fp32+mha)")
     args = parser.parse_args()
     if args.model and not args.calib:
         parser.error("--model needs --calib (its held-out rows; the built model takes seeded random rows)")
@@ -269,6 +278,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="realsize-speed-") as tmp:
         files = _build(pipe, Path(tmp), calib, args, "")
         params = int(sum(p.numel() for p in pipe.unet.parameters()))
+        if args.attention_downsample > 1:  # the same UNet, patched in place (no second copy of its weights)
+            from edgekit.quantize.ort_static import export_fp32_onnx
+            from edgekit.targets.attention_downsample import check_downsample, downsample_keys
+
+            kv = f"fp32+kv{args.attention_downsample}"
+            check_downsample(pipe.unet, args.attention_downsample, 1, args.latent)
+            pooled = downsample_keys(pipe.unet, args.attention_downsample, 1)
+            files[kv] = Path(tmp) / "kv" / "model.onnx"
+            export_fp32_onnx(pipe, "unet", files[kv])
+            references[kv] = run_torch(export_module(pipe, "unet"), component_spec(pipe, "unet"), feeds)
+            from edgekit.quality import relative_error
+
+            notes.append(f"{kv}: the patched torch UNet's output against the unpatched one on the same rows: rel-err "
+                         f"{relative_error(references[kv], references['']):.4f} (the approximation itself; random "
+                         "weights at real size rank approximation error only)")
+            args.rows_wanted += f",{kv}" + (f",{kv}+mha" if "+mha" in args.rows_wanted else "")
+            notes.append(f"{kv}: {len(pooled['attentions'])} self-attentions at the highest resolution attend to keys "
+                         f"and values average-pooled {args.attention_downsample}x{args.attention_downsample}; its "
+                         "error is against the torch UNet patched alike (the approximation's own cost is measured "
+                         "against the float model by edgekit bench / benchmarks/attention_downsample.py)")
         del pipe
         if args.slim_model:
             from edgekit.pipeline import load_pipeline
@@ -292,7 +321,8 @@ def main() -> int:
                 files[f"{base}+mha"] = _fused_copy(files[base], Path(tmp), f"{base}+mha")
         files = {k: v for k, v in files.items() if k in wanted}
         torch.set_num_threads(2)
-        reference = lambda row: references.get(row.split(" ")[0] + " " if " " in row else "", references[""])  # noqa: E731
+        reference = lambda row: references.get(row.removesuffix("+mha")) if row.removesuffix("+mha") in references \
+            else references.get(row.split(" ")[0] + " " if " " in row else "", references[""])  # noqa: E731
         table: dict[str, dict] = {name: {"bytes": _bytes(path)} for name, path in files.items()}
         for threads in [int(t) for t in args.threads.split(",")]:
             if args.arena == "on":
@@ -319,7 +349,7 @@ def main() -> int:
             for name in ("fp32", "int8", "int8+mha"):
                 if name in files:
                     profiles[name] = _top_ops(_ort(files[name], 2, profile=str(Path(tmp) / name)), feeds)
-    fp32 = table.get("fp32", {})
+    fp32 = table.get(args.baseline, {})
     for row in table.values():
         for key in [k for k in row if k.startswith("ms_") and not k.endswith("_all")]:
             if fp32.get(key):
@@ -329,9 +359,16 @@ def main() -> int:
     notes.append("sessions: ORT's default CPU memory arena, one session alive at a time, created afresh per row "
                  "and round (one warm-up call, one timed call)" if args.arena == "on" else
                  "sessions: all rows held at once, without ORT's CPU memory arena (see the script's docstring)")
+    import subprocess
+
+    from edgekit.runtime.bench import host_device
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     result = {"model": what, "unet_params": params, "latent": args.latent, "batch": 2, "rounds": args.rounds,
-              "arena": args.arena,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "notes": notes,
+              "arena": args.arena, "baseline": args.baseline, "commit": commit,
+              "command": "benchmarks/realsize_speed.py " + " ".join(sys.argv[1:]),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "host": host_device()},
+              "notes": notes,
               "table": table, "profiles": profiles, "seconds": round(time.perf_counter() - started, 1)}
     name = "realsize_speed" + (f"_{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -339,9 +376,10 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     lines = [f"# UNet call speed at SD-1.5 size: {what}", "",
              f"{params / 1e6:.0f}M parameters, batch 2, {args.latent}x{args.latent} latents, ORT CPU, median of "
-             f"{args.rounds} interleaved rounds. Written by `benchmarks/realsize_speed.py`.", "",
-             "| row | " + " | ".join(f"ms ({t} thr) | x FP32 ({t} thr)" for t in threads)
-             + " | bytes | x FP32 bytes | rel-err vs torch |",
+             f"{args.rounds} interleaved rounds. Commit {commit}, `{result['command']}`, {host_device()}. "
+             f"Every ratio divides by the {args.baseline} row.", "",
+             "| row | " + " | ".join(f"ms ({t} thr) | x {args.baseline} ({t} thr)" for t in threads)
+             + f" | bytes | x {args.baseline} bytes | rel-err vs torch |",
              "|---|" + "---|---|" * len(threads) + "---|---|---|"]
     for row_name, row in table.items():
         cells = " | ".join(f"{row.get(f'ms_{t}t', '')} | {row.get(f'speedup_{t}t', '')}" for t in threads)
