@@ -6,7 +6,9 @@ writes to file descriptors 1 and 2 (TensorFlow, ONNX Runtime, onnxsim), captured
 the real terminal (``emit`` and the progress display write there); ``sys.stdout``, ``sys.stderr`` and fds 1
 and 2 lead to the log. The log is kept only when something was written to it: ``<out>/edgekit.log`` for a
 command whose ``--out`` is a directory it owns as a whole (``package``), else ``<out>.log`` beside the output
-(a bundle holds only the files its manifest lists); its path is printed on stderr after the summary. With
+(a bundle holds only the files its manifest lists); its path is printed on stderr after the summary. A
+command that fails leaves nothing beside its --out: a non-empty log stays in the temporary directory and the
+command's one error line names it. With
 ``-v`` nothing is captured: other libraries' output shows live on stderr, and stdout still carries only
 edgekit's own lines (or JSON with ``--json``).
 """
@@ -54,8 +56,11 @@ def _flush_all() -> None:
 @contextmanager
 def captured(log_file: Path, verbose: bool = False):
     """Send other libraries' output to ``log_file`` (or, ``verbose``, live to stderr); yields the log path
-    holder: a list that ends holding the path written, or nothing when the log stayed empty."""
+    holder: a list that ends holding the path written, or nothing when the log stayed empty. When the block
+    fails, nothing is put beside the output (there is none): a non-empty log stays in the temporary directory
+    and the holder names it there."""
     written: list[Path] = []
+    failed = False
     _flush_all()
     saved_out, saved_err = os.dup(1), os.dup(2)
     old_streams = sys.stdout, sys.stderr
@@ -75,6 +80,9 @@ def captured(log_file: Path, verbose: bool = False):
     _terminal.append((term_out, term_err))
     try:
         yield written
+    except BaseException:
+        failed = True
+        raise
     finally:
         _flush_all()
         _terminal.pop()
@@ -89,7 +97,11 @@ def captured(log_file: Path, verbose: bool = False):
         if sink is not None:
             sink.close()
             os.close(sink_fd)
-            if os.path.getsize(tmp_path) and _move(Path(tmp_path), log_file):
+            if not os.path.getsize(tmp_path):
+                os.unlink(tmp_path)
+            elif failed:
+                written.append(Path(tmp_path))
+            elif _move(Path(tmp_path), log_file):
                 written.append(log_file)
             else:
                 os.unlink(tmp_path)
@@ -131,6 +143,12 @@ def command_output(args):
     try:
         with captured(path, verbose=getattr(args, "verbose", False)) as written:
             yield
-    finally:
-        if written:
-            print(f"other libraries' output: {written[0]} (-v shows it live)", file=sys.stderr)
+    except BaseException as exc:
+        if written:  # named in the command's one error line (edgekit.cli), not on a line of its own
+            try:
+                exc.edgekit_log = written[0]
+            except AttributeError:
+                pass
+        raise
+    if written:
+        print(f"other libraries' output: {written[0]} (-v shows it live)", file=sys.stderr)
