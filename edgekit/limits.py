@@ -14,8 +14,10 @@ from edgekit.errors import InputError
 
 MAX_SAMPLES = 100_000  # images one quality number, one calibration or one bench row generates
 MAX_REPEATS = 1_000  # timing rounds of `bench`
-MAX_STEPS = 1_000  # sampling steps of one image (diffusers' schedulers train on 1,000 timesteps)
 MAX_TRAIN_TIMESTEPS = 10_000  # a scheduler's num_train_timesteps: its tables hold this many betas and sigmas
+# sampling steps of one image: no scheduler takes more than its training timesteps (diffusers' train on 1,000),
+# which the scheduler check names first; this bounds a count before any model directory is read
+MAX_STEPS = MAX_TRAIN_TIMESTEPS
 MAX_STEP_COUNTS = 64  # step counts one bundle offers
 # A bundle's schedule for s steps carries two s-by-s coefficient tables: the sum of s*s over its step counts
 # bounds the manifest (1,048,576 coefficients: about 25 MiB of JSON; 1,2,4,...,1000 is 1,024,000).
