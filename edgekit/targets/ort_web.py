@@ -21,7 +21,8 @@ from edgekit.profiles import TargetProfile
 from edgekit.targets.base import ComponentJob, Target
 
 MODEL_FILE = "model.onnx"
-WEBGPU_FILE = "model.webgpu.onnx"  # beside MODEL_FILE: the graph for onnxruntime-web's WebGPU EP, where it differs
+WEBGPU_FILE = "model.webgpu.onnx"
+IMAGE_PROMPT = "a handwritten digit seven"  # the demo page's default prompt  # beside MODEL_FILE: the graph for onnxruntime-web's WebGPU EP, where it differs
 
 
 def split_external_data(path: Path, cap_bytes: int) -> list[dict]:
@@ -123,7 +124,10 @@ class OrtWebTarget(Target):
             export_onnx(job.pipe, job.name, raw, opset=profile.opset, dynamic_batch=job.batch is None)
             to_float16(raw, path)
             shutil.rmtree(stage / ".raw")
-        if job.name in profile.fused_attention:
+        from edgekit.components import CACHE_COMPONENTS
+
+        # the step-cache graphs are the UNet's network: fused where the UNet is
+        if job.name in profile.fused_attention or (job.name in CACHE_COMPONENTS and "unet" in profile.fused_attention):
             from edgekit.targets.ort_attention import fuse_attention_file
 
             fused = fuse_attention_file(path)
@@ -200,10 +204,12 @@ class OrtWebTarget(Target):
     def finish(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
         """Replay every graph in onnxruntime-web under Node, as the page would load it, and (the profile's
         verify_in_browser) in headless Chromium on wasm and WebGPU."""
+        from edgekit.targets.ort_webgpu import record_image_difference
+
         manifest = self._verify_in_node(stage, manifest, profile)
         if profile.verify_in_browser:
             manifest = record_browser_checks(stage, manifest)
-        return manifest
+        return record_image_difference(stage, manifest, IMAGE_PROMPT)
 
     def _verify_in_node(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
         if not profile.verify_in_node:

@@ -158,3 +158,53 @@ def needs_webgpu_graph(path: Path) -> bool:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(n.op_type == "DequantizeLinear" for n in graph.node)
+
+
+IMAGE_SEEDS = (0, 1)  # images per width for the wasm-form vs WebGPU-form comparison (the e2e test draws seed 0)
+PIXEL_TOLERANCE_255 = 8  # the page's WebGPU image against its wasm image, where both forms compute the same
+
+
+def with_provider(manifest: dict, ep: str) -> dict:
+    """A copy of ``manifest`` whose component entries name their ``ep`` graph (where they carry one)."""
+    import copy
+
+    out = copy.deepcopy(manifest)
+    for comp in out["components"].values():
+        for entry in (comp["widths"].values() if "widths" in comp else [comp]):
+            own = entry.get("providers", {}).get(ep)
+            if own:
+                entry.update({k: v for k, v in own.items() if k in ("file", "files", "precision", "external_data")})
+    return out
+
+
+def record_image_difference(bundle_dir: Path, manifest: dict, prompt: str) -> dict:
+    """Draw ``prompt`` at the fewest steps for IMAGE_SEEDS with the entries' own graphs and with their WebGPU
+    forms, both in onnxruntime (CPU), per UNet width; record in each UNet entry's ``providers.webgpu`` the
+    largest pixel difference (0..255) and the tolerance the page's WebGPU image is held to against its wasm
+    image: PIXEL_TOLERANCE_255 where the two forms draw within it, else that measured difference + 2 (an INT8
+    graph's integer kernels on wasm and its float form on WebGPU round differently; neither is the reference).
+    Returns the manifest."""
+    from edgekit.bundle import read_manifest
+    from edgekit.runtime.sampler import BundleSampler
+
+    unets = manifest["components"]["unet"]["widths"]
+    if not any("webgpu" in e.get("providers", {}) for e in unets.values()):
+        return manifest
+    on_disk = read_manifest(bundle_dir)
+    steps = min(int(s) for s in manifest["sampling"]["schedules"])
+    own = BundleSampler(bundle_dir, on_disk, threads=1)
+    gpu = BundleSampler(bundle_dir, with_provider(on_disk, "webgpu"), threads=1)
+    for key, entry in unets.items():
+        if "webgpu" not in entry.get("providers", {}):
+            continue
+        worst, means = 0.0, []
+        for seed in IMAGE_SEEDS:
+            a, _ = own.generate([prompt], [seed], steps, float(key))
+            b, _ = gpu.generate([prompt], [seed], steps, float(key))
+            diff = np.abs(np.round(np.clip(a, 0, 1) * 255) - np.round(np.clip(b, 0, 1) * 255))
+            worst, means = max(worst, float(diff.max())), means + [float(diff.mean())]
+        entry["providers"]["webgpu"]["image_vs_own_graph"] = {
+            "runtime": "onnxruntime (python, CPU), both graphs", "prompt": prompt, "seeds": list(IMAGE_SEEDS),
+            "steps": steps, "max_diff_255": worst, "mean_diff_255": round(float(np.mean(means)), 3),
+            "page_tolerance_255": PIXEL_TOLERANCE_255 if worst <= PIXEL_TOLERANCE_255 else worst + 2}
+    return manifest

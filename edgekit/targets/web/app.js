@@ -1,24 +1,34 @@
-// The browser demo: prompt -> image with onnxruntime-web (wasm; webgpu when the browser has it), steps and
-// width chosen by the bundle's policy from Battery Status / Compute Pressure or the manual overrides.
-// The tab times its own first runs and rescales the table's latencies by the measured ratio before the
+// The browser demo: prompt -> image with onnxruntime-web, steps and width chosen by the bundle's policy from
+// Battery Status / Compute Pressure (CPU load, not heat) or the manual overrides.
+// Execution provider (EP) per component: WebGPU only where the manifest records that the component's WebGPU
+// graph passed its check in a browser (edgekit verify --browser / the export's verify_in_browser) AND the same
+// check passes on this tab's own adapter at first load (cached per adapter); wasm otherwise, and the page says
+// why. `?ep=wasm|webgpu` overrides (a component whose WebGPU check failed still runs on wasm).
+// The tab times its own first runs per EP and rescales the table's latencies by the measured ratio before the
 // policy reads them (a table measured on the packaging host does not set this tab's budget).
 // Served by `edgekit serve BUNDLE`: the bundle's files under bundle/, onnxruntime-web under ort/.
 import * as ort from "./ort/ort.all.min.mjs";
 import { Policy, PolicyError, fallbackDecision, latencyRatio } from "./policy.js";
 import { ClipTokenizer } from "./tokenizer.js";
 import { runTable, guide, guidanceMode, normals } from "./scheduler.js";
+import { PROVIDERS, adapterKey, checkOnProvider, providerEntry, providerRecord, rowsPerCall, sessionOptions } from "./selfcheck.js";
 
 const $ = (id) => document.getElementById(id);
 // The first TIMED_RUNS generations are timed (sessions created beforehand) to rescale the table.
 const TIMED_RUNS = 3;
-const demo = { threads: 1, manifest: null, policy: null, decision: null, state: null, image: null, timing: null, provider: null,
-  latency: { runs: [], ratio: 1, timedRuns: TIMED_RUNS } };
+const newLatency = () => ({ runs: [], ratio: 1, timedRuns: TIMED_RUNS });
+// providers: component key ("text_encoder", "unet/0.50", "vae_decoder") -> the EP it runs on; notes: why.
+// latency: the record of the EP the current UNet runs on (latencyByEp holds one per EP).
+const demo = { threads: 1, manifest: null, policy: null, basePolicy: null, decision: null, state: null, image: null, timing: null,
+  provider: null, providers: {}, providerNotes: [], adapter: null, selfCheck: {}, latencyByEp: { wasm: newLatency(), webgpu: newLatency() } };
+demo.latency = demo.latencyByEp.wasm;
 window.edgekitDemo = demo;  // read by the end-to-end test and handy in the console
 const readings = { battery: null, pressure: null };
 const sessions = new Map();
 const started = performance.now();
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+ort.env.logLevel = "error";  // not the WebGPU EP's node-placement warnings, which it prints as console errors
 // wasm threads need cross-origin isolation (edgekit serve sends the headers); ?threads=N overrides.
 const threadParam = Number(new URLSearchParams(location.search).get("threads"));
 ort.env.wasm.numThreads = threadParam > 0 ? threadParam
@@ -28,12 +38,16 @@ demo.threads = ort.env.wasm.numThreads;
 function deviceState() {
   const thermalChoice = $("thermal").value;
   const overrideBattery = $("battery-override").checked || readings.battery === null;
-  return {
+  const fromPressure = thermalChoice === "auto" && readings.pressure != null;
+  const state = {
     battery_level: overrideBattery ? Number($("battery-level").value) / 100 : readings.battery.level,
     charging: overrideBattery ? $("charging").checked : readings.battery.charging,
     low_power: $("low-power").checked,
     thermal: thermalChoice === "auto" ? (readings.pressure ?? "nominal") : thermalChoice,
   };
+  // not a policy input (the policy refuses unknown keys): how the page labels the state it read
+  Object.defineProperty(state, "thermalSource", { value: fromPressure ? "compute pressure" : "thermal", enumerable: false });
+  return state;
 }
 
 function decide() {
@@ -45,6 +59,10 @@ function decide() {
   if (forced.has("steps") || forced.has("width")) {
     d = { ...d, steps: Number(forced.get("steps") ?? d.steps), width: Number(forced.get("width") ?? d.width),
       reason: "manual", detail: `pinned by the page address; the policy chose ${d.steps} steps at width ${d.width}` };
+  }
+  if (state.thermalSource === "compute pressure" && typeof d.detail === "string") {
+    // Compute Pressure is CPU load, not heat: say what was read (the policy treats it as the thermal state)
+    d = { ...d, detail: d.detail.replace(/^thermal (\w+)/, "compute pressure $1 (CPU load, not heat)") };
   }
   demo.decision = d;
   $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
@@ -73,7 +91,7 @@ async function watchDevice() {
     try {
       const observer = new PressureObserver((records) => { readings.pressure = records.at(-1).state; decide(); });
       await observer.observe("cpu");
-      sources.push("thermal from Compute Pressure (cpu)");
+      sources.push("compute pressure (CPU load, not heat) from the Compute Pressure API stands in for the thermal state");
     } catch (err) { sources.push(`Compute Pressure refused: ${err.message}`); }
   } else sources.push("no Compute Pressure API: thermal from the override");
   $("sources").textContent = sources.join("; ");
@@ -82,23 +100,25 @@ async function watchDevice() {
   }
 }
 
+// The EP component `key` runs on (chosen in chooseProviders), and its graph for that EP.
+const epOf = (key) => demo.providers[key] ?? "wasm";
+
 async function session(key, entry) {
-  if (!sessions.has(key)) {
-    const options = { executionProviders: demo.provider === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] };
-    if (entry.external_data?.length) {
-      options.externalData = entry.external_data.map((c) => ({ path: c.file.split("/").pop(), data: `bundle/${c.file}` }));
-    }
-    sessions.set(key, ort.InferenceSession.create(`bundle/${entry.file}`, options));
+  const ep = epOf(key);
+  const id = `${key}@${ep}`;
+  if (!sessions.has(id)) {
+    const chosen = providerEntry(entry, ep);
+    sessions.set(id, ort.InferenceSession.create(`bundle/${chosen.file}`, sessionOptions(chosen, ep, "bundle/")));
   }
-  return sessions.get(key);
+  return sessions.get(id);
 }
 
 // Run a graph on `rows` rows; a graph with a fixed batch axis gets them in slices of its size, and one whose
-// all-rows call did not fit the wasm heap at export (entry.rows_per_call) in slices of that many rows.
+// all-rows call did not fit the wasm heap at export (entry.rows_per_call) in slices of that many rows on wasm
+// (WebGPU keeps its buffers outside that heap: every row in one call).
 async function runRows(entry, key, feeds, rows) {
   const sess = await session(key, entry);
-  const first = entry.inputs[0].shape[0];
-  const fixed = typeof first === "number" ? first : Math.min(rows, entry.rows_per_call ?? rows);
+  const fixed = rowsPerCall(entry, epOf(key), rows);
   const outName = entry.outputs[0].name;
   const parts = [];
   for (let start = 0; start < rows; start += fixed) {
@@ -132,18 +152,31 @@ function recordRun(d, totalMs) {
   showLatencyRatio();
 }
 
+// The latency record (and rescaled policy) of the EP the UNet of `width` runs on: a WebGPU tab and a wasm tab
+// differ by orders of magnitude, so each EP keeps its own measured ratio.
+function useLatencyOf(width) {
+  const ep = epOf(`unet/${width.toFixed(2)}`);
+  if (demo.latency === demo.latencyByEp[ep]) return;
+  demo.latency = demo.latencyByEp[ep];
+  demo.provider = ep;
+  if (demo.policy) demo.policy = demo.policy.rescaled(demo.latency.ratio);
+  showLatencyRatio();
+}
+
 function showLatencyRatio() {
   const { runs, ratio } = demo.latency;
   $("latency-ratio").textContent = runs.length === 0
     ? `latency: not measured in this tab yet (the first ${TIMED_RUNS} runs are timed; until then the table's own times)`
     : `measured ${ratio.toFixed(2)} of the table's latency (${runs.length} run${runs.length === 1 ? "" : "s"}); `
-      + `the policy reads every row's latency times ${ratio.toFixed(2)}`;
+      + `the policy reads every row's latency times ${ratio.toFixed(2)} (${demo.provider})`;
   document.body.dataset.latencyRatio = ratio;
 }
 
 async function generate(prompt, seed) {
   const m = demo.manifest;
-  const d = decide();
+  let d = decide();
+  useLatencyOf(d.width);
+  d = decide();
   // Sessions first, so a timed run is generation only, as the table's rows are.
   const key = d.width.toFixed(2);
   await Promise.all([session("text_encoder", m.components.text_encoder), session("vae_decoder", m.components.vae_decoder),
@@ -218,8 +251,12 @@ async function generate(prompt, seed) {
   canvas.getContext("2d").putImageData(pixels, 0, 0);
   demo.image = { size, rgb: Array.from(rgb) };
   demo.timing = { text_encoder_ms: tText - t0, unet_ms: tUnet - tText, vae_ms: tEnd - tUnet, total_ms: tEnd - t0 };
+  const drawnOn = { text_encoder: epOf("text_encoder"), unet: epOf(`unet/${widthKey}`), vae_decoder: epOf("vae_decoder") };
+  demo.drawnOn = drawnOn;
+  document.body.dataset.drawnOn = [...new Set(Object.values(drawnOn))].join("+");
   $("timing").textContent = `${d.steps} steps at width ${widthKey} in ${demo.timing.total_ms.toFixed(0)} ms `
-    + `(text ${demo.timing.text_encoder_ms.toFixed(0)}, UNet ${demo.timing.unet_ms.toFixed(0)}, VAE ${demo.timing.vae_ms.toFixed(0)}) on ${demo.provider}`;
+    + `(text ${demo.timing.text_encoder_ms.toFixed(0)} on ${drawnOn.text_encoder}, UNet ${demo.timing.unet_ms.toFixed(0)} on `
+    + `${drawnOn.unet}, VAE ${demo.timing.vae_ms.toFixed(0)} on ${drawnOn.vae_decoder}) with onnxruntime-web`;
   recordRun(d, demo.timing.total_ms);
   decide();  // the rescaled table may already move the choice
   $("generate").disabled = false;
@@ -232,21 +269,87 @@ function parseManifest(text) {
   return JSON.parse(text.replace(/([:\[,]\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])/g, "$1null"));
 }
 
+// Every (component key, manifest entry, verification record) of the bundle.
+function componentsOf(m) {
+  const out = [["text_encoder", m.components.text_encoder, m.verification.text_encoder],
+    ["vae_decoder", m.components.vae_decoder, m.verification.vae_decoder]];
+  for (const [w, entry] of Object.entries(m.components.unet.widths)) out.push([`unet/${w}`, entry, m.verification.unet?.widths?.[w]]);
+  return out;
+}
+
+// The EP per component: WebGPU where it is asked for (auto: where the manifest records a WebGPU pass;
+// ?ep=webgpu: wherever no WebGPU failure is recorded) and the component's check passes on this adapter too;
+// wasm otherwise. Each fallback is said on the page (#providers) and in demo.providerNotes.
+async function chooseProviders(m, adapter) {
+  const params = new URLSearchParams(location.search);
+  let asked = params.has("ep") ? params.get("ep") : "auto";
+  const notes = [];
+  if (!["auto", ...PROVIDERS].includes(asked)) {
+    notes.push(`?ep=${asked}: unknown execution provider (expected ${PROVIDERS.join(" or ")}); using the bundle's verified choice`);
+    asked = "auto";
+  }
+  demo.askedEp = asked;
+  const key = await adapterKey(adapter);
+  demo.adapter = key;
+  if (asked === "webgpu" && !adapter) notes.push("?ep=webgpu: this browser offers no WebGPU adapter; every component runs on wasm");
+  const cacheKey = `edgekit-webgpu-check|${m.integrity?.sha256 ?? "?"}|${key}`;
+  let cached = {};
+  try { cached = JSON.parse(localStorage.getItem(cacheKey) ?? "{}"); } catch { cached = {}; }
+  for (const [name, entry, record] of componentsOf(m)) {
+    const recorded = providerRecord(record, "webgpu");
+    let ep = "wasm";
+    if (asked !== "wasm" && adapter) {
+      if (recorded && recorded.passed === false) {
+        if (asked === "webgpu") notes.push(`${name}: failed its WebGPU check at export (${recorded.error ?? `rel-err ${Number(recorded.rel_err).toPrecision(3)}`}); runs on wasm`);
+      } else if (recorded?.passed === true || asked === "webgpu") {
+        ep = "webgpu";
+        if (!recorded && asked === "webgpu") notes.push(`${name}: no WebGPU check recorded in the bundle; checked on this adapter only`);
+      }  // auto with nothing recorded: wasm, said once below
+    }
+    if (ep === "webgpu") {
+      // the component's own verification input on this adapter (a user's GPU is not the export's SwiftShader)
+      let result = cached[name];
+      if (!result) {
+        $("timing").textContent = `checking ${name} on this WebGPU adapter…`;
+        const r = await checkOnProvider(ort, "bundle/", entry, record, "webgpu");
+        result = { passed: r.passed, rel_err: r.rel_err ?? null, tolerance: r.tolerance, error: r.error ?? null };
+        cached[name] = result;
+      }
+      demo.selfCheck[name] = result;
+      if (!result.passed) {
+        ep = "wasm";
+        notes.push(`${name}: off on this WebGPU adapter (${result.error ?? `rel-err ${Number(result.rel_err).toPrecision(3)} > ${result.tolerance}`}); runs on wasm`);
+      }
+    }
+    demo.providers[name] = ep;
+  }
+  try { localStorage.setItem(cacheKey, JSON.stringify(cached)); } catch { /* private mode: check again next time */ }
+  if (asked === "auto" && adapter && componentsOf(m).some(([, , r]) => !providerRecord(r, "webgpu"))) {
+    notes.push("no WebGPU check recorded for some components (edgekit verify --browser, or export with verify_in_browser): they run on wasm");
+  }
+  demo.providerNotes = notes;
+  const used = componentsOf(m).map(([name]) => `${name} ${demo.providers[name]}`).join(", ");
+  $("providers").textContent = `execution providers: ${used}${notes.length ? ` — ${notes.join("; ")}` : ""}`;
+  document.body.dataset.providers = JSON.stringify(demo.providers);
+}
+
 async function main() {
   // navigator.gpu can exist without an adapter (headless, blocklisted GPU): ask for one before choosing webgpu.
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  demo.provider = adapter ? "webgpu" : "wasm";
   const m = parseManifest(await (await fetch("bundle/manifest.json")).text());
   demo.manifest = m;
+  await chooseProviders(m, adapter);
   try { demo.policy = Policy.fromManifest(m); }
   catch (err) { if (!(err instanceof PolicyError)) throw err; demo.policyError = err.message; }
   demo.tokenizer = ClipTokenizer.fromTokenizerJson(await (await fetch(`bundle/${m.tokenizer.tokenizer_json}`)).json(),
     { padId: m.tokenizer.pad_id });
   $("bundle-info").textContent = `${m.target} bundle, ${m.precision}, widths ${Object.keys(m.components.unet.widths).join(", ")}, `
-    + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web on ${demo.provider}`;
+    + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web${adapter ? ` (WebGPU adapter ${demo.adapter})` : ", no WebGPU adapter"}`;
   await watchDevice();
-  showLatencyRatio();
   const first = decide();
+  useLatencyOf(first.width);
+  demo.provider = epOf(`unet/${first.width.toFixed(2)}`);
+  showLatencyRatio();
   // Compile the graphs before the first click, so generation times exclude session creation.
   const t0 = performance.now();
   const unets = m.components.unet.widths;

@@ -24,7 +24,8 @@ export function providerRecord(record, ep) {
 }
 
 export function sessionOptions(entry, ep, base) {
-  const options = { executionProviders: [ep], graphOptimizationLevel: "all" };
+  // logSeverityLevel 3: errors only, not the WebGPU EP's node-placement warnings (printed as console errors)
+  const options = { executionProviders: [ep], graphOptimizationLevel: "all", logSeverityLevel: 3 };
   if (entry.external_data?.length) {
     options.externalData = entry.external_data.map((c) => ({ path: c.file.split("/").pop(), data: `${base}${c.file}` }));
   }
