@@ -25,7 +25,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what a UNet of an SD
 
 
 def _fail(path: Path, field: str, value, expected: str):
-    shown = repr(value)
+    shown = "null" if value is None else repr(value)  # as the JSON file spells it
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return ModelFormatError(f"{path}: {field} {shown}: expected {expected}")
 

@@ -116,7 +116,7 @@ LYING_MODELS = [
                  "_class_name 'FlowMatchEulerDiscreteScheduler' is not a scheduler edgekit supports; supported: DDIM",
                  id="flow-match-scheduler"),
     pytest.param(set_json("model_index.json", image_encoder=None), "model_index.json",
-                 "'image_encoder' None: expected [library, class], or [null, null]", id="image-encoder-null"),
+                 "'image_encoder' null: expected [library, class], or [null, null]", id="image-encoder-null"),
     pytest.param(set_json("unet/config.json", sample_size=0), "unet/config.json",
                  "sample_size 0: expected a latent side from 1 to 1,024", id="sample-size-0"),
     pytest.param(set_json("unet/config.json", sample_size=100_000), "unet/config.json",
