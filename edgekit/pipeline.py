@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import struct
 from contextlib import contextmanager
 import warnings
@@ -29,6 +30,8 @@ EXPECTED_CLASSES = {
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 DIFFUSERS_GUIDANCE_DEFAULT = 7.5
 DIFFUSERS_STEPS_DEFAULT = 50
+# What a model hub id looks like (owner/name, as the hub allows them): read as a path it does not exist here.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def default_model_dir() -> Path:
@@ -97,11 +100,16 @@ def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
     the caller calls the directory)."""
     if path is None:
         path = default_model_dir()
+    given = str(path)
     try:
         path = Path(path).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise InputError(f"cannot be resolved ({exc})", param=param, value=path) from None
     if not path.exists():
+        if HUB_ID.fullmatch(given):
+            raise InputError(f"no such directory; edgekit reads a local diffusers directory and never contacts a "
+                             f"model hub: on a machine with access, `huggingface-cli download {given} --local-dir "
+                             f"DIR`, then pass DIR", param=param, value=given)
         raise InputError("no such directory", param=param, value=path)
     if not path.is_dir():
         raise InputError("expected a diffusers pipeline directory, got a file", param=param, value=path)

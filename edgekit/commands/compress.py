@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekit.compress.importance import METHODS
 from edgekit.structure import WIDTH_SCOPES
 from edgekit.commands.common import (add_json_flag, add_model_flag, add_seed_flag, emit, non_negative_number, number,
-                                     positive_int, positive_number, progress, width_list)
+                                     list_flag, positive_int, positive_number, progress, width_list)
 
 
 def _count(text: str) -> int:
@@ -25,14 +25,19 @@ def _common(p, config) -> None:
     """Flags prune and slim share; defaults from ``config``, their config class (the one place they live)."""
     add_model_flag(p)
     p.add_argument("--calib", type=Path, default=None,
-                   help="edgekit calibrate output for this model (default: captured now from calibration_data/prompts.txt)")
-    p.add_argument("--importance", choices=METHODS, default=config.importance)
+                   help="edgekit calibrate output for this model, read when --importance or training needs rows "
+                        "(default: captured now from the prompts the model declares, else "
+                        "calibration_data/general_prompts.txt)")
+    p.add_argument("--importance", choices=METHODS, default=config.importance,
+                   help="how channels are ranked: l1 (weights), activation or taylor (calibration rows); "
+                        f"default {config.importance}")
     lr = "recover_lr" if hasattr(config, "recover_lr") else "lr"
     p.add_argument("--lr", type=positive_number, default=getattr(config, lr), dest=lr, metavar="LR",
                    help="learning rate of the distillation steps")
-    p.add_argument("--batch-size", type=positive_int, default=config.batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=config.batch_size,
+                   help=f"rows per training step (the global batch under accelerate launch; default {config.batch_size})")
     add_seed_flag(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="directory to write (a diffusers model + structure.json)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
 
@@ -52,7 +57,8 @@ def register(sub) -> None:
     p.set_defaults(func=run_prune)
 
     s = sub.add_parser("slim", help="make the UNet slimmable at several width multipliers (one weight set)")
-    s.add_argument("--widths", type=width_list, default=SlimConfig.widths, help="comma-separated, must include 1.0")
+    s.add_argument("--widths", **list_flag(width_list), default=SlimConfig.widths,
+                   help="width multipliers, e.g. 0.5,0.75,1.0 (or 0.5 0.75 1.0); must include 1.0")
     s.add_argument("--train-steps", type=_count, default=SlimConfig.train_steps,
                    help="sandwich-rule steps with in-place distillation")
     s.add_argument("--scope", choices=WIDTH_SCOPES, default=SlimConfig.scope,

@@ -12,7 +12,7 @@ from edgekit.commands.common import add_json_flag, emit, prompt_text
 
 def register(sub) -> None:
     p = sub.add_parser("policy", help="the runtime policy a bundle ships (steps and width from device state)")
-    actions = p.add_subparsers(dest="policy_command", required=True)
+    actions = p.add_subparsers(dest="policy_command", required=True, help="what to do with the policy")
     s = actions.add_parser("simulate", help="replay a device trace (thermal ramp, battery drain, plugging in)")
     s.add_argument("--bundle", type=Path, required=True, help="bundle directory (or its manifest.json)")
     s.add_argument("--trace", type=Path, required=True,

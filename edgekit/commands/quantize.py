@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.commands.common import add_json_flag, add_model_flag, add_width_flag, emit, number, positive_int, progress
-from edgekit.quantize import QuantizeOptions
+from edgekit.quantize import QuantizeOptions, methods
 
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="INT8-quantize components with real calibration rows (ort-static, fx, nncf)")
     add_model_flag(p)
-    p.add_argument("--method", required=True, help="ort-static | fx | nncf")
+    p.add_argument("--method", required=True, metavar="METHOD", help=" | ".join(methods()))
     p.add_argument("--calib", type=Path, required=True, help="output directory of edgekit calibrate for this model")
     p.add_argument("--components", default=None,
                    help="comma-separated subset of unet,text_encoder,vae_decoder (default: all three)")
@@ -26,8 +26,9 @@ def register(sub) -> None:
                         f"default {QuantizeOptions.activations}")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     p.add_argument("--holdout", type=number, default=QuantizeOptions.holdout, help="share of calibration rows held out for the error")
-    p.add_argument("--max-calib-rows", type=positive_int, default=QuantizeOptions.max_calib_rows)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-calib-rows", type=positive_int, default=QuantizeOptions.max_calib_rows,
+                   help=f"calibration rows per component the quantizer reads (default {QuantizeOptions.max_calib_rows})")
+    p.add_argument("--out", type=Path, required=True, help="directory to write (a runnable quantized model)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
     p.set_defaults(func=run)
