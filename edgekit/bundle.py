@@ -410,6 +410,10 @@ def check_manifest(m, where: str) -> None:
     if str(s["default_steps"]) not in s["schedules"]:
         raise InputError(f"{where}: sampling.default_steps {s['default_steps']!r} has no schedule in "
                          f"sampling.schedules {sorted(s['schedules'], key=int)}")
+    if "step_cache" in s:  # step caching (edgekit.step_cache): its plans name graphs the bundle carries
+        from edgekit.step_cache import check_section
+
+        check_section(m, where)
     for rel, info in m["files"].items():
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("bytes"), int)):
             raise InputError(f"{where}: files['{rel}'] should be {{sha256, bytes}}")

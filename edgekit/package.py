@@ -129,6 +129,8 @@ class PackageConfig:
     # every bundle's UNet attends to keys and values pooled by this factor at its highest resolution (1 = off;
     # edgekit.targets.attention_downsample); ort-web then quantizes inside its export, from the same calibration
     attention_downsample: int = 1
+    # step-cache intervals every bundle offers (edgekit.step_cache; 1 = the plain loop, always offered)
+    cache: tuple[int, ...] = (1,)
 
     def __post_init__(self):
         from edgekit.compress.prune import PruneConfig
@@ -208,6 +210,9 @@ class PackageConfig:
                 or not 1 <= self.attention_downsample <= 8):
             raise InputError("expected a whole number in 1..8 (1 = off)", param="attention_downsample",
                              value=self.attention_downsample)
+        from edgekit.step_cache import parse_intervals
+
+        parse_intervals(list(self.cache) if isinstance(self.cache, (list, tuple)) else self.cache, "cache")
         if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
                                           or not math.isfinite(self.guidance)):
             raise InputError("expected a finite number", param="guidance", value=self.guidance)
@@ -251,7 +256,7 @@ class PackageConfig:
             elif key == "prune" and isinstance(value, (int, float)) and isinstance(values.get(key), dict):
                 value = {**values[key], "ratio": value}  # a ratio over the base's pruning settings
             values[key] = value
-        for key in ("targets", "widths", "steps"):
+        for key in ("targets", "widths", "steps", "cache"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -284,7 +289,7 @@ class PackageConfig:
                 "guidance": self.guidance, "calib_samples": self.calib_samples, "calib_steps": self.calib_steps,
                 "samples": self.samples,
                 "clip": self.clip, "prompts": self.prompts, "repeats": self.repeats, "seed": self.seed,
-                "policy": self.policy, "attention_downsample": self.attention_downsample}
+                "policy": self.policy, "attention_downsample": self.attention_downsample, "cache": list(self.cache)}
 
 
 def _digest(inputs: dict) -> str:
@@ -613,6 +618,10 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         profile = profile.with_precision(config.precision(name))
         if config.attention_downsample != 1:
             profile = profile.with_attention_downsample(config.attention_downsample)
+        if tuple(config.cache) != (1,):
+            from edgekit.profiles import with_cache
+
+            profile = with_cache(profile, list(config.cache))
         target.check_profile(profile)
         profiles[name] = profile
     from edgekit.targets.base import sampling_plan

@@ -294,6 +294,10 @@ class TargetProfile(_Strict):
     # approximation, measured by bench's reference fidelity
     attention_downsample: int = 1
     attention_downsample_levels: int = 1
+    # step caching (edgekit.step_cache): the cache intervals the bundle offers (1 = the plain loop, always
+    # offered); above 1 the export adds, per width, the full UNet graph that also outputs the cached feature and
+    # the shallow graph, and the manifest a per-step plan for each interval and step count
+    cache_intervals: tuple[int, ...] = (1,)
     # INT8 bundles: components that get int8 weights with float activations (dynamic range) instead of
     # full-integer, because their activations do not survive int8 (measured: the CLIP text encoder).
     int8_float_activations: tuple[str, ...] = ()
@@ -331,6 +335,11 @@ class TargetProfile(_Strict):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
                 raise InputError(f"{key} {value!r}: expected a whole number in 1..8")
+        from edgekit.step_cache import parse_intervals
+
+        if tuple(self.cache_intervals) != parse_intervals(list(self.cache_intervals), "cache_intervals"):
+            raise InputError(f"cache_intervals {list(self.cache_intervals)}: expected whole numbers >= 1 in "
+                             "increasing order, starting with 1 (the plain loop)")
         if not self.steps or any(s <= 0 for s in self.steps):
             raise InputError(f"steps {list(self.steps)}: expected a non-empty list of positive whole numbers")
         from edgekit.limits import check_step_counts
@@ -378,6 +387,13 @@ class TargetProfile(_Strict):
         if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 8:
             raise InputError("expected a whole number in 1..8 (1 = off)", param=param, value=factor)
         return dataclasses.replace(self, attention_downsample=factor)
+
+
+def with_cache(profile: TargetProfile, intervals, param: str = "cache") -> TargetProfile:
+    """``profile`` offering the step-cache intervals ``intervals`` ("1,2,3" or a list; 1 is always offered)."""
+    from edgekit.step_cache import parse_intervals
+
+    return dataclasses.replace(profile, cache_intervals=parse_intervals(intervals, param))
 
 
 def shipped_profile(name: str) -> TargetProfile:

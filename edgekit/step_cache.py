@@ -222,3 +222,64 @@ def generate_cached(pipe, prompts: list[str], seeds: list[int], steps: int, guid
         return generate(pipe, prompts, seeds, steps, guidance_scale, **kwargs)
     with caching_unet(pipe, interval, steps):
         return generate(pipe, prompts, seeds, steps, guidance_scale, **kwargs)
+
+
+def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
+    """The manifest's ``sampling.step_cache``: which component each role names, where the full graph's output
+    splits (noise channels first, the feature after), and per offered interval above 1 and per step count it
+    fits, the plan (one role per step). Data a device loop follows with no scheduler- or interval-specific code.
+    An interval larger than every offered step count is refused (it would cache nothing)."""
+    intervals = parse_intervals(list(intervals), "cache")
+    counts = sorted(int(s) for s in step_counts)
+    plans = {}
+    for n in intervals:
+        if n == 1:
+            continue
+        if n > counts[-1]:
+            raise InputError(f"is larger than every offered step count ({', '.join(map(str, counts))})",
+                             param="cache", value=n)
+        plans[str(n)] = {str(s): cache_plan(n, s) for s in counts if s >= n}
+    return {"method": "deepcache", "intervals": list(intervals),
+            "graphs": {FULL: "unet_full", SHALLOW: "unet_shallow"},
+            "full_output": {"noise_channels": int(noise_channels), "feature_input": "cached_feature"}, "plans": plans}
+
+
+def check_section(m: dict, where: str) -> None:
+    """A manifest's ``sampling.step_cache`` (InputError naming the field): every plan's graphs exist at every
+    width, every plan fits a schedule the bundle carries, starts with a full step and holds known roles."""
+    section = m["sampling"]["step_cache"]
+    field = "sampling.step_cache"
+    if not isinstance(section, dict):
+        raise InputError(f"{where}: {field} should be an object")
+    graphs, plans, out = section.get("graphs"), section.get("plans"), section.get("full_output")
+    if not isinstance(graphs, dict) or set(graphs) != set(ROLES):
+        raise InputError(f"{where}: {field}.graphs should name a component for each of {list(ROLES)}")
+    for role, name in graphs.items():
+        entry = m["components"].get(name) if isinstance(name, str) else None
+        widths = set(entry.get("widths", {})) if isinstance(entry, dict) else set()
+        unet_widths = set(m["components"].get("unet", {}).get("widths", {}))
+        if not widths or widths != unet_widths:
+            raise InputError(f"{where}: {field}.graphs.{role} names component {name!r}, which the bundle lacks "
+                             f"at widths {sorted(unet_widths)}")
+    if not (isinstance(out, dict) and isinstance(out.get("noise_channels"), int) and out["noise_channels"] > 0
+            and isinstance(out.get("feature_input"), str)):
+        raise InputError(f"{where}: {field}.full_output should be {{noise_channels: int > 0, feature_input: name}}")
+    for width, entry in m["components"][graphs[SHALLOW]]["widths"].items():
+        if out["feature_input"] not in [t.get("name") for t in entry.get("inputs", []) if isinstance(t, dict)]:
+            raise InputError(f"{where}: {field}.full_output.feature_input {out['feature_input']!r} is not an input "
+                             f"of {graphs[SHALLOW]} at width {width}")
+    if not isinstance(plans, dict):
+        raise InputError(f"{where}: {field}.plans should be an object")
+    schedules = m["sampling"]["schedules"]
+    for interval, by_steps in plans.items():
+        if not (interval.isdigit() and int(interval) >= 2 and isinstance(by_steps, dict)):
+            raise InputError(f"{where}: {field}.plans.{interval} should be an interval >= 2 mapping step counts "
+                             "to plans")
+        for steps, plan in by_steps.items():
+            label = f"{field}.plans.{interval}.{steps}"
+            if steps not in schedules:
+                raise InputError(f"{where}: {label}: the bundle has no schedule for {steps} steps")
+            if not (isinstance(plan, list) and len(plan) == int(steps) and all(r in ROLES for r in plan)
+                    and plan[0] == FULL):
+                raise InputError(f"{where}: {label} should list {steps} roles from {list(ROLES)}, the first "
+                                 f"'{FULL}'")

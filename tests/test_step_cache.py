@@ -114,3 +114,136 @@ def test_cached_loop_runs_the_plan_and_interval_1_is_the_plain_loop(pipe):
     assert pipe.unet is stand_in.inner  # put back
     diff = np.abs(cached - plain)
     assert 0 < diff.mean() < 0.1, diff.mean()  # an approximation of the same image, not another image
+
+
+# ---------------------------------------------------------------------------------------------- the bundle
+@pytest.fixture(scope="module")
+def cached_bundle(tmp_path_factory):
+    """The digits model (slim) exported for ort-web at widths 1 and 0.5 offering cache intervals 1, 2, 3."""
+    from edgekit.cli import main
+
+    out = tmp_path_factory.mktemp("step_cache") / "bundle"
+    assert main(["export", "--model", SLIM, "--target", "ort-web", "--widths", "1.0,0.5", "--steps", "4,8",
+                 "--cache", "2,3", "--out", str(out)]) == 0
+    return out
+
+
+def test_export_offers_the_plans_and_verifies_both_graphs(cached_bundle):
+    from edgekit.bundle import read_manifest
+
+    m = read_manifest(cached_bundle)
+    section = m["sampling"]["step_cache"]
+    assert section["intervals"] == [1, 2, 3]
+    assert section["plans"]["2"]["4"] == ["full", "shallow", "full", "shallow"]
+    assert section["plans"]["3"]["8"] == ["full", "shallow", "shallow"] * 2 + ["full", "shallow"]
+    assert section["full_output"]["noise_channels"] == 4
+    for name in ("unet", "unet_full", "unet_shallow"):
+        assert set(m["components"][name]["widths"]) == {"1.00", "0.50"}
+        for width, record in m["verification"][name]["widths"].items():
+            ran = [c for c in record["checks"] if "rel_err" in c]
+            assert ran and all(c["rel_err"] <= record["tolerance"] for c in ran), (name, width, record["checks"])
+    shallow = m["components"]["unet_shallow"]["widths"]["1.00"]
+    assert [t["name"] for t in shallow["inputs"]] == ["sample", "timestep", "encoder_hidden_states", "cached_feature"]
+    # the shallow graph is the small one: the deep levels are not in it
+    assert shallow["bytes"] < 0.5 * m["components"]["unet_full"]["widths"]["1.00"]["bytes"]
+
+
+@pytest.mark.parametrize("guidance", [None, 1.0])
+def test_bundle_loop_reproduces_the_torch_cached_loop(cached_bundle, pipe, guidance):
+    """Guidance > 1 (the manifest's, CFG pairs) and <= 1 (one pass): the ORT loop following the manifest's plan
+    gives the torch cached loop's image from the same noise; interval 1 is the plain bundle loop."""
+    from edgekit.runtime.sampler import BundleSampler
+    from edgekit.step_cache import generate_cached
+
+    sampler = BundleSampler(cached_bundle, threads=1)
+    prompts, seeds = ["a handwritten digit two", "a handwritten digit eight"], [3001, 3002]
+    scale = sampler.guidance(guidance)[0]
+    cached, _ = sampler.generate(prompts, seeds, 8, 1.0, guidance=guidance, cache=2)
+    reference = generate_cached(pipe, prompts, seeds, 8, scale, 2)
+    assert float(np.abs(cached - reference).max()) < 1e-4
+    plain, timing = sampler.generate(prompts, seeds, 8, 1.0, guidance=guidance, cache=1)
+    assert float(np.abs(plain - generate_cached(pipe, prompts, seeds, 8, scale, 1)).max()) < 1e-4
+    assert float(np.abs(cached - plain).mean()) > 1e-3  # the shallow steps did run
+
+
+def test_generate_cli_follows_the_plan_and_refuses_bad_intervals(cached_bundle, tmp_path, capsys):
+    from cli_checks import one_line
+
+    from edgekit.cli import main
+
+    out = tmp_path / "a.png"
+    assert main(["generate", "--bundle", str(cached_bundle), "--steps", "8", "--cache", "3", "--prompt",
+                 "a handwritten digit one", "--out", str(out), "--json"]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    for cache, steps, needle in [("0", "8", "--cache 0: expected a whole number"),
+                                 ("5", "8", "--cache 5: the bundle"),
+                                 ("x", "8", "--cache x:")]:
+        bad = tmp_path / f"bad{cache}.png"
+        assert main(["generate", "--bundle", str(cached_bundle), "--steps", steps, "--cache", cache, "--prompt", "x",
+                     "--out", str(bad)]) == 2
+        one_line(capsys.readouterr().err, needle)
+        assert not bad.exists()
+
+
+@pytest.mark.parametrize("cache, needle", [("0", "--cache 0: expected a whole number"),
+                                           ("9", "--cache 9: is larger than every offered step count (4, 8)"),
+                                           ("2,-1", "--cache")])
+def test_export_refuses_bad_intervals_before_writing(tmp_path, capsys, cache, needle):
+    from cli_checks import one_line
+
+    from edgekit.cli import main
+
+    out = tmp_path / "b"
+    assert main(["export", "--model", SLIM, "--target", "ort-web", "--steps", "4,8", "--cache", cache,
+                 "--out", str(out)]) == 2
+    one_line(capsys.readouterr().err, needle)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_unet_with_nowhere_to_cache(tmp_path, capsys, copy_of):
+    import json
+
+    from cli_checks import one_line
+    from diffusers import UNet2DConditionModel
+
+    from edgekit.cli import main
+
+    model = copy_of(__import__("pathlib").Path("edgekit/zoo/tiny_digits/pipeline"), "model")
+    cfg = json.loads((model / "unet" / "config.json").read_text())
+    unet = UNet2DConditionModel(sample_size=cfg["sample_size"], in_channels=cfg["in_channels"],
+                                out_channels=cfg["out_channels"], block_out_channels=(32,),
+                                down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                                layers_per_block=1, cross_attention_dim=cfg["cross_attention_dim"], norm_num_groups=8,
+                                attention_head_dim=8)
+    unet.save_pretrained(model / "unet")
+    out = tmp_path / "b"
+    assert main(["export", "--model", str(model), "--target", "ort-web", "--steps", "4", "--cache", "2",
+                 "--out", str(out)]) == 2
+    one_line(capsys.readouterr().err, "--cache: the UNet has 1 up block(s)")
+    assert not out.exists()
+
+
+def test_manifest_whose_plan_names_a_missing_graph_is_refused(cached_bundle, tmp_path):
+    import copy
+
+    from edgekit.bundle import check_manifest, read_manifest
+    from edgekit.errors import InputError
+
+    m = read_manifest(cached_bundle)
+    bad = copy.deepcopy(m)
+    bad["sampling"]["step_cache"]["graphs"]["shallow"] = "unet_tiny"
+    with pytest.raises(InputError, match=r"sampling\.step_cache\.graphs\.shallow names component 'unet_tiny'"):
+        check_manifest(bad, "manifest.json")
+    bad = copy.deepcopy(m)
+    del bad["components"]["unet_full"]
+    with pytest.raises(InputError, match=r"graphs\.full names component 'unet_full', which the bundle lacks"):
+        check_manifest(bad, "manifest.json")
+    bad = copy.deepcopy(m)
+    bad["sampling"]["step_cache"]["plans"]["2"]["4"] = ["shallow", "full", "shallow", "full"]
+    with pytest.raises(InputError, match=r"plans\.2\.4 should list 4 roles"):
+        check_manifest(bad, "manifest.json")
+    bad = copy.deepcopy(m)
+    bad["sampling"]["step_cache"]["plans"]["2"]["6"] = ["full"] * 6
+    with pytest.raises(InputError, match=r"no schedule for 6 steps"):
+        check_manifest(bad, "manifest.json")

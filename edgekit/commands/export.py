@@ -28,6 +28,10 @@ def register(sub) -> None:
                    help="the UNet's highest-resolution self-attention attends to keys and values average-pooled "
                         "by N per side (N*N fewer; training-free, its fidelity cost measured by bench); "
                         "1 = off; default: the profile's attention_downsample")
+    p.add_argument("--cache", default=None, metavar="N,N",
+                   help="step-cache intervals to offer (DeepCache: the full UNet every N-th step, a shallow branch "
+                        "between, fed the cached feature), e.g. 1,2,3; 1 = off; default: the profile's "
+                        "cache_intervals")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_json_flag(p)
@@ -54,6 +58,10 @@ def run_export(args) -> int:
     profile = TargetProfile.from_yaml(profile_path).with_precision(args.precision)
     if args.attention_downsample is not None:
         profile = profile.with_attention_downsample(args.attention_downsample)
+    if args.cache is not None:
+        from edgekit.profiles import with_cache
+
+        profile = with_cache(profile, args.cache)
     request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
                             widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force,
                             steps=args.steps, guidance=args.guidance)

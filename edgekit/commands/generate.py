@@ -36,6 +36,9 @@ def register(sub) -> None:
                         "instead of torch, as the device will")
     add_width_flag(p)
     add_sampling_flags(p)
+    p.add_argument("--cache", default=None, metavar="N",
+                   help="step caching (DeepCache): the full UNet every N-th step, the shallow branch fed its cached "
+                        "feature between; 1 = off (default); a bundle needs a plan for N (edgekit export --cache)")
     p.add_argument("--prompt", type=prompt_text, required=True, help="what to draw")
     p.add_argument("--out", type=_png_path, default=Path("out.png"), help="PNG file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -52,8 +55,11 @@ def run(args) -> int:
     from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir, check_model_steps, generate, sampling_defaults, steps_source
 
+    from edgekit.step_cache import check_interval, generate_cached
+
+    cache = 1 if args.cache is None else check_interval(args.cache)
     if args.bundle is not None:
-        return _run_bundle(args)
+        return _run_bundle(args, cache)
     model_dir = check_model_dir(args.model)
     out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
     defaults = sampling_defaults(model_dir)
@@ -61,20 +67,25 @@ def run(args) -> int:
     guidance = defaults.guidance_scale if args.guidance is None else args.guidance
     pipe = open_model(model_dir, width=args.width)
     started = time.perf_counter()
-    image = generate(pipe, [args.prompt], [args.seed], steps, guidance)[0]
+    if cache > 1:
+        from edgekit.step_cache import cache_plan, check_cacheable
+
+        cache_plan(cache, steps)  # an interval past the step count is refused before any work
+        check_cacheable(pipe.unet)
+    image = generate_cached(pipe, [args.prompt], [args.seed], steps, guidance, cache)[0]
     seconds = time.perf_counter() - started
     pil = Image.fromarray((image * 255).round().astype("uint8"))
     if args.scale > 1:
         pil = pil.resize((pil.width * args.scale, pil.height * args.scale), Image.NEAREST)
     with staged_file(out) as tmp:
         pil.save(tmp, format="PNG")
-    payload = {"out": str(out), "prompt": args.prompt, "steps": steps, "guidance_scale": guidance,
+    payload = {"out": str(out), "prompt": args.prompt, "steps": steps, "guidance_scale": guidance, "cache": cache,
                "seed": args.seed, "seconds": round(seconds, 3), "size": [pil.width, pil.height]}
     emit(payload, args.json, [f"wrote {out} ({pil.width}x{pil.height}, {steps} steps, {seconds:.2f} s)"])
     return 0
 
 
-def _run_bundle(args) -> int:
+def _run_bundle(args, cache: int = 1) -> int:
     """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
     from edgekit.bundle import read_manifest
     from edgekit.fsutil import check_output_path
@@ -94,16 +105,19 @@ def _run_bundle(args) -> int:
         raise InputError(f"--width {args.width}: the bundle has UNet widths {', '.join(widths)}")
     steps = args.steps or int(manifest["sampling"]["default_steps"])
     sampler.table(steps)  # InputError naming the step counts the bundle carries
+    sampler.cache_plan(cache, steps)  # InputError naming the intervals the bundle offers
     started = time.perf_counter()
-    images, timing = sampler.generate([args.prompt], [args.seed], steps, width.value, guidance=args.guidance)
+    images, timing = sampler.generate([args.prompt], [args.seed], steps, width.value, guidance=args.guidance,
+                                      cache=cache)
     seconds = time.perf_counter() - started
     guidance = float(manifest["sampling"]["guidance_scale"]) if args.guidance is None else args.guidance
     size = _write_png(images[0], out, args.scale)
     payload = {"out": str(out), "bundle": str(args.bundle), "target": manifest["target"],
-               "runtime": sampler.runtime, "width": width.value, "prompt": args.prompt, "steps": steps,
+               "runtime": sampler.runtime, "width": width.value, "prompt": args.prompt, "steps": steps, "cache": cache,
                "guidance_scale": guidance, "seed": args.seed, "seconds": round(seconds, 3), "size": size}
     emit(payload, args.json, [f"wrote {out} ({size[0]}x{size[1]}, {manifest['target']} bundle on {sampler.runtime}, "
-                              f"width {width.key}, {steps} steps, {seconds:.2f} s)"])
+                              f"width {width.key}, {steps} steps" + (f", cache interval {cache}" if cache > 1 else "")
+                              + f", {seconds:.2f} s)"])
     return 0
 
 

@@ -78,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--attention-downsample", type=int, default=None, metavar="N",
                    help="every bundle's UNet attends to keys and values average-pooled by N per side at its "
                         "highest resolution (training-free; bench measures its fidelity cost); 1 = off (default)")
+    p.add_argument("--cache", default=None, metavar="N,N",
+                   help="step-cache intervals every bundle offers (DeepCache: the full UNet every N-th step, a "
+                        "shallow branch between), e.g. 1,2,3; 1 = off (default)")
     p.add_argument("--out", type=Path, required=True,
                    help="output directory: new, empty, or an earlier package output (resumed; damaged stages rerun)")
     p.add_argument("--force", action="store_true",
@@ -85,6 +88,12 @@ def register(sub) -> None:
                         "into a directory that holds other files (never overwriting them)")
     add_json_flag(p)
     p.set_defaults(func=run)
+
+
+def _cache_intervals(text):
+    from edgekit.step_cache import parse_intervals
+
+    return parse_intervals(text, "cache")
 
 
 def config_from_args(args):
@@ -98,6 +107,7 @@ def config_from_args(args):
              "samples": args.samples, "clip": None if args.clip is None else str(args.clip),
              "prompts": None if args.prompts is None else str(args.prompts), "repeats": args.repeats,
              "seed": args.seed, "attention_downsample": args.attention_downsample,
+             "cache": None if args.cache is None else list(_cache_intervals(args.cache)),
              "policy": None if args.policy is None else read_json(args.policy, "--policy"),
              "precisions": None if args.precision is None else dict(args.precision)}
     given = {key: value for key, value in flags.items() if value is not None}

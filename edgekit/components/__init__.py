@@ -22,6 +22,10 @@ COMPONENTS.add("text_encoder", "edgekit.components.text_encoder")
 COMPONENTS.add("unet", "edgekit.components.unet")
 COMPONENTS.add("vae_decoder", "edgekit.components.vae_decoder")
 COMPONENTS.add("vae_encoder", "edgekit.components.vae_encoder")
+# step caching (edgekit.step_cache): exported only where a profile offers a cache interval above 1
+COMPONENTS.add("unet_full", "edgekit.components.unet_full")
+COMPONENTS.add("unet_shallow", "edgekit.components.unet_shallow")
+CACHE_COMPONENTS = ("unet_full", "unet_shallow")  # the graphs a cache plan's "full" and "shallow" steps run
 
 
 def get_component(name: str) -> Component:
@@ -41,7 +45,9 @@ def bundle_components(extra: tuple[str, ...] = ()) -> list[Component]:
 # Names the stages list by (kept as tuples: the calibration directory and quantize options take them).
 BUNDLE_COMPONENTS = tuple(c.name for c in bundle_components())
 CALIB_COMPONENTS = tuple(c.name for c in all_components() if c.calibrated)
-PER_WIDTH_COMPONENTS = tuple(c.name for c in all_components() if c.per_width)
+# the per-width graphs every bundle carries (what the quantize stage makes per width; a cached bundle's two extra
+# graphs are made by its export)
+PER_WIDTH_COMPONENTS = tuple(c.name for c in all_components() if c.per_width and c.in_every_bundle)
 
 
 def component_spec(pipe, name: str) -> ComponentSpec:
@@ -68,6 +74,6 @@ def geometry(pipe) -> dict:
             "image_range": [-1.0, 1.0]}
 
 
-__all__ = ["BUNDLE_COMPONENTS", "CALIB_COMPONENTS", "COMPONENTS", "PER_WIDTH_COMPONENTS", "Component",
+__all__ = ["BUNDLE_COMPONENTS", "CACHE_COMPONENTS", "CALIB_COMPONENTS", "COMPONENTS", "PER_WIDTH_COMPONENTS", "Component",
            "ComponentSpec", "StandIn", "TensorSpec", "all_components", "bundle_components", "component_spec",
            "example_inputs", "export_module", "geometry", "get_component", "inputs_from_calibration", "run_in_chunks", "run_torch"]

@@ -72,6 +72,8 @@ class Component:
     per_width: ClassVar[bool] = False  # exported once per UNet width (manifest: {"widths": {Width.key: entry}})
     in_every_bundle: ClassVar[bool] = True  # the bundle sampler runs it; False: only where a target asks for it
     calibrated: ClassVar[bool] = True  # calibration captures its inputs, so the quantizers can take it
+    # Another component whose captured rows are this one's inputs too (INT8 quantizes it from those rows)
+    calibration_from: ClassVar[str | None] = None
     max_calib_rows: ClassVar[int] = 256  # default reservoir size of its calibration rows
     counts_params: ClassVar[bool] = False  # its manifest entry carries "params" (what widths change)
     # Which side of the graph carries VAE latents ("input" / "output"), for loaders that assume their own scale.

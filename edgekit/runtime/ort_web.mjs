@@ -110,7 +110,8 @@ async function runInRows(modelPath, inputs, externalData, outputName, perCall) {
 
 function entries(manifest) {
   const out = [];
-  for (const name of ['text_encoder', 'unet', 'vae_decoder']) {
+  // unet_full / unet_shallow: the step-cache graphs (edgekit.step_cache), where the bundle offers caching
+  for (const name of ['text_encoder', 'unet', 'vae_decoder', 'unet_full', 'unet_shallow']) {
     const comp = manifest.components[name];
     const ver = manifest.verification[name] || {};
     if (!comp) continue;

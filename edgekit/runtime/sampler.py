@@ -39,6 +39,11 @@ class Components:
     # sample, timestep (B,), hidden[, timestep_cond (B, D) where the UNet has a guidance embedding] -> eps
     unet: Callable[..., np.ndarray]
     vae_decoder: Callable[[np.ndarray], np.ndarray]  # latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]
+    # step caching (the manifest's sampling.step_cache): the full graph (UNet inputs -> noise and feature joined on
+    # channels, split at noise_channels) and the shallow one (UNet inputs with the feature after the text)
+    unet_full: Callable[..., np.ndarray] | None = None
+    unet_shallow: Callable[..., np.ndarray] | None = None
+    noise_channels: int = 0
 
 
 @dataclass
@@ -52,12 +57,15 @@ class Timing:
 
 def sample(components: Components, encode, table: dict, prompts: list[str], seeds: list[int], guidance: float,
            latent_shape: tuple[int, int, int], scaling_factor: float, on_step=None, mode: str | None = None,
-           timestep_cond: np.ndarray | None = None) -> tuple[np.ndarray, Timing]:
+           timestep_cond: np.ndarray | None = None, plan: list[str] | None = None) -> tuple[np.ndarray, Timing]:
     """Images (N, H, W, 3) in [0, 1] for ``prompts``; one image per prompt, its noise from ``seeds``
     (edgekit.noise: stream 0 the initial latents, stream j + 1 step j's draw of a stochastic table).
 
     ``mode`` (edgekit.schedule.GUIDANCE_MODES; default from ``guidance`` as diffusers decides) says whether
-    the unconditional pass runs; ``timestep_cond`` (D,) is fed to a UNet with a guidance embedding input."""
+    the unconditional pass runs; ``timestep_cond`` (D,) is fed to a UNet with a guidance embedding input.
+    ``plan`` (a step-cache plan from the manifest, one "full" / "shallow" per step; None: the plain UNet every
+    step): full steps run ``components.unet_full`` and keep its feature rows, shallow ones run
+    ``components.unet_shallow`` fed the kept rows."""
     from edgekit.noise import initial_latents, step_noise
     from edgekit.schedule import GUIDANCE_CFG, guidance_mode, run_table
 
@@ -73,22 +81,39 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
     # The shared counter-based generator (edgekit.noise): the browser, Kotlin and Swift draw the same numbers.
     x0 = initial_latents(seeds, latent_shape)
 
-    def unet(sample_in: np.ndarray, hidden: np.ndarray, t: float) -> np.ndarray:
+    if plan is not None and (len(plan) != len(table["timesteps"]) or components.unet_full is None
+                             or components.unet_shallow is None):
+        raise InputError(f"bundle sampler: a step-cache plan of {len(plan)} steps for a {len(table['timesteps'])}-step "
+                         "table needs both cache graphs")
+    feature: list = [None]
+
+    def unet(sample_in: np.ndarray, hidden: np.ndarray, t: float, role: str | None = None) -> np.ndarray:
         timing.unet_calls += 1  # the runner slices rows itself when the graph's batch axis is fixed
         extra = () if timestep_cond is None else (np.repeat(np.asarray(timestep_cond, np.float32)[None],
                                                            len(sample_in), axis=0),)
-        return components.unet(sample_in, np.full((len(sample_in),), t, dtype=np.float32), hidden, *extra)
+        t_rows = np.full((len(sample_in),), t, dtype=np.float32)
+        if role is None:
+            return components.unet(sample_in, t_rows, hidden, *extra)
+        if role == "full":
+            out = np.asarray(components.unet_full(sample_in, t_rows, hidden, *extra))
+            feature[0] = out[:, components.noise_channels:]
+            return out[:, :components.noise_channels]
+        if role == "shallow" and feature[0] is not None:
+            return components.unet_shallow(sample_in, t_rows, hidden, feature[0], *extra)
+        raise InputError(f"bundle sampler: step-cache role {role!r} at step {step[0]} (a plan starts with 'full' "
+                         "and holds 'full' / 'shallow' only)")
 
     step = [0]
 
     def model(x: np.ndarray, t: float) -> np.ndarray:
         t1 = time.perf_counter()
         x = x.astype(np.float32)
+        role = plan[step[0]] if plan is not None else None
         if mode == GUIDANCE_CFG:
-            both = unet(np.concatenate([x, x]), np.concatenate([uncond, cond]), t)
+            both = unet(np.concatenate([x, x]), np.concatenate([uncond, cond]), t, role)
             eps = both[:n] + guidance * (both[n:] - both[:n])
         else:
-            eps = unet(x, cond, t)
+            eps = unet(x, cond, t, role)
         timing.unet_s += time.perf_counter() - t1
         step[0] += 1
         if on_step is not None:
@@ -161,8 +186,29 @@ class BundleSampler:
     def steps(self) -> list[int]:
         return sorted(int(s) for s in self.manifest["sampling"]["schedules"])
 
-    def components(self, width) -> Components:
-        """The runners at ``width`` (any Width spelling); the UNet's is opened on first use."""
+    def cache_plan(self, cache: int, steps: int) -> list[str] | None:
+        """The manifest's step-cache plan for interval ``cache`` at ``steps`` steps (None for 1: the plain loop)."""
+        from edgekit.step_cache import check_interval
+
+        cache = check_interval(cache)
+        if cache == 1:
+            return None
+        section = self.manifest["sampling"].get("step_cache")
+        offered = [int(k) for k in section["plans"]] if section else []
+        if cache not in offered:
+            raise InputError(f"the bundle {self.bundle_dir} offers no step-cache plan at this interval (offers: "
+                             f"{', '.join(map(str, [1] + offered))}; edgekit export --cache)", param="cache",
+                             value=cache)
+        plans = section["plans"][str(cache)]
+        if str(steps) not in plans:
+            raise InputError(f"the bundle has no {steps}-step plan at this interval (an interval larger than the "
+                             f"step count caches nothing; plans for {', '.join(sorted(plans, key=int))} steps)",
+                             param="cache", value=cache)
+        return list(plans[str(steps)])
+
+    def components(self, width, cached: bool = False) -> Components:
+        """The runners at ``width`` (any Width spelling); the UNet's is opened on first use; ``cached``: the
+        step-cache graphs too (the manifest's sampling.step_cache)."""
         from edgekit.width import Width, WidthError
 
         entries = self.manifest["components"]["unet"]["widths"]
@@ -175,7 +221,16 @@ class BundleSampler:
                              f"(has: {', '.join(entries)})")
         if key not in self._unets:
             self._unets[key] = self._named(entries[key])
-        return Components(text_encoder=self._text_encoder, unet=self._unets[key], vae_decoder=self._vae)
+        comps = Components(text_encoder=self._text_encoder, unet=self._unets[key], vae_decoder=self._vae)
+        if cached:
+            section = self.manifest["sampling"]["step_cache"]
+            for role, attr in (("full", "unet_full"), ("shallow", "unet_shallow")):
+                name = section["graphs"][role]
+                if (name, key) not in self._unets:
+                    self._unets[(name, key)] = self._named(self.manifest["components"][name]["widths"][key])
+                setattr(comps, attr, self._unets[(name, key)])
+            comps.noise_channels = int(section["full_output"]["noise_channels"])
+        return comps
 
     def table(self, steps: int) -> dict:
         schedules = self.manifest["sampling"]["schedules"]
@@ -198,7 +253,10 @@ class BundleSampler:
         return g, mode, guidance_embedding(g, dim) if mode == GUIDANCE_EMBEDDING else None
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int, width: float,
-                 guidance: float | None = None, on_step=None) -> tuple[np.ndarray, Timing]:
+                 guidance: float | None = None, on_step=None, cache: int = 1) -> tuple[np.ndarray, Timing]:
+        """``cache``: the step-cache interval (1: the plain loop; else the manifest's plan for it)."""
+        table = self.table(steps)
+        plan = self.cache_plan(cache, steps)
         g, mode, timestep_cond = self.guidance(guidance)
-        return sample(self.components(width), self.encode, self.table(steps), prompts, seeds, g, self.latent_shape,
-                      self.scaling_factor, on_step, mode=mode, timestep_cond=timestep_cond)
+        return sample(self.components(width, cached=plan is not None), self.encode, table, prompts, seeds, g,
+                      self.latent_shape, self.scaling_factor, on_step, mode=mode, timestep_cond=timestep_cond, plan=plan)

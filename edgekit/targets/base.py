@@ -238,6 +238,13 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
 
         check_downsample(base.unet, profile.attention_downsample, profile.attention_downsample_levels,
                          base.unet.config.sample_size)
+    step_cache = None
+    if profile.cache_intervals != (1,):  # refused before any width is opened or anything exported
+        from edgekit.step_cache import check_cacheable, manifest_section
+
+        check_cacheable(base.unet)
+        step_cache = manifest_section(profile.cache_intervals, [int(k) for k in sampling["schedules"]],
+                                      int(base.unet.config.out_channels))
     pipes = {w: (base if w.is_full else open_model(model_dir, width=w)) for w in widths}
     if profile.attention_downsample > 1:  # the export's own copies: torch reference and graph alike
         from edgekit.targets.attention_downsample import downsample_keys
@@ -248,9 +255,13 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     fixed = profile.fixed_shapes
     unet_batch = profile.unet_batch if sampling["guidance_mode"] == GUIDANCE_CFG else 1  # one pass without CFG
     jobs = []
-    for comp in target.components():
+    from edgekit.components import CACHE_COMPONENTS
+
+    extra = [get_component(n) for n in CACHE_COMPONENTS] if step_cache else []
+    for comp in target.components() + extra:
         # a component calibration never captures ships in float where the bundle asks for INT8
-        job_precision = precision if comp.calibrated or precision not in target.needs_calibration else "fp32"
+        calibrated = comp.calibrated or comp.calibration_from is not None
+        job_precision = precision if calibrated or precision not in target.needs_calibration else "fp32"
         for w in (widths if comp.per_width else (None,)):
             batch = (unet_batch if comp.per_width else 1) if fixed else None
             jobs.append(ComponentJob(base if w is None else pipes[w], comp.name, w, comp.folder(w), batch,
@@ -271,8 +282,11 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             spec = comp.spec(job.pipe)
             rows = job.batch or VERIFY_ROWS
             job_calib = calib
-            if (job.name, job.width) in width_calib:  # rows captured at this width
-                job_calib = {**(calib or {}), job.name: width_calib[(job.name, job.width)]}
+            rows_of = comp.calibration_from or job.name  # whose captured rows are this graph's inputs
+            if (rows_of, job.width) in width_calib:  # rows captured at this width
+                job_calib = {**(calib or {}), rows_of: width_calib[(rows_of, job.width)]}
+            if rows_of != job.name and job_calib and rows_of in job_calib:
+                job_calib = {**job_calib, job.name: job_calib[rows_of]}
             inputs, source = _verification_inputs(job.pipe, job.name, rows, job_calib)
             if job.precision in target.needs_calibration:
                 if not job_calib or job.name not in job_calib:
@@ -330,7 +344,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             "tokenizer": _write_tokenizer(base, model_dir, stage),
             "scheduler": _scheduler(base, stage),
             "sampling": {**sampling, "batching": profile.guidance_batching if unet_batch == profile.unet_batch
-                         else "two-calls"},
+                         else "two-calls", **({"step_cache": step_cache} if step_cache else {})},
             "verification": verification,
             "table": [],
             "policy": {},
