@@ -16,13 +16,14 @@ from edgekit.width import Width
 
 
 def test_registry_holds_each_component_once_in_manifest_order():
-    assert COMPONENTS.names() == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    assert COMPONENTS.names() == ["text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_full", "unet_shallow"]
     assert BUNDLE_COMPONENTS == ("text_encoder", "unet", "vae_decoder")  # what the bundle sampler runs
     assert CALIB_COMPONENTS == ("text_encoder", "unet", "vae_decoder")  # what calibration can capture
     assert PER_WIDTH_COMPONENTS == ("unet",)
-    assert [c.name for c in bundle_components(("vae_encoder",))] == COMPONENTS.names()
+    assert [c.name for c in bundle_components(("vae_encoder",))] == COMPONENTS.names()[:4]
     assert {c.name: c.pipeline_attr for c in all_components()} == {
-        "text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+        "text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae",
+        "unet_full": "unet", "unet_shallow": "unet"}  # the step-cache graphs (edgekit.step_cache)
     with pytest.raises(InputError, match="did you mean 'vae_decoder'"):
         get_component("vae_decodr")
 
@@ -151,7 +152,7 @@ def test_targets_own_their_format_and_their_components():
     from edgekit.runtime.runners import CoreMLRunner, LiteRTRunner, OrtRunner, runner_class
     from edgekit.targets import get_target
 
-    assert [c.name for c in get_target("onnx").components()] == COMPONENTS.names()  # it ships the VAE encoder
+    assert [c.name for c in get_target("onnx").components()] == COMPONENTS.names()[:4]  # it ships the VAE encoder
     assert [c.name for c in get_target("ort-web").components()] == list(BUNDLE_COMPONENTS)
     assert get_target("ort-web").runner_class() is OrtRunner is runner_class("onnx")
     assert get_target("tflite").runner_class() is LiteRTRunner
