@@ -115,10 +115,9 @@ class Structure:
         path = Path(model_dir) / STRUCTURE_FILE
         if not path.is_file():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+        from edgekit.safe_read import read_json
+
+        data = read_json(path, error=ModelFormatError)  # bounded: a regular file, its size, depth and numbers
         return cls.from_dict(data, str(path))
 
 

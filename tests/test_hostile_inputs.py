@@ -495,3 +495,23 @@ def test_a_profile_outside_what_the_exporter_takes_is_refused_at_validation(tmp_
     out = tmp_path / "out"
     code, _, err = run_cli("export", "--target", "ort-web", "--profile", profile, "--out", out)
     _check(code, err, [str(profile), needle], out=out, before=before)
+
+
+def test_a_file_cap_below_one_tensor_is_refused_not_exceeded(tmp_path):
+    """max_file_mb 0.001 exited 0 with 1.18 MB chunks: a cap a tensor cannot fit is now an error naming both."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgekit.errors import InputError
+    from edgekit.targets.ort_web import split_external_data
+
+    weight = numpy_helper.from_array(np.ones((600, 600), np.float32), "big_weight")  # 1.37 MiB
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "big_weight"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 600])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 600])], [weight])
+    path = tmp_path / "model.onnx"
+    onnx.save_model(helper.make_model(graph), str(path))
+    with pytest.raises(InputError, match=r"weight tensor 'big_weight' holds 1\.37 MiB, over the profile's max_file_mb 1"):
+        split_external_data(path, 2**20)
+    assert [c["bytes"] for c in split_external_data(path, 2 * 2**20)] == [600 * 600 * 4]
