@@ -111,7 +111,7 @@ from typing import Iterator
 import numpy as np
 
 from edgekit.components import BUNDLE_COMPONENTS, all_components, get_component
-from edgekit.constants import FORMATS, MANIFEST
+from edgekit.constants import FORMATS, MANIFEST, SIGNATURE
 from edgekit.errors import InputError, VerificationError
 from edgekit.fsutil import sha256_file, staged_file
 from edgekit.width import Width, WidthError
@@ -167,14 +167,14 @@ def lookup(section: dict, name: str, width: str | None) -> dict | None:
 
 def _disk_entries(bundle_dir: Path) -> dict[str, Path]:
     """Every non-directory entry below ``bundle_dir`` (hidden ones and symbolic links included, links not
-    followed), by relative POSIX path, except the top-level manifest.json."""
+    followed), by relative POSIX path, except the top-level manifest.json and its signature (edgekit.signing)."""
     entries = {}
     for root, dirs, names in os.walk(bundle_dir, followlinks=False):
         root_path = Path(root)
         for name in names + [d for d in dirs if (root_path / d).is_symlink()]:
             path = root_path / name
             rel = path.relative_to(bundle_dir).as_posix()
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, SIGNATURE):
                 entries[rel] = path
     return dict(sorted(entries.items()))
 

@@ -304,14 +304,15 @@ def _refuse_appeared(out: Path, what: str = "directory") -> OutputConflictError:
 
 
 @contextmanager
-def staged_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
+def staged_dir(out: Path, *, force: bool = False, owned: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it takes the place of ``out`` in one rename, on error
     it is removed.
 
     Nothing edgekit did not write is ever deleted: an ``out`` that did not exist when the stage began and
     exists at its end (another run, a person) is refused unless ``force``; an existing ``out`` is replaced
-    only when it is the directory the caller already checked at the start, or an edgekit output (its stage's
-    manifest or marker, ``edgekit_output``), or empty; the old one is swapped out in one step and removed."""
+    only when it is an edgekit output (its stage's manifest or marker, ``edgekit_output``) or empty, or when
+    the caller ``owned`` it (a folder inside edgekit's own package output). The old one is swapped out in one
+    step, checked again where no one else can reach it, and only then removed."""
     out = Path(out).resolve()
     created = [p for p in reversed(out.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,22 +328,22 @@ def staged_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
             return
         except FileExistsError:
             pass
-        now = _identity(out)
         if started_as is None and not force:
             raise _refuse_appeared(out, "output")
-        if now != started_as and edgekit_output(out) is None:
+        if out.is_symlink() or not out.is_dir():
+            raise OutputConflictError("is a file now, not a directory; nothing was replaced and this run's output "
+                                      "was discarded", param="out", value=out)
+        checked = _identity(out)
+        if not owned and edgekit_output(out) is None:
             raise OutputConflictError("holds files edgekit did not write (no edgekit manifest or marker); nothing "
                                       "was replaced and this run's output was discarded: move them or choose "
                                       "another path", param="out", value=out)
-        if out.is_symlink() or not out.is_dir():
-            raise OutputConflictError("is now a file, not a directory; nothing was replaced and this run's output "
-                                      "was discarded", param="out", value=out)
         _exchange(tmp, out)
-        # ``tmp`` now holds what was at ``out``: check, in this private place, that it is what may be deleted
-        if _identity(tmp) != started_as and edgekit_output(tmp) is None:
+        # ``tmp`` now holds what was at ``out``: what was checked, unless it was swapped in the meantime
+        if _identity(tmp) != checked and (owned or edgekit_output(tmp) is None):
             _exchange(tmp, out)
-            raise OutputConflictError("was replaced by files edgekit did not write while this command ran; they "
-                                      "were kept and this run's output discarded", param="out", value=out)
+            raise OutputConflictError("was replaced by other files while this command ran; they were kept and this "
+                                      "run's output discarded", param="out", value=out)
         shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

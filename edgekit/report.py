@@ -300,7 +300,7 @@ def write_report(out: Path, summary: dict) -> dict:
 
     plots_dir = out / "plots"
     made = []
-    with staged_dir(plots_dir) as staging:
+    with staged_dir(plots_dir, force=True, owned=True) as staging:  # the package's own folder (its marker)
         for name, plot in (("quality_vs_latency.png", plot_pareto), ("bundle_sizes.png", plot_sizes)):
             if plot(summary, staging / name) is not None:
                 made.append(f"plots/{name}")

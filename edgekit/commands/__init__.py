@@ -9,6 +9,7 @@ COMMAND_MODULES = (
     "edgekit.commands.policy",
     "edgekit.commands.bench",
     "edgekit.commands.serve",
+    "edgekit.commands.sign",
     "edgekit.commands.quantize",
     "edgekit.commands.package",
 )

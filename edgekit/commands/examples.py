@@ -30,8 +30,6 @@ EXAMPLES = {
     "serve": "edgekit serve bundle --port 0",  # any free port: the URL it prints names it
     "prune": "edgekit prune --ratio 0.25 --calib calib --recover-steps 0 --out pruned",
     "slim": "edgekit slim --widths 0.5,1.0 --train-steps 0 --out slim",
-    "keygen": "edgekit keygen --out key",
-    "sign": "edgekit sign bundle --key key",
 }
 TOP_LEVEL = EXAMPLES["generate"]
 

@@ -3,23 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_model_flag, emit, number, progress, step_list, width_list
-
-TARGETS = ("ort-web", "tflite", "coreml")
+from edgekit.commands.common import add_json_flag, add_model_flag, emit, list_flag, number, progress, step_list, width_list
+from edgekit.targets import target_names
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a verified bundle for one target (ort-web, tflite, coreml)")
+    names = target_names()
+    p = sub.add_parser("export", help=f"export a verified bundle for one target ({', '.join(names)})")
     add_model_flag(p)
-    p.add_argument("--target", required=True, help="ort-web | tflite | coreml")
+    p.add_argument("--target", required=True, metavar="TARGET", help=" | ".join(names))
     p.add_argument("--precision", default=None,
                    help="fp32 | fp16 | int8 (ort-web, tflite) | w8 | palettize6 (coreml); default: the profile's")
     p.add_argument("--calib", type=Path, default=None, help="calibration directory (edgekit calibrate); int8 needs it")
-    p.add_argument("--widths", type=width_list, nargs="+", default=None,
-                   help="UNet width multipliers to export (slimmable models), e.g. 0.5,1.0 or 0.5 1.0; default 1.0")
+    p.add_argument("--widths", **list_flag(width_list), default=None,
+                   help="UNet width multipliers to export (slimmable models), e.g. 0.5,1.0 (or 0.5 1.0); default 1.0")
     p.add_argument("--profile", type=Path, default=None,
                    help="target profile YAML (default: targets/<the target's profile>.yaml)")
-    p.add_argument("--steps", type=step_list, default=None,
+    p.add_argument("--steps", **list_flag(step_list), default=None,
                    help="step counts whose schedules the bundle carries, e.g. 1,2,4 (default: the model's "
                         "edgekit_defaults.json offered_steps, else the profile's plus the model's default)")
     p.add_argument("--guidance", type=number, default=None,
@@ -32,16 +32,22 @@ def register(sub) -> None:
                    help="step-cache intervals to offer (DeepCache: the full UNet every N-th step, a shallow branch "
                         "between, fed the cached feature), e.g. 1,2,3; 1 = off; default: the profile's "
                         "cache_intervals")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an earlier edgekit output")
+    p.add_argument("--sign", type=Path, default=None, metavar="KEY",
+                   help="Ed25519 private key (edgekit keygen): the bundle ships manifest.sig, a signature of its "
+                        "manifest's integrity record that verify --key checks")
     add_json_flag(p)
     p.set_defaults(func=run_export)
 
     v = sub.add_parser("verify", help="check a bundle: schema, every file's sha256, and the numbers where a "
                                       "runtime exists here")
-    v.add_argument("bundle", type=Path, metavar="BUNDLE")
+    v.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory (edgekit export / package)")
     v.add_argument("--files-only", action="store_true", help="skip re-running the components")
     v.add_argument("--node", action="store_true", help="run ONNX components in onnxruntime-web under Node")
+    v.add_argument("--key", type=Path, default=None, metavar="PUB",
+                   help="Ed25519 public key (KEY.pub from edgekit keygen): also require manifest.sig to be its "
+                        "valid signature of this manifest (catches a forger who recomputed every sha256)")
     v.add_argument("--browser", action="store_true", help="run ONNX components in headless Chromium on wasm and "
                    "WebGPU (SwiftShader where there is no GPU); needs the Debian package chromium")
     add_json_flag(v)
@@ -63,13 +69,13 @@ def run_export(args) -> int:
 
         profile = with_cache(profile, args.cache)
     request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
-                            widths=tuple(w for group in args.widths or [(1.0,)] for w in group), calib_dir=args.calib, force=args.force,
-                            steps=args.steps, guidance=args.guidance)
+                            widths=args.widths or (1.0,), calib_dir=args.calib, force=args.force,
+                            steps=args.steps, guidance=args.guidance, sign_key=args.sign)
     with progress() as bar:
         manifest = export_bundle(request, bar)
     on_disk = bytes_on_disk(Path(args.out), manifest)
     lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, {on_disk / 2**20:.1f} MiB on disk, "
-             f"{len(manifest['files'])} files)"]
+             f"{len(manifest['files'])} files{', signed (manifest.sig)' if args.sign else ''})"]
     summary = []
     from edgekit.bundle import component_entries, entry_label, lookup
 
@@ -99,9 +105,21 @@ def bytes_on_disk(root: Path, manifest: dict) -> int:
 def run_verify(args) -> int:
     from edgekit.runtime.verify import verify
 
+    signed = None
+    if args.key is not None:  # before the slower checks: a forged bundle may replay its own numbers fine
+        from edgekit.bundle import read_manifest, verify_files
+        from edgekit.signing import check_signature, load_public_key
+
+        load_public_key(args.key)
+        manifest = read_manifest(args.bundle)
+        verify_files(args.bundle, manifest)
+        signed = check_signature(args.bundle, manifest, args.key)
     with progress():
         result = verify(args.bundle, numeric=not args.files_only, node=args.node, browser=args.browser)
     lines = [f"{args.bundle}: {result['files']} files match manifest.json"]
+    if signed is not None:
+        result["signature"] = signed
+        lines.append(f"  signed by {args.key} (Ed25519 {signed['signed_by'][:16]}...)")
     for c in result["checks"]:
         lines.append(f"  {c['component']:14s} {describe_check(c)}")
     if args.browser:

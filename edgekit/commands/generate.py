@@ -77,7 +77,7 @@ def run(args) -> int:
     pil = Image.fromarray((image * 255).round().astype("uint8"))
     if args.scale > 1:
         pil = pil.resize((pil.width * args.scale, pil.height * args.scale), Image.NEAREST)
-    with staged_file(out) as tmp:
+    with staged_file(out, force=args.force) as tmp:  # a PNG that appeared meanwhile is kept unless --force
         pil.save(tmp, format="PNG")
     payload = {"out": str(out), "prompt": args.prompt, "steps": steps, "guidance_scale": guidance, "cache": cache,
                "seed": args.seed, "seconds": round(seconds, 3), "size": [pil.width, pil.height]}
@@ -111,7 +111,7 @@ def _run_bundle(args, cache: int = 1) -> int:
                                       cache=cache)
     seconds = time.perf_counter() - started
     guidance = float(manifest["sampling"]["guidance_scale"]) if args.guidance is None else args.guidance
-    size = _write_png(images[0], out, args.scale)
+    size = _write_png(images[0], out, args.scale, args.force)
     payload = {"out": str(out), "bundle": str(args.bundle), "target": manifest["target"],
                "runtime": sampler.runtime, "width": width.value, "prompt": args.prompt, "steps": steps, "cache": cache,
                "guidance_scale": guidance, "seed": args.seed, "seconds": round(seconds, 3), "size": size}
@@ -121,7 +121,7 @@ def _run_bundle(args, cache: int = 1) -> int:
     return 0
 
 
-def _write_png(image, out: Path, scale: int) -> list[int]:
+def _write_png(image, out: Path, scale: int, force: bool = False) -> list[int]:
     from PIL import Image
 
     from edgekit.fsutil import staged_file
@@ -129,6 +129,6 @@ def _write_png(image, out: Path, scale: int) -> list[int]:
     pil = Image.fromarray((image * 255).round().astype("uint8"))
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    with staged_file(out) as tmp:
+    with staged_file(out, force=force) as tmp:
         pil.save(tmp, format="PNG")
     return [pil.width, pil.height]

@@ -136,6 +136,9 @@ class ExportRequest:
     # the guidance scale it samples at; None: the model's edgekit_defaults.json, else the profile's / diffusers'.
     steps: tuple[int, ...] | None = None
     guidance: float | None = None
+    # An Ed25519 private key (PEM, edgekit keygen): the bundle ships manifest.sig, a signature of its integrity
+    # record (edgekit.signing), written in the staging directory with the manifest.
+    sign_key: Path | None = None
 
 
 def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) -> list[dict]:
@@ -213,6 +216,11 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     precision = profile.precision
     protected = [model_dir] + ([Path(request.calib_dir)] if request.calib_dir else [])
     out = check_output_path(request.out, protected, force=request.force)
+    signer = None
+    if request.sign_key is not None:  # an unreadable key is refused before any work
+        from edgekit.signing import load_private_key
+
+        signer = load_private_key(request.sign_key)
     calib = None
     if precision in target.needs_calibration:
         if request.calib_dir is None:
@@ -355,6 +363,10 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         manifest = target.finish(stage, manifest, profile)
         manifest["created_with"]["export_s"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(stage, manifest)
+        if signer is not None:
+            from edgekit.signing import write_signature
+
+            write_signature(stage, manifest, signer)
     return manifest
 
 
