@@ -9,6 +9,16 @@ optimum's ``ORTStableDiffusionPipeline`` load as it is::
     w1.00/vae_encoder/model.onnx + config.json      (hard links to vae_encoder/…: this target alone exports it)
     w1.00/tokenizer/…  w1.00/scheduler/scheduler_config.json   (+ vocab.json, merges.txt for transformers < 5)
 
+What those pipelines cannot read from a directory, ``pipeline_call.json`` in each view holds: the model's
+guidance scale and default step count (their ``__call__`` defaults are 7.5 and 50), the ``height``/``width`` to
+ask for (they derive the latent size as ``height // 8`` while the VAE may scale by another factor: the digits
+model's 8x8 latents decode to 32x32 and are asked for as 64x64), and the latent shape of edgekit.noise's
+initial latents for a seed. ``pipeline_kwargs(view, seed)`` turns it into the call's keyword arguments, so
+``pipe(prompt, **pipeline_kwargs(view, seed))`` draws the image ``edgekit generate --bundle`` draws for that seed
+(a deterministic scheduler; a stochastic one draws its step noise from numpy inside those pipelines).
+``PROVIDER_OPTIONS`` is what ``from_pretrained`` needs beside ``provider=`` for onnxruntime >= 1.2x to take the
+provider without an "EP Error" fallback block per graph.
+
 The graphs are hard links of the manifest's files where the file system allows (no second copy on disk;
 a plain copy elsewhere), and the manifest (its ``files``) is the one source of truth for all of them.
 The browser bundle (ort-web) carries none of this.
@@ -34,6 +44,13 @@ from edgekit.width import Width
 # The latent scale OnnxStableDiffusionPipeline (diffusers <= 0.43) and optimum's pipelines apply.
 ONNX_PIPELINE_LATENT_SCALE = 0.18215
 PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
+# Those pipelines size latents as height // 8, whatever the VAE's own factor.
+ONNX_PIPELINE_VAE_FACTOR = 8
+PIPELINE_CALL = "pipeline_call.json"
+# diffusers' OnnxRuntimeModel hands onnxruntime provider_options=None beside providers=[provider]; onnxruntime
+# 1.32 reads that as lists of unequal length, prints an "EP Error" block and retries. One (empty) options dict
+# per provider is the matching form.
+PROVIDER_OPTIONS = [{}]
 
 
 def view_dir(width) -> str:
@@ -105,6 +122,34 @@ def _config_json(config, scaling_factor: float | None = None) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=list) + "\n"
 
 
+def pipeline_call(manifest: dict) -> dict:
+    """What a view's loader needs beside the directory (``pipeline_call.json``)."""
+    channels, h, w = (int(d) for d in manifest["geometry"]["latent_shape"])
+    sampling = manifest["sampling"]
+    return {"height": h * ONNX_PIPELINE_VAE_FACTOR, "width": w * ONNX_PIPELINE_VAE_FACTOR,
+            "guidance_scale": float(sampling["guidance_scale"]), "num_inference_steps": int(sampling["default_steps"]),
+            "latent_shape": [channels, h, w], "image_size": int(manifest["geometry"]["image_size"]),
+            "noise": f"edgekit.noise.initial_latents([seed], latent_shape) ({sampling['noise']})"}
+
+
+def pipeline_kwargs(view: Path | str, seed: int, steps: int | None = None, guidance: float | None = None) -> dict:
+    """Keyword arguments for an ``OnnxStableDiffusionPipeline`` (or optimum's ``ORTStableDiffusionPipeline``)
+    loaded from the view directory ``view``: its height/width, the model's guidance and steps (or those given),
+    and ``latents``: edgekit.noise's initial noise for ``seed``, the noise ``edgekit generate --bundle`` draws."""
+    from edgekit.errors import InputError
+    from edgekit.noise import initial_latents
+    from edgekit.pipeline import read_json_object
+
+    path = Path(view) / PIPELINE_CALL
+    if not path.is_file():
+        raise InputError(f"{path}: missing (a w<width>/ directory of an edgekit export --target onnx bundle has it)")
+    call = read_json_object(path, InputError)
+    return {"height": call["height"], "width": call["width"],
+            "guidance_scale": call["guidance_scale"] if guidance is None else float(guidance),
+            "num_inference_steps": call["num_inference_steps"] if steps is None else int(steps),
+            "latents": initial_latents([int(seed)], tuple(call["latent_shape"]))}
+
+
 def model_index(scheduler_class: str, components) -> dict:
     import diffusers
 
@@ -158,6 +203,7 @@ class OnnxTarget(OrtWebTarget):
                 _slow_tokenizer_files(view / "tokenizer" / "tokenizer.json", view / "tokenizer")
             index = model_index(manifest["scheduler"]["config"]["_class_name"], self.components())
             (view / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (view / PIPELINE_CALL).write_text(json.dumps(pipeline_call(manifest), indent=2) + "\n")
         return manifest
 
 
