@@ -174,37 +174,44 @@ def paired_row(labels, pred_a, pred_b, img_a, img_b, reference) -> dict:
             "non_inferior": bool(min(lo, tlo) > -MARGIN)}
 
 
-def cached_images(bundle: Path, name: str, grid, width: str, steps: int, cache: Path) -> np.ndarray:
-    """The bundle's images of the grid at (width, steps): from the cache, else generated (one thread)."""
+def cached_images(bundle: Path, name: str, grid, width: str, steps: int, cache: Path, interval: int = 1) -> np.ndarray:
+    """The bundle's images of the grid at (width, steps): from the cache, else generated (one thread).
+    ``interval``: the step-cache interval the bundle's loop runs at (1: the plain loop)."""
     from edgekit.bundle import read_manifest
     from edgekit.runtime.sampler import BundleSampler
 
     manifest = read_manifest(bundle)
     comps = manifest["components"]
     used = [comps["unet"]["widths"][width]["file"], comps["text_encoder"]["file"], comps["vae_decoder"]["file"]]
+    if interval > 1:  # the step-cache graphs run too
+        used += [comps[c]["widths"][width]["file"] for c in manifest["sampling"]["step_cache"]["graphs"].values()]
     sha = hashlib.sha256("".join(manifest["files"][f]["sha256"] for f in used).encode()).hexdigest()[:12]
-    path = cache / name / f"w{width}_s{steps}_seed{grid.seeds[0]}_n{len(grid)}_{sha}.npy"
+    tag = f"_c{interval}" if interval > 1 else ""
+    path = cache / name / f"w{width}_s{steps}{tag}_seed{grid.seeds[0]}_n{len(grid)}_{sha}.npy"
     if path.is_file():
         return np.load(path)
     t0 = time.perf_counter()
-    images, _ = BundleSampler(bundle, threads=1).generate(list(grid.prompts), list(grid.seeds), steps, width)
+    images, _ = BundleSampler(bundle, threads=1).generate(list(grid.prompts), list(grid.seeds), steps, width,
+                                                          cache=interval)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path.with_suffix(".tmp.npy"), images)
     path.with_suffix(".tmp.npy").rename(path)
-    print(f"{name} w{width} s{steps}: {len(grid)} images in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{name} w{width} s{steps}{tag}: {len(grid)} images in {time.perf_counter() - t0:.0f} s", flush=True)
     return images
 
 
 def interleaved_latency(bundles: dict[str, Path], keys: list[tuple], grid, rounds: int) -> dict:
-    """Milliseconds of one image end to end for every (variant, width, steps) key, every key once per round."""
+    """Milliseconds of one image end to end for every (variant, width, steps[, cache interval]) key, every key
+    once per round."""
     from edgekit.runtime.bench import time_rounds
     from edgekit.runtime.sampler import BundleSampler
 
     samplers = {name: BundleSampler(path, threads=1) for name, path in bundles.items()}
 
     def run_row(key, r):
-        name, w, s = key
-        samplers[name].generate([grid.prompts[r % len(grid)]], [grid.seeds[r % len(grid)]], s, w)
+        name, w, s = key[:3]
+        samplers[name].generate([grid.prompts[r % len(grid)]], [grid.seeds[r % len(grid)]], s, w,
+                                cache=key[3] if len(key) > 3 else 1)
 
     return time_rounds(run_row, keys, rounds)
 

@@ -1,0 +1,205 @@
+"""Step caching (export --cache, DeepCache) on the embedded digits model, paired with the uncached loop of the same
+bundle: what it costs in quality, where quality means something (real weights), and what it saves end to end.
+
+One ort-web bundle of the slimmable digits model at width 1 (precision --precision, default fp32) offering cache
+intervals 1 and --intervals; every interval runs that bundle's own loop (Python onnxruntime,
+edgekit.runtime.sampler following the manifest's plan) on the same prompts, seeds and initial noise, on seeds
+nothing was tuned on (--seed, default 3000; the intervals were fixed before any image was looked at). Per
+(interval, steps), against interval 1 at the same steps on the same images:
+- paired digit-accuracy difference (held-out digit classifier) with Tango's and Newcombe's paired 95% intervals
+  and a paired bootstrap (the interval helpers of benchmarks/int8_recipes.py);
+- PSNR of the cached image against interval 1's, and PSNR of each against the float torch model (full width, its
+  default steps), each a mean with its Student-t 95% interval;
+- latency of one image end to end (tokenizer, text encoder, the UNet loop with guidance, VAE decoder), every
+  (interval, steps) row once per round, rounds interleaved, one thread; median and 25..75%, and the speed-up over
+  interval 1 at the same steps (the baseline every ratio divides by: the same bundle's plain loop).
+Also the graphs' sizes and one call of each UNet graph (plain, full with feature, shallow), interleaved.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py [--samples 300] [--seed 3000] [--steps 8,20]
+        [--intervals 2,3,5] [--rounds 7]
+
+Writes benchmarks/results/step_cache.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_recipes import (cached_images, interleaved_latency, newcombe_paired_ci95,  # noqa: E402
+                          paired_bootstrap_ci95, tango_paired_ci95)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "edgekit" / "zoo" / "tiny_digits" / "slim"
+WIDTH = "1.00"
+
+
+def export(intervals, precision: str, steps, work: Path, calib: Path | None) -> Path:
+    from edgekit.profiles import shipped_profile, with_cache
+    from edgekit.targets.base import ExportRequest, export_bundle
+
+    out = work / f"{precision}-cache{'_'.join(map(str, intervals))}"
+    if (out / "manifest.json").is_file():
+        return out
+    profile = with_cache(shipped_profile("web-ort").with_precision(precision), list(intervals))
+    export_bundle(ExportRequest(model_dir=MODEL, out=out, target="ort-web", profile=profile, widths=(1.0,),
+                                calib_dir=calib, steps=tuple(steps), force=True))
+    return out
+
+
+def paired(labels, pred, pred_base, img, img_base, reference) -> dict:
+    """Cached (v) against interval 1 (b) on the same images."""
+    from edgekit.quality.metrics import mean_ci95, psnr_per_image
+
+    labels = np.asarray(labels)
+    ok_v, ok_b = np.asarray(pred) == labels, np.asarray(pred_base) == labels
+    both, only_v = int((ok_v & ok_b).sum()), int((ok_v & ~ok_b).sum())
+    only_b, neither = int((~ok_v & ok_b).sum()), int((~ok_v & ~ok_b).sum())
+    n = len(labels)
+    vs_base = mean_ci95(psnr_per_image(img, img_base))
+    vs_float, base_vs_float = (mean_ci95(psnr_per_image(x, reference)) for x in (img, img_base))
+    rounded = lambda pair: [round(float(x), 4) for x in pair]  # noqa: E731
+    db = lambda v: {"value": round(v[0], 2), "ci95": [round(x, 2) for x in v[1]]}  # noqa: E731
+    return {"n": n, "accuracy": round(float(ok_v.mean()), 4), "accuracy_base": round(float(ok_b.mean()), 4),
+            "pairs": {"both": both, "only_variant": only_v, "only_base": only_b, "neither": neither},
+            "accuracy_diff": round(float(ok_v.mean() - ok_b.mean()), 4),
+            "accuracy_diff_tango_ci95": rounded(tango_paired_ci95(only_v, only_b, n)),
+            "accuracy_diff_newcombe_ci95": rounded(newcombe_paired_ci95(both, only_v, only_b, neither)),
+            "accuracy_diff_bootstrap_ci95": rounded(paired_bootstrap_ci95(ok_v, ok_b)),
+            "psnr_vs_base_db": db(vs_base), "psnr_vs_float_db": db(vs_float), "base_psnr_vs_float_db": db(base_vs_float)}
+
+
+def graph_latency(bundle: Path, rounds: int) -> list[dict]:
+    """One call of each UNet graph at batch 2 (a guidance pair), interleaved, one thread."""
+    from edgekit.bundle import load_array, read_manifest
+    from edgekit.runtime.bench import time_rounds
+    from edgekit.runtime.runners import runner_for
+
+    m = read_manifest(bundle)
+    out = []
+    runners, feeds = {}, {}
+    for name in ("unet", "unet_full", "unet_shallow"):
+        entry = m["components"][name]["widths"][WIDTH]
+        runners[name] = runner_for(bundle, entry, threads=1)
+        data = m["verification"][name]["widths"][WIDTH]["data"]["inputs"]
+        feeds[name] = {k: load_array(bundle, v) for k, v in data.items()}
+    times = time_rounds(lambda k, _r: runners[k].run(feeds[k]), list(runners), rounds * 5)
+    base = np.median(times["unet"])
+    for name, t in times.items():
+        entry = m["components"][name]["widths"][WIDTH]
+        out.append({"graph": name, "bytes": entry["bytes"], "ms": [round(float(x), 3) for x in np.percentile(t, [25, 50, 75])],
+                    "vs_unet": round(float(np.median(t) / base), 3)})
+    return out
+
+
+def markdown(data: dict) -> str:
+    meta = data["meta"]
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    ci = lambda v: f"{v['value']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"  # noqa: E731
+    lines = ["# Step caching (DeepCache) on the digits model, paired with the uncached loop", "",
+             f"Commit {meta['commit']}, `{meta['command']}`; {meta['host']}, {meta['threads']} thread "
+             f"(OMP_NUM_THREADS=1, onnxruntime intra-op threads 1); one ort-web {meta['precision']} bundle at width 1 "
+             f"run by Python onnxruntime; {meta['samples']} images per row (seeds {meta['seed']}.."
+             f"{meta['seed'] + meta['samples'] - 1}, not tuned on). Baseline every difference and ratio is against: "
+             "cache interval 1 (the same bundle's plain loop, the plain UNet graph every step) at the same steps.", "",
+             "| interval | steps | n | accuracy | base accuracy | diff pts [Tango 95%] [Newcombe 95%] | pairs both/only "
+             "cached/only base/neither | PSNR vs base dB [95%] | PSNR vs float dB [95%] | base PSNR vs float dB [95%] |",
+             "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
+    for r in data["paired"]:
+        (tlo, thi), (lo, hi), c = r["accuracy_diff_tango_ci95"], r["accuracy_diff_newcombe_ci95"], r["pairs"]
+        lines.append(f"| {r['interval']} | {r['steps']} | {r['n']} | {r['accuracy']:.3f} | {r['accuracy_base']:.3f} | "
+                     f"{pts(r['accuracy_diff'])} [{pts(tlo)}, {pts(thi)}] [{pts(lo)}, {pts(hi)}] | "
+                     f"{c['both']}/{c['only_variant']}/{c['only_base']}/{c['neither']} | {ci(r['psnr_vs_base_db'])} | "
+                     f"{ci(r['psnr_vs_float_db'])} | {ci(r['base_psnr_vs_float_db'])} |")
+    if data["latency"]:
+        lines += ["", f"Latency of one image end to end ({meta['rounds']} interleaved rounds, one thread; speed-up = "
+                      "interval 1's median / this row's median at the same steps):", "",
+                  "| interval | steps | full / shallow steps | ms median [25..75%] | speed-up (medians) | per-round "
+                  "speed-up median [25..75%] |", "|---:|---:|---|---|---:|---|"]
+        for r in data["latency"]:
+            q = r.get("per_round_speedup")
+            lines.append(f"| {r['interval']} | {r['steps']} | {r['full_steps']} / {r['steps'] - r['full_steps']} | "
+                         f"{r['ms'][1]:.1f} [{r['ms'][0]:.1f}, {r['ms'][2]:.1f}] | "
+                         + (f"{r['speedup_of_medians']:.2f} | {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}] |" if q else "1 | - |"))
+    if data.get("graphs"):
+        lines += ["", "One call of each UNet graph (batch 2, interleaved, one thread):", "",
+                  "| graph | bytes | ms median [25..75%] | vs plain unet |", "|---|---:|---|---:|"]
+        for g in data["graphs"]:
+            lines.append(f"| {g['graph']} | {g['bytes']:,} | {g['ms'][1]:.3f} [{g['ms'][0]:.3f}, {g['ms'][2]:.3f}] | "
+                         f"{g['vs_unet']:.3f} |")
+    lines += ["", "Verification against torch (rel-err, onnxruntime CPU): " + "; ".join(
+        f"{k} {v:.2e}" for k, v in data["verification"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from edgekit.quality.evaluator import ModelQuality
+    from edgekit.runtime.bench import host_device
+    from edgekit.step_cache import cache_plan
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=3000)
+    ap.add_argument("--steps", default="8,20")
+    ap.add_argument("--intervals", default="2,3,5")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--calib", type=Path, default=None, help="calibration directory (int8 needs it)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit_step_cache"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    intervals = [1] + [int(n) for n in args.intervals.split(",") if int(n) != 1]
+    bundle = export(intervals, args.precision, steps, args.work, args.calib)
+    quality = ModelQuality(MODEL, args.samples, args.seed)
+    grid = quality.grid
+    images = {(n, s): cached_images(bundle, "cache", grid, WIDTH, s, args.work / "images", interval=n)
+              for n in intervals for s in steps}
+    reference = quality.reference()
+    scorer = quality.digits.scorer
+    preds = {k: scorer.logits_and_features(v)[0].argmax(axis=1) for k, v in images.items()}
+    rows = []
+    for (n, s), img in images.items():
+        if n != 1:
+            rows.append({"interval": n, "steps": s, **paired(grid.labels, preds[(n, s)], preds[(1, s)], img,
+                                                            images[(1, s)], reference)})
+            print(json.dumps(rows[-1]), flush=True)
+    latency, graphs = [], []
+    if args.rounds:
+        keys = [("cache", WIDTH, s, n) for s in steps for n in intervals]
+        times = interleaved_latency({"cache": bundle}, keys, grid, args.rounds)
+        for (_, _, s, n), t in times.items():
+            t, base = np.asarray(t), np.asarray(times[("cache", WIDTH, s, 1)])
+            row = {"interval": n, "steps": s, "full_steps": cache_plan(n, s).count("full"),
+                   "ms": [round(float(x), 1) for x in np.percentile(t, [25, 50, 75])]}
+            if n != 1:
+                row["speedup_of_medians"] = round(float(np.median(base) / np.median(t)), 3)
+                row["per_round_speedup"] = [round(float(x), 3) for x in np.percentile(base / t, [25, 50, 75])]
+            latency.append(row)
+            print(json.dumps(row), flush=True)
+        graphs = graph_latency(bundle, args.rounds)
+    m = json.loads((bundle / "manifest.json").read_text())
+    verification = {name: m["verification"][name]["widths"][WIDTH]["checks"][0]["rel_err"]
+                    for name in ("unet", "unet_full", "unet_shallow")}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    meta = {"commit": commit, "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py "
+            + " ".join(sys.argv[1:]), "host": host_device(), "python": platform.python_version(), "threads": 1,
+            "samples": args.samples, "seed": args.seed, "steps": steps, "intervals": intervals,
+            "precision": args.precision, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
+            "baseline": "cache interval 1 of the same bundle at the same steps"}
+    data = {"meta": meta, "paired": rows, "latency": latency, "graphs": graphs, "verification": verification}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "step_cache.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / "step_cache.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
