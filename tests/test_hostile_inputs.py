@@ -515,3 +515,22 @@ def test_a_file_cap_below_one_tensor_is_refused_not_exceeded(tmp_path):
     with pytest.raises(InputError, match=r"weight tensor 'big_weight' holds 1\.37 MiB, over the profile's max_file_mb 1"):
         split_external_data(path, 2**20)
     assert [c["bytes"] for c in split_external_data(path, 2 * 2**20)] == [600 * 600 * 4]
+
+
+def test_bench_prints_an_imported_device_name_without_its_escapes(tmp_path_factory, default_model, tmp_path, run_cli):
+    """Item 12 through the command: a 10 MB device name is refused (manifest unchanged); one with terminal escape
+    codes is imported and printed without them."""
+    from policy_bundles import exported, made_up_row
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported(tmp_path_factory, default_model), bundle)
+    table = tmp_path / "phone.json"
+    table.write_text(json.dumps([made_up_row(1.0, 4, 100.0, 30.0, 1.0, device="x" * 10_000_000)]))
+    before = {bundle: sha256_tree(bundle)}
+    code, _, err = run_cli("bench", bundle, "--import-table", table)
+    _check(code, err, [f"--import-table {table}", "expected a name of at most 200 characters"], before=before)
+    table.write_text(json.dumps([made_up_row(1.0, 4, 100.0, 30.0, 1.0, device="Pixel 8\x1b[2J\x1b]0;owned\x07")]))
+    code, out, err = run_cli("bench", bundle, "--import-table", table)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out and "on Pixel 8[2J]0;owned" in out
+    assert json.loads((bundle / "manifest.json").read_text())["table"][0]["device"] == "Pixel 8[2J]0;owned"
