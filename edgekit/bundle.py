@@ -88,7 +88,8 @@ What is trusted, and how:
   but ``integrity`` (keys sorted, separators "," and ":", ASCII, non-finite numbers as the strings
   above: Python's ``json.dumps(body, sort_keys=True, separators=(",", ":"))``), and the same digest
   per top-level key in ``sections``, so that an edited manifest is refused naming the key it changed.
-  It catches edits and damage, not a forger who recomputes it.
+  It catches edits and damage, not a forger who recomputes it: ``manifest.sig`` (edgekit.signing, optional,
+  outside ``files``) is an Ed25519 signature of ``integrity.sha256`` that ``verify --key`` checks.
 - Only the first write of a freshly exported directory lists the files. Every later write (``bench``,
   ``--import-table``) first checks the files against the manifest on disk and refuses a damaged
   bundle, so a rewrite never renews the checksum of a changed file.

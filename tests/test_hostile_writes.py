@@ -180,7 +180,7 @@ def test_two_concurrent_exports_into_one_out_one_wins_the_other_says_so(tmp_path
 HOLD = """
 import sys, time
 from edgekit.locking import output_lock
-with output_lock(sys.argv[1], "edgekit bench"):
+with output_lock(sys.argv[1], "edgekit bench"), output_lock(sys.argv[2], "edgekit package"):
     print("holding", flush=True)
     time.sleep(600)
 """
@@ -189,8 +189,9 @@ with output_lock(sys.argv[1], "edgekit bench"):
 def test_a_second_writer_is_refused_naming_the_holder(run_cli, bundle_copy):
     """`bench B --repeats 400 & export --force --out B`: the export is refused at once, naming bench's PID."""
     before = _tree(bundle_copy)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(bundle_copy)], stdout=subprocess.PIPE, text=True,
-                              env=ENV)
+    package = bundle_copy.parent / "pkg"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(bundle_copy), str(package)], stdout=subprocess.PIPE,
+                              text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "holding"
         named = f"PID {holder.pid} (edgekit bench)"
@@ -202,6 +203,10 @@ def test_a_second_writer_is_refused_naming_the_holder(run_cli, bundle_copy):
         assert code == 1 and named in line, line
         code, _, err = run_cli("sign", bundle_copy, "--key", bundle_copy.parent / "no-key")
         assert code == 2  # a bad key is named before the lock is even tried
+        code, _, err = run_cli("package", "--targets", "ort-web", "--out", package)  # a second package run
+        line = _one_line(err)
+        assert code == 1 and f"PID {holder.pid} (edgekit package)" in line, line
+        assert not package.exists()
     finally:
         holder.kill()
         holder.wait()
