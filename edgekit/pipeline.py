@@ -175,7 +175,8 @@ def sampling_defaults(model_dir: Path) -> SamplingDefaults:
     from edgekit.limits import MAX_STEPS, check_step_counts
 
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 < steps <= MAX_STEPS:
-        raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number up to {MAX_STEPS:,}")
+        raise ModelFormatError(f"{path}: num_inference_steps {steps!r}: expected a positive whole number up to "
+                               f"{MAX_STEPS:,}")
     if offered is not None and (not isinstance(offered, list) or not offered
                                 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in offered)):
         raise ModelFormatError(f"{path}: offered_steps {offered!r}: expected a non-empty list of positive whole numbers")

@@ -243,18 +243,20 @@ class Row:
     metric: str = ""
     device: str = ""
     measured: dict = field(default_factory=dict, compare=False, hash=False)  # extras: ssim, prompt accuracy, ...
+    cache: int = 1  # step-cache interval (edgekit.step_cache; 1 = the plain loop; a row without "cache" is 1)
 
     @property
-    def key(self) -> tuple[float, int]:
-        return (self.width, self.steps)
+    def key(self) -> tuple[float, int, int]:
+        return (self.width, self.steps, self.cache)
 
     @property
     def half_interval(self) -> float:
         return (self.quality_ci95[1] - self.quality_ci95[0]) / 2.0
 
     def cost_key(self) -> tuple:
-        """Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps."""
-        return (self.latency_ms, -self.quality, -self.width, self.steps)
+        """Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps, the
+        smaller cache interval."""
+        return (self.latency_ms, -self.quality, -self.width, self.steps, self.cache)
 
     def best_key(self) -> tuple:
         """Smaller is better: the highest quality value, ties to the cheaper row."""
@@ -307,6 +309,10 @@ def parse_table(rows, where: str = "table") -> tuple[Row, ...]:
         steps = r["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
             raise InputError(f"{w}.steps: expected a positive whole number, got {steps!r}")
+        cache = r.get("cache", 1)
+        if isinstance(cache, bool) or not isinstance(cache, int) or not 1 <= cache <= steps:
+            raise InputError(f"{w}.cache: expected a step-cache interval, a whole number from 1 to the row's "
+                             f"{steps} steps, got {_shown(cache)}")
         q = r["quality"]
         if not isinstance(q, dict) or "value" not in q or "ci95" not in q:
             raise InputError(f"{w}.quality: expected an object with 'value' and 'ci95' [low, high]; {_OLD_ROW_HINT}")
@@ -314,15 +320,16 @@ def parse_table(rows, where: str = "table") -> tuple[Row, ...]:
 
         for key, value in (("device", r.get("device", "")), ("quality.metric", q.get("metric", ""))):
             if not isinstance(value, str) or len(value) > MAX_LABEL_CHARS:
-                raise InputError(f"{w}.{key}: expected a name of at most {MAX_LABEL_CHARS} characters, got "
-                                 f"{'a string of ' + format(len(value), ',') + ' characters' if isinstance(value, str) else _shown(value)}")
+                got = f"a string of {len(value):,} characters" if isinstance(value, str) else _shown(value)
+                raise InputError(f"{w}.{key}: expected a name of at most {MAX_LABEL_CHARS} characters, got {got}")
         row = Row(width=_number(r["width"], f"{w}.width", 0.0, 1.0, low_open=True), steps=steps,
                   latency_ms=_number(r["latency_ms"], f"{w}.latency_ms", 0.0, low_open=True),
                   quality=_number(q["value"], f"{w}.quality.value"),
                   quality_ci95=_interval(q["ci95"], f"{w}.quality.ci95"),
-                  metric=str(q.get("metric", "")), device=str(r.get("device", "")), measured=dict(r))
+                  metric=str(q.get("metric", "")), device=str(r.get("device", "")), measured=dict(r), cache=cache)
         if row.key in seen:
-            raise InputError(f"{w}: a second row for width {row.width} and {row.steps} steps")
+            raise InputError(f"{w}: a second row for width {row.width} and {row.steps} steps"
+                             + (f" at cache interval {row.cache}" if row.cache != 1 else ""))
         seen.add(row.key)
         out.append(row)
     return tuple(out)
@@ -330,7 +337,8 @@ def parse_table(rows, where: str = "table") -> tuple[Row, ...]:
 
 def latency_ratio(runs, rows) -> float:
     """How much slower (> 1) or faster (< 1) this device is than the table: the median over timed runs of
-    measured_ms / the table's latency_ms for the row the run used. ``runs``: [{width, steps, measured_ms}]."""
+    measured_ms / the table's latency_ms for the row the run used. ``runs``: [{width, steps, measured_ms}]
+    (and "cache", the step-cache interval, where not 1)."""
     if not isinstance(runs, list) or not runs:
         raise InputError("latency runs: expected at least one timed run {width, steps, measured_ms}")
     by_key = {r.key: r for r in rows}
@@ -340,9 +348,10 @@ def latency_ratio(runs, rows) -> float:
         if not isinstance(run, dict) or not {"width", "steps", "measured_ms"} <= set(run):
             raise InputError(f"{w}: expected an object with width, steps, measured_ms")
         measured = _number(run["measured_ms"], f"{w}.measured_ms", 0.0, low_open=True)
-        key = (_number(run["width"], f"{w}.width"), run["steps"])
+        key = (_number(run["width"], f"{w}.width"), run["steps"], run.get("cache", 1))
         if key not in by_key:
-            raise InputError(f"{w}: width {key[0]} and {key[1]} steps is not a row of the table")
+            raise InputError(f"{w}: width {key[0]} and {key[1]} steps" + (f" at cache interval {key[2]}" if key[2] != 1
+                                                                          else "") + " is not a row of the table")
         ratios.append(measured / by_key[key].latency_ms)
     ratios.sort()
     mid = len(ratios) // 2
@@ -367,9 +376,10 @@ class Decision:
     detail: str
     quality: float | None = None  # the chosen row's quality.value (None: a fallback without a table)
     quality_ci95: tuple[float, float] | None = None
+    cache: int = 1  # the step-cache interval the loop runs at (the manifest's sampling.step_cache plan; 1 = plain)
 
     def to_dict(self) -> dict:
-        return {"t": self.t, "steps": self.steps, "width": self.width, "latency_ms": self.latency_ms,
+        return {"t": self.t, "steps": self.steps, "width": self.width, "cache": self.cache, "latency_ms": self.latency_ms,
                 "budget_ms": round(self.budget_ms, 3), "reason": self.reason, "over_budget": self.over_budget,
                 "quality": self.quality, "quality_ci95": None if self.quality_ci95 is None else list(self.quality_ci95),
                 "detail": self.detail}
@@ -411,7 +421,11 @@ class Policy:
         config = PolicyConfig.from_dict(manifest["policy"], f"{where}: policy")
         widths = {float(w) for w in manifest.get("widths", [])}
         schedules = {int(s) for s in manifest.get("sampling", {}).get("schedules", {})}
+        plans = (manifest.get("sampling", {}).get("step_cache") or {}).get("plans", {})
         for i, r in enumerate(rows):
+            if r.cache != 1 and str(r.steps) not in plans.get(str(r.cache), {}):
+                raise InputError(f"{where}: table[{i}] names cache interval {r.cache} at {r.steps} steps, which the "
+                                 f"bundle has no step-cache plan for (sampling.step_cache)")
             if widths and r.width not in widths:
                 raise InputError(f"{where}: table[{i}] names width {r.width}, which the bundle lacks "
                                  f"(widths: {sorted(widths)})")
@@ -488,7 +502,7 @@ class Policy:
         over = chosen.latency_ms > budget
         detail = f"{why}: budget {budget:.1f} ms" + ("; no row fits, cheapest taken" if over else "")
         return Decision(t, chosen.steps, chosen.width, chosen.latency_ms, budget, reason, over, detail,
-                        chosen.quality, chosen.quality_ci95)
+                        chosen.quality, chosen.quality_ci95, chosen.cache)
 
     def decide_or_fallback(self, t, state_dict) -> Decision:
         """What a device does: a state it cannot read gives the cheapest row and a logged warning."""
@@ -500,7 +514,8 @@ class Policy:
             self._pending_since = None
             row = self.cheapest
             return Decision(float(t) if isinstance(t, (int, float)) else 0.0, row.steps, row.width, row.latency_ms,
-                            0.0, "fallback", False, f"unreadable state: {exc}", row.quality, row.quality_ci95)
+                            0.0, "fallback", False, f"unreadable state: {exc}", row.quality, row.quality_ci95,
+                            row.cache)
 
 
 def _worse(a: str, b: str) -> bool:

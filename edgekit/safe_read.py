@@ -63,7 +63,8 @@ def read_bytes(path: Path | str, max_bytes: int, what: str = "file", *, param: s
     if not stat.S_ISREG(st.st_mode):
         raise _fail(error, path, param, f"{_kind_of(st.st_mode)}, not a regular file (expected a {what})")
     if st.st_size > max_bytes:
-        raise _fail(error, path, param, f"{_size_text(st.st_size)}, over the {_size_text(max_bytes)} limit for a {what}")
+        raise _fail(error, path, param,
+                    f"{_size_text(st.st_size)}, over the {_size_text(max_bytes)} limit for a {what}")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
