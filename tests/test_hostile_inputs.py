@@ -537,3 +537,20 @@ def test_bench_prints_an_imported_device_name_without_its_escapes(tmp_path_facto
     assert code == 0, err
     assert "\x1b" not in out and "\x07" not in out and "on Pixel 8[2J]0;owned" in out
     assert json.loads((bundle / "manifest.json").read_text())["table"][0]["device"] == "Pixel 8[2J]0;owned"
+
+
+def test_quality_images_that_cannot_fit_in_memory_are_refused_first(default_model, monkeypatch):
+    """The images of a quality number are held at once: their size (from the configs) against the memory
+    available is checked before any model loads. The default model draws 32x32 images."""
+    import psutil
+
+    from edgekit.errors import InputError
+    from edgekit.quality.evaluator import ModelQuality, check_image_memory, image_side
+
+    assert image_side(default_model) == 32
+    check_image_memory(100_000, default_model, available=2 * 100_000 * 32 * 32 * 3 * 4)  # fits exactly
+    available = psutil.virtual_memory()._replace(available=2**30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
+    with pytest.raises(InputError, match=r"samples 100000: its images need 2\.3 GiB in memory \(2 copies of 100,000 "
+                                         r"32x32 float32 RGB images\), more than the 1\.0 GiB available"):
+        ModelQuality(default_model, 100_000)

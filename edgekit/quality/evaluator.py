@@ -45,6 +45,36 @@ def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
+IMAGE_COPIES = 2  # the reference images and one candidate's, both held while a row is scored
+
+
+def image_side(model_dir: Path) -> int:
+    """The side of the images a model generates: its UNet's latent side times the VAE's downsampling (2 per
+    block after the first), read from the configs alone."""
+    from edgekit.pipeline import read_json_object
+
+    unet = read_json_object(Path(model_dir) / "unet" / "config.json")
+    vae = read_json_object(Path(model_dir) / "vae" / "config.json")
+    size = unet.get("sample_size", 64)
+    size = max(size) if isinstance(size, list) else size
+    blocks = vae.get("block_out_channels") or [0] * 4
+    return int(size) * 2 ** (len(blocks) - 1)
+
+
+def check_image_memory(samples: int, model_dir: Path, available: int | None = None) -> None:
+    """Refuse, before any image is generated, a grid whose images cannot all be held: every quality number holds
+    the reference's and the candidate's ``samples`` images (float32 RGB) at once."""
+    import psutil
+
+    side = image_side(model_dir)
+    need = IMAGE_COPIES * samples * side * side * 3 * 4
+    available = psutil.virtual_memory().available if available is None else available
+    if need > available:
+        raise InputError(f"its images need {need / 2**30:.1f} GiB in memory ({IMAGE_COPIES} copies of {samples:,} "
+                         f"{side}x{side} float32 RGB images), more than the {available / 2**30:.1f} GiB available; "
+                         "use fewer", param="samples", value=samples)
+
+
 def check_grid_seeds(samples: int, seed: int) -> None:
     """Image i of a grid takes seed + i: the last one must still be a seed the noise generator takes."""
     from edgekit.noise import MASK
@@ -97,6 +127,7 @@ class ModelQuality:
         check_samples(samples)  # before any grid, prompt or image list is built
         check_grid_seeds(samples, seed)
         self.model_dir = check_model_dir(reference_model, flag)
+        check_image_memory(samples, self.model_dir)  # the stage's known cost, before anything is generated
         self.defaults = sampling_defaults(self.model_dir)
         self.guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
         self.extras = declared_evaluators(self.model_dir)
