@@ -197,8 +197,8 @@ def check_model_configs(root: Path, index: dict) -> None:
     for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         for path in sorted((root / component).iterdir()):
             check_inside(path, root)
-    for path in sorted(root.iterdir()):  # edgekit_defaults.json, a prompts file, structure.json
-        if path.is_file() or path.is_symlink():
+    for path in sorted(root.iterdir()):  # what edgekit reads beside them: edgekit_defaults.json, structure.json,
+        if path.suffix in (".json", ".txt"):  # a prompts file (other files, a stray link, are no part of the model)
             check_inside(path, root)
     scheduler_path = root / "scheduler" / "scheduler_config.json"
     if not scheduler_path.is_file():
