@@ -873,7 +873,8 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
     def bench(_) -> dict:
         bench_config = BenchConfig(steps=steps, widths=tuple(w.value for w in p.widths), samples=config.samples, repeats=config.repeats,
                                    seed=config.seed, reference_model=model, clip=Path(config.clip) if config.clip else None,
-                                   cache_root=p.out / STAGES_DIR / "references")
+                                   cache_root=p.out / STAGES_DIR / "references",
+                                   cache_intervals=tuple(config.cache))  # rows at every offered cache interval
         rows, runtime = measure(p.out / name, bench_config, progress)
         written, _ = write_table(p.out / name, read_manifest(p.out / name), rows, config.policy)
         return {"runtime": runtime, "rows": rows, "policy": written["policy"],

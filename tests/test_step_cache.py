@@ -247,3 +247,79 @@ def test_manifest_whose_plan_names_a_missing_graph_is_refused(cached_bundle, tmp
     bad["sampling"]["step_cache"]["plans"]["2"]["6"] = ["full"] * 6
     with pytest.raises(InputError, match=r"no schedule for 6 steps"):
         check_manifest(bad, "manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------- the policy
+POLICY_VECTORS = __import__("pathlib").Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors"
+
+
+def _cache_vectors():
+    import json
+
+    return (json.loads((POLICY_VECTORS / "policy_cache.json").read_text()),
+            json.loads((POLICY_VECTORS / "policy.json").read_text())["policy"])
+
+
+def test_policy_picks_cached_rows_from_the_shared_vectors():
+    """The shared cache vectors (edgekit/twin_vectors/policy_cache.json, which the Kotlin twin runs too): on a
+    thermal ramp the policy picks a cached row the (width, steps) table could not offer at that budget."""
+    import math
+
+    from edgekit.policy import Policy, PolicyConfig, latency_ratio, parse_table
+
+    vectors, params = _cache_vectors()
+    for case in vectors["cases"]:
+        table = vectors["tables"][case["table"]]
+        policy = Policy(PolicyConfig.from_dict(params), parse_table(table))
+        old = Policy(PolicyConfig.from_dict(params), parse_table([r for r in table if r.get("cache", 1) == 1]))
+        offered_new = False
+        for sample in case["samples"]:
+            d, e = policy.decide_or_fallback(sample["t"], sample["state"]), sample["expect"]
+            assert (d.steps, d.width, d.cache, d.reason, d.over_budget) == \
+                (e["steps"], e["width"], e["cache"], e["reason"], e["over_budget"]), (sample["t"], d)
+            assert math.isclose(d.budget_ms, e["budget_ms"], rel_tol=1e-6)
+            assert math.isclose(d.latency_ms, e["latency_ms"], rel_tol=1e-6)
+            o = old.decide_or_fallback(sample["t"], sample["state"])
+            offered_new |= d.cache > 1 and d.latency_ms <= d.budget_ms and d.quality > o.quality
+        assert offered_new
+    for case in vectors["latency_ratios"]:
+        assert math.isclose(latency_ratio(case["runs"], parse_table(vectors["tables"][case["table"]])), case["ratio"],
+                            rel_tol=1e-12)
+
+
+def test_policy_refuses_bad_cache_rows():
+    from edgekit.errors import InputError
+    from edgekit.policy import parse_table
+
+    vectors, _ = _cache_vectors()
+    for bad in vectors["bad_tables"]:
+        with pytest.raises(InputError, match=bad["error_contains"]):
+            parse_table(bad["rows"])
+
+
+def test_bench_measures_rows_per_cache_interval_and_the_policy_reads_them(cached_bundle, tmp_path):
+    """edgekit bench --cache 1,2: rows (width, steps, cache), merged by all three, checked against the manifest's
+    plans by the policy; a row naming an interval the bundle has no plan for is refused."""
+    import shutil
+
+    from edgekit.bundle import read_manifest
+    from edgekit.errors import InputError
+    from edgekit.policy import Policy
+    from edgekit.runtime.bench import BenchConfig, measure, write_table
+
+    bundle = tmp_path / "b"
+    shutil.copytree(cached_bundle, bundle)
+    rows, _ = measure(bundle, BenchConfig(steps=(4,), widths=(1.0,), samples=4, repeats=1,
+                                          reference_model=__import__("pathlib").Path(SLIM), cache_intervals=(1, 2)))
+    assert [(r["width"], r["steps"], r.get("cache", 1)) for r in rows] == [(1.0, 4, 1), (1.0, 4, 2)]
+    assert rows[0]["quality"]["value"] != rows[1]["quality"]["value"]  # another loop, other images
+    written, _ = write_table(bundle, read_manifest(bundle), rows, None)
+    policy = Policy.from_manifest(written)
+    assert {r.cache for r in policy.rows} == {1, 2}
+    other = Policy.from_manifest({**written, "table": [{**written["table"][1], "cache": 3, "steps": 8}]})
+    assert other.rows[0].cache == 3  # interval 3 at 8 steps: the bundle has that plan
+    bad = {**written, "table": [{**written["table"][1], "cache": 4}]}
+    with pytest.raises(InputError, match="no step-cache plan"):
+        Policy.from_manifest(bad)
+    with pytest.raises(InputError, match="^cache 5"):
+        measure(bundle, BenchConfig(steps=(4,), widths=(1.0,), samples=4, repeats=1, cache_intervals=(1, 5)))

@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--steps", **list_flag(step_list), default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
     p.add_argument("--widths", **list_flag(width_list), default=None, help="e.g. 1.0,0.5 (default: every width)")
+    p.add_argument("--cache", default=None, metavar="N,N",
+                   help="step-cache intervals to measure rows at, e.g. 1,2,3 (each above 1 one the bundle offers: "
+                        "edgekit export --cache); default 1 (the plain loop)")
     from edgekit.commands.evaluate import add_quality_flags
 
     add_quality_flags(p, default_samples=20)
@@ -59,8 +62,12 @@ def _run_locked(args) -> int:
     if args.import_table is not None:
         rows, runtime = import_rows(args.import_table, manifest), "imported"
     else:
+        from edgekit.step_cache import parse_intervals
+
+        intervals = parse_intervals(args.cache, "cache") if args.cache is not None else (1,)
         config = BenchConfig(steps=args.steps, widths=args.widths, samples=args.samples, repeats=args.repeats,
-                             seed=args.seed, threads=args.threads, reference_model=args.reference_model, clip=args.clip)
+                             seed=args.seed, threads=args.threads, reference_model=args.reference_model, clip=args.clip,
+                             cache_intervals=intervals)
         with progress() as bar:
             rows, runtime = measure(args.bundle, config, bar)
     latency_only = not all("quality" in r for r in rows)
@@ -68,9 +75,9 @@ def _run_locked(args) -> int:
 
     lines = [f"{args.bundle}: {len(rows)} rows {'imported' if args.import_table else 'measured'} ({runtime}) on "
              f"{printable(rows[0]['device'])}",
-             f"  {'width':>5} {'steps':>5} {'latency':>10}  quality"]
+             f"  {'width':>5} {'steps':>5} {'cache':>5} {'latency':>10}  quality"]
     for r in rows:
-        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r['latency_ms']:8.1f}ms  "
+        lines.append(f"  {r['width']:5.2f} {r['steps']:5d} {r.get('cache', 1):5d} {r['latency_ms']:8.1f}ms  "
                      f"{'not measured' if latency_only else _quality_text(r)}")
     if latency_only:  # a table row needs its quality (the policy ranks by it): the manifest stays as it is
         lines.append(f"  quality needs --reference-model DIR (the float model {args.bundle} was exported from); "

@@ -31,6 +31,9 @@ class BenchConfig:
     reference_model: Path | None = None  # None: latency only (quality needs the float model)
     clip: Path | None = None  # a local CLIP directory: adds clip_score
     cache_root: Path | None = None  # reference images cache (None: edgekit.quality.fidelity's default)
+    # step-cache intervals to measure rows at (edgekit.step_cache; 1 = the plain loop): each above 1 must be one
+    # the bundle offers; a step count below an interval has no plan there and no row
+    cache_intervals: tuple[int, ...] = (1,)
 
     def __post_init__(self):  # limits named before the bundle is loaded (edgekit.limits)
         from edgekit.limits import check_repeats, check_samples, check_step_counts, check_threads
@@ -41,6 +44,9 @@ class BenchConfig:
             check_threads(self.threads)
         if self.steps is not None:
             check_step_counts(self.steps)
+        from edgekit.step_cache import parse_intervals
+
+        parse_intervals(list(self.cache_intervals), "cache")
 
 
 def host_device() -> str:
@@ -78,20 +84,20 @@ def _row_width(row: dict) -> Width | None:
 
 
 def _merge(old_rows: list, new_rows: list) -> tuple[list, int]:
-    """New rows replace rows of the same (width, steps); rows measured on another device, or ranked by another
+    """New rows replace rows of the same (width, steps, cache interval); rows measured on another device, or ranked by another
     evaluator or reference, are dropped: one table mixing devices would make the policy's latency budget
     meaningless, one mixing quality scales its ranking."""
     device = new_rows[0]["device"] if new_rows else None
 
     def key(r):
-        return _row_width(r), int(r.get("steps", -1))
+        return _row_width(r), int(r.get("steps", -1)), int(r.get("cache", 1))
 
     keys = {key(r) for r in new_rows}
 
     same = [r for r in old_rows if isinstance(r, dict) and r.get("device") == device and _comparable(r, new_rows)]
     kept = [r for r in same if key(r) not in keys]
     dropped = len(old_rows) - len(same)
-    rows = sorted(kept + new_rows, key=lambda r: (-float(r["width"]), int(r["steps"])))
+    rows = sorted(kept + new_rows, key=lambda r: (-float(r["width"]), int(r["steps"]), int(r.get("cache", 1))))
     return rows, dropped
 
 
@@ -125,9 +131,9 @@ def monotone_in_steps(rows: list[dict]) -> list[dict]:
     fewer-steps row's 25th) is noise: the more-steps row takes the fewer-steps row's latency (the policy never
     under-budgets it) and says so in "latency_note". An inversion beyond the spreads is kept as measured and
     noted: the measurement, not an assumption, decides."""
-    by_width: dict[Width | None, list[dict]] = {}
-    for r in rows:
-        by_width.setdefault(_row_width(r), []).append(r)
+    by_width: dict[tuple, list[dict]] = {}
+    for r in rows:  # per width and cache interval: caching changes what a step costs
+        by_width.setdefault((_row_width(r), int(r.get("cache", 1))), []).append(r)
     for group in by_width.values():
         group.sort(key=lambda r: int(r["steps"]))
         for prev, row in zip(group, group[1:]):
@@ -179,6 +185,16 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
         sampler.components(w)  # refuses a width the bundle lacks before anything runs
     for s in steps:
         sampler.table(s)
+    from edgekit.step_cache import parse_intervals
+
+    intervals = parse_intervals(list(config.cache_intervals), "cache")
+    for n in intervals:  # an interval the bundle does not offer is refused before anything runs
+        if n > 1 and not any(n <= int(s) for s in steps):
+            raise InputError(f"is larger than every measured step count ({', '.join(map(str, steps))})",
+                             param="cache", value=n)
+        for s in steps:
+            if n <= int(s):
+                sampler.cache_plan(n, int(s))
     reference = reference_model_of(sampler.manifest, config.reference_model)
     guidance = float(sampler.manifest["sampling"]["guidance_scale"])
     evaluation = None
@@ -192,24 +208,28 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
 
         grid = general_grid(min(config.repeats, 64), config.seed)
     device = host_device()
-    keys = [(w, int(s)) for w in widths for s in steps]
+    keys = [(w, int(s), n) for w in widths for s in steps for n in intervals if n <= int(s)]
     task = progress.add_task("bench", total=config.repeats + (len(keys) if evaluation else 0)) if progress else None
 
     def run_row(key, r):
-        sampler.generate([grid.prompts[r % len(grid)]], [grid.seeds[r % len(grid)]], key[1], key[0])
+        sampler.generate([grid.prompts[r % len(grid)]], [grid.seeds[r % len(grid)]], key[1], key[0], cache=key[2])
+
+    def cached(n: int) -> dict:  # a row's cache interval, where not the plain loop (old rows and twins read 1)
+        return {"cache": n} if n > 1 else {}
 
     times = time_rounds(run_row, keys, config.repeats,
                         on_round=(lambda _: progress.update(task, advance=1)) if task is not None else None)
     if evaluation is None:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return monotone_in_steps([{"width": w.value, "steps": s, **latency_summary(times[(w, s)]), "device": device,
-                                   "runtime": sampler.runtime, "measured_at": now} for w, s in keys]), sampler.runtime
+        return monotone_in_steps([{"width": w.value, "steps": s, **cached(n), **latency_summary(times[(w, s, n)]),
+                                   "device": device, "runtime": sampler.runtime, "measured_at": now}
+                                  for w, s, n in keys]), sampler.runtime
     evaluation.reference()  # before the first candidate, so its cost is not in any row
     rows = []
-    for w, s in keys:
-        images, _ = sampler.generate(list(grid.prompts), list(grid.seeds), s, w)
+    for w, s, n in keys:
+        images, _ = sampler.generate(list(grid.prompts), list(grid.seeds), s, w, cache=n)
         scores = evaluation.score(images)
-        rows.append({"width": w.value, "steps": s, **latency_summary(times[(w, s)]), "device": device,
+        rows.append({"width": w.value, "steps": s, **cached(n), **latency_summary(times[(w, s, n)]), "device": device,
                      "runtime": sampler.runtime,
                      "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **scores.row})
         if task is not None:
