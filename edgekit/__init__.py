@@ -8,7 +8,7 @@ name wins. tests/test_layering.py reads this table and checks every import of ev
 
     layer     modules
     base      edgekit errors width config constants fsutil noise schedule resources logs registry progress usage safe_read limits locking
-    model     components structure pipeline model_checks calibration bundle profiles policy step_cache signing zoo
+    model     components structure pipeline lora model_checks calibration bundle profiles policy step_cache signing zoo
     quality   quality
     convert   onnx_export compress quantize
     runtime   runtime loader

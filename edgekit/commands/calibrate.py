@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import (add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, emit,
+from edgekit.commands.common import (add_lora_flag, add_width_flag, add_json_flag, add_model_flag, add_sampling_flags, emit,
                                      bounded_int, positive_int, progress)
 
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="capture real component inputs by running the pipeline over prompts")
     add_model_flag(p)
+    add_lora_flag(p)
     add_width_flag(p)
     add_sampling_flags(p)
     p.add_argument("--prompts", type=Path, default=None,
@@ -32,6 +33,10 @@ def run(args) -> int:
     from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
 
     model_dir = check_model_dir(args.model)
+    if args.lora:
+        from edgekit.lora import with_loras
+
+        model_dir = with_loras(model_dir, args.lora)
     prompts_file = Path(args.prompts) if args.prompts else default_prompts_file(model_dir)
     prompts = read_prompts(prompts_file)
     out = check_output_path(args.out, [model_dir, prompts_file], force=args.force)

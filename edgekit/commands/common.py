@@ -152,6 +152,13 @@ def add_model_flag(p: argparse.ArgumentParser) -> None:
                         "huggingface-cli download ID --local-dir DIR first)")
 
 
+def add_lora_flag(p: argparse.ArgumentParser) -> None:
+    """--lora FILE[:SCALE], repeatable (edgekit.lora: fused into the model before the command runs)."""
+    p.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors file fused into the UNet and text encoder (diffusers/peft) before "
+                        "anything runs, at SCALE (default 1); repeatable, fused in the order given")
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=bounded_int("MAX_STEPS", "sampling steps"), default=None,
                    help="sampling steps (default: the model's)")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, bounded_int, emit, positive_int, progress
+from edgekit.commands.common import add_lora_flag, add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, bounded_int, emit, positive_int, progress
 
 DEFAULT_SAMPLES = 40
 
@@ -35,6 +35,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="quality of a model's generations against its float full-width reference "
                                     "(PSNR/SSIM with intervals, plus the model's own evaluators)")
     add_model_flag(p)
+    add_lora_flag(p)
     add_width_flag(p)
     add_sampling_flags(p)
     add_quality_flags(p)
@@ -56,6 +57,10 @@ def run(args) -> int:
     from edgekit.quality.evaluator import ModelQuality
 
     model_dir = check_model_dir(args.model)
+    if args.lora:
+        from edgekit.lora import with_loras
+
+        model_dir = with_loras(model_dir, args.lora)
     defaults = sampling_defaults(model_dir)
     steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
     started = time.perf_counter()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_model_flag, emit, list_flag, number, progress, step_list, width_list
+from edgekit.commands.common import add_lora_flag, add_json_flag, add_model_flag, emit, list_flag, number, progress, step_list, width_list
 from edgekit.targets import target_names
 
 
@@ -11,6 +11,7 @@ def register(sub) -> None:
     names = target_names()
     p = sub.add_parser("export", help=f"export a verified bundle for one target ({', '.join(names)})")
     add_model_flag(p)
+    add_lora_flag(p)
     p.add_argument("--target", required=True, metavar="TARGET", help=" | ".join(names))
     p.add_argument("--precision", default=None,
                    help="fp32 | fp16 | int8 (ort-web, tflite) | w8 | palettize6 (coreml); default: the profile's")
@@ -68,7 +69,12 @@ def run_export(args) -> int:
         from edgekit.profiles import with_cache
 
         profile = with_cache(profile, args.cache)
-    request = ExportRequest(model_dir=args.model, out=args.out, target=target.name, profile=profile,
+    model = args.model
+    if args.lora:
+        from edgekit.lora import with_loras
+
+        model = with_loras(args.model, args.lora)
+    request = ExportRequest(model_dir=model, out=args.out, target=target.name, profile=profile,
                             widths=args.widths or (1.0,), calib_dir=args.calib, force=args.force,
                             steps=args.steps, guidance=args.guidance, sign_key=args.sign)
     with progress() as bar:

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edgekit.commands.common import add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int, prompt_text
+from edgekit.commands.common import add_lora_flag, add_json_flag, add_width_flag, add_model_flag, add_sampling_flags, emit, positive_int, prompt_text
 from edgekit.errors import InputError
 
 
@@ -31,6 +31,7 @@ def _png_path(text: str) -> Path:
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate one image from a prompt")
     add_model_flag(p)
+    add_lora_flag(p)
     p.add_argument("--bundle", type=Path, default=None,
                    help="an exported bundle (edgekit export/package): run it on its own runtime (ORT, LiteRT) "
                         "instead of torch, as the device will")
@@ -61,6 +62,10 @@ def run(args) -> int:
     if args.bundle is not None:
         return _run_bundle(args, cache)
     model_dir = check_model_dir(args.model)
+    if args.lora:
+        from edgekit.lora import with_loras
+
+        model_dir = with_loras(model_dir, args.lora)
     out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
     defaults = sampling_defaults(model_dir)
     steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
@@ -94,6 +99,9 @@ def _run_bundle(args, cache: int = 1) -> int:
 
     if args.model is not None:
         raise InputError(f"--bundle {args.bundle} and --model {args.model}: give one (a bundle or a model directory)")
+    if args.lora:
+        raise InputError(f"--bundle {args.bundle} and --lora: a bundle's graphs already hold the LoRAs it was exported "
+                         "with (export --lora)")
     if not Path(args.bundle).is_dir():
         raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
     out = check_output_path(args.out, [Path(args.bundle)], flag="--out", force=args.force, is_file=True)

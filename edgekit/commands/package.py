@@ -8,18 +8,6 @@ from edgekit.commands.common import (SEED_MAX, add_json_flag, bounded_int, emit,
                                      step_list, width_list)
 
 
-def _list(kind):
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got '{text}'") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'")
-        return values
-    return parse
-
-
 def _precision(text: str) -> tuple[str, str]:
     target, sep, precision = text.partition("=")
     if not sep or not target or not precision:
@@ -28,7 +16,9 @@ def _precision(text: str) -> tuple[str, str]:
 
 
 def register(sub) -> None:
+    from edgekit.commands.common import add_lora_flag, list_flag, name_list
     from edgekit.package import DEFAULT_PRECISIONS, DEFAULT_TARGETS, PackageConfig, PRUNE_RECIPE, SLIM_RECIPE
+    from edgekit.targets import target_names
 
     # Every setting defaults to None here: what is not given comes from --config, else from PackageConfig (the
     # one place the package defaults live).
@@ -36,11 +26,13 @@ def register(sub) -> None:
                                        "target, measure, report (resumable)")
     p.add_argument("--model", type=Path, default=None,
                    help="local diffusers pipeline directory (default: the embedded tiny digits model, slimmable form)")
+    add_lora_flag(p)
     p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
                    help="the package settings as YAML (any subset of report.json's \"config\": targets, widths, "
                         "prune, slim, quant, quantize, precisions, steps, ...); flags given as well override it")
-    p.add_argument("--targets", type=_list(str), default=None, help=f"default {','.join(DEFAULT_TARGETS)}")
-    p.add_argument("--widths", type=width_list, default=None,
+    p.add_argument("--targets", **list_flag(name_list), default=None,
+                   help=f"targets to export, of {','.join(target_names())} (default {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--widths", **list_flag(width_list), default=None,
                    help="width multipliers, e.g. 0.5,0.75,1.0 (default: the model's widths when slimmable, else 1.0); "
                         "a model that is not slimmable is slimmed first")
     p.add_argument("--prune", type=float, default=None, metavar="R", help="prune this fraction of inner channels "
@@ -54,7 +46,7 @@ def register(sub) -> None:
                    help=f"ort-static | nncf | fx (default {PackageConfig.quant})")
     p.add_argument("--precision", type=_precision, action="append", default=None, metavar="TARGET=PRECISION",
                    help="a target's precision (default: " + ", ".join(f"{t}={v}" for t, v in DEFAULT_PRECISIONS.items()) + ")")
-    p.add_argument("--steps", type=step_list, default=None,
+    p.add_argument("--steps", **list_flag(step_list), default=None,
                    help="step counts every bundle ships and the bench measures, e.g. 1,2,4 (default: the model's "
                         "edgekit_defaults.json offered_steps, else each profile's)")
     p.add_argument("--guidance", type=number, default=None,
@@ -131,6 +123,10 @@ def run(args) -> int:
 
     config = config_from_args(args)
     model = args.model or SLIM_DIR
+    if args.lora:
+        from edgekit.lora import with_loras
+
+        model = with_loras(model, args.lora)
     try:
         with progress() as bar:
             # stage lines beside the bars on a terminal; a log or a pipe gets only the summary (or --json)

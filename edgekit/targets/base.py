@@ -380,7 +380,12 @@ def _source_model(model_dir: Path, calib_dir: Path | None) -> dict:
 
         calibration = {"name": Path(calib_dir).resolve().name,
                        "meta_sha256": sha256_file(Path(calib_dir) / CALIB_META)}
-    return {"name": Path(model_dir).resolve().name, "sha256": sha256_tree(model_dir), "calibration": calibration}
+    from edgekit.lora import lora_record
+
+    lora = lora_record(model_dir)  # a model with LoRAs fused in (--lora): the base model and each LoRA's sha256
+    extra = {"base_model": lora["base_model"], "loras": lora["loras"]} if lora else {}
+    return {"name": Path(model_dir).resolve().name, "sha256": sha256_tree(model_dir), "calibration": calibration,
+            **extra}
 
 
 def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance: float | None = None) -> dict:
