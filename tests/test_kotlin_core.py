@@ -29,13 +29,14 @@ def jars(tmp_path_factory):
 
 def _junit(jars, vectors: Path):
     return subprocess.run(["java", f"-Dedgekit.vectors={vectors}", "-cp", ":".join(map(str, jars)),
-                           "org.junit.runner.JUnitCore", "dev.edgekit.core.TwinVectorsTest"],
+                           "org.junit.runner.JUnitCore", "dev.edgekit.core.TwinVectorsTest",
+                           "dev.edgekit.core.StepCacheTest"],
                           capture_output=True, text=True, timeout=300)
 
 
 def test_kotlin_core_passes_the_shared_vectors(jars):
     proc = _junit(jars, VECTORS)
-    assert proc.returncode == 0 and "OK (7 tests)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and "OK (9 tests)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def test_kotlin_core_fails_on_a_wrong_expectation(jars, tmp_path):
@@ -45,3 +46,16 @@ def test_kotlin_core_fails_on_a_wrong_expectation(jars, tmp_path):
     (tmp_path / "v" / "policy.json").write_text(json.dumps(policy))
     proc = _junit(jars, tmp_path / "v")
     assert proc.returncode != 0 and "policyCases" in proc.stdout
+
+
+def test_kotlin_core_fails_on_a_wrong_step_cache_vector(jars, tmp_path):
+    """The step-cache vectors are checked, not just read: a wrong plan or a wrong cached row fails."""
+    shutil.copytree(VECTORS, tmp_path / "v")
+    cache = json.loads((tmp_path / "v" / "step_cache.json").read_text())
+    cache["cases"][1]["expected"][0] += 1e-6  # the interval-2 loop's first latent value
+    (tmp_path / "v" / "step_cache.json").write_text(json.dumps(cache))
+    policy = json.loads((tmp_path / "v" / "policy_cache.json").read_text())
+    policy["cases"][0]["samples"][1]["expect"]["cache"] = 1  # the cached 20-step row at the fair budget
+    (tmp_path / "v" / "policy_cache.json").write_text(json.dumps(policy))
+    proc = _junit(jars, tmp_path / "v")
+    assert proc.returncode != 0 and "cachedLoopsFollowThePlan" in proc.stdout and "policyPicksCachedRows" in proc.stdout

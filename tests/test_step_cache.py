@@ -323,3 +323,42 @@ def test_bench_measures_rows_per_cache_interval_and_the_policy_reads_them(cached
         Policy.from_manifest(bad)
     with pytest.raises(InputError, match="^cache 5"):
         measure(bundle, BenchConfig(steps=(4,), widths=(1.0,), samples=4, repeats=1, cache_intervals=(1, 5)))
+
+
+# ---------------------------------------------------------------------------------------------- the twins' vectors
+def test_step_cache_vectors_are_what_the_python_device_loop_does():
+    """edgekit/twin_vectors/step_cache.json (the Kotlin and Swift cores run it) against a fresh build, and the
+    bundle sampler's own loop (edgekit.runtime.sampler.sample) with the vectors' fake graphs reproduces every case."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(POLICY_VECTORS.parent.parent / "tests"))
+    import step_cache_vectors as sv
+
+    from edgekit.runtime.sampler import Components, sample
+    from edgekit.step_cache import cache_plan
+
+    stored = json.loads((POLICY_VECTORS / "step_cache.json").read_text())
+    assert stored == json.loads(json.dumps(sv.build()))
+    shape = (sv.CHANNELS, 1, sv.HW)
+
+    def rows(fn):
+        def run(x, t, hidden, *rest):
+            flat = x.reshape(len(x), -1).astype(np.float64)
+            return np.stack([fn(flat[r], float(t[r]), float(hidden[r, 0, 0]), *(f[r].reshape(-1) for f in rest))
+                             for r in range(len(x))]).reshape(len(x), -1, 1, sv.HW).astype(np.float32)
+        return run
+
+    for case in stored["cases"]:
+        table = stored["sampling"]["schedules"][str(case["steps"])]
+        got = []
+        comps = Components(text_encoder=lambda ids: ids.astype(np.float32)[:, :1, None],
+                           unet=rows(lambda x, t, h: sv.full(x, t, h)[:sv.CHANNELS * sv.HW]),
+                           vae_decoder=lambda lat: got.append(lat) or np.zeros((len(lat), 3, 1, sv.HW), np.float32),
+                           unet_full=rows(sv.full), unet_shallow=rows(sv.shallow), noise_channels=sv.CHANNELS)
+        plan = stored["sampling"]["step_cache"]["plans"][str(case["interval"])][str(case["steps"])] \
+            if case["interval"] > 1 else None
+        assert plan == case["plan"] and (plan is None or plan == cache_plan(case["interval"], case["steps"]))
+        sample(comps, lambda prompts: np.array([[1.0 if p else 0.0] for p in prompts]), table, ["c"], [case["seed"]],
+               case["guidance_scale"], shape, 1.0, mode=case["guidance_mode"], plan=plan)
+        assert np.allclose(got[0].reshape(-1), case["expected"], rtol=1e-4, atol=1e-4), case

@@ -1,7 +1,7 @@
 package dev.edgekit.core
 
 /**
- * Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
+ * Runtime policy twin of edgekit/policy.py: device state -> (steps, width, cache interval) from the manifest's measured
  * table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
  * (edgekit/twin_vectors/policy.json). Pure Kotlin: the Android glue feeds it PowerManager and
  * BatteryManager readings, and the times of its own first runs (latencyRatio, Policy.rescaled).
@@ -140,14 +140,16 @@ data class Row(
     val qualityLow: Double,
     val qualityHigh: Double,
     val metric: String = "",
-    val device: String = ""
+    val device: String = "",
+    // step-cache interval (the manifest's sampling.step_cache; 1 = the plain loop; a row without "cache" is 1)
+    val cache: Int = 1
 ) {
     val halfInterval: Double get() = (qualityHigh - qualityLow) / 2.0
-    fun sameRow(o: Row) = width == o.width && steps == o.steps
+    fun sameRow(o: Row) = width == o.width && steps == o.steps && cache == o.cache
 }
 
-/** Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps. */
-val COST_ORDER: Comparator<Row> = compareBy<Row>({ it.latencyMs }, { -it.quality }, { -it.width }, { it.steps })
+/** Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps, the smaller interval. */
+val COST_ORDER: Comparator<Row> = compareBy<Row>({ it.latencyMs }, { -it.quality }, { -it.width }, { it.steps }, { it.cache })
 /** Smaller is better: the highest quality value, ties to the cheaper row. */
 val BEST_ORDER: Comparator<Row> = compareBy<Row> { -it.quality }.then(COST_ORDER)
 
@@ -177,7 +179,7 @@ private fun interval(v: Any?, where: String): Pair<Double, Double> {
 fun parseTable(rows: Any?, where: String = "table"): List<Row> {
     val list = rows as? List<*> ?: throw PolicyException("$where: expected a non-empty list of measured rows")
     if (list.isEmpty()) throw PolicyException("$where: expected a non-empty list of measured rows")
-    val seen = HashSet<Pair<Double, Int>>()
+    val seen = HashSet<Triple<Double, Int, Int>>()
     return list.mapIndexed { i, r ->
         val w = "$where[$i]"
         val m = asMap(r, w)
@@ -191,17 +193,24 @@ fun parseTable(rows: Any?, where: String = "table"): List<Row> {
         if (q == null || "value" !in q || "ci95" !in q) {
             throw PolicyException("$w.quality: expected an object with 'value' and 'ci95' [low, high]; $OLD_ROW_HINT")
         }
+        val cache = if ("cache" in m) m["cache"] else 1.0
+        if (cache !is Double || cache != Math.floor(cache) || cache < 1.0 || cache > steps) {
+            throw PolicyException("$w.cache: expected a step-cache interval, a whole number from 1 to the row's ${steps.toInt()} steps, got $cache")
+        }
         val ci = interval(q["ci95"], "$w.quality.ci95")
         val row = Row(num(m["width"], "$w.width", 0.0, 1.0, true), steps.toInt(),
             num(m["latency_ms"], "$w.latency_ms", 0.0, null, true), num(q["value"], "$w.quality.value"),
-            ci.first, ci.second, q["metric"] as? String ?: "", m["device"] as? String ?: "")
-        if (!seen.add(Pair(row.width, row.steps))) throw PolicyException("$w: a second row for width ${row.width} and ${row.steps} steps")
+            ci.first, ci.second, q["metric"] as? String ?: "", m["device"] as? String ?: "", cache.toInt())
+        if (!seen.add(Triple(row.width, row.steps, row.cache))) {
+            throw PolicyException("$w: a second row for width ${row.width} and ${row.steps} steps" +
+                if (row.cache != 1) " at cache interval ${row.cache}" else "")
+        }
         row
     }
 }
 
 /** One generation this device timed: the row it ran and how long it took, end to end. */
-data class LatencyRun(val width: Double, val steps: Int, val measuredMs: Double) {
+data class LatencyRun(val width: Double, val steps: Int, val measuredMs: Double, val cache: Int = 1) {
     companion object {
         fun fromMap(data: Any?, where: String = "latency run"): LatencyRun {
             val m = asMap(data, where)
@@ -209,7 +218,7 @@ data class LatencyRun(val width: Double, val steps: Int, val measuredMs: Double)
                 throw PolicyException("$where: expected an object with width, steps, measured_ms")
             }
             return LatencyRun(num(m["width"], "$where.width"), num(m["steps"], "$where.steps").toInt(),
-                num(m["measured_ms"], "$where.measured_ms"))
+                num(m["measured_ms"], "$where.measured_ms"), if ("cache" in m) num(m["cache"], "$where.cache", 1.0).toInt() else 1)
         }
     }
 }
@@ -220,8 +229,9 @@ fun latencyRatio(runs: List<LatencyRun>, rows: List<Row>): Double {
     val ratios = runs.mapIndexed { i, run ->
         val w = "latency runs[$i]"
         val measured = num(run.measuredMs, "$w.measured_ms", 0.0, null, true)
-        val row = rows.firstOrNull { it.width == run.width && it.steps == run.steps }
-            ?: throw PolicyException("$w: width ${run.width} and ${run.steps} steps is not a row of the table")
+        val row = rows.firstOrNull { it.width == run.width && it.steps == run.steps && it.cache == run.cache }
+            ?: throw PolicyException("$w: width ${run.width} and ${run.steps} steps" +
+                (if (run.cache != 1) " at cache interval ${run.cache}" else "") + " is not a row of the table")
         measured / row.latencyMs
     }.sorted()
     val mid = ratios.size / 2
@@ -243,7 +253,8 @@ data class Decision(
     val reason: String,
     val overBudget: Boolean,
     val detail: String,
-    val quality: Double? = null
+    val quality: Double? = null,
+    val cache: Int = 1  // the step-cache interval the loop runs at (CachePlan.forInterval; 1 = plain)
 )
 
 /** tableRows: parseTable's rows as measured; latencyRatio rescales them (1 = the table as measured). */
@@ -276,7 +287,11 @@ class Policy(val config: PolicyConfig, val tableRows: List<Row>, val latencyRati
             val widths = (manifest["widths"] as? List<*>)?.map { (it as? Double) ?: (it as String).toDouble() }?.toSet() ?: emptySet()
             val sampling = manifest["sampling"] as? Map<*, *>
             val schedules = (sampling?.get("schedules") as? Map<*, *>)?.keys?.map { (it as String).toInt() }?.toSet() ?: emptySet()
+            val plans = ((sampling?.get("step_cache") as? Map<*, *>)?.get("plans") as? Map<*, *>) ?: emptyMap<Any, Any>()
             rows.forEachIndexed { i, r ->
+                if (r.cache != 1 && (plans[r.cache.toString()] as? Map<*, *>)?.containsKey(r.steps.toString()) != true) {
+                    throw PolicyException("manifest: table[$i] names cache interval ${r.cache} at ${r.steps} steps, which the bundle has no step-cache plan for (sampling.step_cache)")
+                }
                 if (widths.isNotEmpty() && r.width !in widths) throw PolicyException("manifest: table[$i] names width ${r.width}, which the bundle lacks")
                 if (schedules.isNotEmpty() && r.steps !in schedules) throw PolicyException("manifest: table[$i] names ${r.steps} steps, which the bundle has no schedule for")
             }
@@ -354,7 +369,8 @@ class Policy(val config: PolicyConfig, val tableRows: List<Row>, val latencyRati
         current = chosen
         val over = chosen.latencyMs > budget
         val detail = "$why: budget ${String.format("%.1f", budget)} ms" + if (over) "; no row fits, cheapest taken" else ""
-        return Decision(t, chosen.steps, chosen.width, chosen.latencyMs, budget, reason, over, detail, chosen.quality)
+        return Decision(t, chosen.steps, chosen.width, chosen.latencyMs, budget, reason, over, detail, chosen.quality,
+            chosen.cache)
     }
 
     /** What a device does with a state it cannot read: the cheapest row and a logged warning. */
@@ -366,7 +382,7 @@ class Policy(val config: PolicyConfig, val tableRows: List<Row>, val latencyRati
             current = cheapest
             pendingSince = null
             Decision(t, cheapest.steps, cheapest.width, cheapest.latencyMs, 0.0, "fallback", false,
-                "unreadable state: ${e.message}", cheapest.quality)
+                "unreadable state: ${e.message}", cheapest.quality, cheapest.cache)
         }
     }
 }
