@@ -148,19 +148,21 @@ public struct Row: Equatable {
     public let qualityHigh: Double
     public let metric: String
     public let device: String
+    /// Step-cache interval (the manifest's sampling.step_cache; 1 = the plain loop; a row without "cache" is 1).
+    public var cache: Int = 1
 
     public var halfInterval: Double { (qualityHigh - qualityLow) / 2 }
-    func sameRow(_ o: Row) -> Bool { width == o.width && steps == o.steps }
+    func sameRow(_ o: Row) -> Bool { width == o.width && steps == o.steps && cache == o.cache }
 
     func withLatency(_ ms: Double) -> Row {
         Row(width: width, steps: steps, latencyMs: ms, quality: quality, qualityLow: qualityLow, qualityHigh: qualityHigh,
-            metric: metric, device: device)
+            metric: metric, device: device, cache: cache)
     }
 
-    /// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps.
+    /// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps, the smaller interval.
     func isCheaper(than o: Row) -> Bool {
-        let a = [latencyMs, -quality, -width, Double(steps)]
-        let b = [o.latencyMs, -o.quality, -o.width, Double(o.steps)]
+        let a = [latencyMs, -quality, -width, Double(steps), Double(cache)]
+        let b = [o.latencyMs, -o.quality, -o.width, Double(o.steps), Double(o.cache)]
         for (x, y) in zip(a, b) where x != y { return x < y }
         return false
     }
@@ -205,13 +207,22 @@ public func parseTable(_ rows: Any?, where where_: String = "table") throws -> [
         guard let q = m["quality"] as? [String: Any], q["value"] != nil, q["ci95"] != nil else {
             throw PolicyError(message: "\(w).quality: expected an object with 'value' and 'ci95' [low, high]; \(oldRowHint)")
         }
+        var cache = 1.0
+        if m["cache"] != nil {
+            let c = try number(m["cache"], "\(w).cache")
+            guard c == c.rounded(), c >= 1, c <= steps else {
+                throw PolicyError(message: "\(w).cache: expected a step-cache interval, a whole number from 1 to the row's \(Int(steps)) steps, got \(c)")
+            }
+            cache = c
+        }
         let ci = try interval(q["ci95"], "\(w).quality.ci95")
         let row = Row(width: try number(m["width"], "\(w).width", low: 0, high: 1, lowOpen: true), steps: Int(steps),
                       latencyMs: try number(m["latency_ms"], "\(w).latency_ms", low: 0, lowOpen: true),
                       quality: try number(q["value"], "\(w).quality.value"), qualityLow: ci.0, qualityHigh: ci.1,
-                      metric: (q["metric"] as? String) ?? "", device: (m["device"] as? String) ?? "")
-        guard seen.insert("\(row.width)/\(row.steps)").inserted else {
-            throw PolicyError(message: "\(w): a second row for width \(row.width) and \(row.steps) steps")
+                      metric: (q["metric"] as? String) ?? "", device: (m["device"] as? String) ?? "", cache: Int(cache))
+        guard seen.insert("\(row.width)/\(row.steps)/\(row.cache)").inserted else {
+            throw PolicyError(message: "\(w): a second row for width \(row.width) and \(row.steps) steps"
+                              + (row.cache != 1 ? " at cache interval \(row.cache)" : ""))
         }
         return row
     }
@@ -222,9 +233,10 @@ public struct LatencyRun: Equatable {
     public let width: Double
     public let steps: Int
     public let measuredMs: Double
+    public let cache: Int
 
-    public init(width: Double, steps: Int, measuredMs: Double) {
-        self.width = width; self.steps = steps; self.measuredMs = measuredMs
+    public init(width: Double, steps: Int, measuredMs: Double, cache: Int = 1) {
+        self.width = width; self.steps = steps; self.measuredMs = measuredMs; self.cache = cache
     }
 
     public static func from(_ data: Any?, where where_: String = "latency run") throws -> LatencyRun {
@@ -232,7 +244,8 @@ public struct LatencyRun: Equatable {
             throw PolicyError(message: "\(where_): expected an object with width, steps, measured_ms")
         }
         return LatencyRun(width: try number(m["width"], "\(where_).width"), steps: Int(try number(m["steps"], "\(where_).steps")),
-                          measuredMs: try number(m["measured_ms"], "\(where_).measured_ms"))
+                          measuredMs: try number(m["measured_ms"], "\(where_).measured_ms"),
+                          cache: m["cache"] == nil ? 1 : Int(try number(m["cache"], "\(where_).cache", low: 1)))
     }
 }
 
@@ -242,8 +255,9 @@ public func latencyRatio(_ runs: [LatencyRun], rows: [Row]) throws -> Double {
     let ratios = try runs.enumerated().map { i, run -> Double in
         let w = "latency runs[\(i)]"
         let measured = try number(run.measuredMs, "\(w).measured_ms", low: 0, lowOpen: true)
-        guard let row = rows.first(where: { $0.width == run.width && $0.steps == run.steps }) else {
-            throw PolicyError(message: "\(w): width \(run.width) and \(run.steps) steps is not a row of the table")
+        guard let row = rows.first(where: { $0.width == run.width && $0.steps == run.steps && $0.cache == run.cache }) else {
+            throw PolicyError(message: "\(w): width \(run.width) and \(run.steps) steps"
+                              + (run.cache != 1 ? " at cache interval \(run.cache)" : "") + " is not a row of the table")
         }
         return measured / row.latencyMs
     }.sorted()
@@ -267,6 +281,8 @@ public struct Decision {
     public let overBudget: Bool
     public let detail: String
     public let quality: Double?
+    /// The step-cache interval the loop runs at (StepCache.plan; 1 = the plain loop).
+    public var cache: Int = 1
 }
 
 public final class Policy {
@@ -306,7 +322,11 @@ public final class Policy {
         let rows = try parseTable(t, where: "manifest: table")
         let widths = Set(((manifest["widths"] as? [Any]) ?? []).compactMap { ($0 as? NSNumber)?.doubleValue ?? Double("\($0)") })
         let schedules = Set((((manifest["sampling"] as? [String: Any])?["schedules"] as? [String: Any]) ?? [:]).keys.compactMap { Int($0) })
+        let plans = (((manifest["sampling"] as? [String: Any])?["step_cache"] as? [String: Any])?["plans"] as? [String: Any]) ?? [:]
         for (i, r) in rows.enumerated() {
+            if r.cache != 1 && (plans["\(r.cache)"] as? [String: Any])?["\(r.steps)"] == nil {
+                throw PolicyError(message: "manifest: table[\(i)] names cache interval \(r.cache) at \(r.steps) steps, which the bundle has no step-cache plan for (sampling.step_cache)")
+            }
             if !widths.isEmpty && !widths.contains(r.width) { throw PolicyError(message: "manifest: table[\(i)] names width \(r.width), which the bundle lacks") }
             if !schedules.isEmpty && !schedules.contains(r.steps) { throw PolicyError(message: "manifest: table[\(i)] names \(r.steps) steps, which the bundle has no schedule for") }
         }
@@ -366,7 +386,7 @@ public final class Policy {
         let over = chosen.latencyMs > budget
         let detail = "\(why): budget \(String(format: "%.1f", budget)) ms" + (over ? "; no row fits, cheapest taken" : "")
         return Decision(t: t, steps: chosen.steps, width: chosen.width, latencyMs: chosen.latencyMs, budgetMs: budget,
-                        reason: reason, overBudget: over, detail: detail, quality: chosen.quality)
+                        reason: reason, overBudget: over, detail: detail, quality: chosen.quality, cache: chosen.cache)
     }
 
     /// What a device does with a state it cannot read: the cheapest row and a logged warning.
@@ -378,7 +398,8 @@ public final class Policy {
             current = cheapest
             pendingSince = nil
             return Decision(t: t, steps: cheapest.steps, width: cheapest.width, latencyMs: cheapest.latencyMs, budgetMs: 0,
-                            reason: "fallback", overBudget: false, detail: "unreadable state: \(error)", quality: cheapest.quality)
+                            reason: "fallback", overBudget: false, detail: "unreadable state: \(error)", quality: cheapest.quality,
+                            cache: cheapest.cache)
         }
     }
 }
