@@ -113,6 +113,7 @@ def test_scale_and_repeat(default_model, lora_file, tmp_path, run_cli):
     assert np.abs(_png(tmp_path / "twice.png") - _png(tmp_path / "once.png")).max() <= 1
 
 
+@pytest.mark.slow  # three package runs (about 80 s here)
 def test_lora_in_calibrate_eval_and_the_package_stage_keys(default_model, lora_file, tmp_path, run_cli):
     code, _, err = run_cli("calibrate", "--lora", lora_file, "--samples", "2", "--steps", "2", "--out",
                            tmp_path / "calib")
