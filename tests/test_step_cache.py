@@ -362,3 +362,22 @@ def test_step_cache_vectors_are_what_the_python_device_loop_does():
         sample(comps, lambda prompts: np.array([[1.0 if p else 0.0] for p in prompts]), table, ["c"], [case["seed"]],
                case["guidance_scale"], shape, 1.0, mode=case["guidance_mode"], plan=plan)
         assert np.allclose(got[0].reshape(-1), case["expected"], rtol=1e-4, atol=1e-4), case
+
+
+@pytest.mark.slow  # an INT8 quantization inside the export: ~1 min on 2 shared cores
+def test_int8_bundle_quantizes_the_full_graph_from_the_unets_rows(default_model, small_calib, tmp_path):
+    """INT8 ort-web with --cache: the full graph is quantized from the UNet's calibration rows (its inputs are the
+    UNet's), the shallow graph ships in float (calibration does not capture a cached trajectory), both verified."""
+    from edgekit.bundle import read_manifest
+    from edgekit.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["export", "--model", str(default_model), "--target", "ort-web", "--precision", "int8", "--calib",
+                 str(small_calib), "--steps", "4", "--cache", "2", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    full, shallow = m["components"]["unet_full"]["widths"]["1.00"], m["components"]["unet_shallow"]["widths"]["1.00"]
+    assert full["precision"] == "int8" and full["quantization"]["from"] == "ort-static, run by the export"
+    assert shallow["precision"] == "fp32"
+    record = m["verification"]["unet_full"]["widths"]["1.00"]
+    assert record["inputs_from"] == "calibration rows"  # the UNet's rows, not random inputs
+    assert all(c["rel_err"] <= record["tolerance"] for c in record["checks"] if "rel_err" in c)
