@@ -381,3 +381,27 @@ def test_int8_bundle_quantizes_the_full_graph_from_the_unets_rows(default_model,
     record = m["verification"]["unet_full"]["widths"]["1.00"]
     assert record["inputs_from"] == "calibration rows"  # the UNet's rows, not random inputs
     assert all(c["rel_err"] <= record["tolerance"] for c in record["checks"] if "rel_err" in c)
+
+
+@pytest.mark.slow  # a LiteRT / Core ML conversion of three UNet graphs: minutes on 2 shared cores
+@pytest.mark.parametrize("target", ["tflite", "coreml"])
+def test_phone_targets_carry_both_cache_graphs(target, pipe, tmp_path):
+    """tflite: the LiteRT loop following the plan draws the torch cached loop's image; coreml: both graphs
+    converted and structure-checked here (prediction needs macOS)."""
+    from edgekit.bundle import read_manifest
+    from edgekit.cli import main
+
+    out = tmp_path / target
+    assert main(["export", "--model", SLIM, "--target", target, "--steps", "8", "--cache", "2", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    for name in ("unet_full", "unet_shallow"):
+        checks = m["verification"][name]["widths"]["1.00"]["checks"]
+        assert checks and not any("error" in c for c in checks), checks
+    if target == "tflite":
+        from edgekit.runtime.sampler import BundleSampler
+        from edgekit.step_cache import generate_cached
+
+        sampler = BundleSampler(out, threads=1)
+        image, _ = sampler.generate(["a handwritten digit four"], [3100], 8, 1.0, cache=2)
+        reference = generate_cached(pipe, ["a handwritten digit four"], [3100], 8, sampler.guidance()[0], 2)
+        assert float(np.abs(image - reference).max()) < 1e-4
