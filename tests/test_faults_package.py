@@ -172,7 +172,7 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
     def writer(name, text):
         def build(where):
             calls.append(name)
-            with staged_dir(where) as tmp:
+            with staged_dir(where, owned=True) as tmp:  # a stage owns its output (no edgekit manifest here)
                 (tmp / "data.txt").write_text(text)
             return {}
         return build
