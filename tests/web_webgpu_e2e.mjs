@@ -25,7 +25,7 @@ try {
   page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
   const runs = [];
-  for (const width of widths.split(",")) {
+  for (const width of widths.split(",").filter(Boolean)) {
     for (const ep of ["wasm", "webgpu"]) {
       await page.goto(`${url}?ep=${ep}&steps=${steps}&width=${width}`);
       await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.status), null, { timeout: 600000 });

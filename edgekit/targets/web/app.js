@@ -100,7 +100,7 @@ async function watchDevice() {
   }
 }
 
-// The EP component `key` runs on (chosen in chooseProviders), and its graph for that EP.
+// The EP component `key` runs on (decided by providerFor on its first use).
 const epOf = (key) => demo.providers[key] ?? "wasm";
 
 async function session(key, entry) {
@@ -175,6 +175,7 @@ function showLatencyRatio() {
 async function generate(prompt, seed) {
   const m = demo.manifest;
   let d = decide();
+  await providerFor(`unet/${d.width.toFixed(2)}`);
   useLatencyOf(d.width);
   d = decide();
   // Sessions first, so a timed run is generation only, as the table's rows are.
@@ -269,68 +270,86 @@ function parseManifest(text) {
   return JSON.parse(text.replace(/([:\[,]\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])/g, "$1null"));
 }
 
-// Every (component key, manifest entry, verification record) of the bundle.
-function componentsOf(m) {
-  const out = [["text_encoder", m.components.text_encoder, m.verification.text_encoder],
-    ["vae_decoder", m.components.vae_decoder, m.verification.vae_decoder]];
-  for (const [w, entry] of Object.entries(m.components.unet.widths)) out.push([`unet/${w}`, entry, m.verification.unet?.widths?.[w]]);
-  return out;
+// The (manifest entry, verification record) of component key "text_encoder", "vae_decoder" or "unet/<width>".
+function componentOf(m, name) {
+  if (name.startsWith("unet/")) {
+    const w = name.slice(5);
+    return [m.components.unet.widths[w], m.verification.unet?.widths?.[w]];
+  }
+  return [m.components[name], m.verification[name]];
 }
 
-// The EP per component: WebGPU where it is asked for (auto: where the manifest records a WebGPU pass;
-// ?ep=webgpu: wherever no WebGPU failure is recorded) and the component's check passes on this adapter too;
-// wasm otherwise. Each fallback is said on the page (#providers) and in demo.providerNotes.
-async function chooseProviders(m, adapter) {
+// What the address asks for (?ep=) and the adapter: read once; an unknown value or a missing adapter is said.
+const epChoice = { asked: "auto", adapter: null, cacheKey: null, cached: {} };
+
+async function readAskedProvider(m, adapter) {
   const params = new URLSearchParams(location.search);
   let asked = params.has("ep") ? params.get("ep") : "auto";
-  const notes = [];
   if (!["auto", ...PROVIDERS].includes(asked)) {
-    notes.push(`?ep=${asked}: unknown execution provider (expected ${PROVIDERS.join(" or ")}); using the bundle's verified choice`);
+    note(`?ep=${asked}: unknown execution provider (expected ${PROVIDERS.join(" or ")}); using the bundle's verified choice`);
     asked = "auto";
   }
-  demo.askedEp = asked;
-  const key = await adapterKey(adapter);
-  demo.adapter = key;
-  if (asked === "webgpu" && !adapter) notes.push("?ep=webgpu: this browser offers no WebGPU adapter; every component runs on wasm");
-  const cacheKey = `edgekit-webgpu-check|${m.integrity?.sha256 ?? "?"}|${key}`;
-  let cached = {};
-  try { cached = JSON.parse(localStorage.getItem(cacheKey) ?? "{}"); } catch { cached = {}; }
-  for (const [name, entry, record] of componentsOf(m)) {
-    const recorded = providerRecord(record, "webgpu");
-    let ep = "wasm";
-    if (asked !== "wasm" && adapter) {
-      if (recorded && recorded.passed === false) {
-        if (asked === "webgpu") notes.push(`${name}: failed its WebGPU check at export (${recorded.error ?? `rel-err ${Number(recorded.rel_err).toPrecision(3)}`}); runs on wasm`);
-      } else if (recorded?.passed === true || asked === "webgpu") {
-        ep = "webgpu";
-        if (!recorded && asked === "webgpu") notes.push(`${name}: no WebGPU check recorded in the bundle; checked on this adapter only`);
-      }  // auto with nothing recorded: wasm, said once below
-    }
-    if (ep === "webgpu") {
-      // the component's own verification input on this adapter (a user's GPU is not the export's SwiftShader)
-      let result = cached[name];
-      if (!result) {
-        $("timing").textContent = `checking ${name} on this WebGPU adapter…`;
-        const r = await checkOnProvider(ort, "bundle/", entry, record, "webgpu");
-        result = { passed: r.passed, rel_err: r.rel_err ?? null, tolerance: r.tolerance, error: r.error ?? null };
-        cached[name] = result;
-      }
-      demo.selfCheck[name] = result;
-      if (!result.passed) {
-        ep = "wasm";
-        notes.push(`${name}: off on this WebGPU adapter (${result.error ?? `rel-err ${Number(result.rel_err).toPrecision(3)} > ${result.tolerance}`}); runs on wasm`);
-      }
-    }
-    demo.providers[name] = ep;
-  }
-  try { localStorage.setItem(cacheKey, JSON.stringify(cached)); } catch { /* private mode: check again next time */ }
-  if (asked === "auto" && adapter && componentsOf(m).some(([, , r]) => !providerRecord(r, "webgpu"))) {
-    notes.push("no WebGPU check recorded for some components (edgekit verify --browser, or export with verify_in_browser): they run on wasm");
-  }
-  demo.providerNotes = notes;
-  const used = componentsOf(m).map(([name]) => `${name} ${demo.providers[name]}`).join(", ");
+  demo.askedEp = epChoice.asked = asked;
+  epChoice.adapter = adapter;
+  demo.adapter = await adapterKey(adapter);
+  if (asked === "webgpu" && !adapter) note("?ep=webgpu: this browser offers no WebGPU adapter; every component runs on wasm");
+  epChoice.cacheKey = `edgekit-webgpu-check|${m.integrity?.sha256 ?? "?"}|${demo.adapter}`;
+  try { epChoice.cached = JSON.parse(localStorage.getItem(epChoice.cacheKey) ?? "{}"); } catch { epChoice.cached = {}; }
+}
+
+function note(text) {
+  if (!demo.providerNotes.includes(text)) demo.providerNotes.push(text);
+}
+
+function showProviders() {
+  const used = Object.entries(demo.providers).map(([name, ep]) => `${name} ${ep}`).join(", ");
+  const notes = demo.providerNotes;
   $("providers").textContent = `execution providers: ${used}${notes.length ? ` — ${notes.join("; ")}` : ""}`;
   document.body.dataset.providers = JSON.stringify(demo.providers);
+}
+
+// The EP of one component, decided on its first use: WebGPU where it is asked for (auto: where the manifest
+// records a WebGPU pass; ?ep=webgpu: wherever no WebGPU failure is recorded) and the component's own
+// verification input passes on this adapter too (cached per adapter and bundle); wasm otherwise, said on the
+// page (#providers, demo.providerNotes). A UNet width is checked when the policy first picks it.
+async function providerFor(name) {
+  if (name in demo.providers) return demo.providers[name];
+  const [entry, record] = componentOf(demo.manifest, name);
+  const { asked, adapter, cached } = epChoice;
+  const recorded = providerRecord(record, "webgpu");
+  let ep = "wasm";
+  if (asked !== "wasm" && adapter) {
+    if (recorded && recorded.passed === false) {
+      if (asked === "webgpu") note(`${name}: failed its WebGPU check at export (${recorded.error ?? `rel-err ${Number(recorded.rel_err).toPrecision(3)}`}); runs on wasm`);
+    } else if (recorded?.passed === true || asked === "webgpu") {
+      ep = "webgpu";
+      if (!recorded) note(`${name}: no WebGPU check recorded in the bundle; checked on this adapter only`);
+    } else note("no WebGPU check recorded in the bundle (edgekit verify --browser, or export with verify_in_browser): "
+      + "such components run on wasm unless ?ep=webgpu");
+  }
+  if (ep === "webgpu" && !record?.data) {
+    ep = "wasm";
+    note(`${name}: no verification input in the bundle to check this adapter with; runs on wasm`);
+  }
+  if (ep === "webgpu") {
+    // the component's own verification input on this adapter (a user's GPU is not the export's SwiftShader)
+    let result = cached[name];
+    if (!result) {
+      $("timing").textContent = `checking ${name} on this WebGPU adapter…`;
+      const r = await checkOnProvider(ort, "bundle/", entry, record, "webgpu");
+      result = { passed: r.passed, rel_err: r.rel_err ?? null, tolerance: r.tolerance, error: r.error ?? null };
+      cached[name] = result;
+      try { localStorage.setItem(epChoice.cacheKey, JSON.stringify(cached)); } catch { /* private mode: checked again next time */ }
+    }
+    demo.selfCheck[name] = result;
+    if (!result.passed) {
+      ep = "wasm";
+      note(`${name}: off on this WebGPU adapter (${result.error ?? `rel-err ${Number(result.rel_err).toPrecision(3)} > ${result.tolerance}`}); runs on wasm`);
+    }
+  }
+  demo.providers[name] = ep;
+  showProviders();
+  return ep;
 }
 
 async function main() {
@@ -338,7 +357,9 @@ async function main() {
   const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
   const m = parseManifest(await (await fetch("bundle/manifest.json")).text());
   demo.manifest = m;
-  await chooseProviders(m, adapter);
+  await readAskedProvider(m, adapter);
+  await providerFor("text_encoder");
+  await providerFor("vae_decoder");
   try { demo.policy = Policy.fromManifest(m); }
   catch (err) { if (!(err instanceof PolicyError)) throw err; demo.policyError = err.message; }
   demo.tokenizer = ClipTokenizer.fromTokenizerJson(await (await fetch(`bundle/${m.tokenizer.tokenizer_json}`)).json(),
@@ -347,6 +368,7 @@ async function main() {
     + `steps ${Object.keys(m.sampling.schedules).join(", ")}; onnxruntime-web${adapter ? ` (WebGPU adapter ${demo.adapter})` : ", no WebGPU adapter"}`;
   await watchDevice();
   const first = decide();
+  if (m.components.unet.widths[first.width.toFixed(2)]) await providerFor(`unet/${first.width.toFixed(2)}`);
   useLatencyOf(first.width);
   demo.provider = epOf(`unet/${first.width.toFixed(2)}`);
   showLatencyRatio();
