@@ -79,7 +79,9 @@ def test_no_help_names_a_missing_file():
     (("export", "--target", "onnx", "--widths", "0.5", "1.0", "--steps", "4", "8", "--out", "x"), ((0.5, 1.0), (4, 8))),
     (("export", "--target", "onnx", "--widths", "0.5, 1.0", "--steps", "4 8", "--out", "x"), ((0.5, 1.0), (4, 8))),
     (("package", "--widths", "0.5", "1.0", "--steps", "4,8", "--out", "x"), ((0.5, 1.0), (4, 8))),
-    (("bench", "b", "--widths", "0.5,1.0", "--steps", "4", "8"), ((0.5, 1.0), (4, 8))),
+    # bench takes BUNDLE as well: its lists are one value each (commas, or spaces inside quotes), so that
+    # `edgekit bench --steps 4,8 BUNDLE` keeps its bundle
+    (("bench", "--widths", "0.5 1.0", "--steps", "4,8", "b"), ((0.5, 1.0), (4, 8))),
 ])
 def test_list_flags_take_commas_and_spaces(argv, expected):
     args = build_parser().parse_args(list(argv))

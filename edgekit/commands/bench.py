@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.commands.common import add_seed_flag, list_flag, width_list
+from edgekit.commands.common import add_seed_flag, width_list
 from edgekit.commands.common import add_json_flag, bounded_int, emit, progress, read_json, step_list, thread_count
 
 
@@ -14,9 +14,9 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure latency and quality per (width, steps) with the bundle's own runtime "
                                      "and write the table into its manifest")
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle directory (edgekit export / package)")
-    p.add_argument("--steps", **list_flag(step_list), default=None, help="e.g. 4,8,12,20 (default: every schedule the "
+    p.add_argument("--steps", type=step_list, default=None, help="e.g. 4,8,12,20 (default: every schedule the "
                                                                  "bundle has)")
-    p.add_argument("--widths", **list_flag(width_list), default=None, help="e.g. 1.0,0.5 (default: every width)")
+    p.add_argument("--widths", type=width_list, default=None, help="e.g. 1.0,0.5 (default: every width)")
     p.add_argument("--cache", default=None, metavar="N,N",
                    help="step-cache intervals to measure rows at, e.g. 1,2,3 (each above 1 one the bundle offers: "
                         "edgekit export --cache); default 1 (the plain loop)")
