@@ -167,6 +167,7 @@ class CachingUNet(nn.Module):
         self.calls = 0
         self.feature = None
         self.ran: list[str] = []
+        self.on_shallow = None  # called with the shallow graph's inputs (calibration on the cached trajectory)
 
     @property
     def config(self):
@@ -189,6 +190,8 @@ class CachingUNet(nn.Module):
         if role == FULL:
             out, self.feature = self.full(sample, timestep, encoder_hidden_states, timestep_cond)
         else:
+            if self.on_shallow is not None:
+                self.on_shallow(sample, timestep, encoder_hidden_states, self.feature, timestep_cond)
             out = self.shallow(sample, timestep, encoder_hidden_states, self.feature, timestep_cond)
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -283,3 +286,37 @@ def check_section(m: dict, where: str) -> None:
                     and plan[0] == FULL):
                 raise InputError(f"{where}: {label} should list {steps} roles from {list(ROLES)}, the first "
                                  f"'{FULL}'")
+
+
+def shallow_rows(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, intervals,
+                 max_rows: int) -> dict:
+    """The shallow graph's inputs as the cached loop feeds them: the diffusers loop run with caching at each of
+    ``intervals`` above 1 (those that fit ``steps``), every row of every shallow call recorded (sample, timestep,
+    encoder_hidden_states, cached_feature, and timestep_cond for a UNet with a guidance embedding), then
+    ``max_rows`` of them spread evenly over the capture. What INT8 calibrates the shallow graph on."""
+    import numpy as np
+
+    from edgekit.pipeline import generate
+
+    rows: dict[str, list] = {}
+
+    def record(sample, timestep, context, feature, cond):
+        t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).expand(sample.shape[0])
+        named = {"sample": sample, "timestep": t, "encoder_hidden_states": context, "cached_feature": feature}
+        if cond is not None:
+            named["timestep_cond"] = cond
+        for name, value in named.items():
+            rows.setdefault(name, []).extend(value.detach().float().cpu().numpy())
+
+    for n in parse_intervals(list(intervals)):
+        if n == 1 or n > steps:
+            continue
+        with caching_unet(pipe, n, steps) as stand_in:
+            stand_in.on_shallow = record
+            generate(pipe, prompts, seeds, steps, guidance_scale)
+    if not rows:
+        raise InputError(f"no offered interval fits the calibration's {steps} steps, so no shallow step ran to "
+                         "calibrate the shallow graph on", param="cache", value=list(intervals))
+    total = len(rows["sample"])
+    index = np.linspace(0, total - 1, min(total, max_rows)).round().astype(int)
+    return {name: np.stack(values)[index] for name, values in rows.items()}

@@ -367,7 +367,8 @@ def test_step_cache_vectors_are_what_the_python_device_loop_does():
 @pytest.mark.slow  # an INT8 quantization inside the export: ~1 min on 2 shared cores
 def test_int8_bundle_quantizes_the_full_graph_from_the_unets_rows(default_model, small_calib, tmp_path):
     """INT8 ort-web with --cache: the full graph is quantized from the UNet's calibration rows (its inputs are the
-    UNet's), the shallow graph ships in float (calibration does not capture a cached trajectory), both verified."""
+    UNet's), the shallow graph from rows the export captures on the torch cached loop (the calibration's prompts,
+    steps, guidance and seed); both verified, and the INT8 loop stays close to the torch cached loop."""
     from edgekit.bundle import read_manifest
     from edgekit.cli import main
 
@@ -377,10 +378,23 @@ def test_int8_bundle_quantizes_the_full_graph_from_the_unets_rows(default_model,
     m = read_manifest(out)
     full, shallow = m["components"]["unet_full"]["widths"]["1.00"], m["components"]["unet_shallow"]["widths"]["1.00"]
     assert full["precision"] == "int8" and full["quantization"]["from"] == "ort-static, run by the export"
-    assert shallow["precision"] == "fp32"
+    assert shallow["precision"] == "int8" and shallow["calibrated_on"]["rows"] > 0
+    assert "cached loop" in shallow["calibrated_on"]["from"]
     record = m["verification"]["unet_full"]["widths"]["1.00"]
     assert record["inputs_from"] == "calibration rows"  # the UNet's rows, not random inputs
-    assert all(c["rel_err"] <= record["tolerance"] for c in record["checks"] if "rel_err" in c)
+    for name in ("unet_full", "unet_shallow"):
+        record = m["verification"][name]["widths"]["1.00"]
+        assert all(c["rel_err"] <= record["tolerance"] for c in record["checks"] if "rel_err" in c)
+
+    from edgekit.pipeline import load_pipeline
+    from edgekit.runtime.sampler import BundleSampler
+    from edgekit.step_cache import generate_cached
+
+    sampler = BundleSampler(out, threads=1)
+    image, _ = sampler.generate(["a handwritten digit six"], [3200], 4, 1.0, cache=2)
+    reference = generate_cached(load_pipeline(default_model), ["a handwritten digit six"], [3200], 4,
+                                sampler.guidance()[0], 2)
+    assert float(np.abs(image - reference).mean()) < 0.05  # INT8's error, not another image
 
 
 @pytest.mark.slow  # a LiteRT / Core ML conversion of three UNet graphs: minutes on 2 shared cores

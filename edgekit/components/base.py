@@ -74,6 +74,8 @@ class Component:
     calibrated: ClassVar[bool] = True  # calibration captures its inputs, so the quantizers can take it
     # Another component whose captured rows are this one's inputs too (INT8 quantizes it from those rows)
     calibration_from: ClassVar[str | None] = None
+    # INT8 calibrates it on rows it captures itself at export (``own_rows``), not on a calibration directory's
+    captures_own_rows: ClassVar[bool] = False
     max_calib_rows: ClassVar[int] = 256  # default reservoir size of its calibration rows
     counts_params: ClassVar[bool] = False  # its manifest entry carries "params" (what widths change)
     # Which side of the graph carries VAE latents ("input" / "output"), for loaders that assume their own scale.

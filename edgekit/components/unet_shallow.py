@@ -26,7 +26,8 @@ class UNetShallowForExport(nn.Module):
 class UNetShallow(UNet):
     name = "unet_shallow"
     in_every_bundle = False  # only where the profile offers step caching
-    calibrated = False  # its feature input comes from a cached trajectory, which calibration does not capture
+    calibrated = False  # its feature input comes from a cached trajectory, which calibration does not capture:
+    captures_own_rows = True  # INT8 calibrates it on rows the export captures on the cached loop (shallow_rows)
     counts_params = False
 
     def spec(self, pipe) -> ComponentSpec:
@@ -45,8 +46,28 @@ class UNetShallow(UNet):
             return rng.standard_normal(shape).astype(np.float32)
         return super().example_input(pipe, tensor, shape, rng)
 
+    def own_rows(self, pipe, meta: dict, intervals, max_rows: int, guidance_scale: float) -> dict:
+        """Rows of the cached trajectory for INT8: the calibration's prompts, steps, guidance and seed (its
+        meta.json; ``guidance_scale``, the bundle's, where the calibration took the model's default), run through
+        the torch cached loop at every offered interval (edgekit.step_cache.shallow_rows)."""
+        from edgekit.step_cache import shallow_rows
+
+        from edgekit.errors import CalibrationError
+
+        config = meta.get("config") or {}
+        prompts = list(meta.get("prompts") or [])
+        if not prompts or not config.get("steps"):
+            raise CalibrationError("its meta.json names no prompts or steps to run the cached loop on for the shallow "
+                                   "graph's INT8 rows; re-run edgekit calibrate", param="calibration")
+        prompts = prompts[: int(config.get("samples") or len(prompts))]
+        seed = int(config.get("seed") or 0)
+        guidance = config.get("guidance_scale")
+        guidance = float(guidance_scale if guidance is None else guidance)
+        return shallow_rows(pipe, prompts, [seed + i for i in range(len(prompts))], int(config["steps"]), guidance,
+                            intervals, max_rows)
+
     def recording(self, pipe, offer, state):
-        raise NotImplementedError(f"{self.name}: calibration does not capture a cached trajectory")
+        raise NotImplementedError(f"{self.name}: calibration does not capture a cached trajectory (own_rows)")
 
     def standin(self, pipe, run, input_names, where):
         raise NotImplementedError(f"{self.name}: runs in the bundle's cached loop only")

@@ -222,6 +222,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
 
         signer = load_private_key(request.sign_key)
     calib = None
+    calib_meta: dict = {}
     if precision in target.needs_calibration:
         if request.calib_dir is None:
             raise CalibrationError("needs {calibration} (representative data from edgekit calibrate)",
@@ -229,6 +230,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     if request.calib_dir is not None:
         cset = CalibrationSet.open(request.calib_dir, model_dir)
         calib = {c: cset.load(c) for c in cset.components()}
+        calib_meta = cset.meta
     try:
         widths = tuple(dict.fromkeys(Width.parse(w) for w in request.widths))
     except WidthError as exc:
@@ -268,7 +270,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     extra = [get_component(n) for n in CACHE_COMPONENTS] if step_cache else []
     for comp in target.components() + extra:
         # a component calibration never captures ships in float where the bundle asks for INT8
-        calibrated = comp.calibrated or comp.calibration_from is not None
+        calibrated = comp.calibrated or comp.calibration_from is not None or comp.captures_own_rows
         job_precision = precision if calibrated or precision not in target.needs_calibration else "fp32"
         for w in (widths if comp.per_width else (None,)):
             batch = (unet_batch if comp.per_width else 1) if fixed else None
@@ -296,7 +298,14 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             if rows_of != job.name and job_calib and rows_of in job_calib:
                 job_calib = {**job_calib, job.name: job_calib[rows_of]}
             inputs, source = _verification_inputs(job.pipe, job.name, rows, job_calib)
-            if job.precision in target.needs_calibration:
+            if job.precision in target.needs_calibration and comp.captures_own_rows:  # e.g. the cached trajectory
+                job.calibration = inputs_from_calibration(spec, comp.own_rows(
+                    job.pipe, calib_meta, profile.cache_intervals, CALIB_ROWS_INT8, sampling["guidance_scale"]))
+                job.notes["calibrated_on"] = {"rows": len(job.calibration[spec.inputs[0].name]),
+                                              "from": "captured by the export on the torch cached loop "
+                                                      f"(intervals {list(profile.cache_intervals)[1:]}) over the "
+                                                      "calibration's prompts, steps, guidance and seed"}
+            elif job.precision in target.needs_calibration:
                 if not job_calib or job.name not in job_calib:
                     raise CalibrationError(f"{request.calib_dir}: has no calibration rows for {job.name}")
                 data = job_calib[job.name]
