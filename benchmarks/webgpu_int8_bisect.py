@@ -91,9 +91,9 @@ def _graphs():
                   act, np.clip(np.round(act / 0.02) + 120, 0, 255)))
     from edgekit.targets.ort_webgpu import rewrite_qdq_for_webgpu
 
-    pair = cases[-3][2]
+    pair = next(c for c in cases if c[0] == "qdq_uint8_activation")
     cases.append(("qdq_uint8_activation_rewritten", "the uint8 pair above after rewrite_qdq_for_webgpu (float ops)",
-                  rewrite_qdq_for_webgpu(pair)[0], act, cases[-3][4]))
+                  rewrite_qdq_for_webgpu(pair[2])[0], act, pair[4]))
     return cases
 
 
@@ -148,15 +148,41 @@ def bundle_cases(bundle: Path, work: Path) -> list[dict]:
     return rows
 
 
+EDGEKIT = [sys.executable, "-m", "edgekit.cli"]
+
+
 def _make_bundle(work: Path) -> Path:
     from edgekit.zoo.tiny_digits import SLIM_DIR
 
-    edgekit = [sys.executable, "-m", "edgekit.cli"]
-    subprocess.run([*edgekit, "calibrate", "--model", str(SLIM_DIR), "--samples", "4", "--steps", "4", "--out",
+    subprocess.run([*EDGEKIT, "calibrate", "--model", str(SLIM_DIR), "--samples", "4", "--steps", "4", "--out",
                     str(work / "calib")], check=True)
-    subprocess.run([*edgekit, "export", "--model", str(SLIM_DIR), "--target", "ort-web", "--precision", "int8", "--calib",
+    subprocess.run([*EDGEKIT, "export", "--model", str(SLIM_DIR), "--target", "ort-web", "--precision", "int8", "--calib",
                     str(work / "calib"), "--widths", "0.5,1.0", "--out", str(work / "int8")], check=True)
     return work / "int8"
+
+
+def bytes_per_component(int8: Path, work: Path) -> list[dict]:
+    """Bytes the page loads per component: the FP32 graph (exported here from the same model), the INT8 graph
+    (wasm) and its WebGPU form."""
+    from edgekit.zoo.tiny_digits import SLIM_DIR
+
+    manifest = json.loads((int8 / "manifest.json").read_text())
+    widths = [str(float(w)) for w in manifest["widths"]]
+    subprocess.run([*EDGEKIT, "export", "--model", str(SLIM_DIR), "--target", "ort-web", "--precision", "fp32", "--widths",
+                    ",".join(widths), "--out", str(work / "fp32")], check=True)
+    fp32 = json.loads((work / "fp32" / "manifest.json").read_text())
+
+    def entries(m):
+        out = {"text_encoder": m["components"]["text_encoder"], "vae_decoder": m["components"]["vae_decoder"]}
+        out.update({f"unet@{w}": e for w, e in m["components"]["unet"]["widths"].items()})
+        return out
+
+    rows = []
+    for label, entry in entries(manifest).items():
+        gpu = entry.get("providers", {}).get("webgpu", {})
+        rows.append({"component": label, "fp32_bytes": entries(fp32)[label]["bytes"], "int8_bytes": entry["bytes"],
+                     "webgpu_bytes": gpu.get("bytes", entry["bytes"])})
+    return rows
 
 
 def write_md(result: dict, path: Path) -> None:
@@ -177,6 +203,14 @@ def write_md(result: dict, path: Path) -> None:
     for (form, comp), eps in table.items():
         cell = lambda r: r.get("error") or f"{r['rel_err']:.3g}" + ("" if r["passed"] else " (fails)")  # noqa: E731
         lines.append(f"| {form} | {comp} | {cell(eps['wasm'])} | {cell(eps['webgpu'])} |")
+    lines += ["", "## Bytes the page loads per component", "",
+              "| component | FP32 graph | INT8 graph (wasm) | WebGPU form | WebGPU / FP32 |", "|---|---|---|---|---|"]
+    for r in result["bytes"]:
+        lines.append(f"| {r['component']} | {r['fp32_bytes']:,} | {r['int8_bytes']:,} | {r['webgpu_bytes']:,} | "
+                     f"{r['webgpu_bytes'] / r['fp32_bytes']:.2f} |")
+    total = {k: sum(r[k] for r in result["bytes"]) for k in ("fp32_bytes", "int8_bytes", "webgpu_bytes")}
+    lines.append(f"| all | {total['fp32_bytes']:,} | {total['int8_bytes']:,} | {total['webgpu_bytes']:,} | "
+                 f"{total['webgpu_bytes'] / total['fp32_bytes']:.2f} |")
     for row in result["bundle"]:
         if "check_wall_s" in row:
             lines.append(f"\n{row['form']}: the whole browser check took {row['check_wall_s']} s (both EPs, every component).")
@@ -196,8 +230,9 @@ def main() -> None:
         one_op = one_op_cases(work / "ops")
         bundle = args.bundle or _make_bundle(work)
         rows = bundle_cases(bundle, work)
+        sizes = bytes_per_component(bundle, work)
     result = {"onnxruntime_web": json.loads((find_ort_web() / "package.json").read_text())["version"],
-              "chromium": one_op[0]["chromium"], "adapter": one_op[0]["adapter"], "one_op": one_op, "bundle": rows}
+              "chromium": one_op[0]["chromium"], "adapter": one_op[0]["adapter"], "one_op": one_op, "bundle": rows, "bytes": sizes}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "webgpu_int8_bisect.json").write_text(json.dumps(result, indent=1) + "\n")
     write_md(result, args.out / "webgpu_int8_bisect.md")

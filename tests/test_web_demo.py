@@ -82,6 +82,11 @@ def test_browser_generates_the_asked_digit_and_critical_thermal_lowers_cost(serv
     predicted = scorer.predict(np.stack(images))
     assert predicted[0] == 7, f"the browser's image at {used['steps']} steps was classified as {predicted[0]}"
     assert not [m for m in result["console"] if m.startswith(("error", "pageerror"))], result["console"]
+    # the same page asked for WebGPU in a browser with no adapter: said once, every component on wasm, no blank page
+    no_adapter = result["noAdapter"]
+    assert no_adapter["adapter"] is None and set(no_adapter["providers"].values()) == {"wasm"}, no_adapter
+    assert no_adapter["notes"] == ["?ep=webgpu: this browser offers no WebGPU adapter; every component runs on wasm"]
+    assert no_adapter["text"].startswith("execution providers: text_encoder wasm, vae_decoder wasm, unet/")
 
 
 def _check_latency_rescale(result):

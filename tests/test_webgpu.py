@@ -169,3 +169,35 @@ def test_verify_browser_without_chromium_names_the_package(int8_bundle, run_cli,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--browser" in lines[0] and "'chromium'" in lines[0], err
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_webgpu_form_shares_external_weight_files(tmp_path):
+    """A graph whose weights lie in external files (above the profile's file cap): the WebGPU form names the same
+    files for every weight it leaves alone, so the two graphs share them, and it computes what the original does."""
+    from edgekit.targets.ort_webgpu import write_webgpu_graph
+
+    w = RNG.integers(-128, 128, (64, 256)).astype(np.int8)
+    inits = [nh.from_array(np.float32(0.02), "xs"), nh.from_array(np.uint8(118), "xz"), nh.from_array(w, "w"),
+             nh.from_array(RNG.uniform(.01, .05, 256).astype(np.float32), "ws"), nh.from_array(np.zeros(256, np.int8), "wz")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1), h.make_node("MatMul", ["xd", "wd"], ["y"])]
+    model = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 64])], inits, [2, 256])
+    onnx.save_model(model, tmp_path / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    weights = (tmp_path / "model.onnx.data").read_bytes()
+    write_webgpu_graph(tmp_path / "model.onnx", tmp_path / "model.webgpu.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data", "model.webgpu.onnx"]
+    assert (tmp_path / "model.onnx.data").read_bytes() == weights
+    def external(path):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        return {t.name: {e.key: e.value for e in t.external_data} for t in graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    assert "w" in external(tmp_path / "model.onnx")
+    assert external(tmp_path / "model.webgpu.onnx") == external(tmp_path / "model.onnx")  # same file, same offsets
+    assert (tmp_path / "model.webgpu.onnx").stat().st_size < 4096  # the graph alone, the weights stay shared
+    x = RNG.normal(0, 1, (2, 64)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = lambda p: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(tmp_path / "model.webgpu.onnx"), run(tmp_path / "model.onnx"), rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 //   node tests/web_demo_e2e.mjs URL USER_DATA_DIR PROMPT SEED
 // Generates PROMPT at the policy's choice for a cool, charging device, then forces "critical" thermal and
 // generates again; records the page's own latency rescale (runs timed, ratio shown, rows the policy reads)
-// before and after each run. Prints one JSON line: {apis, initial, before, forced, after, console}.
+// before and after each run; then loads ?ep=webgpu in this adapter-less browser. Prints one JSON line:
+// {apis, initial, before, forced, after, noAdapter, console}.
 import { chromium } from "playwright-core";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
@@ -54,7 +55,12 @@ try {
   await page.selectOption("#thermal", "critical");
   const forced = await page.evaluate(() => ({ decision: window.edgekitDemo.decision, shown: document.getElementById("decision").textContent }));
   const after = await run();
-  console.log(JSON.stringify({ apis, initial, before, forced, after, console: messages }));
+  // This Chromium has no WebGPU adapter (--disable-gpu, no --enable-unsafe-webgpu): ask for WebGPU anyway.
+  await page.goto(`${url}?ep=webgpu`);
+  await page.waitForSelector("body[data-status=ready]", { timeout: 60000 });
+  const noAdapter = await page.evaluate(() => ({ providers: window.edgekitDemo.providers, notes: window.edgekitDemo.providerNotes,
+    text: document.getElementById("providers").textContent, adapter: window.edgekitDemo.adapter }));
+  console.log(JSON.stringify({ apis, initial, before, forced, after, noAdapter, console: messages }));
 } finally {
   await context.close();
 }

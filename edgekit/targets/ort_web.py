@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -81,6 +82,8 @@ class OrtWebTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     extra = "onnx"
     takes_quantized_onnx = True
+    # a QDQ graph gets a WebGPU form beside it (edgekit.targets.ort_webgpu), and its image difference is recorded
+    webgpu_forms: ClassVar[bool] = True
 
     def created_with(self) -> dict:
         import onnx
@@ -151,7 +154,8 @@ class OrtWebTarget(Target):
             entry["external_data"] = [{"file": f"{job.rel_dir}/{c['file']}", "bytes": c["bytes"]} for c in external]
             entry["join"] = ("onnxruntime-web: InferenceSession.create(model.onnx, {externalData: [{path: <file name>, "
                              "data: <fetched bytes>} per chunk]}); each tensor names its chunk")
-        self._add_webgpu_graph(job, folder, entry)
+        if self.webgpu_forms:
+            self._add_webgpu_graph(job, folder, entry)
         return entry
 
     @staticmethod
@@ -209,7 +213,7 @@ class OrtWebTarget(Target):
         manifest = self._verify_in_node(stage, manifest, profile)
         if profile.verify_in_browser:
             manifest = record_browser_checks(stage, manifest)
-        return record_image_difference(stage, manifest, IMAGE_PROMPT)
+        return record_image_difference(stage, manifest, IMAGE_PROMPT) if self.webgpu_forms else manifest
 
     def _verify_in_node(self, stage: Path, manifest: dict, profile: TargetProfile) -> dict:
         if not profile.verify_in_node:

@@ -147,8 +147,8 @@ def write_webgpu_graph(src: Path, dst: Path) -> dict:
 
     model = onnx.load(str(src), load_external_data=False)
     out, counts = rewrite_qdq_for_webgpu(model, Path(src).parent)
-    onnx.checker.check_model(out)
     onnx.save_model(out, str(dst))  # weights in external files stay there, named by the same locations
+    onnx.checker.check_model(str(dst))  # by path: external weights are found beside it
     return counts
 
 

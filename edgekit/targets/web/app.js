@@ -156,11 +156,12 @@ function recordRun(d, totalMs) {
 // differ by orders of magnitude, so each EP keeps its own measured ratio.
 function useLatencyOf(width) {
   const ep = epOf(`unet/${width.toFixed(2)}`);
-  if (demo.latency === demo.latencyByEp[ep]) return;
+  if (demo.latency === demo.latencyByEp[ep]) return false;
   demo.latency = demo.latencyByEp[ep];
   demo.provider = ep;
   if (demo.policy) demo.policy = demo.policy.rescaled(demo.latency.ratio);
   showLatencyRatio();
+  return true;
 }
 
 function showLatencyRatio() {
@@ -176,8 +177,7 @@ async function generate(prompt, seed) {
   const m = demo.manifest;
   let d = decide();
   await providerFor(`unet/${d.width.toFixed(2)}`);
-  useLatencyOf(d.width);
-  d = decide();
+  if (useLatencyOf(d.width)) d = decide();  // this EP's own latency ratio may move the choice
   // Sessions first, so a timed run is generation only, as the table's rows are.
   const key = d.width.toFixed(2);
   await Promise.all([session("text_encoder", m.components.text_encoder), session("vae_decoder", m.components.vae_decoder),
