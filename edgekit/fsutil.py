@@ -304,7 +304,7 @@ def _refuse_appeared(out: Path, what: str = "directory") -> OutputConflictError:
 
 
 @contextmanager
-def staged_dir(out: Path, *, force: bool = False, owned: bool = False) -> Iterator[Path]:
+def staged_dir(out: Path, *, force: bool = False, owned: bool = False, new: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it takes the place of ``out`` in one rename, on error
     it is removed.
 
@@ -312,7 +312,9 @@ def staged_dir(out: Path, *, force: bool = False, owned: bool = False) -> Iterat
     exists at its end (another run, a person) is refused unless ``force``; an existing ``out`` is replaced
     only when it is an edgekit output (its stage's manifest or marker, ``edgekit_output``) or empty, or when
     the caller ``owned`` it (a folder inside edgekit's own package output). The old one is swapped out in one
-    step, checked again where no one else can reach it, and only then removed."""
+    step, checked again where no one else can reach it, and only then removed. ``new``: the caller checked that
+    ``out`` did not exist (no --force), so anything there at the end appeared meanwhile, even before this
+    block began, and is kept."""
     out = Path(out).resolve()
     created = [p for p in reversed(out.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +330,7 @@ def staged_dir(out: Path, *, force: bool = False, owned: bool = False) -> Iterat
             return
         except FileExistsError:
             pass
-        if started_as is None and not force:
+        if new or (started_as is None and not force):
             raise _refuse_appeared(out, "output")
         if out.is_symlink() or not out.is_dir():
             raise OutputConflictError("is a file now, not a directory; nothing was replaced and this run's output "
@@ -356,10 +358,11 @@ def staged_dir(out: Path, *, force: bool = False, owned: bool = False) -> Iterat
 
 
 @contextmanager
-def staged_file(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Like ``staged_dir`` for a single file: a file that existed when the stage began (the caller checked
-    it), or any file with ``force``, is replaced in one rename; a path that appeared meanwhile is refused and
-    kept; a directory is never replaced."""
+def staged_file(out: Path, *, force: bool = False, new: bool = False) -> Iterator[Path]:
+    """Like ``staged_dir`` for a single file: a file that existed when the block began (a rewrite the caller
+    decided on), or any file with ``force``, is replaced in one rename; a path that appeared meanwhile is
+    refused and kept; a directory is never replaced. ``new``: the caller checked that ``out`` did not exist
+    (no --force): any file there at the end appeared meanwhile and is kept."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent, out.name)
@@ -370,7 +373,7 @@ def staged_file(out: Path, *, force: bool = False) -> Iterator[Path]:
         if out.is_dir():
             raise OutputConflictError("is a directory now; it was left as it is and this run's file discarded",
                                       param="out", value=out)
-        if existed or force:
+        if (existed or force) and not new:
             tmp.replace(out)
             return
         try:

@@ -125,6 +125,24 @@ def test_a_png_that_appears_during_generate_is_kept_unless_force(tmp_path):
     assert out.read_bytes() == b"ours"
 
 
+def test_a_png_made_at_out_during_generate_survives(run_cli, tmp_path, monkeypatch):
+    import edgekit.loader
+
+    out = tmp_path / "X.png"
+    original = edgekit.loader.open_model
+
+    def meanwhile(*args, **kwargs):  # after --out was checked, before the image is written
+        out.write_bytes(b"a picture of my cat")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(edgekit.loader, "open_model", meanwhile)
+    code, _, err = run_cli("generate", "--prompt", "a handwritten digit one", "--steps", "2", "--out", out)
+    line = _one_line(err)
+    assert code == 1 and f"--out {out}: appeared while this command ran" in line, line
+    assert out.read_bytes() == b"a picture of my cat"
+    _no_leftovers(tmp_path, "X.png")
+
+
 def test_export_force_refuses_a_foreign_directory_before_any_work(run_cli, tmp_path):
     out = tmp_path / "X"
     out.mkdir()
@@ -315,9 +333,16 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 
     out = tmp_path / "Z"
     proc = _spawn("export", *FAST, "--out", out, cwd=tmp_path)
-    _wait_for(lambda: any(p.name.startswith(".Z.partial-") for p in tmp_path.iterdir()), proc)
-    time.sleep(1.0)  # into the export: graphs being written, Node checks starting
-    children = psutil.Process(proc.pid).children(recursive=True)
+    parent = psutil.Process(proc.pid)
+
+    def node_children():
+        try:
+            return [c for c in parent.children(recursive=True) if c.name() == "node"]
+        except psutil.Error:
+            return []
+
+    _wait_for(node_children, proc)  # mid-export, while onnxruntime-web checks a graph under Node
+    children = parent.children(recursive=True)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     line = _one_line(err)

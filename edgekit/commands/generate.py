@@ -82,7 +82,7 @@ def run(args) -> int:
     pil = Image.fromarray((image * 255).round().astype("uint8"))
     if args.scale > 1:
         pil = pil.resize((pil.width * args.scale, pil.height * args.scale), Image.NEAREST)
-    with staged_file(out, force=args.force) as tmp:  # a PNG that appeared meanwhile is kept unless --force
+    with staged_file(out, force=args.force, new=not args.force) as tmp:  # a PNG made meanwhile is kept
         pil.save(tmp, format="PNG")
     payload = {"out": str(out), "prompt": args.prompt, "steps": steps, "guidance_scale": guidance, "cache": cache,
                "seed": args.seed, "seconds": round(seconds, 3), "size": [pil.width, pil.height]}
@@ -137,6 +137,6 @@ def _write_png(image, out: Path, scale: int, force: bool = False) -> list[int]:
     pil = Image.fromarray((image * 255).round().astype("uint8"))
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    with staged_file(out, force=force) as tmp:
+    with staged_file(out, force=force, new=not force) as tmp:  # a PNG made meanwhile is kept
         pil.save(tmp, format="PNG")
     return [pil.width, pil.height]

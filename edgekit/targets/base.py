@@ -284,7 +284,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
 
     # one writer per --out (a second export or a bench of it is refused naming this one); the final rename
     # replaces only an earlier edgekit output, never what appeared at --out meanwhile without --force
-    with output_lock(out, "edgekit export"), staged_dir(out, force=request.force) as stage:
+    with output_lock(out, "edgekit export"), \
+            staged_dir(out, force=request.force, new=not request.force) as stage:
         for job in jobs:
             if task is not None:
                 progress.update(task, description=f"export {target.name}: {job.label}")
