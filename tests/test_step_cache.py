@@ -419,3 +419,56 @@ def test_phone_targets_carry_both_cache_graphs(target, pipe, tmp_path):
         image, _ = sampler.generate(["a handwritten digit four"], [3100], 8, 1.0, cache=2)
         reference = generate_cached(pipe, ["a handwritten digit four"], [3100], 8, sampler.guidance()[0], 2)
         assert float(np.abs(image - reference).max()) < 1e-4
+
+
+def test_policy_generate_runs_the_cached_row_it_picks(cached_bundle, tmp_path, capsys):
+    """A table whose cheapest good row is cached: `edgekit policy generate` picks it and draws with the manifest's
+    plan for that interval (the image the bundle loop draws at that interval, not the plain one)."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from edgekit.bundle import read_manifest
+    from edgekit.cli import main
+    from edgekit.runtime.bench import write_table
+    from edgekit.runtime.sampler import BundleSampler
+
+    bundle = tmp_path / "b"
+    shutil.copytree(cached_bundle, bundle)
+
+    def row(cache, ms, q):
+        return {"width": 1.0, "steps": 8, **({"cache": cache} if cache > 1 else {}), "latency_ms": ms,
+                "latency_spread_ms": [ms, ms], "device": "test-data",
+                "quality": {"evaluator": "test-data", "metric": "psnr_db", "value": q, "ci95": [q - 0.3, q + 0.3]}}
+
+    write_table(bundle, read_manifest(bundle), [row(1, 400.0, 30.0), row(2, 190.0, 29.9)], None)
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"battery_level": 0.9, "charging": False, "low_power": False, "thermal": "nominal"}))
+    out = tmp_path / "p.png"
+    assert main(["policy", "generate", "--bundle", str(bundle), "--state", str(state), "--prompt",
+                 "a handwritten digit five", "--seed", "3300", "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["decision"]["cache"] == 2 and payload["decision"]["steps"] == 8
+    sampler = BundleSampler(bundle, threads=1)
+    cached, _ = sampler.generate(["a handwritten digit five"], [3300], 8, 1.0, cache=2)
+    plain, _ = sampler.generate(["a handwritten digit five"], [3300], 8, 1.0, cache=1)
+    drawn = np.asarray(Image.open(out), dtype=np.float32) / 255
+    assert np.abs(drawn - cached[0]).max() <= 1 / 255 + 1e-6 < np.abs(drawn - plain[0]).max()
+
+
+def test_package_config_carries_the_cache_intervals(tmp_path, capsys):
+    from cli_checks import one_line
+
+    from edgekit.cli import main
+    from edgekit.errors import InputError
+    from edgekit.package import PackageConfig
+
+    config = PackageConfig.from_dict({"cache": [3, 1]})
+    assert PackageConfig.from_dict(config.to_dict()) == config and config.to_dict()["cache"] == [3, 1]
+    with pytest.raises(InputError, match="^cache 0"):
+        PackageConfig.from_dict({"cache": [1, 0]})
+    out = tmp_path / "pkg"
+    assert main(["package", "--cache", "0", "--out", str(out)]) == 2
+    one_line(capsys.readouterr().err, "--cache 0: expected a whole number")
+    assert not out.exists()

@@ -84,7 +84,8 @@ def run_simulate(args) -> int:
         battery = f"{s.battery_level:.0%}" + ("+" if s.charging else "")
         q = "-" if d.quality is None else f"{d.quality:.2f} ± {(d.quality_ci95[1] - d.quality_ci95[0]) / 2:.2f}"
         lines.append(f"{d.t:8.1f}  {s.thermal:<8} {battery:>7}  {d.steps:5d} {d.width:5.2f} {d.latency_ms:7.1f}ms "
-                     f"{d.budget_ms:7.1f}ms {q:>13}  {d.reason}{' (over budget)' if d.over_budget else ''}")
+                     f"{d.budget_ms:7.1f}ms {q:>13}  {d.reason}{' (over budget)' if d.over_budget else ''}"
+                     + (f" [cache interval {d.cache}]" if d.cache > 1 else ""))
     if args.plot is not None:
         lines.append(f"plot written to {args.plot}")
     emit(payload, args.json, lines)
@@ -175,13 +176,16 @@ def run_generate(args) -> int:
         state, source = read_desktop_state(), "psutil"
     decision = policy.decide(0.0, state)
     sampler = BundleSampler(args.bundle, manifest)  # checks every file's sha256 before loading any
-    images, timing = sampler.generate([args.prompt], [args.seed], decision.steps, decision.width)
+    images, timing = sampler.generate([args.prompt], [args.seed], decision.steps, decision.width,
+                                      cache=decision.cache)  # a cached row runs the manifest's plan for it
     with staged_file(args.out) as tmp:
         Image.fromarray((images[0] * 255).round().astype(np.uint8)).save(tmp, format="PNG")
     payload = {"state": state.to_dict(), "state_from": source, "decision": decision.to_dict(), "out": str(args.out),
                "runtime": sampler.runtime, "seconds": round(timing.total_s, 3)}
     lines = [f"state ({source}): {json.dumps(state.to_dict())}",
-             f"policy: {decision.steps} steps, width {decision.width:.2f} ({decision.reason}; {decision.detail}; "
+             f"policy: {decision.steps} steps, width {decision.width:.2f}"
+             + (f", cache interval {decision.cache}" if decision.cache > 1 else "")
+             + f" ({decision.reason}; {decision.detail}; "
              f"predicted {decision.latency_ms:.0f} ms)",
              f"wrote {args.out} in {timing.total_s * 1000:.0f} ms with {sampler.runtime}"]
     emit(payload, args.json, lines)
