@@ -167,7 +167,9 @@ def test_int8_qdq_bundle_from_calibration(sd15_reduced, sd15_calib, tmp_path, ru
     record = m["verification"]["unet"]["widths"]["1.00"]
     assert record["inputs_from"] == "calibration rows"
     assert all(1e-3 < c["rel_err"] < record["tolerance"] for c in record["checks"])
-    assert len(record["checks"]) == 2  # onnxruntime and onnxruntime-web
+    # onnxruntime, onnxruntime on the WebGPU form (edgekit.targets.ort_webgpu), onnxruntime-web (wasm)
+    assert len(record["checks"]) == 3 and record["checks"][1]["runtime"].endswith("model.webgpu.onnx")
+    assert unet["providers"]["webgpu"]["file"] == "unet/w1.00/model.webgpu.onnx"
 
 
 @pytest.mark.slow
