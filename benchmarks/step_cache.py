@@ -18,7 +18,8 @@ Also the graphs' sizes and one call of each UNet graph (plain, full with feature
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py [--samples 300] [--seed 3000] [--steps 8,20]
         [--intervals 2,3,5] [--rounds 7]
 
-Writes benchmarks/results/step_cache.{json,md}.
+Writes benchmarks/results/step_cache.{json,md} (step_cache_int8.* for --precision int8: the full graph quantized from
+the UNet's calibration rows, the shallow one from rows the export captures on the cached loop).
 """
 from __future__ import annotations
 
@@ -108,7 +109,10 @@ def markdown(data: dict) -> str:
              f"(OMP_NUM_THREADS=1, onnxruntime intra-op threads 1); one ort-web {meta['precision']} bundle at width 1 "
              f"run by Python onnxruntime; {meta['samples']} images per row (seeds {meta['seed']}.."
              f"{meta['seed'] + meta['samples'] - 1}, not tuned on). Baseline every difference and ratio is against: "
-             "cache interval 1 (the same bundle's plain loop, the plain UNet graph every step) at the same steps.", "",
+             "cache interval 1 (the same bundle's plain loop, the plain UNet graph every step) at the same steps."
+             + (f" INT8 calibration (edgekit calibrate, its meta.json config): {meta['calibration']}; the full graph "
+                "quantized from its UNet rows, the shallow graph from rows the export captured on the cached loop."
+                if meta.get("calibration") else ""), "",
              "| interval | steps | n | accuracy | base accuracy | diff pts [Tango 95%] [Newcombe 95%] | pairs both/only "
              "cached/only base/neither | PSNR vs base dB [95%] | PSNR vs float dB [95%] | base PSNR vs float dB [95%] |",
              "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
@@ -189,15 +193,21 @@ def main() -> None:
     verification = {name: m["verification"][name]["widths"][WIDTH]["checks"][0]["rel_err"]
                     for name in ("unet", "unet_full", "unet_shallow")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    meta = {"commit": commit, "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py "
+    if args.calib is not None:
+        meta_calib = json.loads((args.calib / "meta.json").read_text())["config"]
+        calib_note = {k: meta_calib.get(k) for k in ("steps", "samples", "guidance_scale", "seed")}
+    else:
+        calib_note = None
+    meta = {"commit": commit, "calibration": calib_note, "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py "
             + " ".join(sys.argv[1:]), "host": host_device(), "python": platform.python_version(), "threads": 1,
             "samples": args.samples, "seed": args.seed, "steps": steps, "intervals": intervals,
             "precision": args.precision, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
             "baseline": "cache interval 1 of the same bundle at the same steps"}
     data = {"meta": meta, "paired": rows, "latency": latency, "graphs": graphs, "verification": verification}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_cache.json").write_text(json.dumps(data, indent=2) + "\n")
-    (args.out / "step_cache.md").write_text(markdown(data))
+    stem = "step_cache" if args.precision == "fp32" else f"step_cache_{args.precision}"
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(data))
     print(markdown(data))
 
 
