@@ -154,6 +154,18 @@ def component_entries(manifest: dict) -> Iterator[tuple[str, str | None, dict]]:
             yield name, None, comp
 
 
+def bytes_on_disk(bundle_dir: Path, manifest: dict) -> int:
+    """The bytes the manifest's files take on disk: a file hard-linked under several names (the onnx target's
+    pipeline views) counts once."""
+    seen, total = set(), 0
+    for rel in manifest["files"]:
+        st = (Path(bundle_dir) / rel).stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
 def entry_label(name: str, width: str | None) -> str:
     return name if width is None else f"{name}@{width}"
 

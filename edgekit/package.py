@@ -53,7 +53,8 @@ DEFAULT_TARGETS = ("ort-web", "tflite", "coreml")
 # (0.54x fp16's bytes): paired with fp16 on 1000 images per (width, steps) row, every row's 95% interval lies above
 # -3 points (worst lower end -2.8; width 0.5, with dynamic-range activations, -0.7): see
 # benchmarks/results/int8_recipes.md.
-DEFAULT_PRECISIONS = {"ort-web": "int8", "tflite": "int8", "coreml": "w8"}
+# onnx: the ort-web graphs plus the diffusers view, so the same precision.
+DEFAULT_PRECISIONS = {"ort-web": "int8", "tflite": "int8", "coreml": "w8", "onnx": "int8"}
 
 
 class PackageError(EdgekitError):
@@ -888,7 +889,7 @@ def _target(stages: Stages, config: PackageConfig, name: str, profile, model: Pa
 
 
 def _bundle_summary(bundle: Path, manifest: dict) -> dict:
-    from edgekit.bundle import component_entries, entry_label, lookup
+    from edgekit.bundle import bytes_on_disk, component_entries, entry_label, lookup
 
     components = []
     for comp, width, entry in component_entries(manifest):
@@ -898,7 +899,7 @@ def _bundle_summary(bundle: Path, manifest: dict) -> dict:
                            "precision": entry["precision"], "max_rel_err": max(errors) if errors else None,
                            "runtimes": [c["runtime"] for c in record["checks"]]})
     return {"dir": str(bundle), "precision": manifest["precision"], "components": components,
-            "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+            "bytes": bytes_on_disk(bundle, manifest),  # the onnx view's hard links once
             "export_s": manifest["created_with"].get("export_s")}
 
 

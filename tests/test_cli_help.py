@@ -145,3 +145,19 @@ def test_every_help_example_runs_as_written(tmp_path):
     for made in ("seven.png", "calib", "int8", "bundle", "bundles/report.md", "three.png", "three-3.png", "pruned",
                  "slim"):
         assert (work / made).exists(), made
+
+
+def test_package_takes_the_onnx_target_its_help_lists(tmp_path, run_cli, default_model, monkeypatch):
+    """`package --targets onnx` (listed from the registry) runs, and its size is bytes on disk: the pipeline
+    views' hard links count once."""
+    import json
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli("package", "--model", default_model, "--targets", "onnx", "--widths", "1.0",
+                             "--calib-samples", "2", "--calib-steps", "2", "--steps", "2", "--samples", "2",
+                             "--repeats", "1", "--out", tmp_path / "pkg", "--json")
+    assert code == 0, err
+    bundle = json.loads(out)["bundles"]["onnx"]
+    files = json.loads((tmp_path / "pkg/onnx/manifest.json").read_text())["files"]
+    inodes = {(st.st_dev, st.st_ino): st.st_size for st in ((tmp_path / "pkg/onnx" / rel).stat() for rel in files)}
+    assert bundle["bytes"] == sum(inodes.values()) < sum(f["bytes"] for f in files.values())

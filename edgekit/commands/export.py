@@ -79,6 +79,8 @@ def run_export(args) -> int:
                             steps=args.steps, guidance=args.guidance, sign_key=args.sign)
     with progress() as bar:
         manifest = export_bundle(request, bar)
+    from edgekit.bundle import bytes_on_disk
+
     on_disk = bytes_on_disk(Path(args.out), manifest)
     lines = [f"wrote {args.out} ({manifest['target']}, {manifest['precision']}, {on_disk / 2**20:.1f} MiB on disk, "
              f"{len(manifest['files'])} files{', signed (manifest.sig)' if args.sign else ''})"]
@@ -94,18 +96,6 @@ def run_export(args) -> int:
     emit({"out": str(Path(args.out).resolve()), "target": manifest["target"], "precision": manifest["precision"],
           "bytes_on_disk": on_disk, "components": summary}, args.json, lines)
     return 0
-
-
-def bytes_on_disk(root: Path, manifest: dict) -> int:
-    """The bytes the manifest's files take on disk: a file hard-linked under several names (the onnx target's
-    pipeline views) counts once."""
-    seen, total = set(), 0
-    for rel in manifest["files"]:
-        st = (root / rel).stat()
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total
 
 
 def run_verify(args) -> int:
