@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_recipes import (cached_images, interleaved_latency, newcombe_paired_ci95,  # noqa: E402
-                          paired_bootstrap_ci95, tango_paired_ci95)
+from int8_recipes import cached_images, interleaved_latency  # noqa: E402
+from paired import paired, paired_table, run_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "edgekit" / "zoo" / "tiny_digits" / "slim"
@@ -54,48 +51,14 @@ def export(factor: int, precision: str, steps, work: Path, calib: Path | None) -
     return out
 
 
-def paired(labels, pred, pred_base, img, img_base, reference) -> dict:
-    """Variant (v) against factor 1 (b) on the same images."""
-    from edgekit.quality.metrics import mean_ci95, psnr_per_image
-
-    labels = np.asarray(labels)
-    ok_v, ok_b = np.asarray(pred) == labels, np.asarray(pred_base) == labels
-    both, only_v = int((ok_v & ok_b).sum()), int((ok_v & ~ok_b).sum())
-    only_b, neither = int((~ok_v & ok_b).sum()), int((~ok_v & ~ok_b).sum())
-    n = len(labels)
-    vs_base = mean_ci95(psnr_per_image(img, img_base))
-    vs_float, base_vs_float = (mean_ci95(psnr_per_image(x, reference)) for x in (img, img_base))
-    rounded = lambda pair: [round(float(x), 4) for x in pair]  # noqa: E731
-    return {"n": n, "accuracy": round(float(ok_v.mean()), 4), "accuracy_base": round(float(ok_b.mean()), 4),
-            "pairs": {"both": both, "only_variant": only_v, "only_base": only_b, "neither": neither},
-            "accuracy_diff": round(float(ok_v.mean() - ok_b.mean()), 4),
-            "accuracy_diff_tango_ci95": rounded(tango_paired_ci95(only_v, only_b, n)),
-            "accuracy_diff_newcombe_ci95": rounded(newcombe_paired_ci95(both, only_v, only_b, neither)),
-            "accuracy_diff_bootstrap_ci95": rounded(paired_bootstrap_ci95(ok_v, ok_b)),
-            "psnr_vs_base_db": {"value": round(vs_base[0], 2), "ci95": [round(x, 2) for x in vs_base[1]]},
-            "psnr_vs_float_db": {"value": round(vs_float[0], 2), "ci95": [round(x, 2) for x in vs_float[1]]},
-            "base_psnr_vs_float_db": {"value": round(base_vs_float[0], 2),
-                                      "ci95": [round(x, 2) for x in base_vs_float[1]]}}
-
-
 def markdown(data: dict) -> str:
     meta = data["meta"]
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     lines = ["# Key/value token downsampling on the digits model, paired with the undownsampled bundle", "",
              f"Commit {meta['commit']}, `{meta['command']}`; {meta['host']}, {meta['threads']} thread; ort-web "
              f"{meta['precision']} bundles at width 1 run by Python onnxruntime; {meta['samples']} images per row "
              f"(seeds {meta['seed']}..{meta['seed'] + meta['samples'] - 1}, not tuned on); baseline: the same bundle "
-             "with attention_downsample 1 (fused attention in both).", "",
-             "| factor | steps | n | accuracy | base accuracy | diff pts [Tango 95%] [Newcombe 95%] | pairs both/only "
-             "variant/only base/neither | PSNR vs base dB [95%] | PSNR vs float dB [95%] | base PSNR vs float dB [95%] |",
-             "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
-    for r in data["paired"]:
-        (tlo, thi), (lo, hi), c = r["accuracy_diff_tango_ci95"], r["accuracy_diff_newcombe_ci95"], r["pairs"]
-        ci = lambda v: f"{v['value']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"  # noqa: E731
-        lines.append(f"| {r['factor']} | {r['steps']} | {r['n']} | {r['accuracy']:.3f} | {r['accuracy_base']:.3f} | "
-                     f"{pts(r['accuracy_diff'])} [{pts(tlo)}, {pts(thi)}] [{pts(lo)}, {pts(hi)}] | "
-                     f"{c['both']}/{c['only_variant']}/{c['only_base']}/{c['neither']} | {ci(r['psnr_vs_base_db'])} | "
-                     f"{ci(r['psnr_vs_float_db'])} | {ci(r['base_psnr_vs_float_db'])} |")
+             "with attention_downsample 1 (fused attention in both).", ""]
+    lines += paired_table(data["paired"], "factor", "variant")
     if data["latency"]:
         lines += ["", f"Latency of one image end to end ({meta['rounds']} interleaved rounds, one thread):", "",
                   "| factor | steps | ms median [25..75%] | vs factor 1 (medians) | per-round ratio median [25..75%] |",
@@ -112,8 +75,6 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     from edgekit.quality.evaluator import ModelQuality
-    from edgekit.runtime.bench import host_device
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=2000)
@@ -161,11 +122,9 @@ def main() -> None:
         check = m["verification"]["unet"]["widths"][WIDTH]["checks"][0]
         facts.append({"factor": f, "unet_bytes": unet["bytes"], "unet_rel_err": check.get("rel_err"),
                       "pooled": len((unet.get("attention_downsample") or {}).get("attentions", []))})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    meta = {"commit": commit, "command": "benchmarks/attention_downsample.py " + " ".join(sys.argv[1:]),
-            "host": host_device(), "python": platform.python_version(), "threads": 1, "samples": args.samples,
-            "seed": args.seed, "steps": steps, "factors": factors, "precision": args.precision,
-            "rounds": args.rounds, "date": time.strftime("%Y-%m-%d")}
+    meta = {**run_record("benchmarks/attention_downsample.py " + " ".join(sys.argv[1:])), "threads": 1,
+            "samples": args.samples, "seed": args.seed, "steps": steps, "factors": factors, "precision": args.precision,
+            "rounds": args.rounds}
     data = {"meta": meta, "bundles": facts, "paired": rows, "latency": latency}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attention_downsample.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -288,8 +288,6 @@ def main() -> int:
             files[kv] = Path(tmp) / "kv" / "model.onnx"
             export_fp32_onnx(pipe, "unet", files[kv])
             references[kv] = run_torch(export_module(pipe, "unet"), component_spec(pipe, "unet"), feeds)
-            from edgekit.quality import relative_error
-
             notes.append(f"{kv}: the patched torch UNet's output against the unpatched one on the same rows: rel-err "
                          f"{relative_error(references[kv], references['']):.4f} (the approximation itself; random "
                          "weights at real size rank approximation error only)")

@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_recipes import (cached_images, interleaved_latency, newcombe_paired_ci95,  # noqa: E402
-                          paired_bootstrap_ci95, tango_paired_ci95)
+from int8_recipes import cached_images, interleaved_latency  # noqa: E402
+from paired import paired, paired_table, run_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "edgekit" / "zoo" / "tiny_digits" / "slim"
@@ -53,28 +50,6 @@ def export(intervals, precision: str, steps, work: Path, calib: Path | None) -> 
     export_bundle(ExportRequest(model_dir=MODEL, out=out, target="ort-web", profile=profile, widths=(1.0,),
                                 calib_dir=calib, steps=tuple(steps), force=True))
     return out
-
-
-def paired(labels, pred, pred_base, img, img_base, reference) -> dict:
-    """Cached (v) against interval 1 (b) on the same images."""
-    from edgekit.quality.metrics import mean_ci95, psnr_per_image
-
-    labels = np.asarray(labels)
-    ok_v, ok_b = np.asarray(pred) == labels, np.asarray(pred_base) == labels
-    both, only_v = int((ok_v & ok_b).sum()), int((ok_v & ~ok_b).sum())
-    only_b, neither = int((~ok_v & ok_b).sum()), int((~ok_v & ~ok_b).sum())
-    n = len(labels)
-    vs_base = mean_ci95(psnr_per_image(img, img_base))
-    vs_float, base_vs_float = (mean_ci95(psnr_per_image(x, reference)) for x in (img, img_base))
-    rounded = lambda pair: [round(float(x), 4) for x in pair]  # noqa: E731
-    db = lambda v: {"value": round(v[0], 2), "ci95": [round(x, 2) for x in v[1]]}  # noqa: E731
-    return {"n": n, "accuracy": round(float(ok_v.mean()), 4), "accuracy_base": round(float(ok_b.mean()), 4),
-            "pairs": {"both": both, "only_variant": only_v, "only_base": only_b, "neither": neither},
-            "accuracy_diff": round(float(ok_v.mean() - ok_b.mean()), 4),
-            "accuracy_diff_tango_ci95": rounded(tango_paired_ci95(only_v, only_b, n)),
-            "accuracy_diff_newcombe_ci95": rounded(newcombe_paired_ci95(both, only_v, only_b, neither)),
-            "accuracy_diff_bootstrap_ci95": rounded(paired_bootstrap_ci95(ok_v, ok_b)),
-            "psnr_vs_base_db": db(vs_base), "psnr_vs_float_db": db(vs_float), "base_psnr_vs_float_db": db(base_vs_float)}
 
 
 def graph_latency(bundle: Path, rounds: int) -> list[dict]:
@@ -102,8 +77,6 @@ def graph_latency(bundle: Path, rounds: int) -> list[dict]:
 
 def markdown(data: dict) -> str:
     meta = data["meta"]
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
-    ci = lambda v: f"{v['value']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"  # noqa: E731
     lines = ["# Step caching (DeepCache) on the digits model, paired with the uncached loop", "",
              f"Commit {meta['commit']}, `{meta['command']}`; {meta['host']}, {meta['threads']} thread "
              f"(OMP_NUM_THREADS=1, onnxruntime intra-op threads 1); one ort-web {meta['precision']} bundle at width 1 "
@@ -112,16 +85,8 @@ def markdown(data: dict) -> str:
              "cache interval 1 (the same bundle's plain loop, the plain UNet graph every step) at the same steps."
              + (f" INT8 calibration (edgekit calibrate, its meta.json config): {meta['calibration']}; the full graph "
                 "quantized from its UNet rows, the shallow graph from rows the export captured on the cached loop."
-                if meta.get("calibration") else ""), "",
-             "| interval | steps | n | accuracy | base accuracy | diff pts [Tango 95%] [Newcombe 95%] | pairs both/only "
-             "cached/only base/neither | PSNR vs base dB [95%] | PSNR vs float dB [95%] | base PSNR vs float dB [95%] |",
-             "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
-    for r in data["paired"]:
-        (tlo, thi), (lo, hi), c = r["accuracy_diff_tango_ci95"], r["accuracy_diff_newcombe_ci95"], r["pairs"]
-        lines.append(f"| {r['interval']} | {r['steps']} | {r['n']} | {r['accuracy']:.3f} | {r['accuracy_base']:.3f} | "
-                     f"{pts(r['accuracy_diff'])} [{pts(tlo)}, {pts(thi)}] [{pts(lo)}, {pts(hi)}] | "
-                     f"{c['both']}/{c['only_variant']}/{c['only_base']}/{c['neither']} | {ci(r['psnr_vs_base_db'])} | "
-                     f"{ci(r['psnr_vs_float_db'])} | {ci(r['base_psnr_vs_float_db'])} |")
+                if meta.get("calibration") else ""), ""]
+    lines += paired_table(data["paired"], "interval", "cached")
     if data["latency"]:
         lines += ["", f"Latency of one image end to end ({meta['rounds']} interleaved rounds, one thread; speed-up = "
                       "interval 1's median / this row's median at the same steps):", "",
@@ -145,7 +110,6 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     from edgekit.quality.evaluator import ModelQuality
-    from edgekit.runtime.bench import host_device
     from edgekit.step_cache import cache_plan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,16 +156,14 @@ def main() -> None:
     m = json.loads((bundle / "manifest.json").read_text())
     verification = {name: m["verification"][name]["widths"][WIDTH]["checks"][0]["rel_err"]
                     for name in ("unet", "unet_full", "unet_shallow")}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if args.calib is not None:
         meta_calib = json.loads((args.calib / "meta.json").read_text())["config"]
         calib_note = {k: meta_calib.get(k) for k in ("steps", "samples", "guidance_scale", "seed")}
     else:
         calib_note = None
-    meta = {"commit": commit, "calibration": calib_note, "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py "
-            + " ".join(sys.argv[1:]), "host": host_device(), "python": platform.python_version(), "threads": 1,
-            "samples": args.samples, "seed": args.seed, "steps": steps, "intervals": intervals,
-            "precision": args.precision, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
+    meta = {**run_record("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cache.py " + " ".join(sys.argv[1:])),
+            "calibration": calib_note, "threads": 1, "samples": args.samples, "seed": args.seed, "steps": steps,
+            "intervals": intervals, "precision": args.precision, "rounds": args.rounds,
             "baseline": "cache interval 1 of the same bundle at the same steps"}
     data = {"meta": meta, "paired": rows, "latency": latency, "graphs": graphs, "verification": verification}
     args.out.mkdir(parents=True, exist_ok=True)
