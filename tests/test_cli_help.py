@@ -4,14 +4,12 @@ empty directory); target lists come from the target registry; list flags take co
 as --model says how to get a local directory."""
 import os
 import re
-import shlex
-import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_checks import serve_answers
 
 from edgekit.cli import build_parser, command_parsers
 from edgekit.commands.examples import EXAMPLES, TOP_LEVEL
@@ -114,22 +112,6 @@ def test_a_hub_id_says_how_to_get_a_local_directory(run_cli, tmp_path, monkeypat
     assert code == 2 and "no such directory" in err and "huggingface-cli" not in err
 
 
-def _run_serve_example(line: str, cwd: Path, env: dict) -> None:
-    """`edgekit serve` runs until Ctrl-C: started as written, it must answer its first page, then stop on SIGINT."""
-    proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+/", first)
-        assert url, (first, proc.stderr.read() if proc.poll() is not None else "")
-        with urllib.request.urlopen(url.group(0), timeout=60) as response:
-            assert response.status == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0
-
-
 def test_every_help_example_runs_as_written(tmp_path):
     """In one empty directory, in examples.py's order (later examples read what earlier ones wrote)."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
@@ -138,7 +120,7 @@ def test_every_help_example_runs_as_written(tmp_path):
     work.mkdir()
     for path, line in EXAMPLES.items():
         if path == "serve":
-            _run_serve_example(line, work, env)
+            serve_answers(line, work, env)
             continue
         proc = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"edgekit {path} example: {line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"

@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import serve_answers
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -120,22 +118,6 @@ def _run_shell(command: str, cwd: Path, env: dict, timeout: int = 3600) -> str:
     return proc.stdout
 
 
-def _run_server(command: str, cwd: Path, env: dict) -> None:
-    """A server line (edgekit serve): started as written, it answers its first page, then stops on Ctrl-C."""
-    proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+/", first)
-        assert url, (command, first)
-        with urllib.request.urlopen(url.group(0), timeout=60) as response:
-            assert response.status == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0
-
-
 def _png(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -182,7 +164,7 @@ def test_the_hand_chain(tmp_path):
     env = _env(tmp_path)
     for command in claimed("hand_chain").commands:
         if " serve " in f" {command} ":
-            _run_server(command, work, env)
+            serve_answers(command, work, env)
         else:
             _run_shell(command, work, env)
     assert (work / "runs/web/manifest.json").is_file()
