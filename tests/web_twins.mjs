@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import { Policy, fallbackDecision, latencyRatio, parsePolicy, parseState, parseTable, rescaleTable } from "../edgekit/targets/web/policy.js";
 import { ClipTokenizer } from "../edgekit/targets/web/tokenizer.js";
 import { runTable, guide, guidanceMode, normals, noiseWords, philox4x32 } from "../edgekit/targets/web/scheduler.js";
+import { cacheGraphs, cachePlan, cachedUNet, StepCacheError } from "../edgekit/targets/web/step_cache.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "edgekit", "twin_vectors");
 const load = (name) => JSON.parse(readFileSync(join(root, name), "utf8"));
@@ -94,6 +95,39 @@ for (const c of sv.cases) {
     && steps === c.table.timesteps.length && c.x0.every((v, i) => close(x0[i], v, 1e-12))
     && c.expected.every((v, i) => close(out[i], v, 1e-9)),
   `scheduler ${c.name}: mode ${mode} calls ${JSON.stringify(calls)} ${Array.from(out)}`);
+}
+// Step caching: the vectors' fake graphs (step_cache.json "model"), every row of a guidance batch in one call
+const cv = load("step_cache.json");
+const cg = cacheGraphs(cv.sampling);
+check(cg.full === "unet_full" && cg.shallow === "unet_shallow", `step cache graphs ${JSON.stringify(cg)}`);
+const fullRow = (x, t, h) => [...Array.from({ length: 6 }, (_, i) => 0.3 * x[i] + 0.001 * t + 0.01 * i + 0.05 * h),
+  ...Array.from({ length: 3 }, (_, k) => Math.tanh(0.5 * x[k] + 0.4 * x[3 + k]) + 0.002 * t + 0.1 * h)];
+const shallowRow = (x, t, h, f) => Array.from({ length: 6 }, (_, i) => 0.25 * x[i] + 0.001 * t + 0.01 * i + 0.05 * h + 0.2 * f[i % 3]);
+for (const c of cv.cases) {
+  const plan = cachePlan(cv.sampling, c.interval, c.steps);
+  check(JSON.stringify(plan) === JSON.stringify(c.plan), `step cache plan ${c.interval}/${c.steps}: ${JSON.stringify(plan)}`);
+  const cfg = c.guidance_mode === "classifier-free";
+  const heads = cfg ? [0, 1] : [1];
+  const batch = (f) => Float64Array.from(heads.flatMap((h, r) => f(h, r)));
+  const calls = { plain: 0, full: 0, shallow: 0 };
+  const unet = cachedUNet(plan, cg.noiseChannels, 3, heads.length, { ArrayType: Float64Array,
+    plain: (x, t) => { calls.plain++; return batch((h) => fullRow(x, t, h).slice(0, 6)); },
+    full: (x, t) => { calls.full++; return batch((h) => fullRow(x, t, h)); },
+    shallow: (x, t, feature) => { calls.shallow++; return batch((h, r) => shallowRow(x, t, h, feature.subarray(3 * r, 3 * r + 3))); } });
+  const model = async (x, t, i) => {
+    const eps = await unet(x, t, i);
+    return cfg ? guide(eps.subarray(0, 6), eps.subarray(6, 12), c.guidance_scale, Float64Array) : eps;
+  };
+  const out = await runTable(cv.sampling.schedules[String(c.steps)], normals(c.seed, 0, 6), model, { ArrayType: Float64Array });
+  const roles = plan ?? [];
+  check(c.expected.every((v, i) => close(out[i], v, 1e-9)) && calls.full === roles.filter((r) => r === "full").length
+    && calls.shallow === roles.filter((r) => r === "shallow").length && calls.plain === (plan ? 0 : c.steps),
+  `step cache ${c.interval}/${c.steps} ${c.guidance_mode}: ${Array.from(out)} ${JSON.stringify(calls)}`);
+}
+for (const b of cv.bad_plans) {
+  try { cachePlan(cv.sampling, b.interval, b.steps); check(false, `${JSON.stringify(b)}: no error`); } catch (err) {
+    check(err instanceof StepCacheError && err.message.includes(b.error_contains), `${JSON.stringify(b)}: ${err.message}`);
+  }
 }
 console.log(JSON.stringify({ passed, failures }));
 process.exit(failures.length ? 1 : 0);
