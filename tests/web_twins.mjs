@@ -35,6 +35,23 @@ for (const c of pv.cases) {
       && close(d.budgetMs, e.budget_ms, 1e-6) && close(d.latencyMs, e.latency_ms, 1e-6), `${c.name} t=${s.t}: got ${JSON.stringify(d)}`);
   }
 }
+// Step-cache rows: two rows may share width and steps and differ in their cache interval (policy_cache.json)
+const pc = load("policy_cache.json");
+for (const c of pc.cases) {
+  const policy = new Policy(parsePolicy(pv.policy), parseTable(pc.tables[c.table]));
+  for (const s of c.samples) {
+    const d = policy.decideOrFallback(s.t, s.state, () => {});
+    const e = s.expect;
+    check(d.steps === e.steps && d.width === e.width && d.cache === (e.cache ?? 1) && d.reason === e.reason
+      && d.overBudget === e.over_budget && close(d.budgetMs, e.budget_ms, 1e-6) && close(d.latencyMs, e.latency_ms, 1e-6),
+    `${c.name} t=${s.t}: got ${JSON.stringify(d)}`);
+  }
+}
+for (const r of pc.latency_ratios) {
+  const got = latencyRatio(r.runs, parseTable(pc.tables[r.table]));
+  check(close(got, r.ratio, 1e-12), `${r.name}: ${got}`);
+}
+for (const b of pc.bad_tables) expectError(() => parseTable(b.rows), b.error_contains, b.name);
 for (const r of pv.latency_ratios) {
   const got = latencyRatio(r.runs, parseTable(pv.tables[r.table]));
   check(close(got, r.ratio, 1e-12), `${r.name}: ${got}`);

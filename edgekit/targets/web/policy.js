@@ -1,4 +1,4 @@
-// Runtime policy twin of edgekit/policy.py: device state -> (steps, width) from the manifest's measured
+// Runtime policy twin of edgekit/policy.py: device state -> (steps, width, cache) from the manifest's measured
 // table, with hysteresis. Same rule, same parameters (manifest "policy"), same vectors
 // (edgekit/twin_vectors/policy.json). No browser APIs here, so Node runs the vectors too.
 //
@@ -112,29 +112,38 @@ export function parseTable(rows, where = "table") {
     if (!("quality" in r) && "prompt_accuracy" in r) throw new PolicyError(`${w}: a row of the old format (prompt_accuracy, no 'quality'); ${OLD_ROW_HINT}`);
     for (const k of ["width", "steps", "latency_ms", "quality"]) if (!(k in r)) throw new PolicyError(`${w}: missing '${k}'`);
     if (!Number.isInteger(r.steps) || r.steps <= 0) throw new PolicyError(`${w}.steps: expected a positive whole number`);
+    const cache = r.cache ?? 1;  // the step-cache interval (edgekit/step_cache.py; absent = 1, the plain loop)
+    if (!Number.isInteger(cache) || cache < 1 || cache > r.steps) {
+      throw new PolicyError(`${w}.cache: expected a step-cache interval, a whole number from 1 to the row's ${r.steps} steps, got ${JSON.stringify(cache)}`);
+    }
     const q = r.quality;
     if (!isObject(q) || !("value" in q) || !("ci95" in q)) throw new PolicyError(`${w}.quality: expected an object with 'value' and 'ci95' [low, high]; ${OLD_ROW_HINT}`);
     const row = {
-      width: num(r.width, `${w}.width`, 0, 1, true), steps: r.steps,
+      width: num(r.width, `${w}.width`, 0, 1, true), steps: r.steps, cache,
       latencyMs: num(r.latency_ms, `${w}.latency_ms`, 0, null, true),
       quality: num(q.value, `${w}.quality.value`),
       qualityCi95: interval(q.ci95, `${w}.quality.ci95`),
       metric: typeof q.metric === "string" ? q.metric : "",
       device: typeof r.device === "string" ? r.device : "",
     };
-    const key = `${row.width}/${row.steps}`;
-    if (seen.has(key)) throw new PolicyError(`${w}: a second row for width ${row.width} and ${row.steps} steps`);
+    const key = `${row.width}/${row.steps}/${row.cache}`;
+    if (seen.has(key)) {
+      throw new PolicyError(`${w}: a second row for width ${row.width} and ${row.steps} steps`
+        + (row.cache !== 1 ? ` at cache interval ${row.cache}` : ""));
+    }
     seen.add(key);
     return row;
   });
 }
 
 const halfInterval = (r) => (r.qualityCi95[1] - r.qualityCi95[0]) / 2;
-const sameRow = (a, b) => a.width === b.width && a.steps === b.steps;
+const sameRow = (a, b) => a.width === b.width && a.steps === b.steps && a.cache === b.cache;
 
-// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps.
+// Smaller is cheaper: latency, then (at equal latency) the better, the wider, the fewer steps, the smaller
+// cache interval.
 export function compareCost(a, b) {
-  return (a.latencyMs - b.latencyMs) || (b.quality - a.quality) || (b.width - a.width) || (a.steps - b.steps);
+  return (a.latencyMs - b.latencyMs) || (b.quality - a.quality) || (b.width - a.width) || (a.steps - b.steps)
+    || (a.cache - b.cache);
 }
 // Smaller is better: the highest quality value, ties to the cheaper row.
 function compareBest(a, b) { return (b.quality - a.quality) || compareCost(a, b); }
@@ -152,7 +161,8 @@ export function choose(rows, budgetMs) {
   return fitting.filter((r) => notSignificantlyWorse(r, best)).sort(compareCost)[0];
 }
 
-// This device's measured / table latency: the median over timed runs [{width, steps, measured_ms}].
+// This device's measured / table latency: the median over timed runs [{width, steps, measured_ms}] (and
+// "cache", the step-cache interval, where not 1).
 export function latencyRatio(runs, rows) {
   if (!Array.isArray(runs) || runs.length === 0) throw new PolicyError("latency runs: expected at least one timed run {width, steps, measured_ms}");
   const ratios = runs.map((run, i) => {
@@ -161,8 +171,12 @@ export function latencyRatio(runs, rows) {
       throw new PolicyError(`${w}: expected an object with width, steps, measured_ms`);
     }
     const measured = num(run.measured_ms, `${w}.measured_ms`, 0, null, true);
-    const row = rows.find((r) => r.width === run.width && r.steps === run.steps);
-    if (!row) throw new PolicyError(`${w}: width ${run.width} and ${run.steps} steps is not a row of the table`);
+    const cache = run.cache ?? 1;
+    const row = rows.find((r) => r.width === run.width && r.steps === run.steps && r.cache === cache);
+    if (!row) {
+      throw new PolicyError(`${w}: width ${run.width} and ${run.steps} steps`
+        + (cache !== 1 ? ` at cache interval ${cache}` : "") + " is not a row of the table");
+    }
     return measured / row.latencyMs;
   }).sort((a, b) => a - b);
   const mid = Math.floor(ratios.length / 2);
@@ -204,6 +218,10 @@ export class Policy {
     rows.forEach((r, i) => {
       if (widths.size && !widths.has(r.width)) throw new PolicyError(`manifest: table[${i}] names width ${r.width}, which the bundle lacks`);
       if (schedules.size && !schedules.has(r.steps)) throw new PolicyError(`manifest: table[${i}] names ${r.steps} steps, which the bundle has no schedule for`);
+      const plans = manifest.sampling?.step_cache?.plans ?? {};
+      if (r.cache !== 1 && !plans[String(r.cache)]?.[String(r.steps)]) {
+        throw new PolicyError(`manifest: table[${i}] names cache interval ${r.cache} at ${r.steps} steps, which the bundle has no step-cache plan for (sampling.step_cache)`);
+      }
     });
     return new Policy(parsePolicy(manifest.policy, "manifest: policy"), rows);
   }
@@ -259,7 +277,7 @@ export class Policy {
     }
     this.current = chosen;
     const over = chosen.latencyMs > budget;
-    return { t, steps: chosen.steps, width: chosen.width, latencyMs: chosen.latencyMs, budgetMs: budget, reason,
+    return { t, steps: chosen.steps, width: chosen.width, cache: chosen.cache, latencyMs: chosen.latencyMs, budgetMs: budget, reason,
       overBudget: over, quality: chosen.quality, qualityCi95: chosen.qualityCi95, metric: chosen.metric,
       detail: `${why}: budget ${budget.toFixed(1)} ms${over ? "; no row fits, cheapest taken" : ""}` };
   }
@@ -274,7 +292,7 @@ export class Policy {
       this.current = this.cheapest;
       this.pendingSince = null;
       const r = this.cheapest;
-      return { t, steps: r.steps, width: r.width, latencyMs: r.latencyMs, budgetMs: 0, reason: "fallback",
+      return { t, steps: r.steps, width: r.width, cache: r.cache, latencyMs: r.latencyMs, budgetMs: 0, reason: "fallback",
         overBudget: false, quality: r.quality, qualityCi95: r.qualityCi95, metric: r.metric, detail: `unreadable state: ${err.message}` };
     }
   }
@@ -287,6 +305,6 @@ export function fallbackDecision(manifest, why, t = 0, warn = console.warn) {
   const steps = Object.keys(manifest.sampling?.schedules ?? {}).map(Number);
   if (!widths.length || !steps.length) throw new PolicyError(`manifest: no widths or schedules to fall back to (${why})`);
   warn(`policy fallback to the cheapest configuration: ${why}`);
-  return { t, steps: Math.min(...steps), width: Math.min(...widths), latencyMs: 0, budgetMs: 0, reason: "fallback",
+  return { t, steps: Math.min(...steps), width: Math.min(...widths), cache: 1, latencyMs: 0, budgetMs: 0, reason: "fallback",
     overBudget: false, detail: `no usable policy: ${why}` };
 }
