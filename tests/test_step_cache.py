@@ -472,3 +472,46 @@ def test_package_config_carries_the_cache_intervals(tmp_path, capsys):
     assert main(["package", "--cache", "0", "--out", str(out)]) == 2
     one_line(capsys.readouterr().err, "--cache 0: expected a whole number")
     assert not out.exists()
+
+
+def test_browser_page_follows_the_plan_and_draws_the_python_loops_image(cached_bundle, tmp_path):
+    """The demo page pinned to a cached row (?steps=8&width=1.00&cache=2) runs the manifest's plan with
+    onnxruntime-web (wasm) and draws the image the Python bundle loop draws at that interval; the plain row (cache
+    1) draws another one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgekit.runtime.sampler import BundleSampler
+
+    repo = Path(__file__).resolve().parent.parent
+    driver = Path(__file__).with_name("web_page_image.mjs")
+    server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(cached_bundle), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("serving "), line + server.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        pages = {}
+        for cache in (2, 1):
+            proc = subprocess.run(["node", str(driver), f"{url}?steps=8&width=1.00&cache={cache}",
+                                   str(tmp_path / f"profile{cache}"), "a handwritten digit two", "5"],
+                                  capture_output=True, text=True, timeout=600, cwd=repo)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            pages[cache] = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    sampler = BundleSampler(cached_bundle, threads=1)
+    for cache, page in pages.items():
+        assert page["status"] == "done", page["error"]
+        assert page["decision"]["cache"] == cache and page["cache"]["interval"] == cache
+        assert page["cache"]["plan"] == (None if cache == 1 else ["full", "shallow"] * 4)
+        assert (f"step cache every {cache}" in page["shown"]) == (cache > 1)
+        python, _ = sampler.generate(["a handwritten digit two"], [5], 8, 1.0, cache=cache)
+        drawn = np.asarray(page["image"]["rgb"], np.float32).reshape(python.shape[1:])
+        assert float(np.abs(drawn - python[0]).max()) * 255 <= 2, cache  # fp32 graphs: wasm vs ORT CPU
+        assert not [m for m in page["console"] if m.startswith(("error", "pageerror"))], page["console"]
+    a, b = (np.asarray(pages[c]["image"]["rgb"]) for c in (2, 1))
+    assert float(np.abs(a - b).max()) > 0.01  # the shallow steps ran

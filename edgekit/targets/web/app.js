@@ -11,6 +11,7 @@ import * as ort from "./ort/ort.all.min.mjs";
 import { Policy, PolicyError, fallbackDecision, latencyRatio } from "./policy.js";
 import { ClipTokenizer } from "./tokenizer.js";
 import { runTable, guide, guidanceMode, normals } from "./scheduler.js";
+import { cacheGraphs, cachePlan, cachedUNet } from "./step_cache.js";
 import { PROVIDERS, adapterKey, checkOnProvider, providerEntry, providerRecord, rowsPerCall, sessionOptions } from "./selfcheck.js";
 
 const $ = (id) => document.getElementById(id);
@@ -55,9 +56,11 @@ function decide() {
   demo.state = state;
   const t = (performance.now() - started) / 1000;
   let d = demo.policy ? demo.policy.decideOrFallback(t, state) : fallbackDecision(demo.manifest, demo.policyError, t);
-  const forced = new URLSearchParams(location.search);  // ?steps=8&width=1.00 pins a row (benchmarks, debugging)
-  if (forced.has("steps") || forced.has("width")) {
+  // ?steps=8&width=1.00&cache=2 pins a row (benchmarks, debugging)
+  const forced = new URLSearchParams(location.search);
+  if (forced.has("steps") || forced.has("width") || forced.has("cache")) {
     d = { ...d, steps: Number(forced.get("steps") ?? d.steps), width: Number(forced.get("width") ?? d.width),
+      cache: Number(forced.get("cache") ?? d.cache ?? 1),
       reason: "manual", detail: `pinned by the page address; the policy chose ${d.steps} steps at width ${d.width}` };
   }
   if (state.thermalSource === "compute pressure" && typeof d.detail === "string") {
@@ -65,7 +68,8 @@ function decide() {
     d = { ...d, detail: d.detail.replace(/^thermal (\w+)/, "compute pressure $1 (CPU load, not heat)") };
   }
   demo.decision = d;
-  $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)} (${d.reason})`;
+  $("decision").textContent = `policy: ${d.steps} steps, width ${d.width.toFixed(2)}`
+    + `${(d.cache ?? 1) > 1 ? `, step cache every ${d.cache}` : ""} (${d.reason})`;
   const ratio = demo.latency.ratio;
   const quality = d.quality == null ? ""
     : `; quality ${d.quality.toFixed(2)} ± ${((d.qualityCi95[1] - d.qualityCi95[0]) / 2).toFixed(2)} ${d.metric}`;
@@ -142,7 +146,7 @@ async function runRows(entry, key, feeds, rows) {
 function recordRun(d, totalMs) {
   const lat = demo.latency;
   if (!demo.policy || lat.runs.length >= TIMED_RUNS) return;
-  const run = { width: d.width, steps: d.steps, measured_ms: totalMs };
+  const run = { width: d.width, steps: d.steps, ...((d.cache ?? 1) > 1 ? { cache: d.cache } : {}), measured_ms: totalMs };
   let ratio;
   try { ratio = latencyRatio([...lat.runs, run], demo.policy.tableRows); }
   catch (err) { if (err instanceof PolicyError) return; throw err; }
@@ -178,10 +182,16 @@ async function generate(prompt, seed) {
   let d = decide();
   await providerFor(`unet/${d.width.toFixed(2)}`);
   if (useLatencyOf(d.width)) d = decide();  // this EP's own latency ratio may move the choice
-  // Sessions first, so a timed run is generation only, as the table's rows are.
+  // Step caching (the row's cache interval): the manifest's plan says which graph each step runs; a row of the
+  // plain loop (cache 1) runs the plain UNet every step.
   const key = d.width.toFixed(2);
+  const plan = (d.cache ?? 1) > 1 ? cachePlan(m.sampling, d.cache, d.steps) : null;
+  const graphs = plan ? cacheGraphs(m.sampling) : null;
+  const unetKeys = plan ? [`${graphs.full}/${key}`, `${graphs.shallow}/${key}`] : [`unet/${key}`];
+  for (const k of unetKeys) await providerFor(k);
+  // Sessions first, so a timed run is generation only, as the table's rows are.
   await Promise.all([session("text_encoder", m.components.text_encoder), session("vae_decoder", m.components.vae_decoder),
-    session(`unet/${key}`, m.components.unet.widths[key])]);
+    ...unetKeys.map((k) => session(k, componentOf(m, k)[0]))]);
   const t0 = performance.now();
   document.body.dataset.status = "generating";
   $("generate").disabled = true;
@@ -201,26 +211,39 @@ async function generate(prompt, seed) {
   const latentShape = m.geometry.latent_shape;
   const n = latentShape.reduce((a, b) => a * b, 1);
   const guidance = m.sampling.guidance_scale;
-  const [sampleName, timestepName, hiddenName] = unetEntry.inputs.map((i) => i.name);
   const embedding = m.sampling.guidance_embedding;  // an LCM-style UNet's timestep_cond, one row per sample
   $("progress").max = table.timesteps.length;
   demo.progress = [];
-  // Initial and per-step noise from the shared counter-based generator: the same image as Python, Kotlin, Swift.
-  const latents = await runTable(table, normals(seed, 0, n, Float32Array), async (x, t) => {
-    const batch = new Float32Array(rows * n);
-    for (let r = 0; r < rows; r++) batch.set(x, r * n);
+  // One UNet graph's call on the batch (every graph takes sample, timestep, text states first; the shallow
+  // step-cache graph also the cached feature, `extra`).
+  const callGraph = async (graphKey, batch, t, extra = {}) => {
+    const entry = componentOf(m, graphKey)[0];
+    const [sampleName, timestepName, hiddenName] = entry.inputs.map((i) => i.name);
     const feeds = {
       [sampleName]: { data: batch, dims: [rows, ...latentShape] },
       [timestepName]: { data: new Float32Array(rows).fill(t), dims: [rows] },
       [hiddenName]: { data: hidden.data, dims: hidden.dims },
+      ...extra,
     };
     if (embedding) {
       const cond = new Float32Array(rows * embedding.dim);
       for (let r = 0; r < rows; r++) cond.set(embedding.values, r * embedding.dim);
       feeds[embedding.input] = { data: cond, dims: [rows, embedding.dim] };
     }
-    const out = await runRows(unetEntry, `unet/${widthKey}`, feeds, rows);
-    return rows === 2 ? guide(out.data.subarray(0, n), out.data.subarray(n), guidance) : out.data.subarray(0, n);
+    return (await runRows(entry, graphKey, feeds, rows)).data;
+  };
+  const featureShape = plan ? componentOf(m, unetKeys[1])[0].inputs.find((i) => i.name === graphs.featureInput).shape.slice(1) : null;
+  const unet = cachedUNet(plan, plan ? graphs.noiseChannels : 0, n / latentShape[0], rows, {
+    plain: (x, t) => callGraph(`unet/${widthKey}`, x, t),
+    full: (x, t) => callGraph(unetKeys[0], x, t),
+    shallow: (x, t, feature) => callGraph(unetKeys[1], x, t, { [graphs.featureInput]: { data: feature, dims: [rows, ...featureShape] } }),
+  });
+  // Initial and per-step noise from the shared counter-based generator: the same image as Python, Kotlin, Swift.
+  const latents = await runTable(table, normals(seed, 0, n, Float32Array), async (x, t, i) => {
+    const batch = new Float32Array(rows * n);
+    for (let r = 0; r < rows; r++) batch.set(x, r * n);
+    const out = await unet(batch, t, i);
+    return rows === 2 ? guide(out.subarray(0, n), out.subarray(n), guidance) : out.subarray(0, n);
   }, {
     noise: (j) => normals(seed, j + 1, n, Float32Array),
     onStep: async (done, total) => {
@@ -252,10 +275,13 @@ async function generate(prompt, seed) {
   canvas.getContext("2d").putImageData(pixels, 0, 0);
   demo.image = { size, rgb: Array.from(rgb) };
   demo.timing = { text_encoder_ms: tText - t0, unet_ms: tUnet - tText, vae_ms: tEnd - tUnet, total_ms: tEnd - t0 };
-  const drawnOn = { text_encoder: epOf("text_encoder"), unet: epOf(`unet/${widthKey}`), vae_decoder: epOf("vae_decoder") };
+  const drawnOn = { text_encoder: epOf("text_encoder"), unet: [...new Set(unetKeys.map(epOf))].join("+"),
+    vae_decoder: epOf("vae_decoder") };
   demo.drawnOn = drawnOn;
   document.body.dataset.drawnOn = [...new Set(Object.values(drawnOn))].join("+");
-  $("timing").textContent = `${d.steps} steps at width ${widthKey} in ${demo.timing.total_ms.toFixed(0)} ms `
+  demo.cache = { interval: d.cache ?? 1, plan };
+  $("timing").textContent = `${d.steps} steps at width ${widthKey}${plan ? ` (step cache every ${d.cache})` : ""} in `
+    + `${demo.timing.total_ms.toFixed(0)} ms `
     + `(text ${demo.timing.text_encoder_ms.toFixed(0)} on ${drawnOn.text_encoder}, UNet ${demo.timing.unet_ms.toFixed(0)} on `
     + `${drawnOn.unet}, VAE ${demo.timing.vae_ms.toFixed(0)} on ${drawnOn.vae_decoder}) with onnxruntime-web`;
   recordRun(d, demo.timing.total_ms);
@@ -270,12 +296,11 @@ function parseManifest(text) {
   return JSON.parse(text.replace(/([:\[,]\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])/g, "$1null"));
 }
 
-// The (manifest entry, verification record) of component key "text_encoder", "vae_decoder" or "unet/<width>".
+// The (manifest entry, verification record) of component key "text_encoder", "vae_decoder" or "<per-width
+// component>/<width>" ("unet/0.50", the step-cache graphs "unet_full/1.00", "unet_shallow/1.00").
 function componentOf(m, name) {
-  if (name.startsWith("unet/")) {
-    const w = name.slice(5);
-    return [m.components.unet.widths[w], m.verification.unet?.widths?.[w]];
-  }
+  const [component, width] = name.split("/");
+  if (width !== undefined) return [m.components[component]?.widths?.[width], m.verification[component]?.widths?.[width]];
   return [m.components[name], m.verification[name]];
 }
 

@@ -1,0 +1,30 @@
+// Loads the browser demo at URL (its query pins the row, e.g. ?steps=8&width=1.00&cache=2) in headless Debian
+// Chromium (wasm, no adapter) through playwright-core, generates PROMPT at SEED, and prints one JSON line
+// {status, error, decision, cache, drawnOn, shown, image, console}:
+//   node tests/web_page_image.mjs URL USER_DATA_DIR PROMPT SEED
+import { chromium } from "playwright-core";
+
+const [url, userDataDir, prompt, seed] = process.argv.slice(2);
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync"];
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.EDGEKIT_CHROMIUM || "/usr/bin/chromium", headless: true, args: FLAGS,
+});
+const messages = [];
+try {
+  const page = await context.newPage();
+  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.status), null, { timeout: 300000 });
+  await page.fill("#prompt", prompt);
+  await page.fill("#seed", seed);
+  await page.click("#generate");
+  await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.status), null, { timeout: 300000 });
+  const got = await page.evaluate(() => ({ status: document.body.dataset.status, error: document.getElementById("error").textContent,
+    decision: window.edgekitDemo.decision, cache: window.edgekitDemo.cache, drawnOn: window.edgekitDemo.drawnOn,
+    shown: document.getElementById("timing").textContent, image: window.edgekitDemo.image }));
+  console.log(JSON.stringify({ ...got, console: messages }));
+} finally {
+  await context.close();
+}
