@@ -130,6 +130,9 @@ class PackageConfig:
     # every bundle's UNet attends to keys and values pooled by this factor at its highest resolution (1 = off;
     # edgekit.targets.attention_downsample); ort-web then quantizes inside its export, from the same calibration
     attention_downsample: int = 1
+    # the bundles a browser runs (ort-web) are checked in headless Chromium on wasm and WebGPU at export, so the
+    # page may use WebGPU where it was verified (skipped, and said, where this host has no Chromium)
+    browser_check: bool = True
     # step-cache intervals every bundle offers (edgekit.step_cache; 1 = the plain loop, always offered)
     cache: tuple[int, ...] = (1,)
 
@@ -207,6 +210,8 @@ class PackageConfig:
         check_at_most(1 if self.calib_steps is None else self.calib_steps, MAX_STEPS, "calib_steps", "sampling steps")
         if self.steps is not None:
             check_step_counts(self.steps)
+        if not isinstance(self.browser_check, bool):
+            raise InputError("expected true or false", param="browser_check", value=self.browser_check)
         if (isinstance(self.attention_downsample, bool) or not isinstance(self.attention_downsample, int)
                 or not 1 <= self.attention_downsample <= 8):
             raise InputError("expected a whole number in 1..8 (1 = off)", param="attention_downsample",
@@ -290,7 +295,8 @@ class PackageConfig:
                 "guidance": self.guidance, "calib_samples": self.calib_samples, "calib_steps": self.calib_steps,
                 "samples": self.samples,
                 "clip": self.clip, "prompts": self.prompts, "repeats": self.repeats, "seed": self.seed,
-                "policy": self.policy, "attention_downsample": self.attention_downsample, "cache": list(self.cache)}
+                "policy": self.policy, "attention_downsample": self.attention_downsample,
+                "browser_check": self.browser_check, "cache": list(self.cache)}
 
 
 def _digest(inputs: dict) -> str:
@@ -619,6 +625,8 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
         profile = profile.with_precision(config.precision(name))
         if config.attention_downsample != 1:
             profile = profile.with_attention_downsample(config.attention_downsample)
+        if config.browser_check and target.browser_check:
+            profile = replace(profile, verify_in_browser=True)
         if tuple(config.cache) != (1,):
             from edgekit.profiles import with_cache
 

@@ -201,3 +201,16 @@ def test_webgpu_form_shares_external_weight_files(tmp_path):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     run = lambda p: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(tmp_path / "model.webgpu.onnx"), run(tmp_path / "model.onnx"), rtol=1e-5, atol=1e-5)
+
+
+def test_package_checks_the_browser_bundle_in_chromium_unless_told_not_to(tmp_path):
+    """The main job's ort-web bundle carries per-EP browser checks (the page then uses WebGPU where they passed);
+    the other targets' profiles are left alone; `browser_check: false` (--no-browser-check) turns it off."""
+    from edgekit.package import PackageConfig, plan
+
+    on = plan("edgekit/zoo/tiny_digits/slim", PackageConfig.from_dict({"targets": ["ort-web", "tflite", "onnx"]}),
+              tmp_path / "a")
+    assert {n: p.verify_in_browser for n, p in on.profiles.items()} == {"ort-web": True, "tflite": False, "onnx": False}
+    off = PackageConfig.from_dict({"targets": ["ort-web"], "browser_check": False})
+    assert PackageConfig.from_dict(off.to_dict()) == off
+    assert plan("edgekit/zoo/tiny_digits/slim", off, tmp_path / "b").profiles["ort-web"].verify_in_browser is False

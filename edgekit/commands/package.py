@@ -67,6 +67,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed, default=None, help=f"random seed, 0 to {SEED_MAX} (default {PackageConfig.seed})")
     p.add_argument("--policy", type=Path, default=None, help="policy parameters JSON for every bundle "
                                                               "(default: edgekit's policy_default.json)")
+    p.add_argument("--no-browser-check", dest="browser_check", action="store_false", default=None,
+                   help="skip the headless-Chromium check of the ort-web bundle on wasm and WebGPU (without it the "
+                        "page runs every graph on wasm unless ?ep=webgpu)")
     p.add_argument("--attention-downsample", type=int, default=None, metavar="N",
                    help="every bundle's UNet attends to keys and values average-pooled by N per side at its "
                         "highest resolution (training-free; bench measures its fidelity cost); 1 = off (default)")
@@ -99,6 +102,7 @@ def config_from_args(args):
              "samples": args.samples, "clip": None if args.clip is None else str(args.clip),
              "prompts": None if args.prompts is None else str(args.prompts), "repeats": args.repeats,
              "seed": args.seed, "attention_downsample": args.attention_downsample,
+             "browser_check": args.browser_check,
              "cache": None if args.cache is None else list(_cache_intervals(args.cache)),
              "policy": None if args.policy is None else read_json(args.policy, "--policy"),
              "precisions": None if args.precision is None else dict(args.precision)}

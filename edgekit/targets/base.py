@@ -71,6 +71,8 @@ class Target:
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
     needs_fixed_shapes: ClassVar[bool] = False  # the converter wants every axis pinned
     takes_quantized_onnx: ClassVar[bool] = False  # int8 can ship the quantize stage's QDQ ONNX graphs as they are
+    # a browser runs its bundles: `edgekit package` checks them in headless Chromium (profile verify_in_browser)
+    browser_check: ClassVar[bool] = False
 
     def check_profile(self, profile: TargetProfile) -> None:
         """Raise InputError when the profile asks for something this target cannot do."""

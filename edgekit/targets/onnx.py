@@ -163,6 +163,7 @@ class OnnxTarget(OrtWebTarget):
     name = "onnx"
     extra_components = ("vae_encoder",)  # the img2img pipelines need it; exported and verified like the others
     webgpu_forms = False  # for diffusers / optimum on a CPU or GPU host, not onnxruntime-web's WebGPU EP
+    browser_check = False
 
     def lay_out(self, stage: Path, manifest: dict, jobs: list[ComponentJob], profile: TargetProfile) -> dict:
         comps = manifest["components"]

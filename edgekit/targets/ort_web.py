@@ -84,6 +84,7 @@ class OrtWebTarget(Target):
     takes_quantized_onnx = True
     # a QDQ graph gets a WebGPU form beside it (edgekit.targets.ort_webgpu), and its image difference is recorded
     webgpu_forms: ClassVar[bool] = True
+    browser_check = True
 
     def created_with(self) -> dict:
         import onnx
