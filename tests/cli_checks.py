@@ -3,8 +3,12 @@ test runs a server command as a user would (`edgekit serve`: it answers its firs
 import re
 import signal
 import subprocess
+import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def one_line(err: str, *needles: str) -> str:
@@ -31,3 +35,19 @@ def serve_answers(command: str, cwd: Path, env: dict) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+@contextmanager
+def served(bundle: Path):
+    """`edgekit serve BUNDLE` on a free port of 127.0.0.1 for the block: yields the page's address."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -480,29 +480,21 @@ def test_browser_page_follows_the_plan_and_draws_the_python_loops_image(cached_b
     1) draws another one."""
     import json
     import subprocess
-    import sys
     from pathlib import Path
 
+    from cli_checks import served
     from edgekit.runtime.sampler import BundleSampler
 
     repo = Path(__file__).resolve().parent.parent
     driver = Path(__file__).with_name("web_page_image.mjs")
-    server = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(cached_bundle), "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo)
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("serving "), line + server.stderr.read()
-        url = line.split(" at ")[1].split()[0]
-        pages = {}
+    pages = {}
+    with served(cached_bundle) as url:
         for cache in (2, 1):
             proc = subprocess.run(["node", str(driver), f"{url}?steps=8&width=1.00&cache={cache}",
                                    str(tmp_path / f"profile{cache}"), "a handwritten digit two", "5"],
                                   capture_output=True, text=True, timeout=600, cwd=repo)
             assert proc.returncode == 0, proc.stderr[-3000:]
             pages[cache] = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     sampler = BundleSampler(cached_bundle, threads=1)
     for cache, page in pages.items():
         assert page["status"] == "done", page["error"]

@@ -5,12 +5,12 @@ check the tab's own latency rescale: the runs it timed, the ratio it shows, the 
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_checks import served
 from policy_bundles import exported, made_up_row
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,17 +36,8 @@ def bundle(tmp_path_factory, default_model):
 
 @pytest.fixture
 def server(bundle):
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving "), line + proc.stderr.read()
-        url = line.split(" at ")[1].split()[0]
-        assert url.startswith("http://127.0.0.1:")
+    with served(bundle) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def _chromium_ready():

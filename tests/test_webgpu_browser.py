@@ -13,11 +13,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import served
 
 pytestmark = pytest.mark.slow
 
@@ -111,14 +111,6 @@ def test_wrong_webgpu_graph_is_refused_then_marked(broken, run_cli, tmp_path):
     write_manifest(broken, {**manifest, "files": {}})
 
 
-def _serve(bundle):
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    line = proc.stdout.readline()
-    assert line.startswith("serving "), line + proc.stderr.read()
-    return proc, line.split(" at ")[1].split()[0]
-
-
 def _drive(url, tmp_path, widths, *queries):
     shots = ARTIFACTS / "webgpu_e2e"
     shots.mkdir(parents=True, exist_ok=True)
@@ -130,12 +122,8 @@ def _drive(url, tmp_path, widths, *queries):
 
 def test_page_draws_the_same_image_on_webgpu_as_on_wasm(bundle, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    server, url = _serve(bundle)
-    try:
+    with served(bundle) as url:
         result, shots = _drive(url, tmp_path, "1.00,0.50", "ep=metal")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     runs = {(r["ep"], r["width"]): r for r in result["runs"]}
     for width in ("1.00", "0.50"):
         wasm, gpu = runs[("wasm", width)], runs[("webgpu", width)]
@@ -143,7 +131,7 @@ def test_page_draws_the_same_image_on_webgpu_as_on_wasm(bundle, tmp_path):
             assert run["status"] == "done", run["error"]
             assert run["decision"]["steps"] == STEPS and f"{run['decision']['width']:.2f}" == width
         assert set(wasm["drawnOn"].values()) == {"wasm"} and set(gpu["drawnOn"].values()) == {"webgpu"}, gpu["notes"]
-        assert f"on webgpu" in gpu["shown"] and gpu["latency"]["ep"] == "webgpu" and wasm["latency"]["ep"] == "wasm"
+        assert "on webgpu" in gpu["shown"] and gpu["latency"]["ep"] == "webgpu" and wasm["latency"]["ep"] == "wasm"
         # the tab checked every component on its own adapter before using it (or took the cached answer)
         assert gpu["selfCheck"] and all(c["passed"] for c in gpu["selfCheck"].values())
         a = np.round(np.asarray(wasm["image"]["rgb"]) * 255)
@@ -172,12 +160,8 @@ def test_page_keeps_failed_components_on_wasm_when_asked_for_webgpu(broken, tmp_
         manifest = record_browser_checks(broken, manifest)
         (broken / MANIFEST).unlink()
         write_manifest(broken, {**manifest, "files": {}})
-    server, url = _serve(broken)
-    try:
+    with served(broken) as url:
         result, _ = _drive(url, tmp_path, "", "ep=webgpu", "")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     forced, auto = result["queries"]
     for answer in (forced, auto):
         assert answer["status"] == "ready" and set(answer["providers"].values()) == {"wasm"}, answer

@@ -4,14 +4,10 @@
 // generates again; records the page's own latency rescale (runs timed, ratio shown, rows the policy reads)
 // before and after each run; then loads ?ep=webgpu in this adapter-less browser. Prints one JSON line:
 // {apis, initial, before, forced, after, noAdapter, console}.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
-const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync"];
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.EDGEKIT_CHROMIUM || "/usr/bin/chromium", headless: true, args: FLAGS,
-});
+const context = await launchChromium(userDataDir);
 const messages = [];
 try {
   const page = await context.newPage();

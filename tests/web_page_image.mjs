@@ -2,14 +2,10 @@
 // Chromium (wasm, no adapter) through playwright-core, generates PROMPT at SEED, and prints one JSON line
 // {status, error, decision, cache, drawnOn, shown, image, console}:
 //   node tests/web_page_image.mjs URL USER_DATA_DIR PROMPT SEED
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
-const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync"];
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.EDGEKIT_CHROMIUM || "/usr/bin/chromium", headless: true, args: FLAGS,
-});
+const context = await launchChromium(userDataDir);
 const messages = [];
 try {
   const page = await context.newPage();

@@ -5,15 +5,10 @@
 // Each further EP_QUERY (e.g. "ep=cuda") is loaded once more with no generation: what the page says about it.
 // Prints one JSON line: {runs: [{ep, width, status, error, providers, notes, drawnOn, image, timing, text}],
 // queries: [{query, status, providers, notes, text}], console}.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, userDataDir, shotDir, prompt, seed, steps, widths, ...queries] = process.argv.slice(2);
-const FLAGS = ["--no-sandbox", "--headless=new", "--enable-unsafe-webgpu", "--enable-features=Vulkan",
-  "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.EDGEKIT_CHROMIUM || "/usr/bin/chromium", headless: true, args: FLAGS,
-});
+const context = await launchChromium(userDataDir, { webgpu: true });
 const messages = [];
 const state = (page) => page.evaluate(() => ({
   status: document.body.dataset.status, error: document.getElementById("error").textContent,
