@@ -13,3 +13,20 @@ export function launchChromium(userDataDir, { webgpu = false } = {}) {
     args: webgpu ? [...QUIET, ...WEBGPU] : [...QUIET, "--disable-gpu"],
   });
 }
+
+// A new page of `context` whose console lines and page errors are appended to `messages`.
+export async function openPage(context, messages) {
+  const page = await context.newPage();
+  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  return page;
+}
+
+// On a loaded demo page: generate PROMPT at SEED and wait until the page says done (or error).
+export async function generateOn(page, prompt, seed, timeout) {
+  await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.status), null, { timeout });
+  await page.fill("#prompt", prompt);
+  await page.fill("#seed", seed);
+  await page.click("#generate");
+  await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.status), null, { timeout });
+}

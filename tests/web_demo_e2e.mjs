@@ -4,15 +4,13 @@
 // generates again; records the page's own latency rescale (runs timed, ratio shown, rows the policy reads)
 // before and after each run; then loads ?ep=webgpu in this adapter-less browser. Prints one JSON line:
 // {apis, initial, before, forced, after, noAdapter, console}.
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, openPage } from "./chromium.mjs";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
 const context = await launchChromium(userDataDir);
 const messages = [];
 try {
-  const page = await context.newPage();
-  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  const page = await openPage(context, messages);
   await page.goto(url);
   await page.waitForSelector("body[data-status=ready]", { timeout: 60000 });
   const apis = await page.evaluate(() => ({ battery: typeof navigator.getBattery === "function",

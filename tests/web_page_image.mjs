@@ -2,21 +2,15 @@
 // Chromium (wasm, no adapter) through playwright-core, generates PROMPT at SEED, and prints one JSON line
 // {status, error, decision, cache, drawnOn, shown, image, console}:
 //   node tests/web_page_image.mjs URL USER_DATA_DIR PROMPT SEED
-import { launchChromium } from "./chromium.mjs";
+import { generateOn, launchChromium, openPage } from "./chromium.mjs";
 
 const [url, userDataDir, prompt, seed] = process.argv.slice(2);
 const context = await launchChromium(userDataDir);
 const messages = [];
 try {
-  const page = await context.newPage();
-  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  const page = await openPage(context, messages);
   await page.goto(url);
-  await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.status), null, { timeout: 300000 });
-  await page.fill("#prompt", prompt);
-  await page.fill("#seed", seed);
-  await page.click("#generate");
-  await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.status), null, { timeout: 300000 });
+  await generateOn(page, prompt, seed, 300000);
   const got = await page.evaluate(() => ({ status: document.body.dataset.status, error: document.getElementById("error").textContent,
     decision: window.edgekitDemo.decision, cache: window.edgekitDemo.cache, drawnOn: window.edgekitDemo.drawnOn,
     shown: document.getElementById("timing").textContent, image: window.edgekitDemo.image }));

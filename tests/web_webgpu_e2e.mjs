@@ -5,7 +5,7 @@
 // Each further EP_QUERY (e.g. "ep=cuda") is loaded once more with no generation: what the page says about it.
 // Prints one JSON line: {runs: [{ep, width, status, error, providers, notes, drawnOn, image, timing, text}],
 // queries: [{query, status, providers, notes, text}], console}.
-import { launchChromium } from "./chromium.mjs";
+import { generateOn, launchChromium, openPage } from "./chromium.mjs";
 
 const [url, userDataDir, shotDir, prompt, seed, steps, widths, ...queries] = process.argv.slice(2);
 const context = await launchChromium(userDataDir, { webgpu: true });
@@ -16,18 +16,12 @@ const state = (page) => page.evaluate(() => ({
   adapter: window.edgekitDemo.adapter, selfCheck: window.edgekitDemo.selfCheck,
   text: document.getElementById("providers").textContent }));
 try {
-  const page = await context.newPage();
-  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
+  const page = await openPage(context, messages);
   const runs = [];
   for (const width of widths.split(",").filter(Boolean)) {
     for (const ep of ["wasm", "webgpu"]) {
       await page.goto(`${url}?ep=${ep}&steps=${steps}&width=${width}`);
-      await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.status), null, { timeout: 600000 });
-      await page.fill("#prompt", prompt);
-      await page.fill("#seed", seed);
-      await page.click("#generate");
-      await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.status), null, { timeout: 600000 });
+      await generateOn(page, prompt, seed, 600000);
       const got = await state(page);
       const drawn = await page.evaluate(() => ({ image: window.edgekitDemo.image, drawnOn: window.edgekitDemo.drawnOn,
         timing: window.edgekitDemo.timing, shown: document.getElementById("timing").textContent, decision: window.edgekitDemo.decision,
