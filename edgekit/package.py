@@ -212,10 +212,9 @@ class PackageConfig:
             check_step_counts(self.steps)
         if not isinstance(self.browser_check, bool):
             raise InputError("expected true or false", param="browser_check", value=self.browser_check)
-        if (isinstance(self.attention_downsample, bool) or not isinstance(self.attention_downsample, int)
-                or not 1 <= self.attention_downsample <= 8):
-            raise InputError("expected a whole number in 1..8 (1 = off)", param="attention_downsample",
-                             value=self.attention_downsample)
+        from edgekit.profiles import check_downsample_factor
+
+        check_downsample_factor(self.attention_downsample)
         from edgekit.step_cache import parse_intervals
 
         parse_intervals(list(self.cache) if isinstance(self.cache, (list, tuple)) else self.cache, "cache")

@@ -384,9 +384,14 @@ class TargetProfile(_Strict):
 
 
     def with_attention_downsample(self, factor: int, param: str = "attention_downsample") -> "TargetProfile":
-        if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 8:
-            raise InputError("expected a whole number in 1..8 (1 = off)", param=param, value=factor)
+        check_downsample_factor(factor, param)
         return dataclasses.replace(self, attention_downsample=factor)
+
+
+def check_downsample_factor(factor, param: str = "attention_downsample") -> None:
+    """A key/value downsampling factor as a flag or recipe field gives it: a whole number in 1..8 (1 = off)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 8:
+        raise InputError("expected a whole number in 1..8 (1 = off)", param=param, value=factor)
 
 
 def with_cache(profile: TargetProfile, intervals, param: str = "cache") -> TargetProfile:
