@@ -60,7 +60,6 @@ class CalibrationConfig:
                 raise InputError(f"{name}: expected a positive whole number, got {rows}", param="max_rows")
 
 
-PROMPTS_FIELD = "calibration_prompts"  # edgekit_defaults.json: a prompts file inside the model directory
 GENERAL_PROMPTS_FILE = shipped_path("calibration_data", "general_prompts.txt")  # checkout copy, else the wheel's
 
 
@@ -69,34 +68,14 @@ def default_prompts_file(model_dir: Path | None = None) -> Path:
     (edgekit_defaults.json "calibration_prompts", relative to the directory; prune, slim and quantize
     outputs copy it), else the general set written for any model (calibration_data/general_prompts.txt).
     ``None`` is the embedded default model."""
-    from edgekit.constants import EDGEKIT_DEFAULTS
-    from edgekit.errors import ModelFormatError
-    from edgekit.safe_read import read_json
+    from edgekit.modeldir import ModelDir
 
     if model_dir is None:
         from edgekit.pipeline import default_model_dir
 
         model_dir = default_model_dir()
-    path = Path(model_dir) / EDGEKIT_DEFAULTS
-    if not path.is_file():
-        return GENERAL_PROMPTS_FILE
-    data = read_json(path, error=ModelFormatError, invalid="not a readable JSON file")
-    name = data.get(PROMPTS_FIELD) if isinstance(data, dict) else None
-    if name is None:
-        return GENERAL_PROMPTS_FILE
-    declared = Path(model_dir) / str(name)
-    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or not declared.is_file():
-        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' is {name!r}, expected the name of a prompts file inside "
-                               f"{model_dir}")
-    # the name is checked as text above; a symlink (or a linked folder on its way) may still lead out
-    try:
-        real, root = declared.resolve(strict=True), Path(model_dir).resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' {name!r} cannot be resolved ({exc})") from None
-    if root not in real.parents:
-        raise ModelFormatError(f"{path}: '{PROMPTS_FIELD}' {name!r} is a symlink to {real}, outside {root}; expected "
-                               "a prompts file inside the model directory")
-    return declared
+    model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
+    return model.prompts_file or GENERAL_PROMPTS_FILE
 
 
 def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:

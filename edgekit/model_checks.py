@@ -4,19 +4,33 @@ than the encoder has, a scheduler edgekit cannot tabulate or with a schedule dif
 latent side that allocates 160 GB) is one ModelFormatError naming the file, the field and what was expected,
 never a traceback or an exit 0 with a broken bundle.
 
-``check_model_configs`` is called by ``edgekit.pipeline.check_model_dir`` once the layout is known good;
-every JSON file goes through the bounded reader (edgekit.safe_read), and every file the checks read must
-resolve inside the model directory (a symlink out of it, to /etc/hostname say, is refused).
+``check_location`` (the path is a directory holding model_index.json), ``check_layout`` (the components,
+their configs and weights) and ``check_model_configs`` (what the configs claim) are run once per directory by
+``edgekit.modeldir.ModelDir``, whose reader they are given: every JSON file is read once, through the bounded
+reader (edgekit.safe_read), and every file the checks read must resolve inside the model directory (a
+symlink out of it, to /etc/hostname say, is refused).
 """
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
-from edgekit.constants import MODEL_INDEX
-from edgekit.errors import ModelFormatError
+from edgekit.constants import MODEL_INDEX, PIPELINE_COMPONENTS, SAFETENSORS_SUFFIX
+from edgekit.errors import InputError, ModelFormatError
 from edgekit.limits import MAX_SAMPLE_SIZE, MAX_TEXT_POSITIONS, MAX_TRAIN_TIMESTEPS
 
+UNET, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER = PIPELINE_COMPONENTS  # diffusers' folder names
+# Classes each component may have; anything else is not an SD-1.x/2.x-style pipeline.
+EXPECTED_CLASSES = {
+    UNET: {"UNet2DConditionModel"},
+    VAE: {"AutoencoderKL"},
+    TEXT_ENCODER: {"CLIPTextModel", "CLIPTextModelWithProjection"},
+    TOKENIZER: {"CLIPTokenizer", "CLIPTokenizerFast"},
+}
+WEIGHT_COMPONENTS = (UNET, VAE, TEXT_ENCODER)
+# What a model hub id looks like (owner/name, as the hub allows them): read as a path it does not exist here.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 # The components diffusers' StableDiffusionPipeline may leave out: [null, null] in model_index.json.
 OPTIONAL_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # every supported scheduler computes these
@@ -62,11 +76,54 @@ def check_inside(path: Path, root: Path) -> Path:
                            "own file")
 
 
-def _read(path: Path, root: Path) -> dict:
-    from edgekit.pipeline import read_json_object
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
-    check_inside(path, root)
-    return read_json_object(path)
+
+def check_location(root: Path, given: str, param: str) -> None:
+    """The resolved path ``root`` (``given``: as the user wrote it) is a directory holding model_index.json."""
+    if not root.exists():
+        if HUB_ID.fullmatch(given):
+            raise InputError(f"no such directory; edgekit reads a local diffusers directory and never contacts a "
+                             f"model hub: on a machine with access, `huggingface-cli download {given} --local-dir "
+                             f"DIR`, then pass DIR", param=param, value=given)
+        raise InputError("no such directory", param=param, value=root)
+    if not root.is_dir():
+        raise InputError("expected a diffusers pipeline directory, got a file", param=param, value=root)
+    if not (root / MODEL_INDEX).is_file():
+        raise ModelFormatError(f"not a diffusers pipeline directory ({MODEL_INDEX} missing)", param=param, value=root)
+
+
+def check_layout(root: Path, param: str, read) -> None:
+    """model_index.json names the five components with the classes of an SD-style pipeline, each has its folder,
+    every JSON file in them is an object, and unet, vae and text_encoder have a config and a complete weights
+    file. ``read(rel)``: the parsed JSON object at a path relative to ``root`` (refused outside it)."""
+    from edgekit.pipeline import _weights_file, check_safetensors
+
+    index_path = root / MODEL_INDEX
+    index = read(MODEL_INDEX)
+    for component in PIPELINE_COMPONENTS:
+        entry = index.get(component)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            raise ModelFormatError(f"{index_path}: component '{component}' missing (an SD-style pipeline needs "
+                                   f"{', '.join(PIPELINE_COMPONENTS)})")
+        allowed = EXPECTED_CLASSES.get(component)
+        if allowed and entry[1] not in allowed:
+            raise ModelFormatError(f"{index_path}: '{component}' is {entry[1]}, expected one of {sorted(allowed)}")
+        if not (root / component).is_dir():
+            raise ModelFormatError(f"component folder '{component}/' missing", param=param, value=root)
+        for json_file in sorted((root / component).glob("*.json")):  # configs, tokenizer files: all objects
+            read(json_file.relative_to(root).as_posix())
+    for component in WEIGHT_COMPONENTS:
+        config_path = root / component / "config.json"
+        if not config_path.is_file():
+            raise ModelFormatError(f"{config_path}: missing (the {component}'s configuration)")
+        read(config_path.relative_to(root).as_posix())
+        weights = _weights_file(root / component)
+        if weights is None:
+            raise ModelFormatError(f"{root / component}: no weights file (*{SAFETENSORS_SUFFIX} or *.bin)")
+        if weights.suffix == SAFETENSORS_SUFFIX:
+            check_safetensors(weights)
 
 
 def check_index_entries(index: dict, index_path: Path) -> None:
@@ -115,7 +172,7 @@ def check_scheduler_config(config: dict, path: Path | str) -> None:
         raise _fail(path, "prediction_type", prediction, f"one of {', '.join(PREDICTION_TYPES)}")
 
 
-def _tokenizer_ids(tok_dir: Path, root: Path) -> tuple[int, Path] | None:
+def _tokenizer_ids(tok_dir: Path, root: Path, read) -> tuple[int, Path] | None:
     """The largest token id the tokenizer's own files give, and the file that holds it (None: no id found)."""
     best: tuple[int, Path] | None = None
 
@@ -127,7 +184,7 @@ def _tokenizer_ids(tok_dir: Path, root: Path) -> tuple[int, Path] | None:
 
     tokenizer_json = tok_dir / "tokenizer.json"
     if tokenizer_json.is_file():
-        data = _read(tokenizer_json, root)
+        data = read(_rel(tokenizer_json, root))
         vocab = (data.get("model") or {}).get("vocab") if isinstance(data.get("model"), dict) else None
         if isinstance(vocab, dict):
             offer(vocab.values(), tokenizer_json)
@@ -137,20 +194,20 @@ def _tokenizer_ids(tok_dir: Path, root: Path) -> tuple[int, Path] | None:
     for name in ("vocab.json", "added_tokens.json"):
         path = tok_dir / name
         if path.is_file():
-            offer(_read(path, root).values(), path)
+            offer(read(_rel(path, root)).values(), path)
     config_path = tok_dir / "tokenizer_config.json"
     if config_path.is_file():
-        decoder = _read(config_path, root).get("added_tokens_decoder")
+        decoder = read(_rel(config_path, root)).get("added_tokens_decoder")
         if isinstance(decoder, dict):
             offer([int(k) for k in decoder if isinstance(k, str) and k.isdigit() and len(k) < 20], config_path)
     return best
 
 
-def check_text_configs(root: Path) -> None:
+def check_text_configs(root: Path, read) -> None:
     """Tokenizer against text encoder: every id the tokenizer can emit has an embedding row, and the positions
     it pads to exist."""
-    encoder_path = root / "text_encoder" / "config.json"
-    encoder = _read(encoder_path, root)
+    encoder_path = root / TEXT_ENCODER / "config.json"
+    encoder = read(_rel(encoder_path, root))
     vocab_size = encoder.get("vocab_size")
     positions = encoder.get("max_position_embeddings")
     if vocab_size is not None and (not _whole(vocab_size) or vocab_size <= 0):
@@ -158,24 +215,24 @@ def check_text_configs(root: Path) -> None:
     if positions is not None and (not _whole(positions) or not 0 < positions <= MAX_TEXT_POSITIONS):
         raise _fail(encoder_path, "max_position_embeddings", positions,
                     f"a whole number from 1 to {MAX_TEXT_POSITIONS:,}")
-    tok_dir = root / "tokenizer"
-    largest = _tokenizer_ids(tok_dir, root)
+    tok_dir = root / TOKENIZER
+    largest = _tokenizer_ids(tok_dir, root, read)
     if largest is not None and vocab_size is not None and largest[0] >= vocab_size:
         raise ModelFormatError(f"{largest[1]}: token id {largest[0]} is beyond the text encoder's vocabulary "
                                f"({encoder_path}: vocab_size {vocab_size}, ids 0 to {vocab_size - 1}); expected a "
                                "tokenizer and text encoder of one model")
     config_path = tok_dir / "tokenizer_config.json"
     if config_path.is_file() and positions is not None:
-        length = _read(config_path, root).get("model_max_length")
+        length = read(_rel(config_path, root)).get("model_max_length")
         # transformers writes int(1e30) for "no limit"; a pipeline pads to model_max_length, so it must fit
         if length is not None and (not _whole(length) or not 0 < length <= positions):
             raise ModelFormatError(f"{config_path}: model_max_length {length!r}: expected a whole number up to the "
                                    f"text encoder's {positions} positions ({encoder_path}: max_position_embeddings)")
 
 
-def check_unet_config(root: Path) -> None:
-    path = root / "unet" / "config.json"
-    config = _read(path, root)
+def check_unet_config(root: Path, read) -> None:
+    path = root / UNET / "config.json"
+    config = read(_rel(path, root))
     size = config.get("sample_size")
     sides = size if isinstance(size, list) else [size]
     if size is not None and (not sides or len(sides) > 2
@@ -183,26 +240,26 @@ def check_unet_config(root: Path) -> None:
         raise _fail(path, "sample_size", size, f"a latent side from 1 to {MAX_SAMPLE_SIZE:,} (SD 1.5: 64)")
 
 
-def check_model_configs(root: Path, index: dict) -> None:
-    """Every cross-file claim above, for the resolved model directory ``root`` and its parsed model_index.json."""
+def check_model_configs(root: Path, read) -> None:
+    """Every cross-file claim above, for the resolved model directory ``root`` (``read``: as ``check_layout``)."""
     from edgekit.schedule import SUPPORTED
 
     index_path = root / MODEL_INDEX
-    check_inside(index_path, root)
+    index = read(MODEL_INDEX)
     check_index_entries(index, index_path)
-    named = index.get("scheduler", [None, None])[1]  # the class diffusers builds (check_model_dir: a pair)
+    named = index.get(SCHEDULER, [None, None])[1]  # the class diffusers builds (check_model_dir: a pair)
     if named not in SUPPORTED:
-        raise ModelFormatError(f"{index_path}: 'scheduler' is {named!r}, not a scheduler edgekit supports; supported: "
+        raise ModelFormatError(f"{index_path}: '{SCHEDULER}' is {named!r}, not a scheduler edgekit supports; supported: "
                                f"{', '.join(SUPPORTED)}")
-    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    for component in PIPELINE_COMPONENTS:
         for path in sorted((root / component).iterdir()):
             check_inside(path, root)
     for path in sorted(root.iterdir()):  # what edgekit reads beside them: edgekit_defaults.json, structure.json,
         if path.suffix in (".json", ".txt"):  # a prompts file (other files, a stray link, are no part of the model)
             check_inside(path, root)
-    scheduler_path = root / "scheduler" / "scheduler_config.json"
+    scheduler_path = root / SCHEDULER / "scheduler_config.json"
     if not scheduler_path.is_file():
         raise ModelFormatError(f"{scheduler_path}: missing (the scheduler's configuration)")
-    check_scheduler_config(_read(scheduler_path, root), scheduler_path)
-    check_unet_config(root)
-    check_text_configs(root)
+    check_scheduler_config(read(_rel(scheduler_path, root)), scheduler_path)
+    check_unet_config(root, read)
+    check_text_configs(root, read)

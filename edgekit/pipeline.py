@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 import struct
 from contextlib import contextmanager
 import warnings
@@ -17,21 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.constants import EDGEKIT_DEFAULTS, MODEL_INDEX, PIPELINE_COMPONENTS, SAFETENSORS_SUFFIX
+from edgekit.constants import EDGEKIT_DEFAULTS, SAFETENSORS_SUFFIX
 from edgekit.errors import InputError, ModelFormatError, NumericError
 
-# Classes each component may have; anything else is not an SD-1.x/2.x-style pipeline.
-EXPECTED_CLASSES = {
-    "unet": {"UNet2DConditionModel"},
-    "vae": {"AutoencoderKL"},
-    "text_encoder": {"CLIPTextModel", "CLIPTextModelWithProjection"},
-    "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast"},
-}
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 DIFFUSERS_GUIDANCE_DEFAULT = 7.5
 DIFFUSERS_STEPS_DEFAULT = 50
-# What a model hub id looks like (owner/name, as the hub allows them): read as a path it does not exist here.
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def default_model_dir() -> Path:
@@ -95,55 +84,12 @@ def _weights_file(component_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def check_model_dir(path: Path | str | None, param: str = "model_dir") -> Path:
-    """Return the resolved pipeline directory, or raise one clear error naming what is wrong (``param``: what
-    the caller calls the directory)."""
-    if path is None:
-        path = default_model_dir()
-    given = str(path)
-    try:
-        path = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise InputError(f"cannot be resolved ({exc})", param=param, value=path) from None
-    if not path.exists():
-        if HUB_ID.fullmatch(given):
-            raise InputError(f"no such directory; edgekit reads a local diffusers directory and never contacts a "
-                             f"model hub: on a machine with access, `huggingface-cli download {given} --local-dir "
-                             f"DIR`, then pass DIR", param=param, value=given)
-        raise InputError("no such directory", param=param, value=path)
-    if not path.is_dir():
-        raise InputError("expected a diffusers pipeline directory, got a file", param=param, value=path)
-    from edgekit.model_checks import check_inside, check_model_configs
+def check_model_dir(path, param: str = "model_dir") -> Path:
+    """The resolved pipeline directory, checked once per process (edgekit.modeldir), or one clear error naming
+    what is wrong (``param``: what the caller calls the directory)."""
+    from edgekit.modeldir import ModelDir
 
-    index_path = path / MODEL_INDEX
-    if not index_path.is_file():
-        raise ModelFormatError(f"not a diffusers pipeline directory ({MODEL_INDEX} missing)", param=param, value=path)
-    index = read_json_object(check_inside(index_path, path))
-    for component in PIPELINE_COMPONENTS:
-        entry = index.get(component)
-        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
-            raise ModelFormatError(f"{index_path}: component '{component}' missing (an SD-style pipeline needs "
-                                   f"{', '.join(PIPELINE_COMPONENTS)})")
-        allowed = EXPECTED_CLASSES.get(component)
-        if allowed and entry[1] not in allowed:
-            raise ModelFormatError(f"{index_path}: '{component}' is {entry[1]}, expected one of {sorted(allowed)}")
-        if not (path / component).is_dir():
-            raise ModelFormatError(f"component folder '{component}/' missing", param=param, value=path)
-        for json_file in sorted((path / component).glob("*.json")):  # configs, tokenizer files: all objects
-            check_inside(json_file, path)
-            read_json_object(json_file)
-    for component in WEIGHT_COMPONENTS:
-        config_path = path / component / "config.json"
-        if not config_path.is_file():
-            raise ModelFormatError(f"{config_path}: missing (the {component}'s configuration)")
-        read_json_object(config_path)
-        weights = _weights_file(path / component)
-        if weights is None:
-            raise ModelFormatError(f"{path / component}: no weights file (*.safetensors or *.bin)")
-        if weights.suffix == SAFETENSORS_SUFFIX:
-            check_safetensors(weights)
-    check_model_configs(path, index)  # what the configs claim, against each other (edgekit.model_checks)
-    return path
+    return ModelDir.of(path, param).path
 
 
 @dataclass(frozen=True)
@@ -165,8 +111,14 @@ def sampling_defaults(model_dir: Path) -> SamplingDefaults:
     e.g. a turbo-style model: 1-4 steps at guidance 0; an LCM: 2-8 steps, its guidance_scale fed through
     the UNet's guidance embedding. ``export``/``package`` --steps and --guidance override it. Other stages
     read their own keys from the same file (calibration_prompts, quality_evaluators)."""
-    path = Path(model_dir) / EDGEKIT_DEFAULTS
-    data = read_json_object(path) if path.is_file() else {}
+    from edgekit.modeldir import ModelDir
+
+    model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
+    return model.sampling_defaults
+
+
+def parse_sampling_defaults(data: dict, path: Path) -> SamplingDefaults:
+    """``sampling_defaults`` from the parsed edgekit_defaults.json ``data`` (``path``: its file, for errors)."""
     guidance = data.get("guidance_scale", DIFFUSERS_GUIDANCE_DEFAULT)
     steps = data.get("num_inference_steps", DIFFUSERS_STEPS_DEFAULT)
     offered = data.get("offered_steps")
@@ -195,14 +147,15 @@ def steps_source(explicit: int | None, model_dir: Path) -> str:
 
 
 def scheduler_config(model_dir: Path) -> dict:
-    """The model's scheduler/scheduler_config.json as a dict, or a ModelFormatError naming it."""
-    path = Path(model_dir) / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: missing (the scheduler's configuration)")
-    return read_json_object(path)
+    """The model's scheduler configuration with the class diffusers builds (edgekit.modeldir), or a
+    ModelFormatError naming the file."""
+    from edgekit.modeldir import ModelDir
+
+    model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
+    return dict(model.scheduler_config)
 
 
-def _scheduler_from_config(config: dict):
+def scheduler_from_config(config: dict):
     import diffusers
 
     from edgekit.model_checks import check_scheduler_config
@@ -225,7 +178,7 @@ def _scheduler_stays_finite(config_json: str, steps: int) -> bool:
 
     with torch.random.fork_rng(devices=[]):  # stochastic schedulers draw from the global generator
         torch.manual_seed(0)
-        sched = _scheduler_from_config(json.loads(config_json))
+        sched = scheduler_from_config(json.loads(config_json))
         try:
             sched.set_timesteps(steps)
             x = torch.randn(1, 4, 2, 2) * float(sched.init_noise_sigma)
@@ -247,7 +200,7 @@ def max_scheduler_steps(config: dict) -> int:
     bisection, as a scheduler that fails does so from some count upwards)."""
     from edgekit.limits import MAX_STEPS
 
-    limit = min(int(_scheduler_from_config(config).config.num_train_timesteps), MAX_STEPS)
+    limit = min(int(scheduler_from_config(config).config.num_train_timesteps), MAX_STEPS)
     text = json.dumps(config, sort_keys=True, default=str)
     for count in (limit, limit - 1):
         if count >= 1 and _scheduler_stays_finite(text, count):
@@ -265,7 +218,7 @@ def max_scheduler_steps(config: dict) -> int:
 def check_scheduler_steps(config: dict, steps: int, param: str = "steps") -> int:
     """Refuse a step count the scheduler cannot take, naming its limit, before any model runs."""
     check_steps(steps, param)
-    sched = _scheduler_from_config(config)
+    sched = scheduler_from_config(config)
     trained = int(sched.config.num_train_timesteps)
     name = type(sched).__name__
     if steps > trained or not _scheduler_stays_finite(json.dumps(config, sort_keys=True, default=str), steps):
@@ -292,23 +245,27 @@ def load_pipeline(model_dir: Path | str | None = None, param: str = "model_dir",
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
+    from edgekit.modeldir import UNET, ModelDir
+
     param = flag or param
-    path = check_model_dir(model_dir, param)
+    model = ModelDir.of(model_dir, param)
+    path = model.path
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors
-    from edgekit.structure import Structure, load_structured_unet, select_width
+    from edgekit.structure import load_structured_unet, select_width
 
     # A pruned or slimmable model's per-layer widths live in structure.json: the UNet is rebuilt from
     # its base config, sliced to them, and its (smaller) weights loaded strictly.
-    structure = Structure.load(path)
+    structure = model.structure
     if structure is None and width is not None and float(width) != 1.0:
         raise InputError(f"{path} is not a slimmable model (no structure.json); make one with edgekit slim",
                          param="width", value=width)
-    extra = {"unet": load_structured_unet(path / "unet", structure)} if structure is not None else {}
-    scheduler_config(path)  # a broken one would otherwise reach diffusers' hub fallback
+    extra = ({"unet": load_structured_unet(model.config_path(UNET).parent, structure, model.unet_config)}
+             if structure is not None else {})
+    model.scheduler_config  # a broken one would otherwise reach diffusers' hub fallback
     try:
         # a library deprecation notice, or diffusers' logged error before its fallback, would break the
         # one-line error raised below

@@ -112,13 +112,11 @@ class Structure:
 
     @classmethod
     def load(cls, model_dir: Path) -> "Structure | None":
-        path = Path(model_dir) / STRUCTURE_FILE
-        if not path.is_file():
-            return None
-        from edgekit.safe_read import read_json
+        """The structure of ``model_dir`` (a path or an edgekit.modeldir.ModelDir, which reads it once), else None."""
+        from edgekit.modeldir import ModelDir
 
-        data = read_json(path, error=ModelFormatError)  # bounded: a regular file, its size, depth and numbers
-        return cls.from_dict(data, str(path))
+        model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
+        return model.structure
 
 
 
@@ -497,16 +495,17 @@ def sliced_unet(unet, plan: dict[str, tuple]):
     return small
 
 
-def load_structured_unet(unet_dir: Path, structure: Structure):
-    """Build the base UNet from ``unet/config.json``, replay ``structure`` on it and load the weights
-    strictly (float32); a structure that does not match the weights is a ModelFormatError."""
+def load_structured_unet(unet_dir: Path, structure: Structure, config: dict | None = None):
+    """Build the base UNet from its config (``config``: the parsed config.json, as edgekit.modeldir read it;
+    None: read from ``unet_dir``), replay ``structure`` on it and load the weights strictly (float32); a
+    structure that does not match the weights is a ModelFormatError."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     unet_dir = Path(unet_dir)
     try:
-        config = UNet2DConditionModel.load_config(unet_dir)
+        config = UNet2DConditionModel.load_config(unet_dir) if config is None else config
         unet = UNet2DConditionModel.from_config(config)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelFormatError(f"{unet_dir}: could not build the UNet from its config ({exc})") from None

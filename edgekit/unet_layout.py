@@ -1,9 +1,8 @@
 """The facts of a pipeline's UNet that size its inputs and activations (latent shape, first-block channels,
-text-state width), read from ``unet/config.json`` without building the model; diffusers' defaults where the
-config leaves them out."""
+text-state width), read from the UNet's config (edgekit.modeldir) without building the model; diffusers'
+defaults where the config leaves them out."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,15 @@ class UNetLayout:
 
 
 def unet_layout(model_dir: Path) -> UNetLayout:
-    config = json.loads((Path(model_dir) / "unet" / "config.json").read_text())
+    """The layout of the UNet of ``model_dir`` (a path or an edgekit.modeldir.ModelDir)."""
+    from edgekit.modeldir import ModelDir
+
+    model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
+    return model.unet_layout
+
+
+def layout_of_config(config: dict) -> UNetLayout:
+    """The layout a UNet config (config.json, parsed) gives."""
     size = config.get("sample_size", 64)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     cross = config.get("cross_attention_dim", 768)

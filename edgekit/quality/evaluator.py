@@ -17,48 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.constants import EDGEKIT_DEFAULTS
-from edgekit.errors import InputError, ModelFormatError
+from edgekit.errors import InputError
 from edgekit.resources import shipped_path
 
-DECLARED_FIELD = "quality_evaluators"
-KNOWN_EXTRAS = ("digits",)
 MIN_SAMPLES = 2  # an interval of a mean needs two images
 EVAL_PROMPTS_FILE = shipped_path("calibration_data", "eval_prompts.txt")  # checkout copy, else the wheel's
 
 
 def declared_evaluators(model_dir: Path) -> tuple[str, ...]:
     """The extra evaluators ``model_dir`` declares (edgekit_defaults.json "quality_evaluators"), checked."""
-    path = Path(model_dir) / EDGEKIT_DEFAULTS
-    if not path.is_file():
-        return ()
-    from edgekit.safe_read import read_json
+    from edgekit.modeldir import ModelDir
 
-    data = read_json(path, error=ModelFormatError)
-    names = data.get(DECLARED_FIELD, []) if isinstance(data, dict) else []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ModelFormatError(f"{path}: '{DECLARED_FIELD}' is {names!r}, expected a list of names "
-                               f"from {list(KNOWN_EXTRAS)}")
-    unknown = [n for n in names if n not in KNOWN_EXTRAS]
-    if unknown:
-        raise ModelFormatError(f"{path}: '{DECLARED_FIELD}' names {unknown}, known: {list(KNOWN_EXTRAS)}")
-    return tuple(names)
+    return (model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)).evaluators
 
 
 IMAGE_COPIES = 2  # the reference images and one candidate's, both held while a row is scored
 
 
 def image_side(model_dir: Path) -> int:
-    """The side of the images a model generates: its UNet's latent side times the VAE's downsampling (2 per
-    block after the first), read from the configs alone."""
-    from edgekit.pipeline import read_json_object
+    """The side of the images a model generates, read from its configs alone (edgekit.modeldir)."""
+    from edgekit.modeldir import ModelDir
 
-    unet = read_json_object(Path(model_dir) / "unet" / "config.json")
-    vae = read_json_object(Path(model_dir) / "vae" / "config.json")
-    size = unet.get("sample_size", 64)
-    size = max(size) if isinstance(size, list) else size
-    blocks = vae.get("block_out_channels") or [0] * 4
-    return int(size) * 2 ** (len(blocks) - 1)
+    return ModelDir.of(model_dir).image_side
 
 
 def check_image_memory(samples: int, model_dir: Path, available: int | None = None) -> None:
