@@ -2,13 +2,21 @@
 
 Importing the package loads no converter SDK; each stage imports its heavy libraries when it runs.
 
+How data flows: a diffusers model directory is opened once (its configs, UNet layout, sampling defaults and
+sha256); the stages of ``edgekit package`` (compress, calibrate, quantize, export per target, bench) each read
+one directory and write a new one, never editing another stage's output; each target's bundle ends with a
+manifest.json written last; ``bench`` writes its measured table beside the bundle and one explicit step merges
+it into the manifest; the demos (web, Android, iOS) and the runtime policy read only that manifest.
+
 Layers, lowest first. A module imports (at the top of the file or inside a function, by name or by a module
-string) only from its own layer or a lower one; a name matches a module and everything below it, the longest
-name wins. tests/test_layering.py reads this table and checks every import of every module against it.
+string) only from its own layer or a lower one. Every module is listed by name: a file by its module name, a
+subpackage by its folder's name (it covers the files in that folder); ``edgekit`` names only this file. A module
+the table does not name fails tests/test_layering.py, which reads this table and checks every import of every
+module against it.
 
     layer     modules
     base      edgekit errors width config constants fsutil noise schedule resources logs registry progress usage safe_read limits locking
-    model     components structure pipeline lora model_checks calibration bundle profiles policy step_cache signing zoo
+    model     modeldir components structure pipeline unet_layout lora model_checks calibration bundle profiles policy step_cache signing zoo
     quality   quality
     convert   onnx_export compress quantize
     runtime   runtime loader
@@ -16,8 +24,6 @@ name wins. tests/test_layering.py reads this table and checks every import of ev
     package   package report
     cli       commands cli
 
-Tools, outside the order (run by hand to rebuild shipped data; nothing imports them):
-
-    tool      zoo.tiny_digits.train zoo.tiny_digits.train_fewstep
+Tools that rebuild shipped data live outside the package, in scripts/.
 """
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """Train the embedded default model from scratch on scikit-learn's bundled digits, one seeded command.
 
-    python -m edgekit.zoo.tiny_digits.train [--out DIR] [--vae-steps N] [--unet-steps N]
+    .venv/bin/python scripts/train_tiny_digits.py [--out DIR] [--vae-steps N] [--unet-steps N]
 
-Writes ``pipeline/`` (a diffusers StableDiffusionPipeline directory), ``classifier/`` (the scoring
+Writes (by default into edgekit/zoo/tiny_digits/, the shipped model) ``pipeline/`` (a diffusers StableDiffusionPipeline directory), ``classifier/`` (the scoring
 classifier, trained only on the held-out ``classifier`` split) and ``training.json`` (times, losses,
 sizes). Default step counts fit in about 25 minutes on 2 CPU cores.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -19,55 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekit.constants import EDGEKIT_DEFAULTS
-from edgekit.zoo.tiny_digits.data import DIGIT_NAMES, PROMPT_TEMPLATES, all_prompts, load_splits
+from edgekit.zoo.tiny_digits import ZOO_DIR
+from edgekit.zoo.tiny_digits.data import PROMPT_TEMPLATES, all_prompts, load_splits
+from edgekit.zoo.tiny_digits.recipe import (MAX_TOKENS, SCHEDULER_BETAS, UNET_CONFIG, VAE_CONFIG, vocabulary,
+                                            write_sampling_defaults)
 from edgekit.zoo.tokenizer import write_clip_tokenizer
-
-MAX_TOKENS = 16
-EXTRA_WORDS = "an image picture sketch of ink pen".split()
-UNET_CONFIG = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(64, 128),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    cross_attention_dim=64,
-    attention_head_dim=4,  # diffusers' legacy name: this is the number of heads
-    norm_num_groups=8,  # 8 groups keep every width that is a multiple of 8 valid (pruning, slim)
-)
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=16,
-    sample_size=32,
-)
-# Measured on the shipped weights with `edgekit eval` (10 per digit, 20 steps): guidance 1 (none) 0.93
-# prompt accuracy; 2, 3, 5, 7.5 all 1.00 with Frechet distance 61, 93, 146, 196 (floor 108 +- 28).
-DEFAULT_GUIDANCE = 2.0
-DEFAULT_STEPS = 20
-CALIBRATION_PROMPTS = (
-    *(f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-                                           "nine")),
-    "the number zero written by hand", "the number three written by hand", "the number six written by hand",
-    "the number nine written by hand", "a drawing of the digit one", "a drawing of the digit four",
-    "a drawing of the digit seven", "handwritten 2", "handwritten 5", "handwritten 8",
-)
-SCHEDULER_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def _words() -> list[str]:
-    words = set(EXTRA_WORDS) | set(DIGIT_NAMES)
-    for template in PROMPT_TEMPLATES:
-        words |= {w for w in template.replace("{name}", "").replace("{numeral}", "").split()}
-    return sorted(words)
-
 
 def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -197,24 +152,13 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path, dtype
     write_sampling_defaults(out)
 
 
-def write_sampling_defaults(pipeline_dir: Path) -> None:
-    """Sampling defaults, and what the directory declares about itself: its digit evaluator and its own
-    calibration prompts (every digit, every trained phrasing), carried by prune/slim/quantize copies."""
-    defaults = {"guidance_scale": DEFAULT_GUIDANCE, "num_inference_steps": DEFAULT_STEPS,
-                "quality_evaluators": ["digits"], "calibration_prompts": "calibration_prompts.txt"}
-    (pipeline_dir / EDGEKIT_DEFAULTS).write_text(json.dumps(defaults, indent=2) + "\n")
-    lines = ["# Calibration prompts for the embedded digits model: every digit, every phrasing it was trained on.",
-             "# One prompt per line; lines starting with '#' are ignored.", *CALIBRATION_PROMPTS]
-    (pipeline_dir / "calibration_prompts.txt").write_text("\n".join(lines) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     from transformers import CLIPTokenizer
 
     from edgekit.quality.digit_classifier import train_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--out", type=Path, default=ZOO_DIR)
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--unet-steps", type=int, default=5000)
     parser.add_argument("--classifier-epochs", type=int, default=150)
@@ -234,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with _progress() as progress:
         tokenizer_dir = staging / "tokenizer_src"
-        write_clip_tokenizer(tokenizer_dir, _words(), MAX_TOKENS)
+        write_clip_tokenizer(tokenizer_dir, vocabulary(), MAX_TOKENS)
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
         train_images = _to_rgb(splits["diffusion"].images)
         t0 = time.time()

@@ -10,7 +10,7 @@ prompts leave out the evaluation phrasing (edgekit.zoo.tiny_digits.data.EVAL_TEM
 seeds are not among the training noise, so the reported accuracy is held out. The loop runs under HF
 Accelerate, single process on a CPU here.
 
-    .venv/bin/python -m edgekit.zoo.tiny_digits.train_fewstep [--out DIR] [--train-steps N] [--pairs N]
+    .venv/bin/python scripts/train_tiny_digits_fewstep.py [--out DIR] [--train-steps N] [--pairs N]
 
 writes (by default into edgekit/zoo/tiny_digits/fewstep/, the shipped student) a diffusers pipeline directory (the teacher's VAE, text encoder and tokenizer; the student UNet;
 DDIMScheduler with trailing spacing) whose edgekit_defaults.json offers 1, 2 and 4 steps at guidance 1.
@@ -28,35 +28,11 @@ import torch
 
 from edgekit.constants import EDGEKIT_DEFAULTS
 from edgekit.zoo.tiny_digits import FEWSTEP_DIR, PIPELINE_DIR
+from edgekit.zoo.tiny_digits.recipe import STUDENT_STEPS, ddim_unrolled, student_scheduler, write_sampling_defaults
 
-STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = 20
 TEACHER_GUIDANCE = 2.0
 NOISE_SEED0 = 100_000  # training noise seeds start here; evaluation grids use seeds from 0
-
-
-def student_scheduler():
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    from edgekit.zoo.tiny_digits.train import SCHEDULER_BETAS
-
-    return DDIMScheduler.from_config(DDPMScheduler(**SCHEDULER_BETAS).config, timestep_spacing="trailing",
-                                     clip_sample=False, set_alpha_to_one=True)
-
-
-def ddim_unrolled(unet, x: torch.Tensor, hidden: torch.Tensor, steps: int) -> torch.Tensor:
-    """``steps`` deterministic DDIM steps (eta 0) of the student scheduler, differentiable end to end."""
-    sched = student_scheduler()
-    sched.set_timesteps(steps)
-    alphas = sched.alphas_cumprod.to(torch.float32)
-    timesteps = [int(t) for t in sched.timesteps]
-    for i, t in enumerate(timesteps):
-        a_t = alphas[t]
-        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
-        eps = unet(x, torch.full((len(x),), t, dtype=torch.long), hidden).sample
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x
 
 
 def training_pairs(pipe, n: int, seed: int, progress=None) -> dict:
@@ -123,11 +99,9 @@ def distill(teacher_unet, pairs: dict, train_steps: int, lr: float, batch_size: 
 def save_student(out: Path, teacher_dir: Path, student_unet, report: dict) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from edgekit.zoo.tiny_digits.train import write_sampling_defaults
-
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir, safety_checker=None, requires_safety_checker=False)
     pipe.register_modules(unet=student_unet, scheduler=student_scheduler())
-    # stored as the teacher is (edgekit.zoo.tiny_digits.train.save_pipeline): float16, the text encoder float32;
+    # stored as the teacher is (scripts/train_tiny_digits.py, save_pipeline): float16, the text encoder float32;
     # the evaluation below loads these stored weights
     pipe.to(torch.float16)
     pipe.text_encoder.to(torch.float32)

@@ -68,7 +68,7 @@ def digits_arch_model(tmp_path_factory, sd15_reduced):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from edgekit.constants import EDGEKIT_DEFAULTS
-    from edgekit.zoo.tiny_digits.train import UNET_CONFIG
+    from edgekit.zoo.tiny_digits.recipe import UNET_CONFIG
 
     out = tmp_path_factory.mktemp("digits_arch") / "pipeline"
     pipe = StableDiffusionPipeline.from_pretrained(sd15_reduced, safety_checker=None, requires_safety_checker=False)

@@ -66,7 +66,7 @@ def _config(name: str, **extra) -> dict:
 
 def scheduler_cases() -> list[tuple[str, dict, int, dict, int]]:
     """(name, scheduler config, steps, sampling, seed)."""
-    from edgekit.zoo.tiny_digits.train import SCHEDULER_BETAS
+    from edgekit.zoo.tiny_digits.recipe import SCHEDULER_BETAS
 
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -130,10 +130,10 @@ def build_pad_vectors(tmp: Path) -> dict:
     """An SD-2-style tokenizer: the digits model's vocabulary with pad_token "!" (id 0), padded by transformers."""
     from transformers import CLIPTokenizer
 
-    from edgekit.zoo.tiny_digits.train import MAX_TOKENS, _words
+    from edgekit.zoo.tiny_digits.recipe import MAX_TOKENS, vocabulary
     from edgekit.zoo.tokenizer import write_clip_tokenizer
 
-    write_clip_tokenizer(tmp / "slow", _words(), MAX_TOKENS)
+    write_clip_tokenizer(tmp / "slow", vocabulary(), MAX_TOKENS)
     tok = CLIPTokenizer.from_pretrained(tmp / "slow", pad_token="!")
     assert tok.pad_token_id == 0 and tok.pad_token_id != tok.eos_token_id
     cases = [{"text": t, "ids": tok(t, padding="max_length", max_length=PAD_MAX_LENGTH, truncation=True).input_ids}

@@ -272,7 +272,7 @@ def test_fewstep_student_trains_through_the_scheduler_it_ships(steps):
     """The distillation's differentiable DDIM steps are the student directory's DDIMScheduler (trailing)."""
     from diffusers import UNet2DConditionModel
 
-    from edgekit.zoo.tiny_digits.train_fewstep import ddim_unrolled, student_scheduler
+    from edgekit.zoo.tiny_digits.recipe import ddim_unrolled, student_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,

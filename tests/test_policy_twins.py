@@ -21,10 +21,10 @@ MAX_LENGTH = 16
 def build_tokenizer_vectors(tmp: Path) -> tuple[str, dict]:
     from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-    from edgekit.zoo.tiny_digits.train import MAX_TOKENS, _words
+    from edgekit.zoo.tiny_digits.recipe import MAX_TOKENS, vocabulary
     from edgekit.zoo.tokenizer import write_clip_tokenizer
 
-    write_clip_tokenizer(tmp / "slow", _words(), MAX_TOKENS)
+    write_clip_tokenizer(tmp / "slow", vocabulary(), MAX_TOKENS)
     CLIPTokenizerFast.from_pretrained(tmp / "slow").save_pretrained(tmp / "fast")
     tokenizer_json = (tmp / "fast" / "tokenizer.json").read_text(encoding="utf-8")
     slow = CLIPTokenizer.from_pretrained(tmp / "slow")

@@ -77,7 +77,7 @@ def test_importance_picks_the_channels_that_matter():
     from diffusers import UNet2DConditionModel
 
     from edgekit.compress.importance import importance_scores
-    from edgekit.zoo.tiny_digits.train import UNET_CONFIG
+    from edgekit.zoo.tiny_digits.recipe import UNET_CONFIG
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIG).eval()

@@ -74,7 +74,7 @@ CLAIMS = {
     "seed_shell": lambda b: "--out seven-onnx.png" in b.text,
     "seed_python": lambda b: b.lang == "python" and "OnnxStableDiffusionPipeline" in b.text,
     "accelerate": lambda b: b.commands[0].startswith(".venv/bin/accelerate"),
-    "train": lambda b: b.commands == [".venv/bin/python -m edgekit.zoo.tiny_digits.train"],
+    "train": lambda b: b.commands == [".venv/bin/python scripts/train_tiny_digits.py"],
 }
 
 

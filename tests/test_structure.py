@@ -13,7 +13,7 @@ from edgekit.structure import (Structure, apply_plan, build_plan, plan_for_width
 def _digits_unet(seed=0):
     from diffusers import UNet2DConditionModel
 
-    from edgekit.zoo.tiny_digits.train import UNET_CONFIG
+    from edgekit.zoo.tiny_digits.recipe import UNET_CONFIG
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(**UNET_CONFIG).eval()

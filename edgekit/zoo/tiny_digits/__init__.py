@@ -10,5 +10,5 @@ CLASSIFIER_DIR = ZOO_DIR / "classifier"
 # its training takes longer than a packaging run should (the command that made it is in its structure.json).
 SLIM_DIR = ZOO_DIR / "slim"
 # A few-step student (1, 2 or 4 DDIM steps, no classifier-free guidance) distilled from pipeline/ by
-# `python -m edgekit.zoo.tiny_digits.train_fewstep`; its fewstep.json holds the training record and evaluation.
+# scripts/train_tiny_digits_fewstep.py; its fewstep.json holds the training record and evaluation.
 FEWSTEP_DIR = ZOO_DIR / "fewstep"
