@@ -33,6 +33,10 @@ def register(sub) -> None:
                    help="step-cache intervals to offer (DeepCache: the full UNet every N-th step, a shallow branch "
                         "between, fed the cached feature), e.g. 1,2,3; 1 = off; default: the profile's "
                         "cache_intervals")
+    p.add_argument("--recipe", type=Path, action="append", default=None, metavar="FILE",
+                   help="an INT8 recipe to apply (JSON planned by an earlier export, as its bundle's "
+                        "recipes/w<width>.json, or by edgekit package), one per width; refused when planned from "
+                        "another model, calibration or profile; default: the export plans its own")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="replace --out if it is an earlier edgekit output")
     p.add_argument("--sign", type=Path, default=None, metavar="KEY",
@@ -74,9 +78,14 @@ def run_export(args) -> int:
         from edgekit.lora import with_loras
 
         model = with_loras(args.model, args.lora)
+    recipes = ()
+    if args.recipe:
+        from edgekit.targets.recipes import read_recipe
+
+        recipes = tuple((read_recipe(path)["width"], path) for path in args.recipe)
     request = ExportRequest(model_dir=model, out=args.out, target=target.name, profile=profile,
                             widths=args.widths or (1.0,), calib_dir=args.calib, force=args.force,
-                            steps=args.steps, guidance=args.guidance, sign_key=args.sign)
+                            steps=args.steps, guidance=args.guidance, sign_key=args.sign, recipes=recipes)
     with progress() as bar:
         manifest = export_bundle(request, bar)
     from edgekit.bundle import bytes_on_disk

@@ -78,6 +78,9 @@ class Component:
     captures_own_rows: ClassVar[bool] = False
     max_calib_rows: ClassVar[int] = 256  # default reservoir size of its calibration rows
     counts_params: ClassVar[bool] = False  # its manifest entry carries "params" (what widths change)
+    # Its export module holds the UNet's named units (edgekit.quantize.sensitivity.units), which a LiteRT INT8 recipe
+    # ranks and keeps float or int16 by name (edgekit.targets.tflite.plan_int8_recipe)
+    int8_units: ClassVar[bool] = False
     # Which side of the graph carries VAE latents ("input" / "output"), for loaders that assume their own scale.
     latent_side: ClassVar[str | None] = None
     fp32_tolerance: ClassVar[float] = 1e-4

@@ -56,6 +56,7 @@ class UNet(Component):
     per_width = True
     max_calib_rows = 1024
     counts_params = True
+    int8_units = True
 
     def spec(self, pipe) -> ComponentSpec:
         cfg = pipe.unet.config

@@ -34,6 +34,7 @@ class UNetFull(UNet):
     calibrated = False  # calibration captures the plain UNet's rows, which are this graph's inputs too
     calibration_from = "unet"
     counts_params = False
+    int8_units = False  # its units sit under another wrapper than the plain UNet's; recipes rank the UNet
 
     def spec(self, pipe) -> ComponentSpec:
         from edgekit.step_cache import feature_channels

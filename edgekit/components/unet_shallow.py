@@ -29,6 +29,7 @@ class UNetShallow(UNet):
     calibrated = False  # its feature input comes from a cached trajectory, which calibration does not capture:
     captures_own_rows = True  # INT8 calibrates it on rows the export captures on the cached loop (shallow_rows)
     counts_params = False
+    int8_units = False  # its units sit under another wrapper than the plain UNet's; recipes rank the UNet
 
     def spec(self, pipe) -> ComponentSpec:
         from edgekit.step_cache import feature_channels

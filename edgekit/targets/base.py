@@ -9,10 +9,7 @@ manifest are the same for all.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,43 +17,16 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bundle import FORMAT_VERSION, STAGE, save_array, write_manifest
-from edgekit.components import Component, bundle_components, get_component
-from edgekit.errors import CalibrationError, InputError, VerificationError
+from edgekit.components import Component, bundle_components
+from edgekit.errors import InputError, VerificationError
 from edgekit.profiles import TargetProfile
-from edgekit.width import Width, WidthError
+# the job and request types live with the code that builds jobs (edgekit.targets.jobs); the targets and callers
+# name them from here, beside the Target they are written by
+from edgekit.targets.bundle_parts import sampling_plan
+from edgekit.targets.jobs import CALIB_ROWS_INT8, VERIFY_ROWS, ComponentJob, ExportRequest
 
-VERIFY_ROWS = 2  # rows of stored verification data per component (a dynamic-batch graph gets 2)
-CALIB_ROWS_INT8 = 64  # representative rows per component for full-integer INT8
-
-
-@dataclass
-class ComponentJob:
-    """One graph to write: component ``name`` at ``width`` into ``rel_dir`` of the bundle."""
-
-    pipe: object
-    name: str
-    width: Width | None  # None for a component exported once (not per width)
-    rel_dir: str
-    batch: int | None  # fixed batch size, or None for a dynamic batch axis
-    precision: str
-    calibration: dict | None = None  # spec-named input arrays (representative data), INT8 only
-    prequantized: Path | None = None  # an INT8 ONNX graph the quantize stage already made for this job
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def component(self) -> Component:
-        return get_component(self.name)
-
-    @property
-    def label(self) -> str:
-        """``unet@0.50`` or ``text_encoder``: how messages and verification results name the job."""
-        return self.component.label(self.width)
-
-    def output_dir(self, stage: Path) -> Path:
-        """The job's folder inside the staging bundle, created."""
-        folder = stage / self.rel_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+__all__ = ["CALIB_ROWS_INT8", "VERIFY_ROWS", "ComponentJob", "ExportRequest", "Target", "export_bundle",
+           "sampling_plan"]
 
 
 class Target:
@@ -73,6 +43,9 @@ class Target:
     takes_quantized_onnx: ClassVar[bool] = False  # int8 can ship the quantize stage's QDQ ONNX graphs as they are
     # a browser runs its bundles: `edgekit package` checks them in headless Chromium (profile verify_in_browser)
     browser_check: ClassVar[bool] = False
+    # precisions whose INT8 recipe is an analysis of the model on calibration rows, planned apart and applied by
+    # the export as it is (edgekit.targets.recipes)
+    recipe_precisions: ClassVar[tuple[str, ...]] = ()
 
     def check_profile(self, profile: TargetProfile) -> None:
         """Raise InputError when the profile asks for something this target cannot do."""
@@ -100,6 +73,40 @@ class Target:
         """Why this target's graphs cannot run on this machine (a table is then measured on a device), or None."""
         return self.runner_class().unavailable()
 
+    def needs_recipe(self, profile: TargetProfile) -> bool:
+        """Whether an export at the profile's precision applies an INT8 recipe (one per width)."""
+        return profile.precision in self.recipe_precisions
+
+    def plan_recipe(self, request: ExportRequest, width) -> dict:
+        """The INT8 recipe of one width of ``request`` (edgekit.targets.recipes.plan_recipe)."""
+        from edgekit.targets.recipes import plan_recipe
+
+        return plan_recipe(self, request, width)
+
+    def takes_plan(self, job: ComponentJob, profile: TargetProfile) -> bool:
+        """Whether ``job``'s graph gets a plan from the recipe (plan_job returns one for it)."""
+        return False
+
+    def plan_job(self, job: ComponentJob, profile: TargetProfile) -> dict | None:
+        """The analysis of one graph on its representative rows (``job.calibration``): its JSON plan."""
+        return None
+
+    def recipe_fields(self, profile: TargetProfile) -> dict:
+        """The profile fields a recipe's plans read: a recipe planned under other values is stale."""
+        return {}
+
+    def int8_route(self, job: ComponentJob, profile: TargetProfile) -> str | None:
+        """How this graph got its reduced precision, as the manifest entry names it; None for float."""
+        if job.precision == "fp32":
+            return None
+        if job.recipe is not None:
+            return f"recipe {self._recipe_file(job)}"
+        return f"{self.name} converter ({job.precision})"
+
+    @staticmethod
+    def _recipe_file(job: ComponentJob) -> str:
+        return job.notes.get("recipe_file", "")
+
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         """Write the component under ``stage / job.rel_dir``; return its manifest entry (format, file,
         files, precision, layout, inputs, outputs; bytes are added by the caller)."""
@@ -120,29 +127,6 @@ class Target:
         return manifest
 
 
-@dataclass(frozen=True)
-class ExportRequest:
-    model_dir: Path
-    out: Path
-    target: str
-    profile: TargetProfile
-    widths: tuple = (1.0,)  # Width spellings (floats, Width, "0.50")
-    calib_dir: Path | None = None
-    force: bool = False
-    # Per-width UNet rows captured at that width (edgekit calibrate --width W); other rows come from calib_dir.
-    unet_calib_dirs: tuple[tuple, ...] = ()  # (width, dir) pairs
-    # Per-width outputs of the quantize stage (edgekit quantize, an ONNX method): targets that take QDQ ONNX
-    # ship those graphs for int8 (the text encoder and VAE decoder from the widest one).
-    quantized_dirs: tuple[tuple, ...] = ()  # (width, dir) pairs
-    # Step counts whose schedules the bundle carries (replacing the profile's and the model's own lists) and
-    # the guidance scale it samples at; None: the model's edgekit_defaults.json, else the profile's / diffusers'.
-    steps: tuple[int, ...] | None = None
-    guidance: float | None = None
-    # An Ed25519 private key (PEM, edgekit keygen): the bundle ships manifest.sig, a signature of its integrity
-    # record (edgekit.signing), written in the staging directory with the manifest.
-    sign_key: Path | None = None
-
-
 def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) -> list[dict]:
     out = []
     for t in specs:
@@ -155,57 +139,20 @@ def _tensor_dicts(specs, batch: int | None, dtype_override: dict | None = None) 
     return out
 
 
-def _write_tokenizer(pipe, model_dir: Path, stage: Path) -> dict:
-    dst = stage / "tokenizer"
-    src = model_dir / "tokenizer"
-    shutil.copytree(src, dst)
-    if not (dst / "tokenizer.json").is_file():  # the web reads tokenizer.json with its own library
-        import tempfile
 
-        with tempfile.TemporaryDirectory() as tmp:
-            pipe.tokenizer.save_pretrained(tmp)
-            if (Path(tmp) / "tokenizer.json").is_file():
-                shutil.copy(Path(tmp) / "tokenizer.json", dst / "tokenizer.json")
-    tok = pipe.tokenizer
-    files = sorted(p.relative_to(stage).as_posix() for p in dst.rglob("*") if p.is_file())
-    return {"files": files, "tokenizer_json": "tokenizer/tokenizer.json" if (dst / "tokenizer.json").is_file() else None,
-            "max_length": int(tok.model_max_length), "bos_id": int(tok.bos_token_id), "eos_id": int(tok.eos_token_id),
-            "pad_id": int(tok.pad_token_id), "vocab_size": int(len(tok)), "padding": "max_length",
-            "lowercase": True}
-
-
-def _scheduler(pipe, stage: Path) -> dict:
-    config = json.loads(json.dumps(_scheduler_config(pipe), default=list))
-    (stage / "scheduler").mkdir()
-    (stage / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return {"config": config, "file": "scheduler/scheduler_config.json"}
-
-
-def _verification_inputs(pipe, name: str, rows: int, calib) -> tuple[dict, str]:
-    from edgekit.components import component_spec, example_inputs, inputs_from_calibration
-
-    spec = component_spec(pipe, name)
-    if calib is not None and name in calib:
-        data = calib[name]
-        n = len(next(iter(data.values())))
-        if n >= rows:
-            # spread over the captured rows (different steps/prompts) rather than the first few
-            index = np.linspace(0, n - 1, rows).round().astype(int)
-            return inputs_from_calibration(spec, data, index), "calibration rows"
-    return example_inputs(pipe, name, batch=rows, seed=1), "random inputs of the spec's shapes"
 
 
 def export_bundle(request: ExportRequest, progress=None) -> dict:
     """Export, check and write a bundle; returns the manifest. Nothing is written unless all checks pass."""
     import torch
 
-    from edgekit.calibration import CalibrationSet
-    from edgekit.components import geometry, inputs_from_calibration, run_torch
+    from edgekit.components import geometry, run_torch
     from edgekit.fsutil import check_output_path, staged_dir
-    from edgekit.loader import open_model
     from edgekit.pipeline import check_model_dir
-    from edgekit.schedule import GUIDANCE_CFG
     from edgekit.targets import get_target
+    from edgekit.targets.bundle_parts import source_model, write_scheduler, write_tokenizer
+    from edgekit.targets.jobs import feed, open_export
+    from edgekit.targets.recipes import model_sha256
 
     target = get_target(request.target)
     profile = request.profile
@@ -223,98 +170,30 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         from edgekit.signing import load_private_key
 
         signer = load_private_key(request.sign_key)
-    calib = None
-    calib_meta: dict = {}
-    if precision in target.needs_calibration:
-        if request.calib_dir is None:
-            raise CalibrationError("needs {calibration} (representative data from edgekit calibrate)",
-                                   param="precision", value=precision, mentions=("calibration",))
-    if request.calib_dir is not None:
-        cset = CalibrationSet.open(request.calib_dir, model_dir)
-        calib = {c: cset.load(c) for c in cset.components()}
-        calib_meta = cset.meta
-    try:
-        widths = tuple(dict.fromkeys(Width.parse(w) for w in request.widths))
-    except WidthError as exc:
-        raise InputError(f"export widths {list(request.widths)}: {exc}") from None
-    if not widths:
-        raise InputError("export widths: empty (expected at least one multiplier in (0, 1])")
-    width_calib = _width_calibration(request, model_dir)
-    quantized = _quantized_graphs(request, target, precision)
-
+    if request.recipes and not target.needs_recipe(profile):
+        raise InputError(f"{target.name} at {precision} applies no INT8 recipe", param="recipe")
     started = time.perf_counter()
-    base = open_model(model_dir)  # the components not exported per width are the same at every width
-    downsample = None
-    if profile.attention_downsample > 1:  # refused before any width is opened or anything exported
-        from edgekit.targets.attention_downsample import check_downsample
-
-        check_downsample(base.unet, profile.attention_downsample, profile.attention_downsample_levels,
-                         base.unet.config.sample_size)
-    step_cache = None
-    if profile.cache_intervals != (1,):  # refused before any width is opened or anything exported
-        from edgekit.step_cache import check_cacheable, manifest_section
-
-        check_cacheable(base.unet)
-        step_cache = manifest_section(profile.cache_intervals, [int(k) for k in sampling["schedules"]],
-                                      int(base.unet.config.out_channels))
-    pipes = {w: (base if w.is_full else open_model(model_dir, width=w)) for w in widths}
-    if profile.attention_downsample > 1:  # the export's own copies: torch reference and graph alike
-        from edgekit.targets.attention_downsample import downsample_keys
-
-        for pipe in {id(p): p for p in pipes.values()}.values():
-            downsample = downsample_keys(pipe.unet, profile.attention_downsample,
-                                         profile.attention_downsample_levels)
-    fixed = profile.fixed_shapes
-    unet_batch = profile.unet_batch if sampling["guidance_mode"] == GUIDANCE_CFG else 1  # one pass without CFG
-    jobs = []
-    from edgekit.components import CACHE_COMPONENTS
-
-    extra = [get_component(n) for n in CACHE_COMPONENTS] if step_cache else []
-    for comp in target.components() + extra:
-        # a component calibration never captures ships in float where the bundle asks for INT8
-        calibrated = comp.calibrated or comp.calibration_from is not None or comp.captures_own_rows
-        job_precision = precision if calibrated or precision not in target.needs_calibration else "fp32"
-        for w in (widths if comp.per_width else (None,)):
-            batch = (unet_batch if comp.per_width else 1) if fixed else None
-            jobs.append(ComponentJob(base if w is None else pipes[w], comp.name, w, comp.folder(w), batch,
-                                     job_precision, prequantized=quantized.get((comp.name, w))))
+    setup = open_export(request, target, model_dir, sampling)
+    sha256 = model_sha256(model_dir)
+    recipes = _Recipes(target, request, setup, sha256) if target.needs_recipe(profile) else None
 
     components: dict = {}
     verification: dict = {}
-    task = progress.add_task(f"export {target.name}", total=len(jobs)) if progress else None
+    task = progress.add_task(f"export {target.name}", total=len(setup.jobs)) if progress else None
     from edgekit.locking import output_lock
 
     # one writer per --out (a second export or a bench of it is refused naming this one); the final rename
     # replaces only an earlier edgekit output, never what appeared at --out meanwhile without --force
     with output_lock(out, "edgekit export"), \
             staged_dir(out, force=request.force, new=not request.force) as stage:
-        for job in jobs:
+        for job in setup.jobs:
             if task is not None:
                 progress.update(task, description=f"export {target.name}: {job.label}")
             comp = job.component
             spec = comp.spec(job.pipe)
-            rows = job.batch or VERIFY_ROWS
-            job_calib = calib
-            rows_of = comp.calibration_from or job.name  # whose captured rows are this graph's inputs
-            if (rows_of, job.width) in width_calib:  # rows captured at this width
-                job_calib = {**(calib or {}), rows_of: width_calib[(rows_of, job.width)]}
-            if rows_of != job.name and job_calib and rows_of in job_calib:
-                job_calib = {**job_calib, job.name: job_calib[rows_of]}
-            inputs, source = _verification_inputs(job.pipe, job.name, rows, job_calib)
-            if job.precision in target.needs_calibration and comp.captures_own_rows:  # e.g. the cached trajectory
-                job.calibration = inputs_from_calibration(spec, comp.own_rows(
-                    job.pipe, calib_meta, profile.cache_intervals, CALIB_ROWS_INT8, sampling["guidance_scale"]))
-                job.notes["calibrated_on"] = {"rows": len(job.calibration[spec.inputs[0].name]),
-                                              "from": "captured by the export on the torch cached loop "
-                                                      f"(intervals {list(profile.cache_intervals)[1:]}) over the "
-                                                      "calibration's prompts, steps, guidance and seed"}
-            elif job.precision in target.needs_calibration:
-                if not job_calib or job.name not in job_calib:
-                    raise CalibrationError(f"{request.calib_dir}: has no calibration rows for {job.name}")
-                data = job_calib[job.name]
-                n = len(next(iter(data.values())))
-                index = np.linspace(0, n - 1, min(n, CALIB_ROWS_INT8)).round().astype(int)
-                job.calibration = inputs_from_calibration(spec, data, index)
+            inputs, source = feed(setup, job)
+            if recipes is not None and target.takes_plan(job, profile):
+                recipes.attach(job)
             expected = run_torch(comp.export_module(job.pipe), spec, inputs)
             t0 = time.perf_counter()
             entry = target.write(job, stage, profile)
@@ -325,9 +204,13 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
             if comp.counts_params:
                 entry["params"] = int(sum(p.numel() for p in comp.torch_module(job.pipe).parameters()))
             comp.check_entry(job.pipe, entry, job.label)
+            route = target.int8_route(job, profile)
+            job.notes.pop("recipe_file", None)
             entry.update(job.notes)
-            if downsample is not None and comp.per_width:
-                entry["attention_downsample"] = downsample
+            if route is not None:
+                entry["int8_route"] = route
+            if setup.downsample is not None and comp.per_width:
+                entry["attention_downsample"] = setup.downsample
             key = job.rel_dir.replace("/", "_")
             data = {"inputs": {n: save_array(stage, f"verification/{key}/{n}.bin", v) for n, v in inputs.items()},
                     "expected": save_array(stage, f"verification/{key}/expected.bin", expected)}
@@ -339,7 +222,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                     raise VerificationError(f"{label}: {c['runtime']} output differs from torch: rel-err "
                                             f"{c['rel_err']:.3g} > tolerance {tolerance:.3g} for {job.precision} "
                                             f"(max abs {c['max_abs_err']:.3g})")
-            record = {"reference": f"torch {torch.__version__} fp32", "inputs_from": source, "rows": rows,
+            record = {"reference": f"torch {torch.__version__} fp32", "inputs_from": source, "rows": job.batch or VERIFY_ROWS,
                       "tolerance": tolerance, "checks": checks, "data": data}
             if comp.per_width:
                 components.setdefault(job.name, {"widths": {}})["widths"][job.width.key] = entry
@@ -349,28 +232,31 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
                 verification[job.name] = record
             if task is not None:
                 progress.update(task, advance=1)
+        if recipes is not None:
+            recipes.write(stage)
 
+        base = setup.base
         manifest = {
             "format_version": FORMAT_VERSION,
             "stage": STAGE,
             "target": target.name,
             "profile": profile.to_dict(),
             "created_with": {"edgekit": __version__, "torch": torch.__version__, **target.created_with()},
-            "source_model": _source_model(model_dir, request.calib_dir),
+            "source_model": source_model(model_dir, request.calib_dir, sha256),
             "precision": precision,
             "components": components,
-            "widths": [w.value for w in widths],
+            "widths": [w.value for w in setup.widths],
             "geometry": geometry(base),
-            "tokenizer": _write_tokenizer(base, model_dir, stage),
-            "scheduler": _scheduler(base, stage),
-            "sampling": {**sampling, "batching": profile.guidance_batching if unet_batch == profile.unet_batch
-                         else "two-calls", **({"step_cache": step_cache} if step_cache else {})},
+            "tokenizer": write_tokenizer(base, model_dir, stage),
+            "scheduler": write_scheduler(base, stage),
+            "sampling": {**sampling, "batching": profile.guidance_batching if setup.unet_batch == profile.unet_batch
+                         else "two-calls", **({"step_cache": setup.step_cache} if setup.step_cache else {})},
             "verification": verification,
             "table": [],
             "policy": {},
             "files": {},
         }
-        manifest = target.lay_out(stage, manifest, jobs, profile)
+        manifest = target.lay_out(stage, manifest, setup.jobs, profile)
         write_manifest(stage, manifest)  # the whole-bundle check below reads it like a device would
         manifest = target.finish(stage, manifest, profile)
         manifest["created_with"]["export_s"] = round(time.perf_counter() - started, 1)
@@ -382,107 +268,50 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     return manifest
 
 
-def _source_model(model_dir: Path, calib_dir: Path | None) -> dict:
-    """Where the bundle came from, by name and content hash: no path of the packaging host travels with it."""
-    from edgekit.fsutil import sha256_file, sha256_tree
+class _Recipes:
+    """The export's INT8 recipes, one per width: the request's files, each checked against what this export
+    would plan from (a stale one is refused before any graph is written), or planned here on each job's rows as
+    the export reaches it. Written into the bundle as recipes/w<width>.json."""
 
-    calibration = None
-    if calib_dir is not None:
-        from edgekit.constants import CALIB_META
+    def __init__(self, target: Target, request: ExportRequest, setup, sha256: str) -> None:
+        from edgekit.targets.recipes import check_fresh, given_recipes, new_recipe, recipe_inputs
 
-        calibration = {"name": Path(calib_dir).resolve().name,
-                       "meta_sha256": sha256_file(Path(calib_dir) / CALIB_META)}
-    from edgekit.lora import lora_record
+        self.target, self.profile = target, request.profile
+        self.widest = max(setup.widths)
+        given = given_recipes(request)
+        self.planned = not given
+        self.recipes, self.sources = {}, {}
+        for width in setup.widths:
+            expected = recipe_inputs(target, request, sha256, width, width == self.widest, setup.sampling)
+            if self.planned:
+                self.recipes[width] = new_recipe(expected)
+                continue
+            if width not in given:
+                raise InputError(f"no recipe for width {width.key} (given: {', '.join(w.key for w in given)})",
+                                 param="recipe")
+            path, recipe = given[width]
+            check_fresh(path, recipe, expected)
+            self.recipes[width], self.sources[width] = recipe, path
+        extra = sorted(w.key for w in set(given) - set(setup.widths))
+        if extra:
+            raise InputError(f"recipes for widths {', '.join(extra)}, which this export does not write", param="recipe")
 
-    lora = lora_record(model_dir)  # a model with LoRAs fused in (--lora): the base model and each LoRA's sha256
-    extra = {"base_model": lora["base_model"], "loras": lora["loras"]} if lora else {}
-    return {"name": Path(model_dir).resolve().name, "sha256": sha256_tree(model_dir), "calibration": calibration,
-            **extra}
+    def attach(self, job: ComponentJob) -> None:
+        """Give ``job`` its plan: planned now on its rows, or the given recipe's (refused when it has none)."""
+        from edgekit.targets.recipes import bundle_path, plan_into
 
+        width = job.width or self.widest
+        recipe = self.recipes[width]
+        if self.planned:
+            plan_into(recipe, self.target, job, self.profile)
+        if job.name not in recipe["components"]:
+            raise InputError(f"{self.sources[width]}: holds no plan for {job.label}; plan the recipe again",
+                             param="recipe")
+        job.recipe = recipe["components"][job.name]
+        job.notes["recipe_file"] = bundle_path(width)
 
-def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance: float | None = None) -> dict:
-    """The manifest's "sampling" (less batching): guidance scale and mode, the guidance embedding an
-    LCM-style UNet takes, the default step count and one schedule table per step count. Reads only small
-    files (the scheduler and UNet configs), so an unsupported scheduler or step count is refused before
-    any export work. Step counts: ``steps``, else the model's edgekit_defaults.json "offered_steps", else
-    the profile's plus the model's default."""
-    import math
+    def write(self, stage: Path) -> None:
+        from edgekit.targets.recipes import bundle_path, write_recipe
 
-    from edgekit.pipeline import check_scheduler_steps, sampling_defaults, scheduler_config
-    from edgekit.schedule import GUIDANCE_EMBEDDING, check_supported, guidance_embedding, guidance_mode, schedule_table
-
-    config = scheduler_config(model_dir)
-    check_supported(config, f"{Path(model_dir) / 'scheduler' / 'scheduler_config.json'}")
-    defaults = sampling_defaults(model_dir)
-    if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
-        raise InputError("expected a finite number", param="guidance", value=guidance)
-    scale = float(defaults.guidance_scale if guidance is None else guidance)
-    counts = tuple(steps) if steps else (defaults.offered_steps or tuple(profile.steps) + (defaults.steps,))
-    for s in counts:  # a count the scheduler cannot take (NaN latents, beyond its training steps) is named now
-        check_scheduler_steps(config, s, "--steps" if steps else "steps")
-    counts = sorted(set(counts))
-    default_steps = defaults.steps if defaults.steps in counts else max(counts)
-    unet_config = Path(model_dir) / "unet" / "config.json"
-    dim = json.loads(unet_config.read_text()).get("time_cond_proj_dim") if unet_config.is_file() else None
-    mode = guidance_mode(scale, dim)
-    out = {"guidance_scale": scale, "guidance_mode": mode, "default_steps": default_steps,
-           "noise": _noise_name(), "schedules": {str(s): schedule_table(config, s) for s in counts}}
-    if mode == GUIDANCE_EMBEDDING:
-        out["guidance_embedding"] = {"input": "timestep_cond", "dim": int(dim),
-                                     "values": [float(v) for v in guidance_embedding(scale, int(dim))]}
-    return out
-
-
-def _noise_name() -> str:
-    from edgekit.noise import NAME
-
-    return NAME
-
-
-def _width_calibration(request: ExportRequest, model_dir: Path) -> dict:
-    """(per-width component, Width) -> its rows captured at that width (request.unet_calib_dirs)."""
-    from edgekit.calibration import CalibrationSet
-
-    rows = {}
-    for width, directory in request.unet_calib_dirs:
-        width = Width.parse(width)
-        cset = CalibrationSet.open(directory, model_dir)
-        captured = Width.parse(cset.meta.get("width") or 1.0)
-        if captured != width:
-            raise CalibrationError(f"{directory}: captured at width {captured}, listed for the width {width} "
-                                   f"components; capture calibration rows at width {width}")
-        for comp in bundle_components():
-            if comp.per_width and comp.calibrated:
-                rows[(comp.name, width)] = cset.load(comp.name)
-    return rows
-
-
-def _quantized_graphs(request: ExportRequest, target: Target, precision: str) -> dict:
-    """(component, width or None) -> the quantize stage's QDQ ONNX graph, where this target ships them."""
-    if not request.quantized_dirs or precision != "int8" or not target.takes_quantized_onnx:
-        return {}
-    from edgekit.quantize.artifact import QUANTIZED_DIR, read_manifest
-
-    graphs = {}
-    widest = max(Width.parse(w) for w, _ in request.quantized_dirs)
-    for width, directory in request.quantized_dirs:
-        width = Width.parse(width)
-        manifest = read_manifest(Path(directory))
-        if Width.parse(manifest.get("width", 1.0)) != width:
-            raise InputError(f"{directory}: quantized at width {manifest.get('width')}, listed for width {width}")
-        for name, info in manifest["components"].items():
-            if info["kind"] != "onnx":
-                raise InputError(f"{directory}: {name} was quantized by '{manifest['method']}' into "
-                                 f"{info['kind']}, not an ONNX graph {target.name} can ship")
-            path = Path(directory) / QUANTIZED_DIR / name / Path(info["files"][0]).name
-            if get_component(name).per_width:
-                graphs[(name, width)] = path
-            elif width == widest:  # the components shared by every width: from the widest one
-                graphs[(name, None)] = path
-    return graphs
-
-
-def _scheduler_config(pipe) -> dict:
-    config = dict(pipe.scheduler.config)
-    config["_class_name"] = type(pipe.scheduler).__name__
-    return config
+        for width, recipe in self.recipes.items():
+            write_recipe(stage / bundle_path(width), recipe)

@@ -76,31 +76,56 @@ def compress(model, precision: str):
     return model
 
 
-def compress_calibrated(model, job: ComponentJob, profile: TargetProfile):
-    """W8A8 or mixed-bit palettization from the job's calibration rows (edgekit.targets.coreml_recipes); returns
-    (model, manifest facts: the recipe as applied)."""
+def plan_calibrated(job: ComponentJob, profile: TargetProfile) -> dict:
+    """The analysis a calibrated compression needs, on the job's calibration rows (edgekit.targets.coreml_recipes),
+    as recipe JSON: W8A8's activation range per conv/linear layer, or mixed-bit's per-layer bit widths with the
+    output PSNR that chose them."""
     from edgekit.components import component_spec, export_module
+    from edgekit.quantize.sensitivity import input_ranges
     from edgekit.targets import coreml_recipes as recipes
 
     module = export_module(job.pipe, job.name)
     spec = component_spec(job.pipe, job.name)
     rows = job.calibration
     if job.precision == "w8a8":
-        ranges = "coreml" if platform.system() == "Darwin" else "torch"
-        model, facts = recipes.w8a8(model, module, spec, rows, activation_ranges=ranges)
-        return model, {"recipe": "W8A8: int8 activations on conv/linear inputs, int8 per-channel weights",
-                       "int8_compute_on": profile.coreml.w8a8_devices, **facts}
+        return {"activation_ranges": {p: [float(lo), float(hi)] for p, (lo, hi) in input_ranges(module, spec, rows).items()}}
     cfg = profile.coreml
     plan, sensitivity = recipes.mixed_plan_for(module, spec, rows, cfg.palette_bits, cfg.mixed_target_bits,
                                                cfg.min_palettize_weights, group_size=cfg.palette_group_size)
-    model, constants = recipes.apply_mixed(model, module, plan, cfg.min_palettize_weights)
+    return {"palette_plan": {**plan.to_dict(), "average_bits": plan.average_bits},
+            "layer_psnr_db": {p: {str(b): v for b, v in d.items()} for p, d in sensitivity.items()}}
+
+
+def compress_calibrated(model, job: ComponentJob, profile: TargetProfile):
+    """W8A8 or mixed-bit palettization applying the job's recipe plan (plan_calibrated; planned here when the job
+    has none); returns (model, manifest facts: the recipe as applied)."""
+    from edgekit.components import component_spec, export_module
+    from edgekit.targets import coreml_recipes as recipes
+
+    module = export_module(job.pipe, job.name)
+    spec = component_spec(job.pipe, job.name)
+    if job.precision == "w8a8" and platform.system() == "Darwin":  # Core ML predicts the rows itself
+        model, facts = recipes.w8a8(model, module, spec, job.calibration, activation_ranges="coreml")
+    elif job.precision == "w8a8":
+        plan = job.recipe if job.recipe is not None else plan_calibrated(job, profile)
+        ranges = {p: tuple(r) for p, r in plan["activation_ranges"].items()}
+        model, facts = recipes.w8a8(model, module, spec, job.calibration, ranges=ranges)
+    if job.precision == "w8a8":
+        return model, {"recipe": "W8A8: int8 activations on conv/linear inputs, int8 per-channel weights",
+                       "int8_compute_on": profile.coreml.w8a8_devices, **facts}
+    planned = job.recipe if job.recipe is not None else plan_calibrated(job, profile)
+    saved = planned["palette_plan"]
+    plan = recipes.MixedPlan(bits=dict(saved["bits"]), average_bits=saved["average_bits"],
+                             target_bits=saved["target_bits"], group_size=saved["group_size"])
+    model, constants = recipes.apply_mixed(model, module, plan, profile.coreml.min_palettize_weights)
     tables = (f"one look-up table per {plan.group_size} output channels" if plan.group_size else
               "one look-up table per weight")
     return model, {"recipe": f"mixed-bit palettization, average {plan.average_bits:.2f} bits (target "
                              f"{plan.target_bits:g}; per-layer bits from output PSNR vs float on calibration rows; "
                              f"{tables})",
                    "palette_plan": plan.to_dict(), "palette_weights": constants,
-                   "layer_psnr_db": {p: {str(b): round(v, 2) for b, v in d.items()} for p, d in sensitivity.items()}}
+                   "layer_psnr_db": {p: {b: round(v, 2) for b, v in d.items()}
+                                     for p, d in planned["layer_psnr_db"].items()}}
 
 
 def mixed_bits_problems(path: Path, plan: dict, constants: dict) -> list[str]:
@@ -161,6 +186,7 @@ class CoreMLTarget(Target):
     # weight-only compression needs no data; W8A8 takes activation ranges and mixed-bit its per-layer
     # sensitivity from the calibration rows
     needs_calibration = ("w8a8", "mixed")
+    recipe_precisions = ("w8a8", "mixed")  # activation ranges / per-layer palette bits, per component (plan_calibrated)
 
     def check_profile(self, profile: TargetProfile) -> None:
         super().check_profile(profile)
@@ -170,6 +196,23 @@ class CoreMLTarget(Target):
 
     def created_with(self) -> dict:
         return {"coremltools": _ct().__version__}
+
+    def takes_plan(self, job: ComponentJob, profile: TargetProfile) -> bool:
+        # on macOS W8A8 takes its ranges from Core ML predictions (coremltools' own pass), not from a recipe
+        return job.precision == "mixed" or (job.precision == "w8a8" and platform.system() != "Darwin")
+
+    def plan_job(self, job: ComponentJob, profile: TargetProfile) -> dict | None:
+        return plan_calibrated(job, profile) if self.takes_plan(job, profile) else None
+
+    def recipe_fields(self, profile: TargetProfile) -> dict:
+        return {"coreml": profile.coreml.to_dict()}
+
+    def int8_route(self, job: ComponentJob, profile: TargetProfile) -> str | None:
+        if job.precision in ("w8", "palettize6"):
+            return f"coremltools weight-only {job.precision} (no calibration, no recipe)"
+        if job.precision == "w8a8" and job.recipe is None:
+            return "coremltools linear_quantize_activations on Core ML predictions (macOS)"
+        return super().int8_route(job, profile)
 
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         from edgekit.components import component_spec

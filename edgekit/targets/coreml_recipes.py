@@ -68,8 +68,10 @@ def op_layers(program, module: nn.Module) -> dict[str, str]:
 
 # ---------------------------------------------------------------- W8A8
 
-def w8a8(model, module: nn.Module, spec, rows: dict[str, np.ndarray], activation_ranges: str = "torch"):
-    """int8 activations on conv/linear inputs, then int8 per-channel weights; returns (model, facts)."""
+def w8a8(model, module: nn.Module, spec, rows: dict[str, np.ndarray], activation_ranges: str = "torch",
+         ranges: dict | None = None):
+    """int8 activations on conv/linear inputs, then int8 per-channel weights; returns (model, facts). ``ranges``:
+    the torch layers' input (min, max) as a recipe holds them (else measured on ``rows`` here)."""
     from coremltools.optimize import coreml as cto
 
     act_config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
@@ -80,7 +82,7 @@ def w8a8(model, module: nn.Module, spec, rows: dict[str, np.ndarray], activation
         quantized = cto.linear_quantize_activations(model, act_config, samples)
         mapped = None
     else:
-        quantized, mapped = _w8a8_torch_ranges(model, module, spec, rows, act_config)
+        quantized, mapped = _w8a8_torch_ranges(model, module, spec, rows, act_config, ranges)
     weight_config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
                                                                                        dtype="int8"))
     return cto.linear_quantize_weights(quantized, weight_config), {
@@ -91,7 +93,7 @@ def w8a8(model, module: nn.Module, spec, rows: dict[str, np.ndarray], activation
         "activation_quantized_ops": mapped}
 
 
-def _w8a8_torch_ranges(model, module, spec, rows, act_config):
+def _w8a8_torch_ranges(model, module, spec, rows, act_config, ranges=None):
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.frontend.milproto import load as milproto
@@ -102,7 +104,7 @@ def _w8a8_torch_ranges(model, module, spec, rows, act_config):
 
     program = model._mil_program
     layers = op_layers(program, module)
-    ranges = input_ranges(module, spec, rows)
+    ranges = input_ranges(module, spec, rows) if ranges is None else ranges
     stats, skipped, covered = {}, {}, 0
     for op in program.functions["main"].operations:
         if op.op_type not in ("conv", "linear"):

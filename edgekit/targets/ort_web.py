@@ -178,6 +178,11 @@ class OrtWebTarget(Target):
             gpu["external_data"] = entry["external_data"]
         entry["providers"] = {"webgpu": gpu}
 
+    def int8_route(self, job: ComponentJob, profile: TargetProfile) -> str | None:
+        if job.precision == "int8":  # one route, ort-static QDQ: its graph from the quantize stage or made here
+            return f"ort-static QDQ ({job.notes['quantization']['from']})"
+        return super().int8_route(job, profile)
+
     def _quantize_int8(self, job: ComponentJob, work: Path) -> Path:
         """The quantize stage's own per-component route (``edgekit.quantize.quantize_component`` with the
         ort-static method and its default options: held-out rows, sensitivity ranking, float budget), run on the

@@ -315,6 +315,7 @@ class TFLiteTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     extra = "tflite"
     needs_fixed_shapes = True
+    recipe_precisions = ("int8",)  # the UNet's unit plan (plan_int8_recipe), per width
 
     def check_profile(self, profile: TargetProfile) -> None:
         super().check_profile(profile)
@@ -334,6 +335,26 @@ class TFLiteTarget(Target):
             pass
         return out
 
+    def takes_plan(self, job: ComponentJob, profile: TargetProfile) -> bool:
+        """The graph holding the UNet's named units, in full-integer INT8: its recipe picks their precision."""
+        return (job.precision == "int8" and job.name not in profile.int8_float_activations
+                and job.component.int8_units)
+
+    def plan_job(self, job: ComponentJob, profile: TargetProfile) -> dict | None:
+        return plan_int8_recipe(job, profile.int8_recipe, f"profile '{profile.name}'") if self.takes_plan(job, profile) \
+            else None
+
+    def recipe_fields(self, profile: TargetProfile) -> dict:
+        return {"int8_recipe": profile.int8_recipe.to_dict(),
+                "int8_float_activations": list(profile.int8_float_activations)}
+
+    def int8_route(self, job: ComponentJob, profile: TargetProfile) -> str | None:
+        if job.precision == "int8" and job.recipe is None:
+            how = ("dynamic range (ai-edge-quantizer)" if job.name in profile.int8_float_activations
+                   else "the profile's int8_ops, calibrated (ai-edge-quantizer)")
+            return f"tflite converter: {how}"
+        return super().int8_route(job, profile)
+
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         from edgekit.components import component_spec, export_module
 
@@ -342,7 +363,8 @@ class TFLiteTarget(Target):
         named_int16 = recipe.int16_units + tuple(u for w in recipe.widths for u in w.int16_units)
         if job.precision == "int8" and (named_float or named_int16):
             # checked at the first component (the text encoder), before any conversion writes anything
-            unet = export_module(job.pipe, "unet")
+            ranked = next(c for c in self.components() if c.int8_units)
+            unet = ranked.export_module(job.pipe)
             check_units(unet, named_float, "float_units", f"profile '{profile.name}'")
             check_units(unet, named_int16, "int16_units", f"profile '{profile.name}'")
         folder = job.output_dir(stage)
@@ -358,13 +380,13 @@ class TFLiteTarget(Target):
             plan = None
             if full_integer:
                 plan = {"int8_ops": list(profile.int8_recipe.int8_ops)}
-                if job.name == "unet":
-                    plan = plan_int8_recipe(job, profile.int8_recipe, f"profile '{profile.name}'")
+                if self.takes_plan(job, profile):  # the recipe's plan; planned here when written without one
+                    plan = dict(job.recipe if job.recipe is not None else self.plan_job(job, profile))
             if job.precision != "fp32":
                 facts.update(quantize(float_path, path, job.precision, job.calibration, job.batch or 1,
                                       float_activations=job.name in profile.int8_float_activations,
                                       float_scopes=profile.int8_float_scopes, plan=plan, unet=job.pipe.unet))
-            if plan is not None and job.name == "unet":  # read before names are compacted: scopes live in them
+            if plan is not None and self.takes_plan(job, profile):  # read before names are compacted: scopes live in them
                 named = plan["float_units"] + plan["int16_units"]
                 plan["unit_dtypes"] = unit_dtypes(path, job.pipe.unet, named) if named else {}
                 facts["int8_recipe"] = plan
