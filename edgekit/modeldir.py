@@ -45,7 +45,7 @@ def _resolve(path, param: str) -> Path:
 def _stamp(root: Path) -> tuple:
     """What changes when any file below ``root`` does: (relative path, size, mtime, inode) of each, sorted."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             try:
