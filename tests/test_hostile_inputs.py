@@ -286,7 +286,7 @@ def _simulate_manifest(tmp_path: Path) -> Path:
     """A hand-written manifest.json with a table and a policy, as `policy simulate` takes one."""
     from policy_bundles import made_up_row
 
-    from edgekit.policy import PolicyConfig
+    from edgekit.policy_inputs import PolicyConfig
 
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps({"table": [made_up_row(1.0, 4, 100.0, 30.0, 1.0)],
@@ -392,7 +392,7 @@ def test_policy_and_state_files_are_bounded(tmp_path, fifo, content, needle):
 def test_a_policy_number_past_the_float_range_is_one_error():
     """dwell_s of 400 digits reached math.isfinite: OverflowError. Refused as a number out of range."""
     from edgekit.errors import InputError
-    from edgekit.policy import PolicyConfig
+    from edgekit.policy_inputs import PolicyConfig
 
     data = PolicyConfig.default().to_dict()
     with pytest.raises(InputError, match=r"dwell_s: expected a finite number, got an integer of \d+ bits"):

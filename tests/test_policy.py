@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import InputError
-from edgekit.policy import (DeviceState, Policy, PolicyConfig, choose, fallback_decision, latency_ratio, load_trace,
-                            parse_table, read_desktop_state, rescale_table, simulate)
+from edgekit.policy import Policy, choose, fallback_decision, load_trace, read_desktop_state, simulate
+from edgekit.policy_inputs import DeviceState, PolicyConfig, latency_ratio, parse_table, rescale_table
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "edgekit" / "twin_vectors" / "policy.json").read_text())
 TABLE = VECTORS["tables"]["separated"]

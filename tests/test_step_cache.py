@@ -265,7 +265,8 @@ def test_policy_picks_cached_rows_from_the_shared_vectors():
     thermal ramp the policy picks a cached row the (width, steps) table could not offer at that budget."""
     import math
 
-    from edgekit.policy import Policy, PolicyConfig, latency_ratio, parse_table
+    from edgekit.policy import Policy
+    from edgekit.policy_inputs import PolicyConfig, latency_ratio, parse_table
 
     vectors, params = _cache_vectors()
     for case in vectors["cases"]:
@@ -289,7 +290,7 @@ def test_policy_picks_cached_rows_from_the_shared_vectors():
 
 def test_policy_refuses_bad_cache_rows():
     from edgekit.errors import InputError
-    from edgekit.policy import parse_table
+    from edgekit.policy_inputs import parse_table
 
     vectors, _ = _cache_vectors()
     for bad in vectors["bad_tables"]:
