@@ -21,7 +21,8 @@ from edgekit.components import CALIB_COMPONENTS, all_components
 from edgekit.components.unet import guidance_dim as unet_guidance_dim
 from edgekit.constants import CALIB_META
 from edgekit.errors import CalibrationError, InputError, NumericError
-from edgekit.fsutil import sha256_file, sha256_tree
+from edgekit.fsutil import sha256_file
+from edgekit.modeldir import UNET, VAE, ModelDir
 from edgekit.resources import shipped_path
 
 FORMAT_VERSION = 1
@@ -262,7 +263,7 @@ def capture(pipe, config: CalibrationConfig, out_dir: Path, model_dir: Path, pro
         "format_version": FORMAT_VERSION,
         "width": float(getattr(pipe, "edgekit_width", 1.0) or 1.0),
         "edgekit_version": __version__,
-        "model": {"path": str(model_dir), "sha256": sha256_tree(model_dir)},
+        "model": {"path": str(model_dir), "sha256": ModelDir.unchecked(model_dir).sha256},
         "prompts": list(config.prompts),
         "prompts_file": ({"path": str(prompts_file), "sha256": sha256_file(prompts_file)} if prompts_file else None),
         "config": {k: v for k, v in asdict(config).items() if k != "prompts"},
@@ -301,53 +302,48 @@ def _check_meta(meta, meta_path: Path) -> None:
             fail(f"components.{name}.inputs is not an object")
 
 
-def _check_guidance_rows(meta: dict, directory: Path, model_dir: Path, flag: str) -> None:
+def _check_guidance_rows(meta: dict, directory: Path, model: ModelDir, flag: str) -> None:
     """UNet rows carry timestep_cond exactly when the model's UNet takes a guidance embedding, at its width
     (rows from an edgekit that did not capture it cannot calibrate or verify the exported graph)."""
-    unet = meta["components"].get("unet")
-    config_path = model_dir / "unet" / "config.json"
-    if unet is None or not config_path.is_file():
-        return
-    config = _read_config(config_path)
-    if config is None:
-        return  # the model's own checks name an unreadable config
-    dim = unet_guidance_dim(config)
+    unet = meta["components"].get(UNET)
+    config_path = model.config_path(UNET)
+    if unet is None or _config(model, UNET) is None:
+        return  # the model's own checks name a missing or unreadable config
+    dim = model.guidance_dim
     captured = (unet.get("inputs") or {}).get("timestep_cond")
     shape = captured.get("shape") if isinstance(captured, dict) else captured
     if dim and shape != [dim]:
         what = "no timestep_cond" if captured is None else f"timestep_cond of shape {shape}"
         raise CalibrationError(f"{flag} {directory}: unet rows carry {what}, but {config_path} has "
                                f"time_cond_proj_dim {dim} (a guidance embedding of shape [{dim}] per row); re-run "
-                               f"edgekit calibrate on {model_dir}")
+                               f"edgekit calibrate on {model}")
     if not dim and captured is not None:
         raise CalibrationError(f"{flag} {directory}: unet rows carry timestep_cond, but {config_path} has no "
                                f"time_cond_proj_dim (the UNet takes no guidance embedding); re-run edgekit calibrate "
-                               f"on {model_dir}")
+                               f"on {model}")
 
 
-def _read_config(path: Path) -> dict | None:
-    from edgekit.safe_read import read_json
-
+def _config(model: ModelDir, component: str) -> dict | None:
     try:
-        data = read_json(path)
+        return model.config(component)
     except InputError:
-        return None  # the model's own checks name an unreadable config
-    return data if isinstance(data, dict) else None
+        return None  # the model's own checks name a missing or unreadable config
 
 
-def _check_rows_fit_configs(meta: dict, directory: Path, model_dir: Path, flag: str) -> None:
+def _check_rows_fit_configs(meta: dict, directory: Path, model: ModelDir, flag: str) -> None:
     """The captured row shapes against what the model's configs say its components take (channels, latent
     size, text width), read from the JSON files alone: rows captured from another model of the same family
     (the reduced SD-1.5 given to the real-size one) fail here in milliseconds, before its weights are hashed
     or loaded."""
-    unet = _read_config(model_dir / "unet" / "config.json") or {}
-    vae = _read_config(model_dir / "vae" / "config.json") or {}
+    unet = _config(model, UNET) or {}
+    vae = _config(model, VAE) or {}
     size = unet.get("sample_size")
     size = size if isinstance(size, int) else None
+    decoder = next(c.name for c in all_components() if c.calibrated and c.latent_side == "input")  # VAE decoder
     expected = {
-        ("unet", "sample"): [unet.get("in_channels"), size, size],
-        ("unet", "encoder_hidden_states"): [None, unet.get("cross_attention_dim")],
-        ("vae_decoder", "latent_sample"): [vae.get("latent_channels"), size, size],
+        (UNET, "sample"): [unet.get("in_channels"), size, size],
+        (UNET, "encoder_hidden_states"): [None, unet.get("cross_attention_dim")],
+        (decoder, "latent_sample"): [vae.get("latent_channels"), size, size],
     }
     components = meta["components"]
     for (component, tensor), dims in expected.items():
@@ -359,8 +355,8 @@ def _check_rows_fit_configs(meta: dict, directory: Path, model_dir: Path, flag: 
         if any(isinstance(want, int) and not isinstance(want, bool) and got != want for got, want in zip(shape, dims)):
             wanted = "[" + ", ".join("*" if d is None else str(d) for d in dims) + "]"
             raise CalibrationError(f"{flag} {directory}: {component} rows have {tensor} of shape {shape}, but "
-                                   f"{model_dir} takes {wanted} (captured from another model, "
-                                   f"{meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
+                                   f"{model} takes {wanted} (captured from another model, "
+                                   f"{meta['model'].get('path')}); re-run edgekit calibrate on {model}")
 
 
 @dataclass(frozen=True)
@@ -394,8 +390,9 @@ class CalibrationSet:
         if not meta["components"]:
             raise CalibrationError("holds no calibration rows", param=flag, value=directory)
         if model_dir is not None:
-            _check_rows_fit_configs(meta, directory, Path(model_dir), flag)
-            _check_guidance_rows(meta, directory, Path(model_dir), flag)
+            model = ModelDir.unchecked(model_dir)
+            _check_rows_fit_configs(meta, directory, model, flag)
+            _check_guidance_rows(meta, directory, model, flag)
         calib = cls(directory, meta)
         if model_dir is not None and check_hash:
             calib.check_model_digest(model_dir, flag)
@@ -404,7 +401,7 @@ class CalibrationSet:
     def check_model_digest(self, model_dir: Path, flag: str = "--calib") -> None:
         """Refuse rows captured from another model than ``model_dir`` by its files' digest: reads every weight
         byte, so a command runs its cheap refusals first (flags, --out, memory) and this one last."""
-        if self.meta["model"].get("sha256") != sha256_tree(model_dir):
+        if self.meta["model"].get("sha256") != ModelDir.unchecked(model_dir).sha256:
             raise CalibrationError(f"{flag} {self.directory}: captured from another model "
                                    f"({self.meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
 

@@ -147,21 +147,23 @@ def _write_fused(pipe, model_dir: Path, stage: Path) -> None:
 def with_loras(model_dir: Path | str | None, loras) -> Path:
     """``model_dir`` itself when no LoRA is given, else the (cached) model directory with every LoRA fused, in the
     order given."""
-    from edgekit.fsutil import sha256_tree, staged_dir
-    from edgekit.pipeline import check_model_dir, load_pipeline
+    from edgekit.fsutil import staged_dir
+    from edgekit.modeldir import ModelDir
+    from edgekit.pipeline import load_pipeline
 
     specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in (loras or ())]
-    model_dir = check_model_dir(model_dir)
+    model = ModelDir.of(model_dir)
+    model_dir = model.path
     if not specs:
         return model_dir
     files = [{"name": s.path.name, "sha256": _check_file(s), "scale": s.scale} for s in specs]
-    base = {"name": model_dir.name, "sha256": sha256_tree(model_dir)}
+    base = {"name": model_dir.name, "sha256": model.sha256}
     record = {"base_model": base, "loras": files}
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     out = _cache_root() / f"{model_dir.name}+lora-{key}"
     if (out / LORA_JSON).is_file():
         return out
-    pipe = load_pipeline(model_dir)
+    pipe = load_pipeline(model)
     for i, spec in enumerate(specs):
         _fuse(pipe, spec, f"edgekit_lora_{i}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,9 @@ class ModelDir:
     def __repr__(self) -> str:
         return f"ModelDir({str(self.path)!r})"
 
+    def __str__(self) -> str:  # in messages and records, the directory
+        return str(self.path)
+
     def __fspath__(self) -> str:  # a ModelDir passes where a path is expected (open, Path(), os functions)
         return str(self.path)
 

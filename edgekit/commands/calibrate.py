@@ -30,18 +30,20 @@ def run(args) -> int:
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import check_output_path, out_of_space_names, staged_dir
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
+    from edgekit.modeldir import ModelDir
+    from edgekit.pipeline import steps_source
 
-    model_dir = check_model_dir(args.model)
+    model = ModelDir.open(args.model)
     if args.lora:
         from edgekit.lora import with_loras
 
-        model_dir = with_loras(model_dir, args.lora)
-    prompts_file = Path(args.prompts) if args.prompts else default_prompts_file(model_dir)
+        model = ModelDir.open(with_loras(model, args.lora))
+    model_dir = model.path
+    prompts_file = Path(args.prompts) if args.prompts else default_prompts_file(model)
     prompts = read_prompts(prompts_file)
     out = check_output_path(args.out, [model_dir, prompts_file], force=args.force)
-    defaults = sampling_defaults(model_dir)
-    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
+    defaults = model.sampling_defaults
+    steps = model.check_steps(args.steps or defaults.steps, steps_source(args.steps, model_dir))
     config = CalibrationConfig(
         prompts=tuple(prompts), steps=steps, samples=args.samples,
         guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance, seed=args.seed,
@@ -49,7 +51,7 @@ def run(args) -> int:
     )
     pipe = open_model(model_dir, width=args.width)
     with out_of_space_names("calibrate", out), staged_dir(out) as staging, progress() as bar:
-        meta = capture(pipe, config, staging, model_dir, prompts_file.resolve(), bar)
+        meta = capture(pipe, config, staging, model, prompts_file.resolve(), bar)
     rows = {k: v["rows"] for k, v in meta["components"].items()}
     payload = {"out": str(out), "images": meta["images_generated"], "rows": rows,
                "model_sha256": meta["model"]["sha256"]}

@@ -83,9 +83,9 @@ def _inputs(args, more_inputs=(), check_memory=None):
     shapes, --out, ``check_memory(model_dir)``), then --calib against the model's digest, which reads every
     weight byte (seconds at 3.4 GB)."""
     from edgekit.fsutil import check_output_path
-    from edgekit.pipeline import check_model_dir
+    from edgekit.modeldir import ModelDir
 
-    model_dir = check_model_dir(args.model)
+    model_dir = ModelDir.open(args.model).path
     calib = None
     if args.calib is not None:
         from edgekit.calibration import CalibrationSet

@@ -52,23 +52,25 @@ def _interval(d: dict, spec: str) -> str:
 
 def run(args) -> int:
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, check_model_steps, sampling_defaults, steps_source
+    from edgekit.modeldir import ModelDir
+    from edgekit.pipeline import steps_source
     from edgekit.width import FULL
     from edgekit.quality.evaluator import ModelQuality
 
-    model_dir = check_model_dir(args.model)
+    model = ModelDir.open(args.model)
     if args.lora:
         from edgekit.lora import with_loras
 
-        model_dir = with_loras(model_dir, args.lora)
-    defaults = sampling_defaults(model_dir)
-    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
+        model = ModelDir.open(with_loras(model, args.lora))
+    model_dir = model.path
+    defaults = model.sampling_defaults
+    steps = model.check_steps(args.steps or defaults.steps, steps_source(args.steps, model_dir))
     started = time.perf_counter()
     with progress() as bar:
-        evaluation = ModelQuality(args.reference_model or model_dir, args.samples, args.seed, clip_dir=args.clip,
-                                  guidance_scale=args.guidance, flag="--reference-model" if args.reference_model
-                                  else "--model", progress=bar)
-        pipe = open_model(model_dir, width=args.width)
+        evaluation = ModelQuality(args.reference_model or model, args.samples, args.seed, clip_dir=args.clip,
+                                  guidance_scale=args.guidance, param="reference_model" if args.reference_model
+                                  else "model", progress=bar)
+        pipe = open_model(model, width=args.width)
         scores = evaluation.score_pipe(pipe, steps)
     seconds = time.perf_counter() - started
     row = scores.row

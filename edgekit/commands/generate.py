@@ -54,23 +54,25 @@ def run(args) -> int:
 
     from edgekit.fsutil import check_output_path, staged_file
     from edgekit.loader import open_model
-    from edgekit.pipeline import check_model_dir, check_model_steps, generate, sampling_defaults, steps_source
+    from edgekit.modeldir import ModelDir
+    from edgekit.pipeline import steps_source
 
     from edgekit.step_cache import check_interval, generate_cached
 
     cache = 1 if args.cache is None else check_interval(args.cache)
     if args.bundle is not None:
         return _run_bundle(args, cache)
-    model_dir = check_model_dir(args.model)
+    model = ModelDir.open(args.model)
     if args.lora:
         from edgekit.lora import with_loras
 
-        model_dir = with_loras(model_dir, args.lora)
+        model = ModelDir.open(with_loras(model, args.lora))
+    model_dir = model.path
     out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
-    defaults = sampling_defaults(model_dir)
-    steps = check_model_steps(model_dir, args.steps or defaults.steps, steps_source(args.steps, model_dir))
+    defaults = model.sampling_defaults
+    steps = model.check_steps(args.steps or defaults.steps, steps_source(args.steps, model_dir))
     guidance = defaults.guidance_scale if args.guidance is None else args.guidance
-    pipe = open_model(model_dir, width=args.width)
+    pipe = open_model(model, width=args.width)
     started = time.perf_counter()
     if cache > 1:
         from edgekit.step_cache import cache_plan, check_cacheable

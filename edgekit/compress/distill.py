@@ -39,18 +39,19 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
                      max_rows: int = 512) -> dict:
     """UNet input rows from an ``edgekit calibrate`` directory, or captured now from the default prompts."""
     from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, default_prompts_file, read_prompts
-    from edgekit.pipeline import sampling_defaults
+    from edgekit.modeldir import ModelDir
     from edgekit.progress import current as current_progress
 
+    model = ModelDir.unchecked(model_dir)  # the model the pipeline was loaded from, checked then
     if calib_dir is not None:
-        return CalibrationSet.open(calib_dir, model_dir).load("unet")
-    defaults = sampling_defaults(model_dir)
-    prompts_file = default_prompts_file(model_dir)
+        return CalibrationSet.open(calib_dir, model).load("unet")
+    defaults = model.sampling_defaults
+    prompts_file = default_prompts_file(model)
     config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps, samples=samples,
                                guidance_scale=defaults.guidance_scale, seed=seed,
                                max_rows={"text_encoder": 16, "unet": max_rows, "vae_decoder": 16})
     with tempfile.TemporaryDirectory() as tmp:
-        capture(pipe, config, Path(tmp), model_dir, prompts_file, progress=current_progress())
+        capture(pipe, config, Path(tmp), model, prompts_file, progress=current_progress())
         return CalibrationSet.open(tmp).load("unet")
 
 

@@ -355,10 +355,12 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
 def _continued(init_dir: Path, base, config: SlimConfig):
     """The pipeline of an earlier slim output whose UNet has ``base``'s architecture, checked to match ``config``
     (its full-width UNet is where training continues)."""
-    from edgekit.pipeline import check_model_dir, load_pipeline
+    from edgekit.modeldir import ModelDir
+    from edgekit.pipeline import load_pipeline
 
-    init_dir = check_model_dir(init_dir, "init_dir")
-    pipe = load_pipeline(init_dir, "init_dir")
+    init = ModelDir.of(init_dir, "init_dir")
+    init_dir = init.path
+    pipe = load_pipeline(init, "init_dir")
     structure = pipe.edgekit_structure
     if structure is None or not structure.slimmable:
         raise InputError("is not an edgekit slim output (no slimmable structure.json)", param="init_dir",
