@@ -291,6 +291,21 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
         return _write_checked(bundle_dir, manifest, on_disk["files"])
 
 
+def link_bundle(src: Path, dst: Path, manifest: dict | None = None) -> dict:
+    """A copy of the finished bundle ``src`` in the new directory ``dst``: its files as hard links where the
+    filesystem allows (copies otherwise), with ``manifest`` written as dst's manifest (src's, linked as it is,
+    when None). ``manifest`` keeps src's files (a table and policy merged in, edgekit.runtime.bench.table_manifest);
+    their sha256s are src's, not hashed again: the caller vouches for src's files (edgekit package: the export
+    stage's output, checked against its recorded checksums). Returns the manifest as written."""
+    from edgekit.fsutil import link_or_copy_tree
+
+    source = read_manifest(src)
+    if manifest is not None and manifest.get("files") != source["files"]:
+        raise InputError(f"{dst}: the manifest to write lists other files than {src / MANIFEST}")
+    link_or_copy_tree(src, dst, skip_top=() if manifest is None else (MANIFEST,))
+    return source if manifest is None else _write_checked(dst, manifest, source["files"])
+
+
 def _write_checked(bundle_dir: Path, manifest: dict, files: dict) -> dict:
     out = strict_json({k: v for k, v in manifest.items() if k != "integrity"} | {"files": files})
     out["integrity"] = integrity(out)

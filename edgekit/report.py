@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgekit.width import Width
+from edgekit.width import FULL, Width
 
 MIB = 2**20
 
@@ -59,7 +59,7 @@ def plot_pareto(summary: dict, path: Path) -> Path | None:
         front = pareto_front([(x, -y) for x, y in zip(xs, ys)])
         ax_q.plot([x for x, _ in front], [-y for _, y in front], color=color, linewidth=1.2)
         for r in rows:
-            ax_q.annotate(f"w{r['width']:g}/{r['steps']}", (r["latency_ms"], r["quality"]["value"]), fontsize=7,
+            ax_q.annotate(f"{Width.parse(r['width']).tag}/{r['steps']}", (r["latency_ms"], r["quality"]["value"]), fontsize=7,
                           xytext=(3, 3), textcoords="offset points")
         top = (bundle.get("bench") or {}).get("top_choice")
         if top and isinstance(top.get("quality"), dict):
@@ -203,7 +203,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
     cfg = summary["config"]
     lines = [f"# edgekit package report", "",
              f"Source `{summary['source']}` (sha256 {summary['source_sha256'][:12]}), packaged model `{summary['model']}`, "
-             f"widths {', '.join(str(Width.parse(w)) for w in summary['widths'])}, INT8 method `{cfg['quant']}`, edgekit "
+             f"widths {', '.join(Width.parse(w).key for w in summary['widths'])}, INT8 method `{cfg['quant']}`, edgekit "
              f"{summary['edgekit']}.", ""]
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
@@ -214,7 +214,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
               for r in summary["stages"]]
     lines += ["", PEAK_NOTE + " In brackets: what the earlier run that made a reused stage took."]
 
-    full = summary["float_quality"].get("1")
+    full = summary["float_quality"].get(FULL.key)
     float_rows = list(summary["float_quality"].values())
     quality_head, quality_cells = _quality_columns(float_rows)
     lines += ["", "## The model at each width (torch, float)", "",
@@ -229,8 +229,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += ["", "(untrained): the slim stage ordered this model's channels but did not train its narrower widths "
                       "(no --slim-steps, or a short training that ended worse than it started and gave its weights "
                       "back): their fidelity is what slicing alone gives."]
-    lines += ["", f"## Quantize stage ({cfg['quant']}, held-out calibration rows)", "",
-              "| width | component | held-out rel-err vs float | bytes | vs fp32 weights |", "|---:|---|---:|---:|---:|"]
+    if summary["quantize"]:  # the stage runs only when a target ships its graphs
+        lines += ["", f"## Quantize stage ({cfg['quant']}, held-out calibration rows)", "",
+                  "| width | component | held-out rel-err vs float | bytes | vs fp32 weights |", "|---:|---|---:|---:|---:|"]
     for w, q in summary["quantize"].items():
         for name, c in q["components"].items():
             lines.append(f"| {w} | {name} | {c['heldout_rel_err']:.4f} | {c['bytes']:,} | {c['bytes_ratio_vs_fp32']:.3f} |")
@@ -259,7 +260,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
                   f"{rows[0]['device'] if rows else '?'})", "", _evaluated_by(rows[0] if rows else None), ""]
         spreads = [r.get("latency_spread_ms") or [None, None] for r in rows]
         lines += _table(["width", "steps", "latency ms (median)", "25..75% spread", "rounds", "images", *quality_head],
-                        [[str(Width.parse(r["width"])), str(r["steps"]),
+                        [[Width.parse(r["width"]).key, str(r["steps"]),
                           f"{r['latency_ms']:.1f}" + (" *" if r.get("latency_note") else ""),
                           f"{_fmt(spread[0], '.1f')}..{_fmt(spread[1], '.1f')}", str(r.get("latency_rounds", "-")),
                           str(r["quality"]["n"]), *quality_cells(r)] for r, spread in zip(rows, spreads)])
@@ -268,7 +269,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
             lines += ["", "\\* latency monotone in steps: " + "; ".join(notes)]
         top = bench.get("top_choice")
         if top and isinstance(top.get("quality"), dict):
-            lines += ["", f"Policy's top choice (charging, full battery, nominal thermal): width {Width.parse(top['width'])}, "
+            lines += ["", f"Policy's top choice (charging, full battery, nominal thermal): width {Width.parse(top['width']).key}, "
                           f"{top['steps']} steps, {top['latency_ms']:.1f} ms, {_metric_label(top['quality']['metric'])} "
                           f"{_ci(top['quality'], '.2f')}."]
         lines.append("")

@@ -62,7 +62,7 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
 
     summary = json.loads((packaged / "package.json").read_text())
     assert [r["stage"] for r in summary["stages"]] == ["calib-w1.00", "quant-w1.00", "quality-w1.00",
-                                                        "export-ort-web", "bench-ort-web"]
+                                                        "export-ort-web", "bench-ort-web", "bundle-ort-web"]
     assert all(r["ran"] for r in summary["stages"]) and not summary["failures"]
     # calibration ran the asked 3 steps per image (the model's default is 20): 4 images x 3 steps x 2 CFG rows
     meta = json.loads((packaged / "stages/calib-w1.00/meta.json").read_text())
@@ -103,7 +103,7 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
                  "digits evaluator"):
         assert text in report
     numbers = json.loads((packaged / "report.json").read_text())
-    full = numbers["float_quality"]["1"]
+    full = numbers["float_quality"]["1.00"]
     assert full["quality"]["value"] == 100.0 and full["n_images"] == 4 and "prompt_accuracy" in full
     assert numbers["bundles"]["ort-web"]["bench"]["rows"][0]["latency_ms"] == row["latency_ms"]
 
@@ -121,7 +121,7 @@ def test_rerun_reuses_every_stage_and_a_changed_setting_reruns_only_its_readers(
     changed = [a if a != "1" or args[i - 1] != "--repeats" else "2" for i, a in enumerate(args)]
     code, out, err = run_cli(*changed)
     assert code == 0, err
-    assert [r["stage"] for r in _summary(out)["stages"] if r["ran"]] == ["bench-ort-web"]
+    assert [r["stage"] for r in _summary(out)["stages"] if r["ran"]] == ["bench-ort-web", "bundle-ort-web"]
 
 
 def test_a_failing_target_is_reported_and_the_others_complete(run_cli, packaged, default_model, tmp_path,
@@ -147,7 +147,7 @@ def test_a_failing_target_is_reported_and_the_others_complete(run_cli, packaged,
     assert summary["failures"]["tflite"]["stage"] == "export-tflite"
     ran = {r["stage"]: r.get("failed", False) for r in summary["stages"] if r["ran"]}
     assert ran.pop("export-tflite") is True
-    assert set(ran) <= {"bench-ort-web"}, "the shared stages and the ort-web export are reused"
+    assert set(ran) <= {"bench-ort-web", "bundle-ort-web"}, "the shared stages and the ort-web export are reused"
     assert "converter crashed on purpose" in (out / "report.md").read_text()
 
 
@@ -231,13 +231,13 @@ def test_main_job_on_the_embedded_default(run_cli, tmp_path):
     # slimmable model measured on 400 other images (seeds 10000..10399, 20 steps, guidance 2.0; Wilson 95%):
     # width 1 0.968 [0.945, 0.981], 0.75 0.975 [0.955, 0.986], 0.5 0.955 [0.930, 0.971] (chance: 0.1). The two
     # intervals must overlap: a width needs 17-18 of 20 right; a graph at 0.55 (11 of 20: [0.34, 0.74]) fails.
-    measured = {"1": (0.945, 0.981), "0.75": (0.955, 0.986), "0.5": (0.930, 0.971)}
+    measured = {"1.00": (0.945, 0.981), "0.75": (0.955, 0.986), "0.50": (0.930, 0.971)}
     for key, (measured_lo, measured_hi) in measured.items():
         lo, hi = quality[key]["prompt_accuracy_ci95"]
         assert quality[key]["n_images"] == 20 and lo <= measured_hi and hi >= measured_lo, (key, quality[key])
     # fidelity: width 1 is the reference itself; the narrower widths differ from it, yet stay close
-    assert quality["1"]["quality"]["value"] == 100.0
-    assert 20.0 < quality["0.5"]["quality"]["ci95"][0] and quality["0.75"]["quality"]["ci95"][1] < 100.0
+    assert quality["1.00"]["quality"]["value"] == 100.0
+    assert 20.0 < quality["0.50"]["quality"]["ci95"][0] and quality["0.75"]["quality"]["ci95"][1] < 100.0
     assert (out / "report.md").is_file() and len(list((out / "plots").glob("*.png"))) == 2
 
 
@@ -273,7 +273,7 @@ def test_package_of_a_model_that_is_not_the_digits_model_reports_fidelity_only(r
     for digit_word in ("prompt accuracy", "fréchet", "digit"):
         assert digit_word not in report.lower(), digit_word
     numbers = json.loads((out / "report.json").read_text())
-    assert [e["name"] for e in numbers["float_quality"]["1"]["evaluators"]] == ["reference-fidelity"]
+    assert [e["name"] for e in numbers["float_quality"]["1.00"]["evaluators"]] == ["reference-fidelity"]
     calib_meta = json.loads((out / "stages" / "calib-w1.00" / "meta.json").read_text())
     assert calib_meta["prompts_file"]["path"] == str(GENERAL_PROMPTS_FILE)
     manifest = read_manifest(out / "ort-web")

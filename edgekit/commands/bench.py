@@ -1,5 +1,8 @@
-"""`edgekit bench BUNDLE`: measure the (width, steps) table on this host and write it into the manifest.
+"""`edgekit bench BUNDLE`: measure the (width, steps) table on this host, then merge it into the manifest.
 
+Two steps: measuring writes nothing into the bundle (``--table-out FILE`` keeps the measured rows as a file
+beside it); the merge (edgekit.runtime.bench.merge_table) is the one step that writes a table into a manifest,
+the same step ``--import-table FILE`` runs on rows measured elsewhere (a phone, or an earlier --table-out).
 The bundle's files are checked against its manifest first: a changed, missing or unlisted file stops the
 command (exit 1) before anything is measured, and the manifest is never rewritten over damage."""
 from __future__ import annotations
@@ -32,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=thread_count, default=None, help="runtime CPU threads (default: the runtime's)")
     p.add_argument("--policy", type=Path, default=None,
                    help="policy parameters JSON to write (default: keep the bundle's, or edgekit's default)")
+    p.add_argument("--table-out", type=Path, default=None, metavar="FILE",
+                   help="also write the measured rows to FILE (JSON; --import-table reads it back), e.g. beside the "
+                        "bundle; never inside it")
     p.add_argument("--import-table", type=Path, default=None,
                    help="write rows measured elsewhere (e.g. on a phone: JSON list of rows with 'device') instead "
                         "of measuring here")
@@ -54,11 +60,16 @@ def _run_locked(args) -> int:
     import json
 
     from edgekit.bundle import read_manifest, verify_files
-    from edgekit.runtime.bench import BenchConfig, import_rows, measure, write_table
+    from edgekit.runtime.bench import BenchConfig, import_rows, measure, merge_table, write_measured
 
     manifest = read_manifest(args.bundle)  # again, under the lock
     verify_files(args.bundle, manifest)  # a damaged bundle is refused before any work (and again at the write)
-    policy = read_json(args.policy, "--policy") if args.policy is not None else None
+    policy = read_json(args.policy, "policy") if args.policy is not None else None
+    if args.table_out is not None and args.table_out.resolve().is_relative_to(args.bundle.resolve()):
+        from edgekit.errors import InputError
+
+        raise InputError("is inside the bundle (its files are all listed in its manifest); write it beside the "
+                         "bundle", param="table_out", value=args.table_out)
     if args.import_table is not None:
         rows, runtime = import_rows(args.import_table, manifest), "imported"
     else:
@@ -70,6 +81,8 @@ def _run_locked(args) -> int:
                              cache_intervals=intervals)
         with progress() as bar:
             rows, runtime = measure(args.bundle, config, bar)
+        if args.table_out is not None:
+            write_measured(args.table_out, rows, runtime)
     latency_only = not all("quality" in r for r in rows)
     from edgekit.safe_read import printable
 
@@ -85,7 +98,7 @@ def _run_locked(args) -> int:
         emit({"bundle": str(args.bundle), "rows": rows, "written": False,
               "quality": "not measured: needs --reference-model"}, args.json, lines)
         return 0
-    written, dropped = write_table(args.bundle, manifest, rows, policy)
+    written, dropped = merge_table(args.bundle, manifest, rows, policy)  # the one merge step
     if dropped:
         lines.append(f"  dropped {dropped} earlier rows measured on another device")
     lines.append(f"  manifest table now {len(written['table'])} rows; policy {json.dumps(written['policy'])}")

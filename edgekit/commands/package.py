@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekit.commands.common import (SEED_MAX, add_json_flag, bounded_int, emit, number, positive_int, progress, read_json, seed,
                                      step_list, width_list)
+from edgekit.width import Width
 
 
 def _precision(text: str) -> tuple[str, str]:
@@ -104,7 +105,7 @@ def config_from_args(args):
              "seed": args.seed, "attention_downsample": args.attention_downsample,
              "browser_check": args.browser_check,
              "cache": None if args.cache is None else list(_cache_intervals(args.cache)),
-             "policy": None if args.policy is None else read_json(args.policy, "--policy"),
+             "policy": None if args.policy is None else read_json(args.policy, "policy"),
              "precisions": None if args.precision is None else dict(args.precision)}
     given = {key: value for key, value in flags.items() if value is not None}
     if args.recover_steps is not None:
@@ -155,13 +156,13 @@ def _payload(summary: dict) -> dict:
 
 def _lines(summary: dict) -> list[str]:
     ran = [r["stage"] for r in summary["stages"] if r["ran"]]
-    lines = [f"packaged {summary['model']} at widths {', '.join(f'{w:g}' for w in summary['widths'])} in "
+    lines = [f"packaged {summary['model']} at widths {', '.join(Width.parse(w).key for w in summary['widths'])} in "
              f"{summary['seconds']:.0f} s ({len(ran)} stages ran, {len(summary['stages']) - len(ran)} reused)"]
     for target, b in summary["bundles"].items():
         bench = b.get("bench") or {}
         top = bench.get("top_choice")
         quality = (top or {}).get("quality") or {}
-        tail = (f"policy's top choice w{top['width']:g}/{top['steps']} steps {top['latency_ms']:.0f} ms, "
+        tail = (f"policy's top choice {Width.parse(top['width']).tag}/{top['steps']} steps {top['latency_ms']:.0f} ms, "
                 f"{quality.get('metric', 'quality')} {quality.get('value', float('nan')):.2f}"
                 if top else bench.get("skipped", "not measured"))
         lines.append(f"  {target:8s} {b['precision']:5s} {b['bytes'] / 2**20:7.2f} MiB  {tail}")

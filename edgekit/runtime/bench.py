@@ -1,12 +1,16 @@
 """Measure a bundle's table: for each (width, steps), end-to-end latency of one image with the bundle's
 own runtime on this host, timed round-robin (every row once per round, warm-up excluded; median and the
 25..75% spread of the rounds), and quality from edgekit.quality (reference fidelity against the float model
-the bundle was exported from, plus the extras that model declares and CLIP score with a local CLIP); then
-write the rows (and the policy parameters, when the bundle has none) into the manifest, checksums renewed.
+the bundle was exported from, plus the extras that model declares and CLIP score with a local CLIP).
+
+Measuring writes nothing into the bundle: the rows are the bench's own output (``write_measured``, a JSON file
+beside the bundle), and one explicit step, ``merge_table``, writes them (and the policy parameters, when the
+bundle has none) into the manifest, checksums renewed.
 
 Row format: notes/schema.md ("the measured table row")."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -200,7 +204,7 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
     evaluation = None
     if reference is not None:
         evaluation = ModelQuality(reference, config.samples, config.seed, clip_dir=config.clip,
-                                  cache_root=config.cache_root, flag="reference_model", guidance_scale=guidance,
+                                  cache_root=config.cache_root, param="reference_model", guidance_scale=guidance,
                                   progress=progress)
         grid = evaluation.grid
     else:  # latency only: the timing rounds still cycle through the general evaluation prompts and seeds
@@ -237,10 +241,37 @@ def measure(bundle_dir: Path, config: BenchConfig, progress=None) -> tuple[list[
     return monotone_in_steps(rows), sampler.runtime
 
 
-def write_table(bundle_dir: Path, manifest: dict, rows: list[dict], policy: dict | None) -> tuple[dict, int]:
-    """Put ``rows`` (and ``policy``, or the default when the bundle has none) into the manifest; the new
-    manifest is checked by the policy before it is written, and written atomically with fresh sha256s."""
-    from edgekit.bundle import write_manifest
+MEASURED_FORMAT = "edgekit-measured-table/1"
+
+
+def write_measured(path: Path, rows: list[dict], runtime: str) -> None:
+    """The measured rows as the bench's own output (a JSON file beside the bundle, never inside it): the merge
+    step (``merge_table``, ``edgekit bench --import-table``) reads it back into a manifest."""
+    from edgekit.bundle import strict_json
+    from edgekit.fsutil import staged_file
+
+    with staged_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(strict_json({"format": MEASURED_FORMAT, "runtime": runtime, "rows": rows}),
+                                  indent=2, allow_nan=False) + "\n")
+
+
+def read_measured(path: Path) -> tuple[list[dict], str]:
+    """(rows, runtime) of a file ``write_measured`` wrote; a plain JSON list of rows (measured on a phone) too."""
+    from edgekit.safe_read import read_json
+
+    data = read_json(Path(path), "table of measured rows (JSON)", param="import_table", invalid="not JSON")
+    if isinstance(data, dict) and data.get("format") == MEASURED_FORMAT and isinstance(data.get("rows"), list):
+        return data["rows"], str(data.get("runtime") or "imported")
+    if isinstance(data, list):
+        return data, "imported"
+    raise InputError(f"expected a JSON list of table rows or an edgekit bench table ('{MEASURED_FORMAT}')",
+                     param="import_table", value=path)
+
+
+def table_manifest(manifest: dict, rows: list[dict], policy: dict | None, where: str) -> tuple[dict, int]:
+    """``manifest`` with ``rows`` merged into its table and the policy parameters (``policy``; else the bundle's;
+    else edgekit's default), checked by the policy (every row one the bundle can run); and how many earlier rows
+    measured on another device were dropped. Writes nothing."""
     from edgekit.policy import Policy, PolicyConfig
 
     table, dropped = _merge(list(manifest.get("table") or []), rows)
@@ -251,17 +282,30 @@ def write_table(bundle_dir: Path, manifest: dict, rows: list[dict], policy: dict
     else:
         policy_dict = PolicyConfig.default().to_dict()
     new = {**manifest, "table": table, "policy": policy_dict}
-    Policy.from_manifest(new, where=str(bundle_dir))  # every row must be one the bundle can run
+    Policy.from_manifest(new, where=where)
+    return new, dropped
+
+
+def merge_table(bundle_dir: Path, manifest: dict, rows: list[dict], policy: dict | None) -> tuple[dict, int]:
+    """The one step that writes a measured table into a bundle's manifest (``table_manifest``), atomically and
+    with fresh sha256s (bundle.write_manifest refuses a damaged bundle). ``edgekit bench`` ends with it;
+    ``edgekit package`` writes each shipped bundle once with its table instead (edgekit.package.steps.ship)."""
+    from edgekit.bundle import write_manifest
+
+    new, dropped = table_manifest(manifest, rows, policy, where=str(bundle_dir))
     return write_manifest(bundle_dir, new), dropped
 
 
 def import_rows(path: Path, manifest: dict) -> list[dict]:
-    """Rows measured elsewhere (e.g. on a phone): a JSON list of table rows, each naming its device."""
+    """Rows measured elsewhere (e.g. on a phone): a JSON list of table rows, each naming its device, or the file
+    ``write_measured`` wrote (edgekit bench --table-out)."""
     from edgekit.policy import parse_table
     from edgekit.safe_read import printable, read_json
 
     # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
     rows = read_json(path, "table of measured rows (JSON)", param="import_table", invalid="not JSON")
+    if isinstance(rows, dict) and rows.get("format") == MEASURED_FORMAT:  # edgekit bench --table-out's file
+        rows = rows.get("rows")
     parse_table(rows, f"--import-table {path}")  # device names bounded in length
     for i, r in enumerate(rows):
         # a device name is printed and shown on devices: control characters (terminal escapes) are dropped
