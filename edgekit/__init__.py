@@ -15,7 +15,7 @@ the table does not name fails tests/test_layering.py, which reads this table and
 module against it.
 
     layer     modules
-    base      edgekit errors width config constants fsutil noise schedule resources logs registry progress usage safe_read limits locking
+    base      edgekit errors width config constants fsutil output_checks noise schedule resources logs registry progress usage safe_read limits locking
     model     modeldir components structure pipeline unet_layout lora model_checks calibration bundle profiles policy_inputs policy step_cache signing zoo
     quality   quality
     convert   onnx_export compress quantize

@@ -380,13 +380,14 @@ def test_policy_and_state_files_are_bounded(tmp_path, fifo, content, needle):
 
     path = tmp_path / "policy.json"
     path.write_text(content)
-    for flag in ("--policy", "--state"):
+    for param in ("policy", "state"):
         with pytest.raises(InputError) as caught:
-            read_json(path, flag)
-        assert error_line(caught.value, {caught.value.param: flag}).startswith(f"{flag} {path}: ")
+            read_json(path, param)
+        assert caught.value.param == param
+        assert error_line(caught.value, {param: f"--{param}"}).startswith(f"--{param} {path}: ")
         assert needle in str(caught.value)
     with pytest.raises(InputError, match="a FIFO"):
-        read_json(fifo, "--policy")
+        read_json(fifo, "policy")
 
 
 def test_a_policy_number_past_the_float_range_is_one_error():

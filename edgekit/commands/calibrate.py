@@ -28,7 +28,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
-    from edgekit.fsutil import check_output_path, out_of_space_names, staged_dir
+    from edgekit.fsutil import out_of_space_names, staged_dir
+    from edgekit.output_checks import check_output_path
     from edgekit.loader import open_model
     from edgekit.modeldir import ModelDir
     from edgekit.pipeline import steps_source

@@ -233,12 +233,12 @@ def emit(payload: dict, as_json: bool, lines: list[str]) -> None:
         print("\n".join(lines), file=_stdout())
 
 
-def read_json(path: Path, flag: str):
-    """A JSON file given on the command line, or one InputError naming the flag."""
+def read_json(path: Path, param: str):
+    """A JSON file given on the command line, or one InputError naming ``param`` (worded as its flag)."""
     from edgekit.safe_read import read_json as bounded_json
 
     # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
-    return bounded_json(path, "JSON file", param=flag, invalid="not a readable JSON file")
+    return bounded_json(path, "JSON file", param=param, invalid="not a readable JSON file")
 
 
 # Library parameter names whose flag is spelled differently (the rest: the flag is the name, "_" -> "-").

@@ -82,7 +82,7 @@ def _inputs(args, more_inputs=(), check_memory=None):
     """Every input check before any work, the cheap ones first (the model directory, --calib's meta and row
     shapes, --out, ``check_memory(model_dir)``), then --calib against the model's digest, which reads every
     weight byte (seconds at 3.4 GB)."""
-    from edgekit.fsutil import check_output_path
+    from edgekit.output_checks import check_output_path
     from edgekit.modeldir import ModelDir
 
     model_dir = ModelDir.open(args.model).path

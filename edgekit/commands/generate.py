@@ -52,7 +52,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from PIL import Image
 
-    from edgekit.fsutil import check_output_path, staged_file
+    from edgekit.fsutil import staged_file
+    from edgekit.output_checks import check_output_path
     from edgekit.loader import open_model
     from edgekit.modeldir import ModelDir
     from edgekit.pipeline import steps_source
@@ -68,7 +69,7 @@ def run(args) -> int:
 
         model = ModelDir.open(with_loras(model, args.lora))
     model_dir = model.path
-    out = check_output_path(args.out, [model_dir], flag="--out", force=args.force, is_file=True)
+    out = check_output_path(args.out, [model_dir], force=args.force, is_file=True)
     defaults = model.sampling_defaults
     steps = model.check_steps(args.steps or defaults.steps, steps_source(args.steps, model_dir))
     guidance = defaults.guidance_scale if args.guidance is None else args.guidance
@@ -95,7 +96,7 @@ def run(args) -> int:
 def _run_bundle(args, cache: int = 1) -> int:
     """--bundle: the exported graphs through edgekit.runtime.sampler.BundleSampler, no torch."""
     from edgekit.bundle import read_manifest
-    from edgekit.fsutil import check_output_path
+    from edgekit.output_checks import check_output_path
     from edgekit.runtime.sampler import BundleSampler
     from edgekit.width import Width
 
@@ -106,7 +107,7 @@ def _run_bundle(args, cache: int = 1) -> int:
                          "with (export --lora)")
     if not Path(args.bundle).is_dir():
         raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
-    out = check_output_path(args.out, [Path(args.bundle)], flag="--out", force=args.force, is_file=True)
+    out = check_output_path(args.out, [Path(args.bundle)], force=args.force, is_file=True)
     manifest = read_manifest(args.bundle, flag="--bundle")
     sampler = BundleSampler(args.bundle, manifest)
     widths = sampler.widths()

@@ -170,7 +170,7 @@ def run_generate(args) -> int:
     if args.state is not None:
         from edgekit.commands.common import read_json
 
-        state = DeviceState.from_dict(read_json(args.state, "--state"), f"--state {args.state}")
+        state = DeviceState.from_dict(read_json(args.state, "state"), f"--state {args.state}")
         source = str(args.state)
     else:
         state, source = read_desktop_state(), "psutil"

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgekit.calibration import CalibrationSet
-    from edgekit.fsutil import check_output_path
+    from edgekit.output_checks import check_output_path
     from edgekit.pipeline import check_model_dir
     from edgekit.quantize import get_quantizer, parse_components, quantize_model
     from edgekit.quantize.memory import check_memory

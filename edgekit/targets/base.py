@@ -147,7 +147,8 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     import torch
 
     from edgekit.components import geometry, run_torch
-    from edgekit.fsutil import check_output_path, staged_dir
+    from edgekit.fsutil import staged_dir
+    from edgekit.output_checks import check_output_path
     from edgekit.pipeline import check_model_dir
     from edgekit.targets import get_target
     from edgekit.targets.bundle_parts import source_model, write_scheduler, write_tokenizer
