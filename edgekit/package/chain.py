@@ -23,7 +23,7 @@ from edgekit.package.outdir import PACKAGE_FILE, REPORT_ENTRIES, claim_out, read
 from edgekit.package.plan import Plan, plan, reads_calibration, reads_quantized_onnx
 from edgekit.package.stages import PackageInterrupted, Stages, digest, write_json
 
-RUN, WIDTH, TARGET = "run", "width", "target"  # a stage runs once, once per width, or once per target
+RUN, WIDTH, TARGET, TARGET_WIDTH = "run", "width", "target", "target-width"  # once, per width, target, or both
 
 
 def _always(run: steps.Run, item) -> bool:
@@ -36,9 +36,9 @@ class StageSpec:
     what its output is to the stages that read it, what it reads, and the function that runs it."""
 
     name: str
-    per: str  # RUN, WIDTH or TARGET
+    per: str  # RUN, WIDTH, TARGET or TARGET_WIDTH
     produces: str
-    consumes: Callable[[steps.Run, object], tuple[str, ...]]  # (run, width or target) -> what it reads
+    consumes: Callable[[steps.Run, object], tuple[str, ...]]  # (run, width / target / both) -> what it reads
     run: Callable[[steps.Run, object], dict]
     # (run, width or target) -> False where the stage cannot or need not exist (no pruning asked, no runtime here)
     exists: Callable[[steps.Run, object], bool] = _always
@@ -51,7 +51,14 @@ def _reads(*products: str):
 def _export_reads(run: steps.Run, target: str) -> tuple[str, ...]:
     profile = run.plan.profiles[target]
     return ("model",) + (("calibration",) if reads_calibration(target, profile) else ()) + (
-        ("quantized-onnx",) if reads_quantized_onnx(target, profile) else ())
+        ("quantized-onnx",) if reads_quantized_onnx(target, profile) else ()) + (
+        ("int8-recipe",) if _plans_recipe(run, (target, None)) else ())
+
+
+def _plans_recipe(run: steps.Run, item) -> bool:
+    from edgekit.targets import get_target
+
+    return get_target(item[0]).needs_recipe(run.plan.profiles[item[0]])
 
 
 CHAIN = (
@@ -64,6 +71,8 @@ CHAIN = (
     StageSpec("calib", WIDTH, "calibration", _reads("model"), steps.calibrate),
     StageSpec("quant", WIDTH, "quantized-onnx", _reads("model", "calibration"), steps.quantize),
     StageSpec("quality", WIDTH, "float-quality", _reads("model"), steps.float_quality),
+    StageSpec("recipe", TARGET_WIDTH, "int8-recipe", _reads("model", "calibration"), steps.recipe,
+              exists=_plans_recipe),
     StageSpec("export", TARGET, "export", _export_reads, steps.export),
     StageSpec("bench", TARGET, "measured-table", _reads("export"), steps.bench,
               exists=lambda run, target: steps.bench_skipped(run, target) is None),
@@ -73,7 +82,13 @@ DELIVERED = ("bundle", "float-quality")  # what a run delivers: every target's b
 
 
 def _items(spec: StageSpec, run: steps.Run) -> list:
-    return {RUN: [None], WIDTH: list(run.plan.widths), TARGET: list(run.plan.profiles)}[spec.per]
+    return {RUN: [None], WIDTH: list(run.plan.widths), TARGET: list(run.plan.profiles),
+            TARGET_WIDTH: [(t, w) for t in run.plan.profiles for w in run.plan.widths]}[spec.per]
+
+
+def _target_of(spec: StageSpec, item) -> str | None:
+    """The target a stage belongs to (None: shared by every target)."""
+    return item if spec.per == TARGET else item[0] if spec.per == TARGET_WIDTH else None
 
 
 def needed(run: steps.Run) -> list[tuple[StageSpec, object]]:
@@ -105,25 +120,25 @@ def package(model_dir: Path, config: PackageConfig, out: Path, force: bool = Fal
 
 
 def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
-    from edgekit.fsutil import OutOfSpaceError, out_of_space_names, sha256_tree
+    from edgekit.fsutil import OutOfSpaceError, out_of_space_names
 
     resume = "free some space and rerun to resume"  # finished stages are kept
     started = time.perf_counter()
-    source_key = sha256_tree(p.source)
+    source_key = p.model.sha256  # the one hash of the source model this run makes (edgekit.modeldir)
     run_key = digest({"source": source_key, "config": config.to_dict()})
     with out_of_space_names("package", p.out, then=resume):
         claim_out(p.out_dir, config.targets, run_key)
-    run = steps.Run(plan=p, config=config, stages=Stages(p.out, say), progress=progress, model=p.source,
+    run = steps.Run(plan=p, config=config, stages=Stages(p.out, say), progress=progress, model=p.model,
                     model_key=source_key)
     todo = needed(run)
     for spec, item in todo:
-        if spec.per != TARGET:
+        if _target_of(spec, item) is None:
             spec.run(run, item)
     failures = {}
     for target in p.profiles:  # one target's failure must not stop the others
         try:
             for spec, item in todo:
-                if spec.per == TARGET and item == target:
+                if _target_of(spec, item) == target:
                     spec.run(run, item)
         except OutOfSpaceError:
             raise  # the next target would fill the same disk
@@ -133,7 +148,7 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
             if not isinstance(exc, EdgekitError):
                 failures[target]["traceback"] = traceback.format_exc(limit=8)
 
-    summary = {"edgekit": __version__, "source": str(p.source), "source_sha256": source_key, "model": str(run.model),
+    summary = {"edgekit": __version__, "source": str(p.source), "source_sha256": source_key, "model": str(run.model.path),
                "widths": [w.value for w in p.widths],
                "config": config.to_dict(),  # PackageConfig.from_dict(report["config"]) repeats the run
                "precisions": {t: config.precision(t) for t in config.targets},
@@ -176,6 +191,9 @@ def _results(run: steps.Run, failures: dict) -> dict:
         bench = ({"skipped": steps.bench_skipped(run, target)} if measured is None else
                  {"runtime": measured["runtime"], "rows": measured["rows"], "policy": shipped["policy"],
                   "top_choice": shipped["top_choice"]})
-        bundles[target] = {**results[f"export-{target}"], "dir": shipped["dir"], "bench": bench}
+        recipes = {w.key: {k: r[k] for k in ("planned_s", "components")} | {"file": str(Path(r["dir"]) / r["file"])}
+                   for w in run.plan.widths if (r := results.get(f"recipe-{target}-{w.tag}"))}
+        bundles[target] = {**results[f"export-{target}"], "dir": shipped["dir"], "bench": bench,
+                           **({"recipes": recipes} if recipes else {})}
     return {"calibration": per_width("calib"), "quantize": per_width("quant"), "float_quality": per_width("quality"),
             "bundles": bundles}

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.errors import InputError
 from edgekit.package.config import PackageConfig
 from edgekit.package.outdir import OutDir, check_out
 from edgekit.width import FULL, Width
 
+if TYPE_CHECKING:
+    from edgekit.modeldir import ModelDir
+
 
 @dataclass
 class Plan:
     """What the run will do, settled before any work so that bad input fails first."""
 
-    source: Path
+    model: "ModelDir"  # the source model, opened once: every stage reads it (or the prune / slim stage's output)
     out: Path
     widths: tuple[Width, ...]  # widest first
     slim: bool
     profiles: dict = field(default_factory=dict)  # target -> TargetProfile at its package precision
     out_dir: OutDir | None = None  # how --out is taken (resumed, restarted, new)
+
+    @property
+    def source(self) -> Path:
+        return self.model.path
 
 
 def reads_calibration(target: str, profile) -> bool:
@@ -41,15 +49,15 @@ def reads_quantized_onnx(target: str, profile) -> bool:
 
 
 def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False) -> Plan:
-    from edgekit.pipeline import check_model_dir
+    from edgekit.modeldir import ModelDir
     from edgekit.profiles import TargetProfile, profiles_dir
     from edgekit.quantize import get_quantizer
-    from edgekit.structure import Structure
     from edgekit.targets import DEFAULT_PROFILES, get_target
 
-    source = check_model_dir(model_dir)
+    model = ModelDir.of(model_dir)
+    source = model.path
     out_dir = check_out(out, source, force, config.targets)  # before any work: a bad --out costs nothing
-    structure = Structure.load(source)
+    structure = model.structure
     slimmable = structure is not None and structure.slimmable
     if slimmable:
         widths = config.widths or structure.offered
@@ -69,13 +77,11 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
 
         slim_config = config.slim_config(widths)  # the slim stage's checks, before any work
         if structure is None:  # the layout only, built from the config without weights (0.2 s, not 8 s at 860M)
-            import json
-
             from accelerate import init_empty_weights
             from diffusers import UNet2DConditionModel
 
             with init_empty_weights():
-                unet = UNet2DConditionModel.from_config(json.loads((source / "unet" / "config.json").read_text()))
+                unet = UNet2DConditionModel.from_config(model.unet_config)
         else:  # a pruned model: its recorded structure replayed on the weights
             unet = load_pipeline(source).unet
         check_widths(unet, slim_config.widths, slim_config.scope)
@@ -108,5 +114,5 @@ def plan(model_dir: Path, config: PackageConfig, out: Path, force: bool = False)
     from edgekit.targets.base import sampling_plan
 
     for profile in profiles.values():  # the scheduler, step counts and guidance every export will take
-        sampling_plan(source, profile, config.steps, config.guidance)
-    return Plan(source=source, out=out_dir.path, widths=widths, slim=slim, profiles=profiles, out_dir=out_dir)
+        sampling_plan(model, profile, config.steps, config.guidance)
+    return Plan(model=model, out=out_dir.path, widths=widths, slim=slim, profiles=profiles, out_dir=out_dir)

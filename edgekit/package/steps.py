@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgekit.modeldir import ModelDir
 from edgekit.package.config import PackageConfig
 from edgekit.package.plan import Plan, reads_calibration, reads_quantized_onnx
 from edgekit.package.stages import STAGES_DIR, Stages
@@ -23,7 +24,7 @@ class Run:
     config: PackageConfig
     stages: Stages
     progress: object
-    model: Path
+    model: ModelDir
     model_key: str
 
     @property
@@ -41,7 +42,7 @@ def prune(run: Run, _) -> dict:
         return {"params": report["params"], "unet_macs": report["unet_macs"], "recovery": report["recovery"]}
 
     result = run.stages.run("prune", {"model": run.model_key, "prune": asdict(prune_config)}, build, output)
-    run.model, run.model_key = output, run.stages.key("prune")
+    run.model, run.model_key = ModelDir.of(output), run.stages.key("prune")
     return result
 
 
@@ -58,7 +59,7 @@ def slim(run: Run, _) -> dict:
 
     result = run.stages.run("slim", {"model": run.model_key, "slim": slim_config.to_dict(),
                                      "calib": run.stages.key("calib-source") if calib else None}, build, output)
-    run.model, run.model_key = output, run.stages.key("slim")
+    run.model, run.model_key = ModelDir.of(output), run.stages.key("slim")
     return result
 
 
@@ -72,12 +73,11 @@ def calibrate(run: Run, width: Width, name: str | None = None) -> dict:
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
     from edgekit.fsutil import sha256_file, staged_dir
     from edgekit.loader import open_model
-    from edgekit.pipeline import sampling_defaults
 
     config, model = run.config, run.model
     name = name or f"calib-{width.tag}"
     prompts_file = Path(config.prompts) if config.prompts else default_prompts_file(model)
-    defaults = sampling_defaults(model)
+    defaults = model.sampling_defaults
     calib_config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)),
                                      steps=config.calib_steps or defaults.steps,
                                      samples=config.calib_samples,
@@ -122,10 +122,8 @@ def quantize(run: Run, width: Width) -> dict:
 def float_quality(run: Run, width: Width) -> dict:
     """The torch float model at ``width`` and its default steps, scored by the model's evaluators against its
     full-width reference (reference fidelity for every model; the extras its directory declares; CLIP)."""
-    from edgekit.pipeline import sampling_defaults
-
     config, model = run.config, run.model
-    defaults = sampling_defaults(model)
+    defaults = model.sampling_defaults
     return run.stages.run(f"quality-{width.tag}", {"model": run.model_key, "width": width.value,
                                                    "steps": defaults.steps, "samples": config.samples,
                                                    "seed": config.seed, "guidance": config.guidance,
@@ -133,7 +131,7 @@ def float_quality(run: Run, width: Width) -> dict:
                           lambda _: _score_float(model, width, defaults, config, run.progress, run.work / "references"))
 
 
-def _score_float(model: Path, width: Width, defaults, config: PackageConfig, progress, cache_root: Path) -> dict:
+def _score_float(model: ModelDir, width: Width, defaults, config: PackageConfig, progress, cache_root: Path) -> dict:
     from edgekit.compress.prune import count_params
     from edgekit.loader import open_model
     from edgekit.quality.evaluator import ModelQuality
@@ -156,36 +154,71 @@ def _score_float(model: Path, width: Width, defaults, config: PackageConfig, pro
 
 # ---------------------------------------------------------------- per target: export, bench, the shipped bundle
 
-def export(run: Run, name: str) -> dict:
-    """The target's bundle as the exporter writes it (stages/export-<target>), verified against torch."""
-    from edgekit.targets.base import ExportRequest, export_bundle
+def _export_request(run: Run, name: str):
+    """The ExportRequest of the target's export (its recipe stages plan from the same one): the run's model,
+    the target's profile, the calibration and quantize-stage outputs the target reads, the recipes planned."""
+    from edgekit.targets.jobs import ExportRequest
 
-    p, config = run.plan, run.config
-    widest = max(p.widths)
-    needs_calib = reads_calibration(name, p.profiles[name])
-    calib = {w: run.stages.results[f"calib-{w.tag}"] for w in p.widths} if needs_calib else {}
-    quant = {w: run.stages.results[f"quant-{w.tag}"] for w in p.widths} if reads_quantized_onnx(name, p.profiles[name]) else {}
+    p, config, results = run.plan, run.config, run.stages.results
+    profile, widest = p.profiles[name], max(p.widths)
+    calib = {w: results[f"calib-{w.tag}"] for w in p.widths} if reads_calibration(name, profile) else {}
+    quant = {w: results[f"quant-{w.tag}"] for w in p.widths} if reads_quantized_onnx(name, profile) else {}
     # a quantizer whose graphs are not ONNX (fx) leaves the INT8 to the target's own route
     onnx_quant = bool(quant) and all(c["kind"] == "onnx" for q in quant.values() for c in q["components"].values())
-    output = run.work / f"export-{name}"
+    recipes = {w: results[f"recipe-{name}-{w.tag}"] for w in p.widths if f"recipe-{name}-{w.tag}" in results}
     request = ExportRequest(
-        model_dir=run.model, out=output, target=name, profile=p.profiles[name], widths=p.widths,
-        calib_dir=Path(calib[widest]["dir"]) if needs_calib else None, force=True,
-        unet_calib_dirs=tuple((w, Path(calib[w]["dir"])) for w in p.widths) if needs_calib else (),
+        model_dir=run.model, out=run.work / f"export-{name}", target=name, profile=profile, widths=p.widths,
+        calib_dir=Path(calib[widest]["dir"]) if calib else None, force=True,
+        unet_calib_dirs=tuple((w, Path(calib[w]["dir"])) for w in p.widths) if calib else (),
         quantized_dirs=tuple((w, Path(quant[w]["dir"])) for w in p.widths) if onnx_quant else (),
+        recipes=tuple((w, Path(r["dir"]) / r["file"]) for w, r in recipes.items()),
         steps=config.steps, guidance=config.guidance)
-    inputs = {"model": run.model_key, "target": name, "profile": p.profiles[name].to_dict(),
+    inputs = {"model": run.model_key, "target": name, "profile": profile.to_dict(),
               "widths": [w.value for w in p.widths],
-              "calib": [run.stages.key(f"calib-{w.tag}") for w in p.widths] if needs_calib else None,
+              "calib": [run.stages.key(f"calib-{w.tag}") for w in p.widths] if calib else None,
               "quant": [run.stages.key(f"quant-{w.tag}") for w in p.widths] if onnx_quant else None,
               "steps": config.steps, "guidance": config.guidance}
+    if recipes:  # only then: an export that applies no recipe keeps its key
+        inputs["recipes"] = [run.stages.key(f"recipe-{name}-{w.tag}") for w in recipes]
     int8_graphs = f"quantize stage ({config.quant})" if onnx_quant else (
-        f"{name}'s own converter" if needs_calib else None)
+        f"{name}'s own converter" if calib else None)
+    return request, inputs, int8_graphs
+
+
+RECIPE_FILE = "recipe.json"
+
+
+def recipe(run: Run, item: tuple[str, Width]) -> dict:
+    """The target's INT8 recipe for one width (analysis -> recipe JSON; edgekit.targets.recipes), planned from
+    the run's calibration; the export applies it as it is, and a rerun reuses it."""
+    from edgekit.fsutil import staged_dir
+    from edgekit.targets import get_target
+    from edgekit.targets.recipes import write_recipe
+
+    name, width = item
+    request, inputs, _ = _export_request(run, name)
+    inputs = {k: inputs[k] for k in ("model", "target", "profile", "widths", "calib", "steps", "guidance")}
+
+    def build(where: Path) -> dict:
+        planned = get_target(name).plan_recipe(request, width)
+        with staged_dir(where) as staging:
+            write_recipe(staging / RECIPE_FILE, planned)
+        return {"file": RECIPE_FILE, "planned_s": planned.get("planned_s"), "components": sorted(planned["components"])}
+
+    return run.stages.run(f"recipe-{name}-{width.tag}", {**inputs, "width": width.key}, build,
+                          run.work / f"recipe-{name}-{width.tag}")
+
+
+def export(run: Run, name: str) -> dict:
+    """The target's bundle as the exporter writes it (stages/export-<target>), verified against torch."""
+    from edgekit.targets.base import export_bundle
+
+    request, inputs, int8_graphs = _export_request(run, name)
 
     def build(where: Path) -> dict:
         return {**bundle_summary(where, export_bundle(request, run.progress)), "int8_graphs": int8_graphs}
 
-    return run.stages.run(f"export-{name}", inputs, build, output)
+    return run.stages.run(f"export-{name}", inputs, build, request.out)
 
 
 def bench_skipped(run: Run, name: str) -> str | None:
