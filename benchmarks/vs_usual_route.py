@@ -113,7 +113,7 @@ def find_bundles(bundle_dir: Path | None, model_dir: Path) -> dict[str, Path]:
                  *sorted(bundle_dir.glob(f"*/*/{MANIFEST}"))]:
         if artifact_stage(path.parent) != STAGE:  # e.g. a package's calibration or quantize stage output
             continue
-        manifest = read_manifest(path.parent, "--bundle-dir")
+        manifest = read_manifest(path.parent, "bundle_dir")
         if manifest["target"] != "ort-web":
             continue
         if manifest["source_model"]["sha256"] != model_sha:

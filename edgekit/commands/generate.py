@@ -108,7 +108,7 @@ def _run_bundle(args, cache: int = 1) -> int:
     if not Path(args.bundle).is_dir():
         raise InputError(f"--bundle {args.bundle}: not a directory (expected an exported bundle with manifest.json)")
     out = check_output_path(args.out, [Path(args.bundle)], force=args.force, is_file=True)
-    manifest = read_manifest(args.bundle, flag="--bundle")
+    manifest = read_manifest(args.bundle, param="bundle")
     sampler = BundleSampler(args.bundle, manifest)
     widths = sampler.widths()
     width = Width.parse(widths[0]) if args.width is None else args.width

@@ -42,9 +42,9 @@ def simulation_manifest(bundle: Path) -> dict:
     may read as is because it loads no file of a bundle."""
     from edgekit.bundle import read_manifest
 
-    manifest = read_manifest(bundle, "--bundle", checked=False)
+    manifest = read_manifest(bundle, "bundle", checked=False)
     if "format_version" in manifest:
-        manifest = read_manifest(bundle if bundle.is_dir() else bundle.parent, "--bundle")
+        manifest = read_manifest(bundle if bundle.is_dir() else bundle.parent, "bundle")
     return manifest
 
 
