@@ -60,7 +60,7 @@ def same_shape_unets(model_dir, names: list[str]) -> dict:
     shapes only (used by --latency-only to re-time an earlier run's rows)."""
     from edgekit.compress.prune import PruneConfig, prune_unet
     from edgekit.pipeline import load_pipeline
-    from edgekit.structure import plan_for_width, sliced_unet
+    from edgekit.unet_slicing import plan_for_width, sliced_unet
 
     base = load_pipeline(model_dir).unet
     out = {}

@@ -16,7 +16,7 @@ module against it.
 
     layer     modules
     base      edgekit errors width config constants fsutil output_checks noise schedule resources logs registry progress usage safe_read limits locking
-    model     modeldir components structure pipeline unet_layout lora model_checks calibration bundle profiles policy_inputs policy step_cache signing zoo
+    model     modeldir components structure unet_slicing pipeline unet_layout lora model_checks calibration bundle profiles policy_inputs policy step_cache signing zoo
     quality   quality
     convert   onnx_export compress quantize
     runtime   runtime loader

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from edgekit.errors import InputError, ModelFormatError
-from edgekit.structure import (Structure, apply_plan, build_plan, plan_for_width, record, replay, sliced_unet,
-                               unet_macs)
+from edgekit.structure import Structure, record, replay, unet_macs
+from edgekit.unet_slicing import apply_plan, build_plan, plan_for_width, sliced_unet
 
 
 def _digits_unet(seed=0):

@@ -305,7 +305,7 @@ class SlimmableUNet:
     def __init__(self, unet, widths, scope: str = "all", checkpointing: bool = False):
         import torch
 
-        from edgekit.structure import plan_for_width, sliced_unet
+        from edgekit.unet_slicing import plan_for_width, sliced_unet
 
         class _Wrapper(torch.nn.Module):
             def __init__(inner, full):
@@ -317,7 +317,7 @@ class SlimmableUNet:
             def forward(inner, sample, t, ctx, widths):
                 from torch.func import functional_call
 
-                from edgekit.structure import slice_tensor
+                from edgekit.unet_slicing import slice_tensor
 
                 outputs = []
                 params = dict(inner.full.named_parameters())

@@ -22,7 +22,7 @@ def _unit_key(kind: str, path: str) -> str:
 
 def _consumers(unet):
     """(kind, path, module whose input is the unit's inner space, channels per unit element)."""
-    from edgekit.structure import prunable_units
+    from edgekit.unet_slicing import prunable_units
 
     units = prunable_units(unet)
     out = []
@@ -42,7 +42,7 @@ def _norm(x):
 def l1_scores(unet) -> dict[str, "torch.Tensor"]:
     import torch
 
-    from edgekit.structure import prunable_units
+    from edgekit.unet_slicing import prunable_units
 
     scores = {}
     units = prunable_units(unet)

@@ -78,7 +78,7 @@ def prune_unet(unet, config: PruneConfig, rows: dict | None = None):
     import torch
 
     from edgekit.compress.importance import importance_scores
-    from edgekit.structure import build_plan, prunable_units, sliced_unet, unit_multiple
+    from edgekit.unet_slicing import build_plan, prunable_units, sliced_unet, unit_multiple
 
     units = prunable_units(unet)
     if config.effective_heads_ratio > 0 and not units["attention_heads"]:
@@ -146,7 +146,7 @@ def check_reload(out_dir: Path, unet, width=None, scope: str = "all", tolerance:
 
     from edgekit.errors import VerificationError
     from edgekit.pipeline import load_pipeline
-    from edgekit.structure import plan_for_width, sliced_unet
+    from edgekit.unet_slicing import plan_for_width, sliced_unet
     from edgekit.width import Width
 
     width = None if width is None else Width.parse(width)

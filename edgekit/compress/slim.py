@@ -87,7 +87,7 @@ def order_by_importance(unet, scores: dict):
     import torch
 
     from edgekit.compress.importance import group_balanced_order
-    from edgekit.structure import build_plan, sliced_unet
+    from edgekit.unet_slicing import build_plan, sliced_unet
 
     def inner(kind, path, size):
         score = scores[f"{kind}:{path}"]
@@ -100,7 +100,8 @@ def order_by_importance(unet, scores: dict):
 
 def width_table(unet, widths, scope: str = "all") -> list[dict]:
     from edgekit.compress.prune import count_params
-    from edgekit.structure import plan_for_width, sliced_unet, unet_macs
+    from edgekit.structure import unet_macs
+    from edgekit.unet_slicing import plan_for_width, sliced_unet
 
     full_macs = unet_macs(unet)
     rows = []
