@@ -23,12 +23,13 @@ def artifact_stage(path: Path) -> str | None:
         return None
 
 
-def open_model(path: Path | str | None = None, width=None, flag: str | None = "--model"):
-    """The pipeline at ``path`` (None: the embedded default model) at ``width`` (a Width spelling; None: full)."""
+def open_model(path: Path | str | None = None, width=None, param: str = "model"):
+    """The pipeline at ``path`` (None: the embedded default model) at ``width`` (a Width spelling; None: full);
+    ``param``: what the caller calls the directory, named by its errors."""
     from edgekit.pipeline import load_pipeline
     from edgekit.quantize.artifact import is_quantized, load_quantized_pipeline
     from edgekit.width import Width
 
     if path is not None and is_quantized(Path(path)):
-        return load_quantized_pipeline(path, width=width, flag=flag)
-    return load_pipeline(path, flag=flag, width=None if width is None else Width.parse(width).value)
+        return load_quantized_pipeline(path, width=width, param=param)
+    return load_pipeline(path, param=param, width=None if width is None else Width.parse(width).value)

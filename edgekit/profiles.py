@@ -351,14 +351,14 @@ class TargetProfile(_Strict):
         return 2 if self.guidance_batching == "batch2" else 1
 
     @classmethod
-    def from_yaml(cls, path: Path | str, flag: str = "--profile") -> "TargetProfile":
+    def from_yaml(cls, path: Path | str, param: str = "profile") -> "TargetProfile":
         from edgekit.safe_read import read_yaml
 
         path = Path(path)
         if not path.exists():
-            raise InputError(f"{flag} {path}: no such file (expected a target profile YAML, see targets/)")
+            raise InputError("no such file (expected a target profile YAML, see targets/)", param=param, value=path)
         # bounded: a regular file (a FIFO is refused, never waited on), its size, nesting and numbers
-        data = read_yaml(path, "target profile YAML", param=flag)
+        data = read_yaml(path, "target profile YAML", param=param)
         return cls.from_dict(data, where=str(path))
 
     def with_precision(self, precision: str | None) -> "TargetProfile":

@@ -209,11 +209,14 @@ def caching_unet(pipe, interval: int, steps: int):
     plan = cache_plan(interval, steps)
     original = pipe.unet
     stand_in = CachingUNet(original, plan).eval()
-    pipe.__dict__["unet"] = stand_in  # past DiffusionPipeline.__setattr__, which would rewrite its config
+    from edgekit.components import by_role
+
+    attr = by_role("denoise").pipeline_attr
+    pipe.__dict__[attr] = stand_in  # past DiffusionPipeline.__setattr__, which would rewrite its config
     try:
         yield stand_in
     finally:
-        pipe.__dict__["unet"] = original
+        pipe.__dict__[attr] = original
 
 
 def generate_cached(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, interval: int,
@@ -232,6 +235,8 @@ def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
     splits (noise channels first, the feature after), and per offered interval above 1 and per step count it
     fits, the plan (one role per step). Data a device loop follows with no scheduler- or interval-specific code.
     An interval larger than every offered step count is refused (it would cache nothing)."""
+    from edgekit.components import by_role
+
     intervals = parse_intervals(list(intervals), "cache")
     counts = sorted(int(s) for s in step_counts)
     plans = {}
@@ -243,13 +248,15 @@ def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
                              param="cache", value=n)
         plans[str(n)] = {str(s): cache_plan(n, s) for s in counts if s >= n}
     return {"method": "deepcache", "intervals": list(intervals),
-            "graphs": {FULL: "unet_full", SHALLOW: "unet_shallow"},
+            "graphs": {FULL: by_role("denoise_full").name, SHALLOW: by_role("denoise_shallow").name},
             "full_output": {"noise_channels": int(noise_channels), "feature_input": "cached_feature"}, "plans": plans}
 
 
 def check_section(m: dict, where: str) -> None:
     """A manifest's ``sampling.step_cache`` (InputError naming the field): every plan's graphs exist at every
     width, every plan fits a schedule the bundle carries, starts with a full step and holds known roles."""
+    from edgekit.components import by_role
+
     section = m["sampling"]["step_cache"]
     field = "sampling.step_cache"
     if not isinstance(section, dict):
@@ -260,7 +267,7 @@ def check_section(m: dict, where: str) -> None:
     for role, name in graphs.items():
         entry = m["components"].get(name) if isinstance(name, str) else None
         widths = set(entry.get("widths", {})) if isinstance(entry, dict) else set()
-        unet_widths = set(m["components"].get("unet", {}).get("widths", {}))
+        unet_widths = set(m["components"].get(by_role("denoise").name, {}).get("widths", {}))
         if not widths or widths != unet_widths:
             raise InputError(f"{where}: {field}.graphs.{role} names component {name!r}, which the bundle lacks "
                              f"at widths {sorted(unet_widths)}")

@@ -72,7 +72,7 @@ def test_histogram_ranges_past_the_budget_equal_ort_strided_calibration(unet_onn
 
 
 def test_histogram_passes_hold_the_budget():
-    from edgekit.quantize.ort_static import histogram_passes
+    from edgekit.quantize.ort_ranges import histogram_passes
 
     sizes = {f"t{i}": s for i, s in enumerate([10, 300, 20, 5, 80, 80, 1])}
     groups, stride = histogram_passes(sizes, n_rows=10, pass_bytes=1000)

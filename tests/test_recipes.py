@@ -120,3 +120,34 @@ def test_export_applies_a_given_recipe_without_planning_and_the_bundle_carries_i
     # the same plan gives the same graph, byte for byte
     for name in ("unet/w1.00/model.tflite", "text_encoder/model.tflite", "vae_decoder/model.tflite"):
         assert (tmp_path / "own" / name).read_bytes() == (tmp_path / "given" / name).read_bytes(), name
+
+
+def test_coreml_recipe_plans_each_calibrated_graph_and_write_applies_it_without_measuring(sd15_reduced, sd15_calib,
+                                                                                          tmp_path, monkeypatch):
+    from edgekit.components import example_inputs
+    from edgekit.loader import open_model
+    from edgekit.quantize import sensitivity
+    from edgekit.targets.base import ComponentJob
+
+    profile = shipped_profile("ios-coreml").with_precision("w8a8")
+    coreml = get_target("coreml")
+    request = ExportRequest(model_dir=sd15_reduced, out=None, target="coreml", profile=profile, widths=(1.0, 0.5),
+                            calib_dir=sd15_calib)
+    narrow = coreml.plan_recipe(request, 0.5)
+    assert list(narrow["components"]) == ["unet"] and narrow["inputs"]["shared"] is False  # the widest has the rest
+    recipe = coreml.plan_recipe(request, 1.0)
+    assert sorted(recipe["components"]) == ["text_encoder", "unet", "vae_decoder"]
+    assert recipe["inputs"]["profile"]["coreml"] == profile.coreml.to_dict()
+    ranges = recipe["components"]["text_encoder"]["activation_ranges"]
+    assert ranges and all(lo <= hi for lo, hi in ranges.values())
+
+    def no_measuring(*_a, **_k):
+        raise AssertionError("the export measured ranges its recipe holds")
+
+    monkeypatch.setattr(sensitivity, "input_ranges", no_measuring)
+    pipe = open_model(sd15_reduced)
+    rows = example_inputs(pipe, "text_encoder", batch=4, seed=3)
+    job = ComponentJob(pipe, "text_encoder", None, "te", 1, "w8a8", rows, recipe=recipe["components"]["text_encoder"])
+    entry = coreml.write(job, tmp_path, profile)
+    assert entry["ops"].get("quantize", 0) > 0 and entry["activation_quantized_ops"] == entry["ops"]["linear"]
+    assert coreml.int8_route(job, profile) == "recipe"  # an export adds the bundle file it came from

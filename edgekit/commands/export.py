@@ -102,8 +102,13 @@ def run_export(args) -> int:
         lines.append(f"  {entry_label(name, width):14s} {entry['bytes'] / 2**20:8.2f} MiB  " + "; ".join(checks))
         summary.append({"component": entry_label(name, width), "file": entry["file"], "bytes": entry["bytes"],
                         "checks": record["checks"]})
+    from edgekit.targets.recipes import RECIPE_DIR
+
+    recipes = sorted(f for f in manifest["files"] if f.startswith(f"{RECIPE_DIR}/"))
+    if recipes:
+        lines.append(f"  INT8 recipes {'given' if args.recipe else 'planned'}: {', '.join(recipes)}")
     emit({"out": str(Path(args.out).resolve()), "target": manifest["target"], "precision": manifest["precision"],
-          "bytes_on_disk": on_disk, "components": summary}, args.json, lines)
+          "bytes_on_disk": on_disk, "components": summary, "recipes": recipes}, args.json, lines)
     return 0
 
 

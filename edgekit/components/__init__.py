@@ -32,6 +32,15 @@ def get_component(name: str) -> Component:
     return COMPONENTS.get(name)
 
 
+def by_role(role: str) -> Component:
+    """The component that plays ``role`` in generation (Component.role): stages look parts up by role, never by
+    a component's name."""
+    found = [c for c in all_components() if c.role == role]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} components play the role {role!r}, expected one")
+    return found[0]
+
+
 def all_components() -> list[Component]:
     """Every registered component, in manifest order."""
     return COMPONENTS.entries()
@@ -75,5 +84,6 @@ def geometry(pipe) -> dict:
 
 
 __all__ = ["BUNDLE_COMPONENTS", "CACHE_COMPONENTS", "CALIB_COMPONENTS", "COMPONENTS", "PER_WIDTH_COMPONENTS", "Component",
-           "ComponentSpec", "StandIn", "TensorSpec", "all_components", "bundle_components", "component_spec",
+           "ComponentSpec", "StandIn", "TensorSpec", "all_components", "bundle_components", "by_role",
+           "component_spec",
            "example_inputs", "export_module", "geometry", "get_component", "inputs_from_calibration", "run_in_chunks", "run_torch"]

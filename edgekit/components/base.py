@@ -81,6 +81,10 @@ class Component:
     # Its export module holds the UNet's named units (edgekit.quantize.sensitivity.units), which a LiteRT INT8 recipe
     # ranks and keeps float or int16 by name (edgekit.targets.tflite.plan_int8_recipe)
     int8_units: ClassVar[bool] = False
+    # The part it plays in generation, by which the bundle sampler and the stages look it up (components.by_role):
+    # "prompt" (text -> hidden states), "denoise" (the UNet), "decode" (latents -> image), "encode" (image ->
+    # latents), "denoise_full" / "denoise_shallow" (the step-cache graphs)
+    role: ClassVar[str] = ""
     # Which side of the graph carries VAE latents ("input" / "output"), for loaders that assume their own scale.
     latent_side: ClassVar[str | None] = None
     fp32_tolerance: ClassVar[float] = 1e-4

@@ -29,6 +29,7 @@ class TextEncoderStandIn(StandIn):
 
 class TextEncoder(Component):
     name = "text_encoder"
+    role = "prompt"
     pipeline_attr = "text_encoder"
 
     def spec(self, pipe) -> ComponentSpec:

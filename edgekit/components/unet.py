@@ -52,6 +52,7 @@ def guidance_dim(unet_config) -> int | None:
 
 class UNet(Component):
     name = "unet"
+    role = "denoise"
     pipeline_attr = "unet"
     per_width = True
     max_calib_rows = 1024

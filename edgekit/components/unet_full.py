@@ -30,6 +30,7 @@ class UNetFullForExport(nn.Module):
 
 class UNetFull(UNet):
     name = "unet_full"
+    role = "denoise_full"
     in_every_bundle = False  # only where the profile offers step caching
     calibrated = False  # calibration captures the plain UNet's rows, which are this graph's inputs too
     calibration_from = "unet"

@@ -25,6 +25,7 @@ class UNetShallowForExport(nn.Module):
 
 class UNetShallow(UNet):
     name = "unet_shallow"
+    role = "denoise_shallow"
     in_every_bundle = False  # only where the profile offers step caching
     calibrated = False  # its feature input comes from a cached trajectory, which calibration does not capture:
     captures_own_rows = True  # INT8 calibrates it on rows the export captures on the cached loop (shallow_rows)

@@ -56,6 +56,7 @@ class VaeWithDecoderStandIn(nn.Module):
 
 class VaeDecoder(Component):
     name = "vae_decoder"
+    role = "decode"
     pipeline_attr = "vae"
     latent_side = "input"
 

@@ -19,6 +19,7 @@ class VaeEncoderForExport(nn.Module):
 
 class VaeEncoder(Component):
     name = "vae_encoder"
+    role = "encode"
     pipeline_attr = "vae"
     in_every_bundle = False
     calibrated = False  # text-to-image sampling never calls it: no rows to capture

@@ -136,17 +136,18 @@ def get_quantizer(name: str) -> Quantizer:
     return QUANTIZERS.get(name)()
 
 
-def parse_components(text: str | None, flag: str = "--components") -> tuple[str, ...]:
+def parse_components(text: str | None, param: str = "components") -> tuple[str, ...]:
     if text is None:
         return DEFAULT_COMPONENTS
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     if not names:
-        raise InputError(f"{flag} '{text}': expected a comma-separated list of {list(QUANTIZABLE_COMPONENTS)}")
+        raise InputError(f"expected a comma-separated list of {list(QUANTIZABLE_COMPONENTS)}", param=param,
+                         value=f"'{text}'")
     for name in names:
         if name not in QUANTIZABLE_COMPONENTS:
             hint = difflib.get_close_matches(name, QUANTIZABLE_COMPONENTS, n=1, cutoff=0.4)
-            raise InputError(f"{flag}: unknown component '{name}'; known: {list(QUANTIZABLE_COMPONENTS)}"
-                             + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            raise InputError(f"unknown component '{name}'; known: {list(QUANTIZABLE_COMPONENTS)}"
+                             + (f" (did you mean '{hint[0]}'?)" if hint else ""), param=param)
     return names
 
 

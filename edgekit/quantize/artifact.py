@@ -41,7 +41,8 @@ def copy_source(model_dir: Path, staging: Path) -> dict:
 
 def build_manifest(model_dir: Path, calib, method: str, quantizer, options, width, results: dict,
                    seconds: float) -> dict:
-    from edgekit.fsutil import sha256_file, sha256_tree
+    from edgekit.fsutil import sha256_file
+    from edgekit.modeldir import ModelDir
 
     calib_meta = Path(calib.directory) / "meta.json"
     return {
@@ -53,7 +54,7 @@ def build_manifest(model_dir: Path, calib, method: str, quantizer, options, widt
         "options": {k: v for k, v in options.to_dict().items() if k in quantizer.uses_options
                     or k in ("holdout", "max_calib_rows", "sensitivity_rows", "seed")},
         "width": 1.0 if width is None else float(width),
-        "source_model": {"path": str(Path(model_dir).resolve()), "sha256": sha256_tree(model_dir)},
+        "source_model": {"path": str(Path(model_dir).resolve()), "sha256": ModelDir.of(model_dir).sha256},
         "calibration": {"path": str(calib.directory), "meta_sha256": sha256_file(calib_meta),
                         "model_sha256": calib.meta.get("model", {}).get("sha256")},
         "torch_version": torch.__version__,
@@ -103,7 +104,7 @@ def is_quantized(path: Path) -> bool:
         return False
 
 
-def load_quantized_pipeline(path: Path | str, width=None, flag: str | None = None):
+def load_quantized_pipeline(path: Path | str, width=None, param: str = "model_dir"):
     """The float copy in ``path`` with every quantized component swapped in; checks file hashes."""
     from edgekit.fsutil import sha256_file
     from edgekit.pipeline import load_pipeline
@@ -116,7 +117,7 @@ def load_quantized_pipeline(path: Path | str, width=None, flag: str | None = Non
     if width is not None and Width.parse(width) != built:
         raise InputError(f"width {Width.parse(width)}: {path} was quantized at width {built.value}; quantize that "
                          "width separately")
-    pipe = load_pipeline(path, flag=flag, width=built.value)
+    pipe = load_pipeline(path, param=param, width=built.value)
     for component, info in manifest["components"].items():
         for rel in info["files"]:
             file = path / rel

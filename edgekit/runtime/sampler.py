@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgekit.components import by_role
 from edgekit.errors import InputError, NumericError
 
 
@@ -158,8 +159,8 @@ class BundleSampler:
         tok = self.manifest["tokenizer"]
         self.encode = load_tokenizer(self.bundle_dir / tok["tokenizer_json"], int(tok["max_length"]), tok.get("pad_id"))
         comps = self.manifest["components"]
-        self._text_encoder = self._named(comps["text_encoder"])
-        self._vae = self._named(comps["vae_decoder"])
+        self._text_encoder = self._named(comps[by_role("prompt").name])
+        self._vae = self._named(comps[by_role("decode").name])
         self._unets: dict[str, object] = {}
         self.runtime = self._text_encoder.runtime
         geometry = self.manifest["geometry"]
@@ -181,7 +182,11 @@ class BundleSampler:
         return call
 
     def widths(self) -> list[str]:
-        return sorted(self.manifest["components"]["unet"]["widths"], key=float, reverse=True)
+        return sorted(self._unet_entries(), key=float, reverse=True)
+
+    def _unet_entries(self) -> dict:
+        """The UNet's manifest entry per width key."""
+        return self.manifest["components"][by_role("denoise").name]["widths"]
 
     def steps(self) -> list[int]:
         return sorted(int(s) for s in self.manifest["sampling"]["schedules"])
@@ -211,7 +216,7 @@ class BundleSampler:
         step-cache graphs too (the manifest's sampling.step_cache)."""
         from edgekit.width import Width, WidthError
 
-        entries = self.manifest["components"]["unet"]["widths"]
+        entries = self._unet_entries()
         try:
             key = Width.parse(width).key
         except WidthError as exc:
@@ -224,11 +229,15 @@ class BundleSampler:
         comps = Components(text_encoder=self._text_encoder, unet=self._unets[key], vae_decoder=self._vae)
         if cached:
             section = self.manifest["sampling"]["step_cache"]
-            for role, attr in (("full", "unet_full"), ("shallow", "unet_shallow")):
+            from edgekit.step_cache import FULL, SHALLOW
+
+            runners = {}
+            for role in (FULL, SHALLOW):
                 name = section["graphs"][role]
                 if (name, key) not in self._unets:
                     self._unets[(name, key)] = self._named(self.manifest["components"][name]["widths"][key])
-                setattr(comps, attr, self._unets[(name, key)])
+                runners[role] = self._unets[(name, key)]
+            comps.unet_full, comps.unet_shallow = runners[FULL], runners[SHALLOW]
             comps.noise_channels = int(section["full_output"]["noise_channels"])
         return comps
 
@@ -245,7 +254,7 @@ class BundleSampler:
 
         sampling = self.manifest["sampling"]
         g = float(sampling["guidance_scale"]) if guidance is None else float(guidance)
-        unet_inputs = next(iter(self.manifest["components"]["unet"]["widths"].values()))["inputs"]
+        unet_inputs = next(iter(self._unet_entries().values()))["inputs"]
         cond_input = next((t for t in unet_inputs if t["name"] == "timestep_cond"), None)
         dim = int(cond_input["shape"][-1]) if cond_input else None
         mode = sampling.get("guidance_mode") if guidance is None else None

@@ -35,7 +35,7 @@ class Target:
     name: ClassVar[str] = ""
     file_format: ClassVar[str] = ""  # manifest "format"; its runner class (edgekit.runtime.runners) runs it
     precisions: ClassVar[tuple[str, ...]] = ()
-    # Components exported beyond those every bundle has (edgekit.components), e.g. ("vae_encoder",).
+    # Components exported beyond those every bundle has (edgekit.components), e.g. the VAE encoder.
     extra_components: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""  # pip extra that installs its converter
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
@@ -97,15 +97,11 @@ class Target:
 
     def int8_route(self, job: ComponentJob, profile: TargetProfile) -> str | None:
         """How this graph got its reduced precision, as the manifest entry names it; None for float."""
-        if job.precision == "fp32":
+        if job.precision in ("fp32", "fp16"):
             return None
-        if job.recipe is not None:
-            return f"recipe {self._recipe_file(job)}"
+        if job.recipe is not None:  # the export notes the bundle file the plan came from
+            return " ".join(["recipe", job.notes.get("recipe_file", "")]).strip()
         return f"{self.name} converter ({job.precision})"
-
-    @staticmethod
-    def _recipe_file(job: ComponentJob) -> str:
-        return job.notes.get("recipe_file", "")
 
     def write(self, job: ComponentJob, stage: Path, profile: TargetProfile) -> dict:
         """Write the component under ``stage / job.rel_dir``; return its manifest entry (format, file,
@@ -149,11 +145,10 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
     from edgekit.components import geometry, run_torch
     from edgekit.fsutil import staged_dir
     from edgekit.output_checks import check_output_path
-    from edgekit.pipeline import check_model_dir
+    from edgekit.modeldir import ModelDir
     from edgekit.targets import get_target
     from edgekit.targets.bundle_parts import source_model, write_scheduler, write_tokenizer
     from edgekit.targets.jobs import feed, open_export
-    from edgekit.targets.recipes import model_sha256
 
     target = get_target(request.target)
     profile = request.profile
@@ -161,8 +156,9 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         raise InputError(f"is a profile for target '{profile.target}', not '{target.name}'", param="profile",
                          value=profile.name)
     target.check_profile(profile)
-    model_dir = check_model_dir(request.model_dir)
-    sampling = sampling_plan(model_dir, profile, request.steps, request.guidance)  # refuses a scheduler first
+    model = ModelDir.of(request.model_dir)  # opened once: its configs, defaults and sha256 read once per process
+    model_dir = model.path
+    sampling = sampling_plan(model, profile, request.steps, request.guidance)  # refuses a scheduler first
     precision = profile.precision
     protected = [model_dir] + ([Path(request.calib_dir)] if request.calib_dir else [])
     out = check_output_path(request.out, protected, force=request.force)
@@ -175,7 +171,7 @@ def export_bundle(request: ExportRequest, progress=None) -> dict:
         raise InputError(f"{target.name} at {precision} applies no INT8 recipe", param="recipe")
     started = time.perf_counter()
     setup = open_export(request, target, model_dir, sampling)
-    sha256 = model_sha256(model_dir)
+    sha256 = model.sha256
     recipes = _Recipes(target, request, setup, sha256) if target.needs_recipe(profile) else None
 
     components: dict = {}

@@ -56,20 +56,22 @@ def source_model(model_dir: Path, calib_dir: Path | None, model_sha256: str) -> 
             **extra}
 
 
-def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance: float | None = None) -> dict:
-    """The manifest's "sampling" (less batching): guidance scale and mode, the guidance embedding an
-    LCM-style UNet takes, the default step count and one schedule table per step count. Reads only small
+def sampling_plan(model_dir, profile: TargetProfile, steps=None, guidance: float | None = None) -> dict:
+    """The manifest's "sampling" (less batching) of the model (a ModelDir or its path): guidance scale and mode,
+    the guidance embedding an LCM-style UNet takes, the default step count and one schedule table per step count. Reads only small
     files (the scheduler and UNet configs), so an unsupported scheduler or step count is refused before
     any export work. Step counts: ``steps``, else the model's edgekit_defaults.json "offered_steps", else
     the profile's plus the model's default."""
     import math
 
-    from edgekit.pipeline import check_scheduler_steps, sampling_defaults, scheduler_config
+    from edgekit.modeldir import SCHEDULER, ModelDir
+    from edgekit.pipeline import check_scheduler_steps
     from edgekit.schedule import GUIDANCE_EMBEDDING, check_supported, guidance_embedding, guidance_mode, schedule_table
 
-    config = scheduler_config(model_dir)
-    check_supported(config, f"{Path(model_dir) / 'scheduler' / 'scheduler_config.json'}")
-    defaults = sampling_defaults(model_dir)
+    model = ModelDir.of(model_dir)
+    config = dict(model.scheduler_config)
+    check_supported(config, f"{model.config_path(SCHEDULER)}")
+    defaults = model.sampling_defaults
     if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
         raise InputError("expected a finite number", param="guidance", value=guidance)
     scale = float(defaults.guidance_scale if guidance is None else guidance)
@@ -78,8 +80,7 @@ def sampling_plan(model_dir: Path, profile: TargetProfile, steps=None, guidance:
         check_scheduler_steps(config, s, "--steps" if steps else "steps")
     counts = sorted(set(counts))
     default_steps = defaults.steps if defaults.steps in counts else max(counts)
-    unet_config = Path(model_dir) / "unet" / "config.json"
-    dim = json.loads(unet_config.read_text()).get("time_cond_proj_dim") if unet_config.is_file() else None
+    dim = model.guidance_dim
     mode = guidance_mode(scale, dim)
     out = {"guidance_scale": scale, "guidance_mode": mode, "default_steps": default_steps,
            "noise": noise_name(), "schedules": {str(s): schedule_table(config, s) for s in counts}}

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.errors import InputError, VerificationError
 from edgekit.profiles import TargetProfile
+from edgekit.components import by_role
 from edgekit.targets.base import ComponentJob, Target
 
 MODEL_FILE = "model.onnx"
@@ -131,7 +132,8 @@ class OrtWebTarget(Target):
         from edgekit.components import CACHE_COMPONENTS
 
         # the step-cache graphs are the UNet's network: fused where the UNet is
-        if job.name in profile.fused_attention or (job.name in CACHE_COMPONENTS and "unet" in profile.fused_attention):
+        if job.name in profile.fused_attention or (job.name in CACHE_COMPONENTS
+                                                   and by_role("denoise").name in profile.fused_attention):
             from edgekit.targets.ort_attention import fuse_attention_file
 
             fused = fuse_attention_file(path)
@@ -244,7 +246,7 @@ class OrtWebTarget(Target):
             if "rows_per_call" in result:
                 # the wasm heap (4 GB) did not hold the all-rows call: the page feeds this graph row by row
                 lookup(manifest["components"], name, width or None)["rows_per_call"] = result["rows_per_call"]
-                if name == "unet":
+                if name == by_role("denoise").name:  # the UNet itself, not the step-cache graphs
                     manifest["sampling"]["batching"] = "two-calls"
         return manifest
 

@@ -187,7 +187,9 @@ def record_image_difference(bundle_dir: Path, manifest: dict, prompt: str) -> di
     from edgekit.bundle import read_manifest
     from edgekit.runtime.sampler import BundleSampler
 
-    unets = manifest["components"]["unet"]["widths"]
+    from edgekit.components import by_role
+
+    unets = manifest["components"][by_role("denoise").name]["widths"]
     if not any("webgpu" in e.get("providers", {}) for e in unets.values()):
         return manifest
     on_disk = read_manifest(bundle_dir)

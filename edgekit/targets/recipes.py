@@ -62,22 +62,22 @@ def plan_into(recipe: dict, target, job, profile) -> None:
 def plan_recipe(target, request, width) -> dict:
     """The recipe of one width of ``request`` (the request its export will get): the target's analysis of every
     graph of that width that takes a plan (and of the components exported once, at the widest width)."""
-    from edgekit.pipeline import check_model_dir
+    from edgekit.modeldir import ModelDir
     from edgekit.targets.bundle_parts import sampling_plan
     from edgekit.targets.jobs import feed, open_export, parse_widths
 
     profile = request.profile
     check_request(target, request)
-    model_dir = check_model_dir(request.model_dir)
-    sampling = sampling_plan(model_dir, profile, request.steps, request.guidance)
+    model = ModelDir.of(request.model_dir)
+    sampling = sampling_plan(model, profile, request.steps, request.guidance)
     widths = parse_widths(request)
     width = Width.parse(width)
     if width not in widths:
         raise InputError(f"expected one of the request's widths {', '.join(w.key for w in widths)}", param="width",
                          value=width.key)
     shared = width == max(widths)
-    setup = open_export(request, target, model_dir, sampling, only_width=width)
-    recipe = new_recipe(recipe_inputs(target, request, model_sha256(model_dir), width, shared, sampling))
+    setup = open_export(request, target, model.path, sampling, only_width=width)
+    recipe = new_recipe(recipe_inputs(target, request, model.sha256, width, shared, sampling))
     for job in setup.jobs:
         if (job.width is None and not shared) or not target.takes_plan(job, profile):
             continue
@@ -95,12 +95,6 @@ def check_request(target, request) -> None:
     if not target.needs_recipe(profile):
         raise InputError(f"{target.name} takes an INT8 recipe at {', '.join(target.recipe_precisions) or 'no precision'}, "
                          f"not {profile.precision}", param="precision", value=profile.precision)
-
-
-def model_sha256(model_dir: Path) -> str:
-    from edgekit.fsutil import sha256_tree
-
-    return sha256_tree(model_dir)
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:
