@@ -93,6 +93,7 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
     from realsize_quantize_memory import PhasePeaks
 
     import edgekit.compress.distill as distill
+    import edgekit.compress.training_rows as training_rows
     import edgekit.compress.importance as importance
     import edgekit.pipeline as pipeline
     import edgekit.compress.prune as prune
@@ -104,7 +105,7 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
                         batch_size=params["batch_size"], lr=5e-4, full_weight=2.0,
                         memory=params.get("memory", "standard"))
     rows = _rows(max(16, params["batch_size"]), latent)
-    distill.calibration_rows = lambda *args, **kwargs: rows  # synthesized rows (capture is not measured)
+    training_rows.calibration_rows = lambda *args, **kwargs: rows  # synthesized rows (capture is not measured)
 
     def phase(name, fn, later=None):
         calls = []
@@ -119,7 +120,7 @@ def child(setting: str, model_dir: Path, out: Path, latent: int) -> dict:
     pipeline.load_pipeline = phase("load", pipeline.load_pipeline, later="reload")
     importance.importance_scores = phase("importance", importance.importance_scores)
     distill.train_slimmable = phase("train", distill.train_slimmable)
-    distill.TeacherOutputs.__init__ = phase("teacher", distill.TeacherOutputs.__init__)
+    training_rows.TeacherOutputs.__init__ = phase("teacher", training_rows.TeacherOutputs.__init__)
     prune.write_structured_model = phase("write", prune.write_structured_model)
     started = time.perf_counter()
     report = slim_model(model_dir, config, out)

@@ -116,7 +116,7 @@ def test_slim_two_processes_match_one(run_cli, digits_arch_model, calib, tmp_pat
 def test_batch_that_does_not_split_is_refused():
     from types import SimpleNamespace
 
-    from edgekit.compress.distill import _loader
+    from edgekit.compress.training_rows import _loader
     from edgekit.errors import InputError
 
     rows = torch.utils.data.TensorDataset(torch.zeros(12, 1))

@@ -135,7 +135,7 @@ def test_inner_scope_keeps_block_outputs(run_cli, digits_arch_model, tmp_path):
 def test_guidance_pairs_come_from_the_calibration_halves():
     import numpy as np
 
-    from edgekit.compress.distill import guidance_pairs
+    from edgekit.compress.training_rows import guidance_pairs
 
     ctx = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
     rows = {"sample": np.zeros((4, 4, 8, 8), np.float32), "timestep": np.zeros(4, np.float32),

@@ -112,7 +112,7 @@ def test_a_run_that_ends_worse_gives_back_the_weights_it_started_from(base_unet,
 
 
 def test_teacher_outputs_cover_the_training_batches_only(base_unet):
-    from edgekit.compress.distill import TeacherOutputs, _dataset, guidance_pairs, training_batches
+    from edgekit.compress.training_rows import TeacherOutputs, _dataset, guidance_pairs, training_batches
     from edgekit.errors import EdgekitError
 
     rows = _rows()

@@ -35,14 +35,14 @@ def _refused(run_cli, monkeypatch, available: int, out, *args) -> str:
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading a pipeline or capturing calibration rows fails the test: the refusal comes before them."""
-    import edgekit.compress.distill
+    import edgekit.compress.training_rows
     import edgekit.pipeline
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("heavy work started before the refusal")
 
     monkeypatch.setattr(edgekit.pipeline, "load_pipeline", forbidden)
-    monkeypatch.setattr(edgekit.compress.distill, "calibration_rows", forbidden)
+    monkeypatch.setattr(edgekit.compress.training_rows, "calibration_rows", forbidden)
 
 
 def _estimate(default_model, config, monkeypatch):

@@ -176,7 +176,8 @@ def prune_model(model_dir: Path, config: PruneConfig, out: Path, calib_dir: Path
 
     import torch
 
-    from edgekit.compress.distill import calibration_rows, frozen_copy, is_main_process, recover
+    from edgekit.compress.distill import frozen_copy, is_main_process, recover
+    from edgekit.compress.training_rows import calibration_rows
     from edgekit.fsutil import staged_dir
     from edgekit.progress import working
     from edgekit.pipeline import load_pipeline

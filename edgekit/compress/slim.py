@@ -295,7 +295,8 @@ def slim_model(model_dir: Path, config: SlimConfig, out: Path, calib_dir: Path |
     is kept; the teacher is still ``model_dir``'s UNet)."""
     import torch
 
-    from edgekit.compress.distill import TeacherOutputs, calibration_rows, is_main_process, train_slimmable
+    from edgekit.compress.distill import is_main_process, train_slimmable
+    from edgekit.compress.training_rows import TeacherOutputs, calibration_rows
     from edgekit.compress.importance import importance_scores
     from edgekit.compress.prune import REPORT_FILE, write_structured_model
     from edgekit.fsutil import staged_dir
