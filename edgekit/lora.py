@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import InputError
+from edgekit.modeldir import TEXT_ENCODER, UNET
 
 LORA_JSON = "lora.json"
-FUSED_COMPONENTS = ("unet", "text_encoder")
+FUSED_COMPONENTS = (UNET, TEXT_ENCODER)
 SCALE_LIMIT = 100.0
 
 

@@ -263,7 +263,7 @@ def load_pipeline(model_dir: Path | str | None = None, param: str = "model_dir",
     if structure is None and width is not None and float(width) != 1.0:
         raise InputError(f"{path} is not a slimmable model (no structure.json); make one with edgekit slim",
                          param="width", value=width)
-    extra = ({"unet": load_structured_unet(model.config_path(UNET).parent, structure, model.unet_config)}
+    extra = ({UNET: load_structured_unet(model.config_path(UNET).parent, structure, model.unet_config)}
              if structure is not None else {})
     model.scheduler_config  # a broken one would otherwise reach diffusers' hub fallback
     try:

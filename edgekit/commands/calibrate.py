@@ -28,6 +28,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgekit.calibration import CalibrationConfig, capture, default_prompts_file, read_prompts
+    from edgekit.components import TEXT_ENCODER, UNET, VAE_DECODER
     from edgekit.fsutil import out_of_space_names, staged_dir
     from edgekit.output_checks import check_output_path
     from edgekit.loader import open_model
@@ -48,7 +49,7 @@ def run(args) -> int:
     config = CalibrationConfig(
         prompts=tuple(prompts), steps=steps, samples=args.samples,
         guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance, seed=args.seed,
-        max_rows={"text_encoder": args.max_rows_text, "unet": args.max_rows_unet, "vae_decoder": args.max_rows_vae},
+        max_rows={TEXT_ENCODER: args.max_rows_text, UNET: args.max_rows_unet, VAE_DECODER: args.max_rows_vae},
     )
     pipe = open_model(model_dir, width=args.width)
     with out_of_space_names("calibrate", out), staged_dir(out) as staging, progress() as bar:

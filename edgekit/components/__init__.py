@@ -17,11 +17,15 @@ from edgekit.components.base import (Component, ComponentSpec, StandIn, TensorSp
                                      run_in_chunks, run_torch)
 from edgekit.registry import Registry
 
+# The manifest keys of the components stages name directly (calibration rows, the UNet's own rows); everything
+# else loops over the registry.
+TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = "text_encoder", "unet", "vae_decoder", "vae_encoder"
+
 COMPONENTS = Registry("component", "COMPONENT")
-COMPONENTS.add("text_encoder", "edgekit.components.text_encoder")
-COMPONENTS.add("unet", "edgekit.components.unet")
-COMPONENTS.add("vae_decoder", "edgekit.components.vae_decoder")
-COMPONENTS.add("vae_encoder", "edgekit.components.vae_encoder")
+COMPONENTS.add(TEXT_ENCODER, "edgekit.components.text_encoder")
+COMPONENTS.add(UNET, "edgekit.components.unet")
+COMPONENTS.add(VAE_DECODER, "edgekit.components.vae_decoder")
+COMPONENTS.add(VAE_ENCODER, "edgekit.components.vae_encoder")
 # step caching (edgekit.step_cache): exported only where a profile offers a cache interval above 1
 COMPONENTS.add("unet_full", "edgekit.components.unet_full")
 COMPONENTS.add("unet_shallow", "edgekit.components.unet_shallow")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.config import check_keys
 from edgekit.errors import InputError
+from edgekit.modeldir import UNET
 
 REPORT_FILE = "compress_report.json"
 
@@ -125,7 +126,7 @@ def write_structured_model(source_dir: Path, out_dir: Path, unet, structure) -> 
 
     # unchanged components as hard links (else copies); the UNet's weight files are unlinked and written anew
     link_or_copy_tree(source_dir, out_dir, skip_top=(MANIFEST, STRUCTURE_FILE, REPORT_FILE))
-    unet_dir = out_dir / "unet"
+    unet_dir = out_dir / UNET
     existing = sorted(unet_dir.glob("*.safetensors")) + sorted(unet_dir.glob("*.bin"))
     dtype = torch.float32
     if existing and existing[0].suffix == ".safetensors":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edgekit.config import check_keys, widths_param
 from edgekit.errors import InputError
+from edgekit.modeldir import UNET
 from edgekit.unet_layout import UNetLayout, unet_layout
 from edgekit.width import FULL
 
@@ -235,7 +236,7 @@ def check_memory(model_dir: Path, config: SlimConfig, calib_dir: Path | None = N
 
     from edgekit.quantize.memory import available_bytes, component_params
 
-    params = component_params(model_dir, "unet")
+    params = component_params(model_dir, UNET)
     if not params:
         return None
     layout = unet_layout(model_dir)

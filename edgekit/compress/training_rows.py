@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from edgekit.components import TEXT_ENCODER, UNET, VAE_DECODER
 from edgekit.errors import EdgekitError, InputError
 
 
@@ -19,15 +20,15 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
 
     model = ModelDir.unchecked(model_dir)  # the model the pipeline was loaded from, checked then
     if calib_dir is not None:
-        return CalibrationSet.open(calib_dir, model).load("unet")
+        return CalibrationSet.open(calib_dir, model).load(UNET)
     defaults = model.sampling_defaults
     prompts_file = default_prompts_file(model)
     config = CalibrationConfig(prompts=tuple(read_prompts(prompts_file)), steps=defaults.steps, samples=samples,
                                guidance_scale=defaults.guidance_scale, seed=seed,
-                               max_rows={"text_encoder": 16, "unet": max_rows, "vae_decoder": 16})
+                               max_rows={TEXT_ENCODER: 16, UNET: max_rows, VAE_DECODER: 16})
     with tempfile.TemporaryDirectory() as tmp:
         capture(pipe, config, Path(tmp), model, prompts_file, progress=current_progress())
-        return CalibrationSet.open(tmp).load("unet")
+        return CalibrationSet.open(tmp).load(UNET)
 
 
 def _dataset(rows: dict, keep=None, indexed: bool = False):
