@@ -245,10 +245,17 @@ def markdown(summary: dict, plots: list[str]) -> str:
             lines.append(head + f"| {c['component']} | {c['bytes'] / MIB:.2f} | {_fmt(c['max_rel_err'], '.2e')} | "
                          f"{'; '.join(c['runtimes'])} |")
 
+    recipes = [(target, key, r) for target, b in summary["bundles"].items()
+               for key, r in (b.get("recipes") or {}).items()]
+    if recipes:  # the recipe stages: planned from the run's calibration, applied by the export, reused on rerun
+        lines += ["", "INT8 recipes (analysis -> recipe JSON -> apply; stage recipe-<target>-w<width>): "
+                  + "; ".join(f"{target} w{key}: {len(r['components'])} graphs planned in "
+                              f"{_fmt(r.get('planned_s'), '.1f')} s" for target, key, r in recipes) + "."]
+
     from edgekit.targets.precision import precision_lines
 
     lines += [""] + precision_lines(summary)
-    lines += ["", "## Measured tables (written into each manifest; the policy reads them on device)", ""]
+    lines += ["", "## Measured tables (merged into each shipped manifest; the policy reads them on device)", ""]
     for target, b in summary["bundles"].items():
         bench = b.get("bench") or {}
         if "skipped" in bench:

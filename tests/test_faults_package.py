@@ -118,9 +118,11 @@ def test_force_removes_only_what_edgekit_wrote(run_cli, package_copy, default_mo
     assert sorted(p.name for p in package_copy.iterdir()) == [MARKER, "notes.txt"]
     assert (package_copy / "notes.txt").read_text() == "mine\n"
 
+    # the shipped bundle damaged (a file replaced, one removed): only the bundle stage, which wrote it, reruns
 
 def test_force_writes_beside_foreign_files_and_records_only_its_own(run_cli, default_model, tmp_path, monkeypatch):
     from edgekit.package import MARKER
+    model.unlink()  # a new file: the export stage's own copy (a hard link of the old one) stays as it was
 
     out = tmp_path / "shared"
     out.mkdir()
@@ -147,22 +149,35 @@ def test_damaged_bundle_files_rerun_their_stage_and_what_follows(run_cli, packag
     code, out, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--json")
     assert code == 0, err
     summary = json.loads(out)
-    export = _stage(summary, "export-ort-web")
-    assert export["ran"] and export["reran"].startswith("damaged (file ort-web/")
-    assert "tokenizer/tokenizer_config.json missing" in export["reran"] and "1 more" in export["reran"]
-    assert _stage(summary, "bench-ort-web")["reran"] == "its input export-ort-web reran"
-    assert [r["stage"] for r in summary["stages"] if r["ran"]] == ["export-ort-web", "bench-ort-web"]
+    shipped = _stage(summary, "bundle-ort-web")
+    assert shipped["ran"] and shipped["reran"].startswith("damaged (file ort-web/")
+    assert "tokenizer/tokenizer_config.json missing" in shipped["reran"] and "1 more" in shipped["reran"]
+    assert [r["stage"] for r in summary["stages"] if r["ran"]] == ["bundle-ort-web"]
     assert json.loads((package_copy / "package.json").read_text())["stages"] == summary["stages"]
     verify(package_copy / "ort-web")
     manifest = json.loads((package_copy / "ort-web/manifest.json").read_text())
-    assert manifest["table"], "the rerun bench wrote its table into the re-exported manifest"
+    assert manifest["table"], "the shipped manifest carries the bench stage's table"
+
+    # the export's own output damaged in place (the shipped file is the same inode): export, bench, bundle rerun
+    exported = package_copy / "stages/export-ort-web/unet/w1.00/model.onnx"
+    data = bytearray(exported.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    exported.write_bytes(bytes(data))
+    code, out, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert _stage(summary, "export-ort-web")["reran"] == ("damaged (file stages/export-ort-web/unet/w1.00/model.onnx "
+                                                         "changed)")
+    assert _stage(summary, "bench-ort-web")["reran"] == "its input export-ort-web reran"
+    assert [r["stage"] for r in summary["stages"] if r["ran"]] == ["export-ort-web", "bench-ort-web", "bundle-ort-web"]
+    verify(package_copy / "ort-web")
 
     code, out, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--json")
-    assert code == 0 and not any(r["ran"] for r in json.loads(out)["stages"]), "the bench's manifest rewrite is recorded"
+    assert code == 0 and not any(r["ran"] for r in json.loads(out)["stages"]), "every output is as its stage recorded it"
 
 
 def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
-    """The rule on its own, with tiny stages: a reads nothing, b reads a, c rewrites a file of b's output."""
+    """The rule on its own, with tiny stages: a reads nothing, b reads a, c reads b's output into its own."""
     from edgekit.fsutil import staged_dir
     from edgekit.package import STAGES_DIR, Stages
 
@@ -171,6 +186,7 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
 
     def writer(name, text):
         def build(where):
+    assert (root / "b" / "data.txt").read_text() == "B" and (root / "c" / "data.txt").read_text() == "B+table"
             calls.append(name)
             with staged_dir(where, owned=True) as tmp:  # a stage owns its output (no edgekit manifest here)
                 (tmp / "data.txt").write_text(text)
@@ -182,17 +198,18 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
         stages.run("a", {"x": 1}, writer("a", "A"), root / STAGES_DIR / "a")
         stages.run("b", {"a": stages.key("a")}, writer("b", "B"), root / "b")
 
-        def amend(_):
+        def merged(where):
             calls.append("c")
-            (root / "b" / "data.txt").write_text("B+table")
+            with staged_dir(where, owned=True) as tmp:  # its own output, made from b's: b's files stay b's
+                (tmp / "data.txt").write_text((root / "b" / "data.txt").read_text() + "+table")
             return {}
 
-        stages.run("c", {"b": stages.key("b")}, amend, amends="b")
+        stages.run("c", {"b": stages.key("b")}, merged, root / "c")
         return {r["stage"]: r.get("reran") for r in stages.records if r["ran"]}
 
     assert run_all() == {"a": None, "b": None, "c": None}
     calls.clear()
-    assert run_all() == {} and calls == [], "c's rewrite of b's file is b's recorded state"
+    assert run_all() == {} and calls == [], "every output is as its stage recorded it"
     (root / "b" / "data.txt").write_text("B+tampered")
     assert run_all() == {"b": "damaged (file b/data.txt changed)", "c": "its input b reran"}
     (root / STAGES_DIR / "a" / "extra.bin").write_bytes(b"x")
@@ -211,7 +228,7 @@ def test_ctrl_c_during_a_stage_is_one_line_exit_130_and_keeps_finished_stages(ru
     from edgekit.runtime.verify import verify
     from edgekit.targets import get_target
 
-    shutil.rmtree(package_copy / "ort-web")  # the export stage reruns
+    shutil.rmtree(package_copy / "stages" / "export-ort-web")  # the export stage reruns
     stages_before = _files(package_copy / "stages")
     target_class = type(get_target("ort-web"))
     original = target_class.write
@@ -226,14 +243,16 @@ def test_ctrl_c_during_a_stage_is_one_line_exit_130_and_keeps_finished_stages(ru
     assert code == 130
     assert _one_line(err) == (f"edgekit package: interrupted; finished stages kept in {package_copy.resolve()}, "
                               "rerun to resume")
-    assert not (package_copy / "ort-web").exists() and not _partials(package_copy, package_copy.parent)
+    assert not (package_copy / "stages" / "export-ort-web").exists()
+    assert not _partials(package_copy, package_copy.parent)
     unfinished = "export-ort-web.json"  # the stage under way has no record: it reruns
     assert _files(package_copy / "stages") == {k: v for k, v in stages_before.items() if k != unfinished}
 
     monkeypatch.setattr(target_class, "write", original)
     code, out, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--json")
     assert code == 0, err
-    assert [r["stage"] for r in json.loads(out)["stages"] if r["ran"]] == ["export-ort-web", "bench-ort-web"]
+    assert [r["stage"] for r in json.loads(out)["stages"] if r["ran"]] == ["export-ort-web", "bench-ort-web",
+                                                                           "bundle-ort-web"]
     verify(package_copy / "ort-web")
 
 
@@ -293,7 +312,7 @@ def test_a_full_disk_during_a_stage_names_it_and_leaves_nothing_half_written(run
                                                                              monkeypatch):
     from edgekit.targets import get_target
 
-    shutil.rmtree(package_copy / "ort-web")
+    shutil.rmtree(package_copy / "stages" / "export-ort-web")
     stages_before = _files(package_copy / "stages")
     target_class = type(get_target("ort-web"))
     original = target_class.write
@@ -311,8 +330,9 @@ def test_a_full_disk_during_a_stage_names_it_and_leaves_nothing_half_written(run
     assert code == 1
     line = _one_line(err)
     assert "stage export-ort-web: no space left on device writing" in line
-    assert str(package_copy.resolve() / "ort-web") in line
-    assert not (package_copy / "ort-web").exists() and not _partials(package_copy, package_copy.parent)
+    assert str(package_copy.resolve() / "stages" / "export-ort-web") in line
+    assert not (package_copy / "stages" / "export-ort-web").exists()
+    assert not _partials(package_copy, package_copy.parent)
     assert not (package_copy / "stages" / "export-ort-web.json").exists()
     assert _files(package_copy / "stages") == {k: v for k, v in stages_before.items() if k != "export-ort-web.json"}
 

@@ -306,7 +306,7 @@ def test_bench_measures_rows_per_cache_interval_and_the_policy_reads_them(cached
     from edgekit.bundle import read_manifest
     from edgekit.errors import InputError
     from edgekit.policy import Policy
-    from edgekit.runtime.bench import BenchConfig, measure, write_table
+    from edgekit.runtime.bench import BenchConfig, measure, merge_table
 
     bundle = tmp_path / "b"
     shutil.copytree(cached_bundle, bundle)
@@ -314,7 +314,7 @@ def test_bench_measures_rows_per_cache_interval_and_the_policy_reads_them(cached
                                           reference_model=__import__("pathlib").Path(SLIM), cache_intervals=(1, 2)))
     assert [(r["width"], r["steps"], r.get("cache", 1)) for r in rows] == [(1.0, 4, 1), (1.0, 4, 2)]
     assert rows[0]["quality"]["value"] != rows[1]["quality"]["value"]  # another loop, other images
-    written, _ = write_table(bundle, read_manifest(bundle), rows, None)
+    written, _ = merge_table(bundle, read_manifest(bundle), rows, None)
     policy = Policy.from_manifest(written)
     assert {r.cache for r in policy.rows} == {1, 2}
     other = Policy.from_manifest({**written, "table": [{**written["table"][1], "cache": 3, "steps": 8}]})
@@ -432,7 +432,7 @@ def test_policy_generate_runs_the_cached_row_it_picks(cached_bundle, tmp_path, c
 
     from edgekit.bundle import read_manifest
     from edgekit.cli import main
-    from edgekit.runtime.bench import write_table
+    from edgekit.runtime.bench import merge_table
     from edgekit.runtime.sampler import BundleSampler
 
     bundle = tmp_path / "b"
@@ -443,7 +443,7 @@ def test_policy_generate_runs_the_cached_row_it_picks(cached_bundle, tmp_path, c
                 "latency_spread_ms": [ms, ms], "device": "test-data",
                 "quality": {"evaluator": "test-data", "metric": "psnr_db", "value": q, "ci95": [q - 0.3, q + 0.3]}}
 
-    write_table(bundle, read_manifest(bundle), [row(1, 400.0, 30.0), row(2, 190.0, 29.9)], None)
+    merge_table(bundle, read_manifest(bundle), [row(1, 400.0, 30.0), row(2, 190.0, 29.9)], None)
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"battery_level": 0.9, "charging": False, "low_power": False, "thermal": "nominal"}))
     out = tmp_path / "p.png"

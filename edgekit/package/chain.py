@@ -148,8 +148,8 @@ def _package(p: Plan, config: PackageConfig, progress, say=None) -> dict:
             if not isinstance(exc, EdgekitError):
                 failures[target]["traceback"] = traceback.format_exc(limit=8)
 
-    summary = {"edgekit": __version__, "source": str(p.source), "source_sha256": source_key, "model": str(run.model.path),
-               "widths": [w.value for w in p.widths],
+    summary = {"edgekit": __version__, "source": str(p.source), "source_sha256": source_key,
+               "model": str(run.model.path), "widths": [w.value for w in p.widths],
                "config": config.to_dict(),  # PackageConfig.from_dict(report["config"]) repeats the run
                "precisions": {t: config.precision(t) for t in config.targets},
                "stages": run.stages.records, **_results(run, failures), "failures": failures}
