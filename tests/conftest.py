@@ -91,6 +91,28 @@ def copy_of(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory, default_model) -> Path:
+    """One finished ort-web package of the default model (full width, helpers.FAST_CONFIG: short settings), made once
+    per session and only read: a test that writes into a package or reruns into it uses ``package_copy``. Its
+    --config file is fast.yaml beside it; the flags helpers.FAST name the same run (rerunning with them reuses every
+    stage)."""
+    from edgekit.cli import main
+    from helpers import FAST_CONFIG
+
+    root = tmp_path_factory.mktemp("package")
+    (root / "fast.yaml").write_text(FAST_CONFIG)
+    out = root / "out"
+    assert main(["package", "--model", str(default_model), "--config", str(root / "fast.yaml"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def package_copy(packaged, copy_of) -> Path:
+    """A private copy of the shared package that a test may rerun into or damage."""
+    return copy_of(packaged, "out")
+
+
 @pytest.fixture
 def model_copy(default_model, copy_of) -> Path:
     """A private copy of the default model that a test may break."""

@@ -4,26 +4,20 @@ import json
 import pytest
 
 from edgekit.fsutil import sha256_tree
-
-
-def _one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+from cli_checks import one_line
 
 
 def test_nonexistent_model(run_cli, tmp_path):
     code, _, err = run_cli("eval", "--model", tmp_path / "nope")
     assert code == 2
-    _one_line_error(err, "--model", "nope", "no such directory")
+    one_line(err, "--model", "nope", "no such directory")
 
 
 def test_directory_that_is_not_a_pipeline(run_cli, tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
     code, _, err = run_cli("generate", "--model", tmp_path, "--prompt", "x", "--out", tmp_path.parent / "x.png")
     assert code == 2
-    _one_line_error(err, "model_index.json missing")
+    one_line(err, "model_index.json missing")
     assert not (tmp_path.parent / "x.png").exists()
 
 
@@ -34,7 +28,7 @@ def test_truncated_safetensors_is_named(run_cli, model_copy, tmp_path):
     before = sha256_tree(model_copy)
     code, _, err = run_cli("calibrate", "--model", model_copy, "--out", tmp_path / "calib")
     assert code == 2
-    _one_line_error(err, str(weights), "truncated")
+    one_line(err, str(weights), "truncated")
     assert not (tmp_path / "calib").exists()
     assert sha256_tree(model_copy) == before
 
@@ -44,7 +38,7 @@ def test_garbage_safetensors_header(run_cli, model_copy):
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + b"\0" * 64)
     code, _, err = run_cli("eval", "--model", model_copy)
     assert code == 2
-    _one_line_error(err, str(weights), "not a valid safetensors")
+    one_line(err, str(weights), "not a valid safetensors")
 
 
 def test_missing_component(run_cli, model_copy):
@@ -53,7 +47,7 @@ def test_missing_component(run_cli, model_copy):
     shutil.rmtree(model_copy / "text_encoder")
     code, _, err = run_cli("eval", "--model", model_copy)
     assert code == 2
-    _one_line_error(err, "text_encoder")
+    one_line(err, "text_encoder")
 
 
 def test_component_of_wrong_class(run_cli, model_copy):
@@ -63,14 +57,14 @@ def test_component_of_wrong_class(run_cli, model_copy):
     index_path.write_text(json.dumps(index))
     code, _, err = run_cli("eval", "--model", model_copy)
     assert code == 2
-    _one_line_error(err, "'unet' is UNet2DModel")
+    one_line(err, "'unet' is UNet2DModel")
 
 
 def test_corrupt_model_index(run_cli, model_copy):
     (model_copy / "model_index.json").write_text("{ not json")
     code, _, err = run_cli("eval", "--model", model_copy)
     assert code == 2
-    _one_line_error(err, "model_index.json", "not valid JSON")
+    one_line(err, "model_index.json", "not valid JSON")
 
 
 def test_empty_prompts_file(run_cli, tmp_path):
@@ -78,14 +72,14 @@ def test_empty_prompts_file(run_cli, tmp_path):
     prompts.write_text("# only a comment\n\n")
     code, _, err = run_cli("calibrate", "--prompts", prompts, "--out", tmp_path / "calib")
     assert code == 2
-    _one_line_error(err, "--prompts", str(prompts), "no prompts")
+    one_line(err, "--prompts", str(prompts), "no prompts")
     assert not (tmp_path / "calib").exists()
 
 
 def test_missing_prompts_file(run_cli, tmp_path):
     code, _, err = run_cli("calibrate", "--prompts", tmp_path / "none.txt", "--out", tmp_path / "calib")
     assert code == 2
-    _one_line_error(err, "--prompts", "no such file")
+    one_line(err, "--prompts", "no such file")
 
 
 @pytest.mark.parametrize("steps", ["0", "-3", "many"])
@@ -93,7 +87,7 @@ def test_steps_must_be_positive(run_cli, tmp_path, steps):
     code, _, err = run_cli("generate", "--prompt", "a handwritten digit one", "--steps", steps,
                            "--out", tmp_path / "x.png")
     assert code == 2
-    _one_line_error(err, "--steps", "positive whole number")
+    one_line(err, "--steps", "positive whole number")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -101,18 +95,18 @@ def test_output_inside_input_model(run_cli, model_copy):
     before = sha256_tree(model_copy)
     code, _, err = run_cli("calibrate", "--model", model_copy, "--out", model_copy / "calib")
     assert code == 2
-    _one_line_error(err, "--out", "inside the input")
+    one_line(err, "--out", "inside the input")
     assert not (model_copy / "calib").exists()
     code, _, err = run_cli("generate", "--model", model_copy, "--prompt", "x", "--out", model_copy / "unet" / "x.png")
     assert code == 2
-    _one_line_error(err, "--out", "inside the input")
+    one_line(err, "--out", "inside the input")
     assert sha256_tree(model_copy) == before
 
 
 def test_output_that_contains_the_input(run_cli, model_copy):
     code, _, err = run_cli("calibrate", "--model", model_copy, "--out", model_copy.parent, "--force")
     assert code == 2
-    _one_line_error(err, "contains the input")
+    one_line(err, "contains the input")
     assert (model_copy / "model_index.json").is_file()
 
 
@@ -122,7 +116,7 @@ def test_existing_output_needs_force(run_cli, tmp_path):
     (out / "keep.txt").write_text("mine")
     code, _, err = run_cli("calibrate", "--out", out)
     assert code == 2
-    _one_line_error(err, "already exists", "--force")
+    one_line(err, "already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -136,7 +130,7 @@ def test_console_script_exit_code(tmp_path):
     assert exe.is_file(), "the edgekit console script is not installed beside this Python"
     proc = subprocess.run([str(exe), "eval", "--model", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2
-    _one_line_error(proc.stderr, "no such directory")
+    one_line(proc.stderr, "no such directory")
 
 
 def test_library_errors_name_the_parameter_and_each_command_its_own_flag():

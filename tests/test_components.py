@@ -3,6 +3,7 @@ new component (the VAE encoder) is one module that exports and verifies like the
 registration pattern (edgekit.registry) that targets, quantizers and runners share."""
 import platform
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,14 +129,24 @@ def test_stand_ins_take_the_pipeline_modules_place(default_pipe):
 
 
 def test_one_registry_pattern_for_every_extension_point():
+    import importlib
+
+    import edgekit.components as components_package
     from edgekit.constants import FORMATS
     from edgekit.quantize import QUANTIZERS
     from edgekit.runtime.runners import RUNNERS
     from edgekit.targets import TARGETS
 
+    # the components: one module per component in edgekit/components/ (beside base.py), each naming itself
+    folder = Path(components_package.__file__).parent
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem not in {"__init__", "base"})
+    assert sorted(COMPONENTS.names()) == modules
+    assert [importlib.import_module(f"edgekit.components.{m}").COMPONENT.name for m in modules] == modules
     for registry, names in ((TARGETS, ["ort-web", "tflite", "coreml", "onnx"]),
                             (QUANTIZERS, ["ort-static", "fx", "nncf"]),
-                            (RUNNERS, list(FORMATS)), (COMPONENTS, list(COMPONENTS.names()))):
+                            (RUNNERS, list(FORMATS)),
+                            (COMPONENTS, ["text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_full",
+                                          "unet_shallow"])):
         assert isinstance(registry, Registry) and registry.names() == names
     assert FORMATS == ("onnx", "tflite", "mlpackage")  # one runner per format the manifest accepts
     registry = Registry("widget", "WIDGET")

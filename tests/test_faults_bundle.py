@@ -17,6 +17,7 @@ from edgekit.bundle import FORMAT_VERSION, integrity, read_manifest, verify_file
 from edgekit.runtime.verify import verify
 from edgekit.errors import InputError, VerificationError
 from policy_bundles import exported
+from cli_checks import one_line
 
 ROW = {"width": 1.0, "steps": 4, "latency_ms": 90.0, "device": "Pixel 8 (test data)",
        "quality": {"value": 0.9, "ci95": [0.8, 1.0], "metric": "test data"}}
@@ -56,12 +57,6 @@ def _flip(path: Path, at: int = 100) -> None:
     data = bytearray(path.read_bytes())
     data[min(at, len(data) - 1)] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _edit_manifest(bundle: Path, edit, reseal: bool) -> None:
@@ -124,17 +119,17 @@ def test_import_table_refuses_a_damaged_bundle_and_writes_nothing(bundle, phone_
     before = _tree_digest(bundle)
     code, out, err = run_cli("bench", bundle, "--import-table", phone_table)
     assert code == 1 and out == ""
-    assert re.search(message, _one_line(err)), err
+    assert re.search(message, one_line(err)), err
     assert _tree_digest(bundle) == before
     code, _, err = run_cli("verify", bundle, "--files-only")
-    assert code == 1 and re.search(message, _one_line(err)), err
+    assert code == 1 and re.search(message, one_line(err)), err
 
 
 def test_bench_refuses_damage_before_measuring(bundle, run_cli):
     _unet_flip(bundle)
     before = _tree_digest(bundle)
     code, out, err = run_cli("bench", bundle, "--steps", "4", "--repeats", "1", "--samples-per-digit", "1")
-    assert code == 1 and "unet/w1.00/model.onnx: sha256 differs" in _one_line(err)
+    assert code == 1 and "unet/w1.00/model.onnx: sha256 differs" in one_line(err)
     assert _tree_digest(bundle) == before
 
 
@@ -220,10 +215,10 @@ def test_an_edited_manifest_is_refused_naming_what_changed(bundle, run_cli, edit
     _edit_manifest(bundle, edit, reseal=False)
     before = _tree_digest(bundle)
     code, out, err = run_cli("verify", bundle, "--files-only")
-    assert code in (1, 2) and message in _one_line(err), err
+    assert code in (1, 2) and message in one_line(err), err
     assert code == (1 if "changed after" in message or "integrity.sha256" in message else 2)
     code, _, err = run_cli("bench", bundle, "--import-table", bundle.parent / "absent.json")
-    assert code in (1, 2) and message in _one_line(err), err
+    assert code in (1, 2) and message in one_line(err), err
     assert _tree_digest(bundle) == before
 
 
@@ -281,13 +276,13 @@ def test_verify_checks_meaning_even_when_the_integrity_record_is_renewed(bundle,
     _edit_manifest(bundle, edit, reseal=True)
     read_manifest(bundle)  # the edit passes the schema and the integrity record: only meaning catches it
     code, out, err = run_cli("verify", bundle, "--files-only")
-    assert code == 1 and re.search(message, _one_line(err)), err
+    assert code == 1 and re.search(message, one_line(err)), err
 
 
 def test_guidance_is_bounded_when_resealed(bundle, run_cli):
     _edit_manifest(bundle, lambda m: m["sampling"].update(guidance_scale=-4.0), reseal=True)
     code, _, err = run_cli("verify", bundle, "--files-only")
-    assert code == 2 and "sampling.guidance_scale -4.0 should be a finite number >= 0" in _one_line(err)
+    assert code == 2 and "sampling.guidance_scale -4.0 should be a finite number >= 0" in one_line(err)
 
 
 def test_the_clean_bundle_passes_every_check(clean, run_cli):
@@ -309,7 +304,7 @@ def test_the_clean_bundle_passes_every_check(clean, run_cli):
 def test_serve_refuses_a_damaged_bundle(bundle, run_cli, damage, message):
     damage(bundle)
     code, out, err = run_cli("serve", bundle, "--port", "0")
-    assert code == 1 and out == "" and re.search(message, _one_line(err)), err
+    assert code == 1 and out == "" and re.search(message, one_line(err)), err
 
 
 def test_policy_generate_and_simulate_check_the_bundle_first(bundle, phone_table, run_cli, tmp_path):
@@ -327,12 +322,12 @@ def test_policy_generate_and_simulate_check_the_bundle_first(bundle, phone_table
     out = tmp_path / "bad.png"
     code, _, err = run_cli("policy", "generate", "--bundle", bundle, "--prompt", "a handwritten digit one",
                            "--state", state, "--out", out)
-    assert code == 1 and "unet/w1.00/model.onnx: sha256 differs" in _one_line(err) and not out.exists()
+    assert code == 1 and "unet/w1.00/model.onnx: sha256 differs" in one_line(err) and not out.exists()
     _unet_flip(bundle)  # undone
     _edit_manifest(bundle, lambda m: m["table"][0].update(latency_ms=1.0), reseal=False)
     for argv in (("generate", "--prompt", "x", "--state", state, "--out", out), ("simulate", "--trace", trace)):
         code, _, err = run_cli("policy", argv[0], "--bundle", bundle, *argv[1:])
-        assert code == 1 and "'table' changed after edgekit wrote the manifest" in _one_line(err), err
+        assert code == 1 and "'table' changed after edgekit wrote the manifest" in one_line(err), err
     assert not out.exists()
 
 

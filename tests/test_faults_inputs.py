@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgekit.fsutil import sha256_file, sha256_tree
+from cli_checks import one_line
 
 EXE = Path(sys.executable).parent / "edgekit"
 SAFETENSORS = "diffusion_pytorch_model.safetensors"
@@ -24,11 +25,7 @@ def _digest(path: Path) -> str:
 
 def _check_refusal(code, err, expected_code, needles, inputs_before, out):
     assert code == expected_code, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    one_line(err, *needles)
     for path, digest in inputs_before.items():
         assert _digest(path) == digest, f"{path} changed"
     if out is not None:

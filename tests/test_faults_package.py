@@ -11,24 +11,10 @@ from pathlib import Path
 import pytest
 
 from edgekit.fsutil import sha256_file
-from test_package import FAST
+from helpers import FAST
+from cli_checks import one_line
 
 TARGET = ("--targets", "ort-web")
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory, default_model):
-    """One finished ort-web package (full width, short settings); tests work on copies of it."""
-    from edgekit.cli import main
-
-    out = tmp_path_factory.mktemp("faults") / "done"
-    assert main(["package", "--model", str(default_model), *TARGET, *FAST, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def package_copy(packaged, copy_of) -> Path:
-    return copy_of(packaged, "out")
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -37,13 +23,6 @@ def _files(root: Path) -> dict[str, str]:
 
 def _partials(*roots: Path) -> list[Path]:
     return [p for root in roots for p in root.rglob("*") if ".partial-" in p.name]
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _dead_pid() -> int:
@@ -70,7 +49,7 @@ def test_a_directory_edgekit_did_not_write_is_refused_and_left_byte_identical(ru
     code, _, err = run_cli("package", "--model", default_model, "--targets", "ort-web", "--widths", "1.0",
                            "--out", app, *(["--force"] if force else []))
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     if force:  # --force never overwrites what edgekit did not write
         assert "package.json, report.md, plots" in line and "did not write" in line
     else:
@@ -83,7 +62,7 @@ def test_a_directory_holding_only_stages_is_not_adopted(run_cli, default_model, 
     (out / "stages").mkdir(parents=True)
     (out / "stages" / "calib-w1.00.json").write_text("{}")
     code, _, err = run_cli("package", "--model", default_model, *TARGET, "--out", out)
-    assert code == 2 and "not an edgekit package output" in _one_line(err)
+    assert code == 2 and "not an edgekit package output" in one_line(err)
     assert (out / "stages" / "calib-w1.00.json").read_text() == "{}"
 
 
@@ -93,7 +72,7 @@ def test_a_marker_that_is_not_edgekits_is_refused(run_cli, package_copy, default
     (package_copy / MARKER).write_text(json.dumps({"format": "edgekit-package/1", "entries": ["../elsewhere"]}))
     before = _files(package_copy)
     code, _, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--force")
-    assert code == 2 and MARKER in _one_line(err)
+    assert code == 2 and MARKER in one_line(err)
     assert _files(package_copy) == before
 
 
@@ -114,15 +93,13 @@ def test_force_removes_only_what_edgekit_wrote(run_cli, package_copy, default_mo
     assert {"stages", "ort-web", "package.json", "report.md", "plots"} <= set(entries)
     _interrupt_first_stage(monkeypatch)  # stop the restarted run before it writes anything
     code, _, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--force")
-    assert code == 130 and "interrupted" in _one_line(err)
+    assert code == 130 and "interrupted" in one_line(err)
     assert sorted(p.name for p in package_copy.iterdir()) == [MARKER, "notes.txt"]
     assert (package_copy / "notes.txt").read_text() == "mine\n"
 
-    # the shipped bundle damaged (a file replaced, one removed): only the bundle stage, which wrote it, reruns
 
 def test_force_writes_beside_foreign_files_and_records_only_its_own(run_cli, default_model, tmp_path, monkeypatch):
     from edgekit.package import MARKER
-    model.unlink()  # a new file: the export stage's own copy (a hard link of the old one) stays as it was
 
     out = tmp_path / "shared"
     out.mkdir()
@@ -141,9 +118,11 @@ def test_force_writes_beside_foreign_files_and_records_only_its_own(run_cli, def
 def test_damaged_bundle_files_rerun_their_stage_and_what_follows(run_cli, package_copy, default_model):
     from edgekit.runtime.verify import verify
 
+    # the shipped bundle damaged (a file replaced, one removed): only the bundle stage, which wrote it, reruns
     model = package_copy / "ort-web/unet/w1.00/model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
+    model.unlink()  # a new file: the export stage's own copy (a hard link of the old one) stays as it was
     model.write_bytes(bytes(data))
     (package_copy / "ort-web/tokenizer/tokenizer_config.json").unlink()
     code, out, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy, "--json")
@@ -186,7 +165,6 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
 
     def writer(name, text):
         def build(where):
-    assert (root / "b" / "data.txt").read_text() == "B" and (root / "c" / "data.txt").read_text() == "B+table"
             calls.append(name)
             with staged_dir(where, owned=True) as tmp:  # a stage owns its output (no edgekit manifest here)
                 (tmp / "data.txt").write_text(text)
@@ -208,6 +186,7 @@ def test_stages_record_checksums_and_rerun_damage_and_its_readers(tmp_path):
         return {r["stage"]: r.get("reran") for r in stages.records if r["ran"]}
 
     assert run_all() == {"a": None, "b": None, "c": None}
+    assert (root / "b" / "data.txt").read_text() == "B" and (root / "c" / "data.txt").read_text() == "B+table"
     calls.clear()
     assert run_all() == {} and calls == [], "every output is as its stage recorded it"
     (root / "b" / "data.txt").write_text("B+tampered")
@@ -241,7 +220,7 @@ def test_ctrl_c_during_a_stage_is_one_line_exit_130_and_keeps_finished_stages(ru
     monkeypatch.setattr(target_class, "write", write_then_interrupt)
     code, _, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy)
     assert code == 130
-    assert _one_line(err) == (f"edgekit package: interrupted; finished stages kept in {package_copy.resolve()}, "
+    assert one_line(err) == (f"edgekit package: interrupted; finished stages kept in {package_copy.resolve()}, "
                               "rerun to resume")
     assert not (package_copy / "stages" / "export-ort-web").exists()
     assert not _partials(package_copy, package_copy.parent)
@@ -278,7 +257,7 @@ def test_an_unwritable_out_is_refused_before_any_work(run_cli, default_model, tm
     out = where(tmp_path)
     code, _, err = run_cli("package", "--model", default_model, *TARGET, "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert message in line and f"--out {out}" in line
     assert (tmp_path / "file.txt").read_text() == "keep"
 
@@ -300,7 +279,7 @@ def test_an_out_under_a_read_only_directory_is_refused(run_cli, default_model, t
     try:
         _no_work(monkeypatch)
         code, _, err = run_cli("package", "--model", default_model, *TARGET, "--out", readonly / "out")
-        assert code == 2 and f"cannot create files in {readonly}" in _one_line(err)
+        assert code == 2 and f"cannot create files in {readonly}" in one_line(err)
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(readonly)], check=True)
@@ -328,7 +307,7 @@ def test_a_full_disk_during_a_stage_names_it_and_leaves_nothing_half_written(run
     monkeypatch.setattr(target_class, "write", write_until_full)
     code, _, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", package_copy)
     assert code == 1
-    line = _one_line(err)
+    line = one_line(err)
     assert "stage export-ort-web: no space left on device writing" in line
     assert str(package_copy.resolve() / "stages" / "export-ort-web") in line
     assert not (package_copy / "stages" / "export-ort-web").exists()
@@ -362,7 +341,7 @@ def test_a_real_full_disk_stops_the_run_with_one_line(run_cli, default_model, tm
         out = small / "out"
         code, _, err = run_cli("package", "--model", default_model, *TARGET, *FAST, "--out", out)
         assert code == 1
-        line = _one_line(err)
+        line = one_line(err)
         assert "no space left on device writing" in line and "stage " in line
         assert not _partials(small)
         for path in (out / "stages").iterdir():

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.fsutil import sha256_file, sha256_tree
+from cli_checks import one_line
 
 EXE = Path(sys.executable).parent / "edgekit"
 TRACE_SAMPLE = {"t": 0.0, "battery_level": 0.5, "charging": False, "low_power": False, "thermal": "nominal"}
@@ -28,17 +29,14 @@ def _digest(path: Path) -> str:
 
 def _check(code, err, needles, inputs=(), out=None, before=None):
     """Exit 2, one stderr line holding every needle, no traceback, inputs unchanged, nothing at ``out``."""
-    lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
-    assert "Traceback" not in err and len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    line = one_line(err, *needles)
     for path, digest in (before or {}).items():
         assert _digest(path) == digest, f"{path} changed"
     if out is not None:
         assert not Path(out).exists(), f"{out} was written"
         assert not list(Path(out).parent.glob(f".{Path(out).name}.partial-*")), "a partial output was left"
-    return lines[0]
+    return line
 
 
 def _console(cwd, *argv, timeout=60):

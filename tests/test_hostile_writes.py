@@ -21,17 +21,11 @@ from edgekit.bundle import integrity, read_manifest, write_manifest
 from edgekit.errors import VerificationError
 from edgekit.fsutil import OutputConflictError, edgekit_output, staged_dir, staged_file
 from edgekit.locking import output_lock
+from cli_checks import one_line
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ("--target", "ort-web", "--precision", "fp32")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _tree(path: Path) -> dict:
@@ -137,7 +131,7 @@ def test_a_png_made_at_out_during_generate_survives(run_cli, tmp_path, monkeypat
 
     monkeypatch.setattr(edgekit.loader, "open_model", meanwhile)
     code, _, err = run_cli("generate", "--prompt", "a handwritten digit one", "--steps", "2", "--out", out)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and f"--out {out}: appeared while this command ran" in line, line
     assert out.read_bytes() == b"a picture of my cat"
     _no_leftovers(tmp_path, "X.png")
@@ -148,7 +142,7 @@ def test_export_force_refuses_a_foreign_directory_before_any_work(run_cli, tmp_p
     out.mkdir()
     (out / "thesis.txt").write_text("data")
     code, _, err = run_cli("export", *FAST, "--force", "--out", out)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 2 and f"--out {out}" in line and "edgekit did not write" in line, line
     assert (out / "thesis.txt").read_text() == "data"
     _no_leftovers(tmp_path, "X")
@@ -171,7 +165,7 @@ def test_a_directory_made_at_out_during_export_survives(run_cli, tmp_path, monke
     monkeypatch.setattr(base, "save_array", meanwhile)
     for force in ((), ("--force",)):  # --force replaces an earlier edgekit output only
         code, _, err = run_cli("export", *FAST, *force, "--out", out)
-        line = _one_line(err)
+        line = one_line(err)
         assert code == 1 and f"--out {out}" in line, line
         assert ("appeared while this command ran" if not force else "edgekit did not write") in line, line
         assert _tree(out) == {"thesis.txt": hashlib.sha256(b"data").hexdigest()}
@@ -189,7 +183,7 @@ def test_two_concurrent_exports_into_one_out_one_wins_the_other_says_so(tmp_path
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 1], results
     loser = next(err for code, err, _ in results if code == 1)
-    line = _one_line(loser)
+    line = one_line(loser)
     assert f"{out}" in line and ("is being written by PID" in line or "appeared while this command ran" in line), line
     read_manifest(out)  # the winner's bundle, whole
     _no_leftovers(tmp_path, "Y")
@@ -214,15 +208,15 @@ def test_a_second_writer_is_refused_naming_the_holder(run_cli, bundle_copy):
         assert holder.stdout.readline().strip() == "holding"
         named = f"PID {holder.pid} (edgekit bench)"
         code, _, err = run_cli("export", *FAST, "--force", "--out", bundle_copy)
-        line = _one_line(err)
+        line = one_line(err)
         assert code == 1 and named in line and f"--out {bundle_copy}: is being written by" in line, line
         code, _, err = run_cli("bench", bundle_copy, "--steps", "4", "--repeats", "1")
-        line = _one_line(err)
+        line = one_line(err)
         assert code == 1 and named in line, line
         code, _, err = run_cli("sign", bundle_copy, "--key", bundle_copy.parent / "no-key")
         assert code == 2  # a bad key is named before the lock is even tried
         code, _, err = run_cli("package", "--targets", "ort-web", "--out", package)  # a second package run
-        line = _one_line(err)
+        line = one_line(err)
         assert code == 1 and f"PID {holder.pid} (edgekit package)" in line, line
         assert not package.exists()
     finally:
@@ -267,7 +261,7 @@ def test_bench_reference_model_must_be_a_model_before_anything_is_hashed(run_cli
     (tmp_path / "big").mkdir()
     code, _, err = run_cli("bench", bundle_copy, "--steps", "4", "--repeats", "1", "--reference-model",
                            tmp_path / "big")
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 2 and f"--reference-model {tmp_path / 'big'}" in line and "model_index.json" in line, line
 
 
@@ -345,7 +339,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     children = parent.children(recursive=True)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    line = _one_line(err)
+    line = one_line(err)
     assert proc.returncode == 143 and "terminated (SIGTERM)" in line, (proc.returncode, err)
     assert not out.exists()
     _no_leftovers(tmp_path, "Z")
@@ -374,7 +368,7 @@ def test_a_failed_generate_leaves_no_log_beside_out_and_prints_one_line(bundle, 
     proc = subprocess.run([sys.executable, "-c", FAILING, "generate", "--bundle", str(bundle), "--prompt", "a digit",
                            "--steps", "4", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, env=ENV,
                           timeout=300)
-    line = _one_line(proc.stderr)
+    line = one_line(proc.stderr)
     assert proc.returncode == 2 and "the sampler refused this prompt" in line, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no X.png, no X.png.log, no partial
     log = Path(line.split("other libraries' output: ")[1].rstrip(")"))  # kept in the temp dir, named once
@@ -404,20 +398,20 @@ def test_a_forged_bundle_passes_the_checksums_but_not_the_signature(run_cli, bun
     code, _, err = run_cli("verify", bundle_copy, "--files-only")
     assert code == 0, err  # the known limit: checksums alone are recomputed by the forger
     code, _, err = run_cli("verify", bundle_copy, "--files-only", "--key", pub)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and "manifest.sig: signs another manifest" in line, line
     sig = json.loads((bundle_copy / "manifest.sig").read_text())
     sig["signed"] = read_manifest(bundle_copy)["integrity"]["sha256"]  # the forger edits the signature file too
     (bundle_copy / "manifest.sig").write_text(json.dumps(sig))
     code, _, err = run_cli("verify", bundle_copy, "--files-only", "--key", pub)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and "signature is not valid" in line, line
     other = tmp_path / "other-key"
     assert run_cli("keygen", "--out", other)[0] == 0
     code, _, err = run_cli("sign", bundle_copy, "--key", other)  # signed by the forger's own key
     assert code == 0, err
     code, _, err = run_cli("verify", bundle_copy, "--files-only", "--key", pub)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and "signed by another key" in line, line
 
 
@@ -432,12 +426,12 @@ def test_signing_refuses_bad_keys_in_one_line_before_any_work(run_cli, bundle_co
                          (("sign", bundle_copy, "--key", pub), "not an unencrypted PEM private key"),
                          (("keygen", "--out", key), "a key is never replaced")):
         code, _, err = run_cli(*argv)
-        line = _one_line(err)
+        line = one_line(err)
         assert code == 2 and needle in line, (argv, line)
     assert not (tmp_path / "o").exists() and _tree(bundle_copy) == before
     unsigned = tmp_path / "unsigned"
     shutil.copytree(bundle_copy, unsigned)
     (unsigned / "manifest.sig").unlink()
     code, _, err = run_cli("verify", unsigned, "--files-only", "--key", pub)
-    line = _one_line(err)
+    line = one_line(err)
     assert code == 1 and "the bundle is not signed" in line, line

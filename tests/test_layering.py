@@ -167,3 +167,74 @@ def test_the_checker_fails_on_a_planted_upward_import(tmp_path):
     path.write_text("def f():\n    from ..targets import base\n")
     bad = check_package({**modules, "edgekit.compress.slim": path})
     assert bad == ["edgekit.compress.slim:2 (convert) -> edgekit.targets.base (targets)"], bad
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (test_*.py, by module name) that ``source`` imports, wherever the import sits."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tests":
+                parts = parts[1:]
+            if parts and parts[0].startswith("test_"):
+                found.append(parts[0])
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in conftest.py or a helper module (cli_checks.py, helpers.py, ...), never in a
+    test module: importing one runs its module-level code and ties two files' fixtures together."""
+    bad = {path.name: imported_test_modules(path.read_text(encoding="utf-8")) for path in sorted(TESTS.glob("*.py"))}
+    assert not {name: found for name, found in bad.items() if found}
+
+
+def test_the_test_import_check_sees_each_form():
+    assert imported_test_modules("from test_package import FAST\n") == ["test_package"]
+    assert imported_test_modules("def f():\n    import test_policy as p\n") == ["test_policy"]
+    assert imported_test_modules("from tests.test_slim import x\n") == ["test_slim"]
+    assert imported_test_modules("from helpers import FAST\nfrom cli_checks import one_line\nimport testing\n") == []
+
+
+def flag_vocabulary(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each place ``source`` speaks of a command-line flag where the library speaks of parameters:
+    a function parameter or call keyword named ``flag``, or a ``param=`` given as a flag ("--out")."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            found += [(node.lineno, f"{node.name}(flag)") for a in args.posonlyargs + args.args + args.kwonlyargs
+                      if a.arg == "flag"]
+        elif isinstance(node, ast.Call):
+            for keyword in node.keywords:
+                if keyword.arg == "flag":
+                    found.append((node.lineno, "flag="))
+                elif keyword.arg == "param" and isinstance(keyword.value, ast.Constant) \
+                        and str(keyword.value.value).startswith("--"):
+                    found.append((node.lineno, f"param={keyword.value.value!r}"))
+    return found
+
+
+def test_the_library_names_parameters_not_flags():
+    """One error vocabulary: errors name the library's parameter (``param="out"``); only the CLI words it as a flag
+    (edgekit.commands.common.error_line)."""
+    bad = [f"{name}:{line} {what}" for name, path in all_modules().items()
+           for line, what in flag_vocabulary(path.read_text(encoding="utf-8"))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_flag_check_sees_each_form():
+    source = ("def check(path, flag='--out'):\n    pass\n"
+              "check(p, flag='--calib')\n"
+              "raise InputError('bad', param='--widths')\n"
+              "raise InputError('bad', param='widths')\n")
+    assert flag_vocabulary(source) == [(1, "check(flag)"), (3, "flag="), (4, "param='--widths'")]

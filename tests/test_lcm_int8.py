@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_model_families import FAMILIES, build_family
+from helpers import FAMILIES, build_family
 
 GUIDANCE, DIM = FAMILIES["lcm"][4], FAMILIES["lcm"][2]["time_cond_proj_dim"]
 STEPS, SAMPLES = 2, 3

@@ -6,32 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FAST = ("--steps", "4", "--samples", "4", "--repeats", "1", "--calib-samples", "4", "--calib-steps", "3")
-# The same settings as a --config file, with a slim section that differs from the recipe (unused here: the default
-# model is slimmable already; recorded all the same)
-FAST_CONFIG = """\
-targets: [ort-web]
-steps: [4]
-samples: 4
-repeats: 1
-calib_samples: 4
-calib_steps: 3
-slim: {train_steps: 7, lr: 0.001}
-"""
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory, default_model):
-    """One ort-web package of the default model (full width) made from FAST_CONFIG, shared by the tests that
-    read it (the flags FAST name the same run: rerunning with them reuses every stage)."""
-    from edgekit.cli import main
-
-    root = tmp_path_factory.mktemp("package")
-    (root / "fast.yaml").write_text(FAST_CONFIG)
-    out = root / "out"
-    code = main(["package", "--model", str(default_model), "--config", str(root / "fast.yaml"), "--out", str(out)])
-    assert code == 0
-    return out
+from helpers import FAST
 
 
 def test_the_report_holds_the_config_the_run_repeats_from(run_cli, packaged, default_model, tmp_path):
@@ -108,15 +83,16 @@ def test_package_writes_a_verified_measured_bundle_and_report(packaged):
     assert numbers["bundles"]["ort-web"]["bench"]["rows"][0]["latency_ms"] == row["latency_ms"]
 
 
-def test_rerun_reuses_every_stage_and_a_changed_setting_reruns_only_its_readers(run_cli, packaged, default_model):
+def test_rerun_reuses_every_stage_and_a_changed_setting_reruns_only_its_readers(run_cli, package_copy,
+                                                                               default_model):
     from edgekit.fsutil import sha256_tree
 
-    before = sha256_tree(packaged / "ort-web")
-    args = ["package", "--model", default_model, "--targets", "ort-web", *FAST, "--out", packaged, "--json"]
+    before = sha256_tree(package_copy / "ort-web")
+    args = ["package", "--model", default_model, "--targets", "ort-web", *FAST, "--out", package_copy, "--json"]
     code, out, err = run_cli(*args)
     assert code == 0, err
     assert not any(r["ran"] for r in _summary(out)["stages"])
-    assert sha256_tree(packaged / "ort-web") == before
+    assert sha256_tree(package_copy / "ort-web") == before
 
     changed = [a if a != "1" or args[i - 1] != "--repeats" else "2" for i, a in enumerate(args)]
     code, out, err = run_cli(*changed)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from edgekit.fsutil import sha256_tree
+from cli_checks import one_line
 
 
 @pytest.fixture(scope="session")
@@ -17,13 +18,6 @@ def pruned_model(digits_arch_model, tmp_path_factory):
     report = prune_model(digits_arch_model, PruneConfig(ratio=0.5, heads_ratio=0.5, recover_steps=3, batch_size=4),
                          out)
     return out, report
-
-
-def _one_line(err, *needles):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_pruned_model_is_smaller_and_reloads(pruned_model, digits_arch_model):
@@ -117,7 +111,7 @@ def test_bad_prune_arguments(run_cli, digits_arch_model, tmp_path, args, needles
     before = sha256_tree(digits_arch_model)
     code, _, err = run_cli("prune", "--model", digits_arch_model, *args, "--out", tmp_path / "out")
     assert code == 2
-    _one_line(err, *needles)
+    one_line(err, *needles)
     assert not (tmp_path / "out").exists()
     assert sha256_tree(digits_arch_model) == before
 
@@ -134,7 +128,7 @@ def test_model_without_attention_is_refused(run_cli, digits_arch_model, tmp_path
     pipe.save_pretrained(plain, safe_serialization=True)
     code, _, err = run_cli("prune", "--model", plain, "--ratio", "0.5", "--out", tmp_path / "out")
     assert code == 2
-    _one_line(err, "no attention layers")
+    one_line(err, "no attention layers")
     assert not (tmp_path / "out").exists()
     code, _, err = run_cli("prune", "--model", plain, "--ratio", "0.5", "--heads-ratio", "0", "--out", tmp_path / "out")
     assert code == 0, err
@@ -149,5 +143,5 @@ def test_structure_that_does_not_match_weights(run_cli, pruned_model, tmp_path):
     (broken / "structure.json").write_text(json.dumps(data))
     code, _, err = run_cli("generate", "--model", broken, "--prompt", "x", "--out", tmp_path / "x.png")
     assert code == 2
-    _one_line(err, "structure.json", "does not match the UNet weights")
+    one_line(err, "structure.json", "does not match the UNet weights")
     assert not (tmp_path / "x.png").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgekit.fsutil import sha256_tree
+from cli_checks import one_line
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +81,6 @@ def test_slim_training_cli(run_cli, digits_arch_model, tmp_path):
     assert json.loads((tmp_path / "slim" / "structure.json").read_text())["widths"] == [0.5, 1.0]
 
 
-def _one_line(err, *needles):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("widths, needles", [
     ("0,1.0", ["--widths 0", "(0, 1]"]),
     ("0.5,1.5", ["--widths 1.5", "(0, 1]"]),
@@ -97,7 +91,7 @@ def test_bad_widths(run_cli, digits_arch_model, tmp_path, widths, needles):
     before = sha256_tree(digits_arch_model)
     code, _, err = run_cli("slim", "--model", digits_arch_model, "--widths", widths, "--out", tmp_path / "out")
     assert code == 2
-    _one_line(err, *needles)
+    one_line(err, *needles)
     assert not (tmp_path / "out").exists()
     assert sha256_tree(digits_arch_model) == before
 
@@ -105,7 +99,7 @@ def test_bad_widths(run_cli, digits_arch_model, tmp_path, widths, needles):
 def test_groupnorm_invalid_width_on_32_groups(run_cli, sd15_reduced, tmp_path):
     code, _, err = run_cli("slim", "--model", sd15_reduced, "--widths", "0.5,1.0", "--out", tmp_path / "out")
     assert code == 2
-    _one_line(err, "--widths 0.5", "GroupNorm")
+    one_line(err, "--widths 0.5", "GroupNorm")
     assert not (tmp_path / "out").exists()
 
 
@@ -113,11 +107,11 @@ def test_width_not_offered_or_not_slimmable(run_cli, slim_model, digits_arch_mod
     out, _ = slim_model
     code, _, err = run_cli("generate", "--model", out, "--width", "0.6", "--prompt", "x", "--out", tmp_path / "a.png")
     assert code == 2
-    _one_line(err, "--width 0.6", "offers widths 0.5, 0.75, 1")
+    one_line(err, "--width 0.6", "offers widths 0.5, 0.75, 1")
     code, _, err = run_cli("generate", "--model", digits_arch_model, "--width", "0.5", "--prompt", "x",
                            "--out", tmp_path / "b.png")
     assert code == 2
-    _one_line(err, "not a slimmable model")
+    one_line(err, "not a slimmable model")
 
 
 def test_inner_scope_keeps_block_outputs(run_cli, digits_arch_model, tmp_path):
@@ -160,5 +154,5 @@ def test_slim_continues_from_an_earlier_output(run_cli, slim_model, digits_arch_
     code, _, err = run_cli("slim", "--model", digits_arch_model, "--init", earlier, "--widths", "0.5,1.0",
                            "--out", tmp_path / "other")
     assert code == 2
-    _one_line(err, "--init", "slimmable at [0.5, 0.75, 1.0]")
+    one_line(err, "--init", "slimmable at [0.5, 0.75, 1.0]")
     assert not (tmp_path / "other").exists()

@@ -8,15 +8,9 @@ import pytest
 
 from edgekit.fsutil import sha256_tree
 from edgekit.unet_layout import unet_layout
+from cli_checks import one_line
 
 REAL_UNET_PARAMS = 859_520_964  # SD-1.5's UNet
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _refused(run_cli, monkeypatch, available: int, out, *args) -> str:
@@ -27,7 +21,7 @@ def _refused(run_cli, monkeypatch, available: int, out, *args) -> str:
     monkeypatch.setattr(memory, "available_bytes", lambda: available)
     code, _, err = run_cli(*args, "--out", out)
     assert code == 2
-    line = _one_line(err)
+    line = one_line(err)
     assert not out.exists()
     return line
 

@@ -58,15 +58,17 @@ def run_simulate(args) -> int:
     samples = load_trace(args.trace)
     if args.plot is not None:
         if args.plot.suffix.lower() != ".png":
-            raise InputError(f"--plot {args.plot}: expected a .png file name")
+            raise InputError("expected a .png file name", param="plot", value=args.plot)
         if args.plot.is_dir():
-            raise InputError(f"--plot {args.plot}: is a directory; expected a .png file name")
+            raise InputError("is a directory; expected a .png file name", param="plot", value=args.plot)
         if args.plot.exists() and not args.force:
-            raise InputError(f"--plot {args.plot}: already exists (pass --force to replace it)")
+            raise InputError("already exists (pass {force} to replace it)", param="plot", value=args.plot,
+                             mentions=("force",))
         plot = args.plot.resolve()
         for inp in (args.bundle.resolve(), args.trace.resolve()):
             if plot == inp or inp in plot.parents:
-                raise InputError(f"--plot {args.plot}: would write inside the input {inp}; choose a path outside it")
+                raise InputError(f"would write inside the input {inp}; choose a path outside it", param="plot",
+                                 value=args.plot)
     decisions = simulate(policy, samples)
     if args.plot is not None:
         with staged_file(args.plot) as tmp:
@@ -162,10 +164,10 @@ def run_generate(args) -> int:
     from edgekit.runtime.sampler import BundleSampler
 
     if args.out.suffix.lower() != ".png":
-        raise InputError(f"--out {args.out}: expected a .png file name")
+        raise InputError("expected a .png file name", param="out", value=args.out)
     if args.out.exists() and not args.force:
-        raise InputError(f"--out {args.out}: already exists (pass --force to replace it)")
-    manifest = read_manifest(args.bundle, "--bundle")
+        raise InputError("already exists (pass {force} to replace it)", param="out", value=args.out, mentions=("force",))
+    manifest = read_manifest(args.bundle, "bundle")
     policy = Policy.from_manifest(manifest, where=f"--bundle {args.bundle}")
     if args.state is not None:
         from edgekit.commands.common import read_json

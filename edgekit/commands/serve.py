@@ -177,12 +177,12 @@ def run(args) -> int:
     from edgekit.errors import InputError
 
     if not 0 <= args.port <= 65535:
-        raise InputError(f"--port {args.port}: expected 0..65535")
+        raise InputError("expected 0..65535", param="port", value=args.port)
     roots, expected = check_bundle_for_serving(args.bundle)
     try:
         server = ThreadingHTTPServer((HOST, args.port), make_handler(roots, expected))
     except OSError as exc:
-        raise InputError(f"--port {args.port}: cannot listen on {HOST} ({exc.strerror})") from None
+        raise InputError(f"cannot listen on {HOST} ({exc.strerror})", param="port", value=args.port) from None
     print(f"serving {args.bundle} at http://{HOST}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
