@@ -2,11 +2,13 @@
 
 Importing the package loads no converter SDK; each stage imports its heavy libraries when it runs.
 
-How data flows: a diffusers model directory is opened once (its configs, UNet layout, sampling defaults and
-sha256); the stages of ``edgekit package`` (compress, calibrate, quantize, export per target, bench) each read
-one directory and write a new one, never editing another stage's output; each target's bundle ends with a
-manifest.json written last; ``bench`` writes its measured table beside the bundle and one explicit step merges
-it into the manifest; the demos (web, Android, iOS) and the runtime policy read only that manifest.
+How data flows: a diffusers model directory is opened once as a ``ModelDir`` (edgekit.modeldir: its configs, UNet
+layout, sampling defaults and sha256, read once per process); the stages of ``edgekit package`` (edgekit.package:
+each declares what it consumes and produces, and runs only when a requested target consumes its output) are
+compress, calibrate, quantize, the INT8 recipe plans, export per target and bench; each reads directories and writes
+its own, never editing another stage's output. ``bench`` writes its measured table as its own file, and one explicit
+step merges it into the bundle's manifest.json (written last; in ``edgekit package`` the bundle stage writes the
+shipped bundle once, with the table). The demos (web, Android, iOS) and the runtime policy read only that manifest.
 
 Layers, lowest first. A module imports (at the top of the file or inside a function, by name or by a module
 string) only from its own layer or a lower one. Every module is listed by name: a file by its module name, a
