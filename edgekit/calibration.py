@@ -79,7 +79,7 @@ def default_prompts_file(model_dir: Path | None = None) -> Path:
     return model.prompts_file or GENERAL_PROMPTS_FILE
 
 
-def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
+def read_prompts(path: Path, param: str = "prompts") -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped. A line in double quotes is a
     JSON string: ``""`` is the empty prompt (the one guidance runs), ``"# not a comment"`` keeps its '#'."""
     import json
@@ -89,14 +89,14 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
     path = Path(path)
     what = "text file, one prompt per line"
     # bounded: a regular file (a FIFO is refused by its type, never waited on) of at most MAX_TEXT_BYTES
-    data = read_bytes(path, MAX_TEXT_BYTES, what, param=flag)
+    data = read_bytes(path, MAX_TEXT_BYTES, what, param=param)
     if b"\0" in data:
         raise InputError("a binary file (NUL bytes), expected UTF-8 text with one prompt per line",
-                         param=flag, value=path)
+                         param=param, value=path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError("not UTF-8 text (expected one prompt per line)", param=flag, value=path) from None
+        raise InputError("not UTF-8 text (expected one prompt per line)", param=param, value=path) from None
     lines = text.removeprefix("\ufeff").splitlines()  # a byte-order mark is no part of the first line
     prompts, comments = [], 0
     for number, line in enumerate(lines, 1):
@@ -111,14 +111,14 @@ def read_prompts(path: Path, flag: str = "--prompts") -> list[str]:
                 text = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise InputError(f"line {number} is not a valid quoted prompt ({exc.msg})",
-                                 param=flag, value=path) from None
+                                 param=param, value=path) from None
             if not isinstance(text, str) or lone_surrogate(text) is not None:
                 raise InputError(f"line {number} is not a quoted prompt of valid Unicode text (a lone UTF-16 "
-                                 "surrogate escape, or not a JSON string)", param=flag, value=path)
+                                 "surrogate escape, or not a JSON string)", param=param, value=path)
         prompts.append(text)
     if not prompts:
         what = f"only comments ({comments} comment line{'s' if comments != 1 else ''})" if comments else "empty"
-        raise InputError(f"no prompts, the file is {what} (expected one prompt per line)", param=flag, value=path)
+        raise InputError(f"no prompts, the file is {what} (expected one prompt per line)", param=param, value=path)
     return prompts
 
 
@@ -302,7 +302,7 @@ def _check_meta(meta, meta_path: Path) -> None:
             fail(f"components.{name}.inputs is not an object")
 
 
-def _check_guidance_rows(meta: dict, directory: Path, model: ModelDir, flag: str) -> None:
+def _check_guidance_rows(meta: dict, directory: Path, model: ModelDir, param: str) -> None:
     """UNet rows carry timestep_cond exactly when the model's UNet takes a guidance embedding, at its width
     (rows from an edgekit that did not capture it cannot calibrate or verify the exported graph)."""
     unet = meta["components"].get(UNET)
@@ -314,13 +314,13 @@ def _check_guidance_rows(meta: dict, directory: Path, model: ModelDir, flag: str
     shape = captured.get("shape") if isinstance(captured, dict) else captured
     if dim and shape != [dim]:
         what = "no timestep_cond" if captured is None else f"timestep_cond of shape {shape}"
-        raise CalibrationError(f"{flag} {directory}: unet rows carry {what}, but {config_path} has "
-                               f"time_cond_proj_dim {dim} (a guidance embedding of shape [{dim}] per row); re-run "
-                               f"edgekit calibrate on {model}")
+        raise CalibrationError(f"unet rows carry {what}, but {config_path} has time_cond_proj_dim {dim} (a guidance "
+                               f"embedding of shape [{dim}] per row); re-run edgekit calibrate on {model}",
+                               param=param, value=directory)
     if not dim and captured is not None:
-        raise CalibrationError(f"{flag} {directory}: unet rows carry timestep_cond, but {config_path} has no "
-                               f"time_cond_proj_dim (the UNet takes no guidance embedding); re-run edgekit calibrate "
-                               f"on {model}")
+        raise CalibrationError(f"unet rows carry timestep_cond, but {config_path} has no time_cond_proj_dim (the "
+                               f"UNet takes no guidance embedding); re-run edgekit calibrate on {model}",
+                               param=param, value=directory)
 
 
 def _config(model: ModelDir, component: str) -> dict | None:
@@ -330,7 +330,7 @@ def _config(model: ModelDir, component: str) -> dict | None:
         return None  # the model's own checks name a missing or unreadable config
 
 
-def _check_rows_fit_configs(meta: dict, directory: Path, model: ModelDir, flag: str) -> None:
+def _check_rows_fit_configs(meta: dict, directory: Path, model: ModelDir, param: str) -> None:
     """The captured row shapes against what the model's configs say its components take (channels, latent
     size, text width), read from the JSON files alone: rows captured from another model of the same family
     (the reduced SD-1.5 given to the real-size one) fail here in milliseconds, before its weights are hashed
@@ -354,9 +354,9 @@ def _check_rows_fit_configs(meta: dict, directory: Path, model: ModelDir, flag: 
             continue
         if any(isinstance(want, int) and not isinstance(want, bool) and got != want for got, want in zip(shape, dims)):
             wanted = "[" + ", ".join("*" if d is None else str(d) for d in dims) + "]"
-            raise CalibrationError(f"{flag} {directory}: {component} rows have {tensor} of shape {shape}, but "
-                                   f"{model} takes {wanted} (captured from another model, "
-                                   f"{meta['model'].get('path')}); re-run edgekit calibrate on {model}")
+            raise CalibrationError(f"{component} rows have {tensor} of shape {shape}, but {model} takes {wanted} "
+                                   f"(captured from another model, {meta['model'].get('path')}); re-run edgekit "
+                                   f"calibrate on {model}", param=param, value=directory)
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ class CalibrationSet:
     meta: dict
 
     @classmethod
-    def open(cls, directory: Path | str, model_dir: Path | None = None, flag: str = "--calib",
+    def open(cls, directory: Path | str, model_dir: Path | None = None, param: str = "calib",
              check_hash: bool = True) -> "CalibrationSet":
         """Open a calibration directory; with ``model_dir``, check it was captured from that model: its row
         shapes against the model's configs first (cheap), then (``check_hash``) the model's files' digest,
@@ -375,35 +375,35 @@ class CalibrationSet:
         try:
             directory = Path(directory).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
-            raise CalibrationError(f"cannot be resolved ({exc})", param=flag, value=directory) from None
+            raise CalibrationError(f"cannot be resolved ({exc})", param=param, value=directory) from None
         meta_path = directory / CALIB_META
         if not directory.is_dir():
             raise CalibrationError("no such directory (expected the output of edgekit calibrate)",
-                                   param=flag, value=directory)
+                                   param=param, value=directory)
         if not meta_path.is_file():
             raise CalibrationError(f"{CALIB_META} missing (expected the output of edgekit calibrate)",
-                                   param=flag, value=directory)
+                                   param=param, value=directory)
         from edgekit.pipeline import read_json_object
 
         meta = read_json_object(meta_path, CalibrationError)
         _check_meta(meta, meta_path)
         if not meta["components"]:
-            raise CalibrationError("holds no calibration rows", param=flag, value=directory)
+            raise CalibrationError("holds no calibration rows", param=param, value=directory)
         if model_dir is not None:
             model = ModelDir.unchecked(model_dir)
-            _check_rows_fit_configs(meta, directory, model, flag)
-            _check_guidance_rows(meta, directory, model, flag)
+            _check_rows_fit_configs(meta, directory, model, param)
+            _check_guidance_rows(meta, directory, model, param)
         calib = cls(directory, meta)
         if model_dir is not None and check_hash:
-            calib.check_model_digest(model_dir, flag)
+            calib.check_model_digest(model_dir, param)
         return calib
 
-    def check_model_digest(self, model_dir: Path, flag: str = "--calib") -> None:
+    def check_model_digest(self, model_dir: Path, param: str = "calib") -> None:
         """Refuse rows captured from another model than ``model_dir`` by its files' digest: reads every weight
         byte, so a command runs its cheap refusals first (flags, --out, memory) and this one last."""
         if self.meta["model"].get("sha256") != ModelDir.unchecked(model_dir).sha256:
-            raise CalibrationError(f"{flag} {self.directory}: captured from another model "
-                                   f"({self.meta['model'].get('path')}); re-run edgekit calibrate on {model_dir}")
+            raise CalibrationError(f"captured from another model ({self.meta['model'].get('path')}); re-run edgekit "
+                                   f"calibrate on {model_dir}", param=param, value=self.directory)
 
     def components(self) -> list[str]:
         return list(self.meta["components"])

@@ -31,8 +31,9 @@ PROMPTS_FIELD = "calibration_prompts"  # edgekit_defaults.json: a prompts file i
 EVALUATORS_FIELD = "quality_evaluators"  # edgekit_defaults.json: extra quality evaluators the model declares
 KNOWN_EVALUATORS = ("digits",)
 
-_cache: dict[Path, "ModelDir"] = {}
+_cache: dict[Path, "ModelDir"] = {}  # the most recently opened directories, oldest first
 _lock = threading.Lock()
+CACHED_DIRS = 16  # a run opens a handful (the source, a slim stage, a quantized one); a test process many
 
 
 def _resolve(path, param: str) -> Path:
@@ -84,9 +85,13 @@ class ModelDir:
         with _lock:
             known = _cache.get(root)
             if known is not None and known._stamp == stamp:
+                _cache[root] = _cache.pop(root)  # the most recent last
                 return known
             fresh = cls(root, stamp)
+            _cache.pop(root, None)
             _cache[root] = fresh
+            while len(_cache) > CACHED_DIRS:
+                _cache.pop(next(iter(_cache)))
             return fresh
 
     @classmethod
@@ -155,16 +160,17 @@ class ModelDir:
                                    value=self.path)
         return copy.deepcopy(self._read(MODEL_INDEX))
 
-    @cached_property
+    @property
     def defaults_file(self) -> dict:
-        """edgekit_defaults.json (every key optional), {} when the model ships none."""
+        """edgekit_defaults.json (every key optional; a copy), {} when the model ships none."""
         if not self.has(EDGEKIT_DEFAULTS):
             return {}
-        return self._read(EDGEKIT_DEFAULTS)
+        return copy.deepcopy(self._read(EDGEKIT_DEFAULTS))
 
     # -- answers ---------------------------------------------------------------------------------------------
-    @cached_property
+    @property
     def unet_config(self) -> dict:
+        """The UNet's config.json (a copy)."""
         return self.config(UNET)
 
     @cached_property
@@ -250,9 +256,9 @@ class ModelDir:
             raise ModelFormatError(f"{self.path / MODEL_INDEX}: component '{SCHEDULER}' missing")
         return entry[1]
 
-    @cached_property
+    @property
     def scheduler_config(self) -> dict:
-        """scheduler_config.json with ``_class_name`` the class diffusers builds (``scheduler_class``)."""
+        """scheduler_config.json with ``_class_name`` the class diffusers builds (``scheduler_class``; a copy)."""
         config = self.config(SCHEDULER)
         if self.has(MODEL_INDEX):
             config["_class_name"] = self.scheduler_class

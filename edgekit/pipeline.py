@@ -152,7 +152,7 @@ def scheduler_config(model_dir: Path) -> dict:
     from edgekit.modeldir import ModelDir
 
     model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.unchecked(model_dir)
-    return dict(model.scheduler_config)
+    return model.scheduler_config
 
 
 def scheduler_from_config(config: dict):
@@ -234,10 +234,10 @@ def check_model_steps(model_dir: Path, steps: int, param: str = "steps") -> int:
     return check_scheduler_steps(scheduler_config(model_dir), steps, param)
 
 
-def load_pipeline(model_dir: Path | str | None = None, param: str = "model_dir", width: float | None = None,
-                  flag: str | None = None):
-    """Check and load a pipeline on CPU in float32 (weights stored as float16 are upcast). ``param``: what the
-    caller calls the directory, named by its errors (``flag``: the older spelling of the same argument).
+def load_pipeline(model_dir=None, param: str = "model_dir", width: float | None = None):
+    """Check and load a pipeline on CPU in float32 (weights stored as float16 are upcast). ``model_dir``: a path
+    or an edgekit.modeldir.ModelDir (None: the embedded default model); ``param``: what the caller calls the
+    directory, named by its errors.
 
     ``width`` selects a width multiplier of a slimmable model (one with a structure.json); None is full width.
     """
@@ -247,7 +247,6 @@ def load_pipeline(model_dir: Path | str | None = None, param: str = "model_dir",
 
     from edgekit.modeldir import UNET, ModelDir
 
-    param = flag or param
     model = ModelDir.of(model_dir, param)
     path = model.path
     diffusers_logging.set_verbosity_error()

@@ -64,6 +64,9 @@ def test_answers_are_copies_a_caller_may_edit(model_copy):
     model.config("unet")["in_channels"] = 99
     model.model_index.pop("unet")
     assert model.config("unet")["in_channels"] == 4 and "unet" in model.model_index
+    model.scheduler_config["_class_name"] = "PNDMScheduler"
+    model.sampling_defaults  # cached, and frozen
+    assert model.scheduler_config["_class_name"] == "DPMSolverMultistepScheduler"
     assert model.config_path("scheduler").name == "scheduler_config.json"
     assert model.config("scheduler")["num_train_timesteps"] == 1000
 
@@ -93,6 +96,17 @@ def test_errors_name_the_parameter_and_what_is_wrong(tmp_path, model_copy):
     os.remove(model_copy / "vae" / "config.json")
     with pytest.raises(ModelFormatError, match="vae's configuration"):
         ModelDir.open(model_copy)
+
+
+def test_the_shared_instances_are_bounded(tmp_path):
+    from edgekit import modeldir
+
+    for i in range(modeldir.CACHED_DIRS + 5):
+        (tmp_path / str(i)).mkdir()
+        ModelDir.unchecked(tmp_path / str(i))
+    assert len(modeldir._cache) == modeldir.CACHED_DIRS
+    assert (tmp_path / str(modeldir.CACHED_DIRS + 4)).resolve() in modeldir._cache  # the newest kept
+    assert (tmp_path / "0").resolve() not in modeldir._cache
 
 
 def test_a_config_linked_out_of_the_model_directory_is_refused(model_copy, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgekit.components import TEXT_ENCODER, UNET, VAE_DECODER
 from edgekit.errors import EdgekitError, InputError
 
 
@@ -15,6 +14,7 @@ def calibration_rows(pipe, model_dir: Path, calib_dir: Path | None, seed: int = 
                      max_rows: int = 512) -> dict:
     """UNet input rows from an ``edgekit calibrate`` directory, or captured now from the default prompts."""
     from edgekit.calibration import CalibrationConfig, CalibrationSet, capture, default_prompts_file, read_prompts
+    from edgekit.components import TEXT_ENCODER, UNET, VAE_DECODER
     from edgekit.modeldir import ModelDir
     from edgekit.progress import current as current_progress
 

@@ -15,38 +15,38 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def check_clip_dir(path: Path | str, flag: str = "--clip") -> Path:
+def check_clip_dir(path: Path | str, param: str = "clip") -> Path:
     """The resolved directory, or one InputError naming what is wrong (before any model is loaded)."""
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise InputError("no such directory (expected a local transformers CLIP model directory)",
-                         param=flag, value=path)
+                         param=param, value=path)
     config = path / "config.json"
     if not config.is_file():
-        raise InputError("not a CLIP model directory (config.json missing)", param=flag, value=path)
+        raise InputError("not a CLIP model directory (config.json missing)", param=param, value=path)
     from edgekit.safe_read import read_json
 
-    data = read_json(config, "CLIP config.json", param=flag)
+    data = read_json(config, "CLIP config.json", param=param)
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type != "clip":
-        raise InputError(f"{flag} {path}: config.json says model_type {model_type!r}, expected 'clip' "
-                         "(a transformers CLIPModel with text and vision towers)")
+        raise InputError(f"config.json says model_type {model_type!r}, expected 'clip' (a transformers CLIPModel "
+                         "with text and vision towers)", param=param, value=path)
     if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        raise InputError("no weights (model.safetensors or pytorch_model.bin)", param=flag, value=path)
+        raise InputError("no weights (model.safetensors or pytorch_model.bin)", param=param, value=path)
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        raise InputError("no tokenizer (tokenizer.json or vocab.json + merges.txt)", param=flag, value=path)
+        raise InputError("no tokenizer (tokenizer.json or vocab.json + merges.txt)", param=param, value=path)
     return path
 
 
 class ClipScorer:
     name = NAME
 
-    def __init__(self, directory: Path | str, flag: str = "--clip") -> None:
+    def __init__(self, directory: Path | str, param: str = "clip") -> None:
         import torch
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.utils import logging as transformers_logging
 
-        self.directory = check_clip_dir(directory, flag)
+        self.directory = check_clip_dir(directory, param)
         transformers_logging.disable_progress_bar()
         try:
             self.model = CLIPModel.from_pretrained(self.directory, local_files_only=True, dtype=torch.float32).eval()
@@ -54,13 +54,13 @@ class ClipScorer:
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"transformers could not load it as CLIP ({first})",
-                             param=flag, value=self.directory) from None
+                             param=param, value=self.directory) from None
         mean, std = CLIP_MEAN, CLIP_STD
         pre = self.directory / "preprocessor_config.json"
         if pre.is_file():
             from edgekit.safe_read import read_json
 
-            data = read_json(pre, "CLIP preprocessor_config.json", param=flag)
+            data = read_json(pre, "CLIP preprocessor_config.json", param=param)
             data = data if isinstance(data, dict) else {}
             mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
