@@ -2,9 +2,11 @@
 
     .venv/bin/python scripts/train_tiny_digits.py [--out DIR] [--vae-steps N] [--unet-steps N]
 
-Writes (by default into edgekit/zoo/tiny_digits/, the shipped model) ``pipeline/`` (a diffusers StableDiffusionPipeline directory), ``classifier/`` (the scoring
-classifier, trained only on the held-out ``classifier`` split) and ``training.json`` (times, losses,
-sizes). Default step counts fit in about 25 minutes on 2 CPU cores.
+Writes (by default into edgekit/zoo/tiny_digits/, the shipped model) ``pipeline/`` (a diffusers
+StableDiffusionPipeline directory), ``classifier/`` (the scoring classifier, trained only on the held-out
+``classifier`` split) and ``training.json`` (times, losses, sizes). Default step counts fit in about 25 minutes on
+2 CPU cores. What the model is (its configs, vocabulary, noise schedule, sampling defaults) is
+edgekit.zoo.tiny_digits.recipe; this script only trains it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from edgekit.zoo.tiny_digits.data import PROMPT_TEMPLATES, all_prompts, load_spl
 from edgekit.zoo.tiny_digits.recipe import (MAX_TOKENS, SCHEDULER_BETAS, UNET_CONFIG, VAE_CONFIG, vocabulary,
                                             write_sampling_defaults)
 from edgekit.zoo.tokenizer import write_clip_tokenizer
+
 
 def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -12,8 +12,10 @@ Accelerate, single process on a CPU here.
 
     .venv/bin/python scripts/train_tiny_digits_fewstep.py [--out DIR] [--train-steps N] [--pairs N]
 
-writes (by default into edgekit/zoo/tiny_digits/fewstep/, the shipped student) a diffusers pipeline directory (the teacher's VAE, text encoder and tokenizer; the student UNet;
-DDIMScheduler with trailing spacing) whose edgekit_defaults.json offers 1, 2 and 4 steps at guidance 1.
+writes (by default into edgekit/zoo/tiny_digits/fewstep/, the shipped student) a diffusers pipeline directory (the
+teacher's VAE, text encoder and tokenizer; the student UNet; DDIMScheduler with trailing spacing) whose
+edgekit_defaults.json offers 1, 2 and 4 steps at guidance 1. The student's scheduler and its differentiable DDIM
+steps are edgekit.zoo.tiny_digits.recipe's (the tests check them against diffusers).
 """
 from __future__ import annotations
 
