@@ -238,3 +238,38 @@ def test_the_flag_check_sees_each_form():
               "raise InputError('bad', param='--widths')\n"
               "raise InputError('bad', param='widths')\n")
     assert flag_vocabulary(source) == [(1, "check(flag)"), (3, "flag="), (4, "param='--widths'")]
+
+
+def _unwrapped(node: ast.AST) -> str:
+    """An expression without the conversions that keep its items and order (list(x), tuple(x))."""
+    while isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1 \
+            and node.func.id in {"list", "tuple"} and not node.keywords:
+        node = node.args[0]
+    return ast.dump(node)
+
+
+def self_comparisons(source: str) -> list[int]:
+    """The lines where ``source`` compares a value with itself (``x == list(x)``): a check that cannot fail."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            lines += [node.lineno for a, b in zip(sides, sides[1:]) if _unwrapped(a) == _unwrapped(b)]
+        elif isinstance(node, ast.Tuple) and len(node.elts) == 2:  # (thing, expected) pairs: expected made from thing
+            a, b = node.elts
+            if _unwrapped(b) != ast.dump(b) and _unwrapped(b).find(ast.dump(a)) >= 0:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_test_compares_a_value_with_itself():
+    bad = {path.name: self_comparisons(path.read_text(encoding="utf-8")) for path in sorted(TESTS.glob("*.py"))}
+    assert not {name: lines for name, lines in bad.items() if lines}
+
+
+def test_the_self_comparison_check_sees_each_form():
+    assert self_comparisons("assert names() == names()\n") == [1]
+    assert self_comparisons("assert registry.names() == list(registry.names())\n") == [1]
+    assert self_comparisons("pairs = ((COMPONENTS, list(COMPONENTS.names())),)\n") == [1]
+    assert self_comparisons("assert names() == ['a', 'b']\nassert sorted(names()) == files\n") == []
+    assert self_comparisons("assert list(kept) == sorted(kept)\n") == []  # a check of order, not of itself
