@@ -37,6 +37,7 @@ import shutil
 from pathlib import Path
 
 from edgekit.profiles import TargetProfile
+from edgekit.components import by_role
 from edgekit.targets.base import ComponentJob
 from edgekit.targets.ort_web import MODEL_FILE, OrtWebTarget
 from edgekit.width import Width
@@ -161,7 +162,7 @@ def model_index(scheduler_class: str, components) -> dict:
 
 class OnnxTarget(OrtWebTarget):
     name = "onnx"
-    extra_components = ("vae_encoder",)  # the img2img pipelines need it; exported and verified like the others
+    extra_components = (by_role("encode").name,)  # the img2img pipelines need the VAE encoder; verified like the others
     webgpu_forms = False  # for diffusers / optimum on a CPU or GPU host, not onnxruntime-web's WebGPU EP
     browser_check = False
 
