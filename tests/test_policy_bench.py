@@ -144,3 +144,32 @@ def test_policy_generate_follows_the_state(bundle, run_cli, tmp_path):
     code, _, err = run_cli("policy", "generate", "--bundle", bundle, "--prompt", "x", "--state", hot,
                            "--out", tmp_path / "bad.png")
     assert code == 2 and "battery_level" in err and not (tmp_path / "bad.png").exists()
+
+
+def test_bench_keeps_its_measured_rows_beside_the_bundle_and_one_step_merges_them(plain, run_cli, default_model,
+                                                                                   tmp_path):
+    """--table-out: the measured rows as bench's own file (never inside the bundle); the merge into the manifest is
+    the step --import-table runs on that file, giving the same table in another copy of the bundle."""
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(plain, first)
+    shutil.copytree(plain, second)
+    before = (first / "manifest.json").read_bytes()
+    code, _, err = run_cli("bench", first, "--steps", "4", "--repeats", "1", "--table-out", first / "bench.json")
+    assert code == 2 and "--table-out" in err and "inside the bundle" in err
+    assert (first / "manifest.json").read_bytes() == before and not (first / "bench.json").exists()
+
+    measured = tmp_path / "first.bench.json"
+    code, out, err = run_cli("bench", first, "--steps", "4", "--repeats", "1", "--samples", "4", "--reference-model",
+                             default_model, "--table-out", measured, "--json")
+    assert code == 0, err
+    saved = json.loads(measured.read_text())
+    assert saved["format"] == "edgekit-measured-table/1" and saved["rows"] == json.loads(out)["rows"]
+    table = json.loads((first / "manifest.json").read_text())["table"]
+    assert [(r["width"], r["steps"]) for r in table] == [(1.0, 4)] and table == saved["rows"]
+
+    code, out, err = run_cli("bench", second, "--import-table", measured, "--json")
+    assert code == 0, err
+    assert json.loads((second / "manifest.json").read_text())["table"] == table
+    assert run_cli("verify", second, "--files-only")[0] == 0
