@@ -239,22 +239,6 @@ def test_package_of_a_model_that_is_not_the_digits_model_reports_fidelity_only(r
     from edgekit.calibration import GENERAL_PROMPTS_FILE
     from edgekit.policy import DeviceState, Policy
 
-
-
-@pytest.mark.parametrize("targets, expected", [
-    (("ort-web",), ["calib", "quant", "quality", "export", "bench", "bundle"]),
-    # LiteRT plans its INT8 recipe from the calibration; nothing reads the quantize stage's graphs
-    (("tflite",), ["calib", "quality", "recipe", "export", "bench", "bundle"]),
-])
-def test_a_stage_runs_only_when_a_requested_target_consumes_its_output(default_model, tmp_path, targets, expected):
-    from edgekit.package import PackageConfig, needed, plan
-    from edgekit.package.steps import Run
-
-    config = PackageConfig(targets=targets, widths=(1.0,))
-    p = plan(default_model, config, tmp_path / "out")
-    run = Run(plan=p, config=config, stages=None, progress=None, model=p.model, model_key="")
-    assert [spec.name for spec, _ in needed(run)] == expected
-    assert not (tmp_path / "out").exists(), "planning writes nothing"
     model = tmp_path / "sd15_4steps"  # the same architecture and weights sampled at 4 default steps: a quick reference
     shutil.copytree(sd15_reduced, model)
     (model / "edgekit_defaults.json").write_text(json.dumps({"num_inference_steps": 4}))
@@ -280,3 +264,19 @@ def test_a_stage_runs_only_when_a_requested_target_consumes_its_output(default_m
     decision = Policy.from_manifest(manifest).decide(
         0.0, DeviceState(battery_level=1.0, charging=True, low_power=False, thermal="nominal"))
     assert (decision.width, decision.steps) == (1.0, 4)
+
+
+@pytest.mark.parametrize("targets, expected", [
+    (("ort-web",), ["calib", "quant", "quality", "export", "bench", "bundle"]),
+    # LiteRT plans its INT8 recipe from the calibration; nothing reads the quantize stage's graphs
+    (("tflite",), ["calib", "quality", "recipe", "export", "bench", "bundle"]),
+])
+def test_a_stage_runs_only_when_a_requested_target_consumes_its_output(default_model, tmp_path, targets, expected):
+    from edgekit.package import PackageConfig, needed, plan
+    from edgekit.package.steps import Run
+
+    config = PackageConfig(targets=targets, widths=(1.0,))
+    p = plan(default_model, config, tmp_path / "out")
+    run = Run(plan=p, config=config, stages=None, progress=None, model=p.model, model_key="")
+    assert [spec.name for spec, _ in needed(run)] == expected
+    assert not (tmp_path / "out").exists(), "planning writes nothing"
