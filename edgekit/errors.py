@@ -27,8 +27,6 @@ class EdgekitError(Exception):
                  mentions: tuple[str, ...] = ()) -> None:
         self.mentions = tuple(mentions)
         self.detail = message
-        if param is not None and param.startswith("--"):  # a caller that still passes a flag: its parameter
-            param = param[2:].replace("-", "_")
         self.param = param
         self.value = value
         super().__init__(self.worded(self.param))

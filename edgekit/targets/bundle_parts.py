@@ -77,7 +77,7 @@ def sampling_plan(model_dir, profile: TargetProfile, steps=None, guidance: float
     scale = float(defaults.guidance_scale if guidance is None else guidance)
     counts = tuple(steps) if steps else (defaults.offered_steps or tuple(profile.steps) + (defaults.steps,))
     for s in counts:  # a count the scheduler cannot take (NaN latents, beyond its training steps) is named now
-        check_scheduler_steps(config, s, "--steps" if steps else "steps")
+        check_scheduler_steps(config, s, "steps")
     counts = sorted(set(counts))
     default_steps = defaults.steps if defaults.steps in counts else max(counts)
     dim = model.guidance_dim
