@@ -194,6 +194,7 @@ def markdown(data: dict) -> str:
     for r in data["runs"]:
         lines += [f"- {r['label']}: `{r['command']}` (edgekit from {r['edgekit_file']}; {r['machine']['cpu']}, "
                   f"{r['machine']['cores']} cores, OMP_NUM_THREADS={r['machine']['omp_threads']})"]
+    lines += [f"- note: {note}" for note in data.get("notes", [])]
     timed = data.get("hash_time")
     if timed:
         lines += ["", f"One sha256_tree pass over {timed['model_dir']} ({timed['bytes'] / 2**30:.2f} GiB): "
