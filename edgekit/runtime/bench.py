@@ -161,14 +161,14 @@ def reference_model_of(manifest: dict, given: Path | None) -> Path | None:
     source_model), or the numbers would compare strangers. None when none was given: a manifest names its
     source by name and hash only (no path of the packaging host), so there is nothing to look up, and
     nothing else (the working directory) is ever hashed in its place."""
-    from edgekit.fsutil import sha256_tree
-    from edgekit.pipeline import check_model_dir
+    from edgekit.modeldir import ModelDir
 
     if given is None:
         return None
-    path = check_model_dir(given, "reference_model")  # a model directory before anything is hashed
+    model = ModelDir.of(given, "reference_model")  # a model directory before anything is hashed
+    path = model.path
     expected = (manifest.get("source_model") or {}).get("sha256")
-    if expected and sha256_tree(path) != expected:
+    if expected and model.sha256 != expected:  # hashed once per process (the package's stages share it)
         raise InputError("not the model this bundle was exported from (sha256 differs from the manifest's "
                          "source_model.sha256)", param="reference_model", value=given)
     return path
@@ -276,7 +276,7 @@ def table_manifest(manifest: dict, rows: list[dict], policy: dict | None, where:
 
     table, dropped = _merge(list(manifest.get("table") or []), rows)
     if policy is not None:
-        policy_dict = PolicyConfig.from_dict(policy, "--policy").to_dict()
+        policy_dict = PolicyConfig.from_dict(policy, "policy").to_dict()
     elif manifest.get("policy"):
         policy_dict = PolicyConfig.from_dict(manifest["policy"], "manifest.json: policy").to_dict()
     else:
