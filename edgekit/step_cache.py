@@ -6,7 +6,9 @@ On a *full* step the whole UNet runs and the feature entering its last up block 
 the first down block's resnets and attentions (the skips the last up block pops: diffusers hands the final up
 block the first ``len(resnets)`` residuals, ``conv_in``'s output and ``down_blocks[0]``'s resnet outputs, never
 its downsampler's), then ``up_blocks[-1]`` fed the kept feature, and the output convolution. With interval N,
-step j is full when j % N == 0 (``cache_plan``); N = 1 is the plain loop.
+UNet call j of the schedule table is full when j % N == 0 (``cache_plan``); N = 1 is the plain loop. A plan has
+one role per UNet call, not per step: a scheduler may call the UNet more often than its step count (SD-1.5's
+PNDMScheduler with skip_prk_steps makes steps + 1 calls).
 
 This module holds the torch side: the two graphs as wrappers of any ``UNet2DConditionModel`` (any width),
 the plan, and ``caching_unet``, which puts a caching stand-in in a diffusers pipeline's place so that its own
@@ -15,6 +17,7 @@ loops run the two exported graphs where the manifest's plan says (edgekit.runtim
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -53,14 +56,27 @@ def parse_intervals(text, param: str = "cache") -> tuple[int, ...]:
     return tuple(sorted({1, *(check_interval(p, param) for p in items)}))
 
 
-def cache_plan(interval: int, steps: int, param: str = "cache") -> list[str]:
-    """Which graph each of ``steps`` steps runs: "full" every ``interval``-th step from the first, "shallow"
-    between. An interval past the step count would cache nothing the loop reuses: refused."""
+def cache_plan(interval: int, steps: int, calls: int | None = None, param: str = "cache") -> list[str]:
+    """Which graph each of the ``calls`` UNet calls of a ``steps``-step schedule runs (``calls`` defaults to
+    ``steps``, one call per step): "full" on every ``interval``-th call from the first, "shallow" between. An
+    interval past the step count would cache nothing the loop reuses: refused."""
     interval = check_interval(interval, param)
     if interval > steps:
         raise InputError(f"is larger than the step count {steps} (an interval of at most {steps} reuses a "
                          "cached feature)", param=param, value=interval)
-    return [FULL if j % interval == 0 else SHALLOW for j in range(steps)]
+    calls = steps if calls is None else int(calls)
+    if calls < steps:
+        raise ValueError(f"a {steps}-step schedule with {calls} UNet calls: a scheduler calls the UNet at least once "
+                         "per step")
+    return [FULL if j % interval == 0 else SHALLOW for j in range(calls)]
+
+
+def unet_calls(scheduler, steps: int) -> int:
+    """How many times a diffusers pipeline calls the UNet at ``steps`` steps: the length of ``scheduler``'s
+    timesteps once set for them (worked out on a copy, the pipeline's own scheduler is left as it is)."""
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(steps)
+    return len(probe.timesteps)
 
 
 def check_cacheable(unet, param: str = "cache") -> None:
@@ -155,8 +171,9 @@ class ShallowUNet(nn.Module):
 
 
 class CachingUNet(nn.Module):
-    """Takes a diffusers pipeline's UNet's place: call k of a sampling run (step k % len(plan)) runs the
-    graph ``plan`` names, full steps keeping the feature for the shallow ones after them."""
+    """Takes a diffusers pipeline's UNet's place: call k of a sampling run runs the graph ``plan[k]`` names, full
+    calls keeping the feature for the shallow ones after them. ``start`` begins a run (``caching_unet`` calls it
+    whenever the pipeline sets its scheduler's timesteps); a call past the plan is an error, never a wrap-around."""
 
     def __init__(self, unet: nn.Module, plan: list[str]) -> None:
         super().__init__()
@@ -181,8 +198,19 @@ class CachingUNet(nn.Module):
     def device(self):
         return self.inner.device
 
+    def start(self, calls: int) -> None:
+        """A sampling run of ``calls`` UNet calls begins: the plan starts over, with no feature kept."""
+        if calls != len(self.plan):
+            raise RuntimeError(f"step cache: the scheduler makes {calls} UNet calls, the plan holds {len(self.plan)} "
+                               "roles (one per call)")
+        self.calls = 0
+        self.feature = None
+
     def forward(self, sample, timestep, encoder_hidden_states=None, timestep_cond=None, return_dict=True, **_unused):
-        role = self.plan[self.calls % len(self.plan)]
+        if self.calls >= len(self.plan):
+            raise RuntimeError(f"step cache: UNet call {self.calls + 1} of a run whose plan holds {len(self.plan)} "
+                               "roles (one per call)")
+        role = self.plan[self.calls]
         self.calls += 1
         if role == SHALLOW and (self.feature is None or self.feature.shape[0] != sample.shape[0]):
             raise RuntimeError("step cache: a shallow step before any full step")
@@ -202,21 +230,37 @@ class CachingUNet(nn.Module):
 
 @contextmanager
 def caching_unet(pipe, interval: int, steps: int):
-    """While active, ``pipe``'s sampling loop runs the cached plan for ``interval`` at ``steps`` steps (every
-    pipeline call starts at step 0); yields the stand-in (its ``ran`` lists the roles run). The UNet is put
-    back after."""
+    """While active, ``pipe``'s sampling loop runs the cached plan for ``interval`` at ``steps`` steps, one role
+    per UNet call its scheduler makes (every pipeline call starts over at call 0: the stand-in starts a run when
+    the pipeline sets the scheduler's timesteps); yields the stand-in (its ``ran`` lists the roles run). The UNet
+    and the scheduler's ``set_timesteps`` are put back after."""
     check_cacheable(pipe.unet)
-    plan = cache_plan(interval, steps)
+    scheduler = pipe.scheduler
+    plan = cache_plan(interval, steps, unet_calls(scheduler, steps))
     original = pipe.unet
     stand_in = CachingUNet(original, plan).eval()
     from edgekit.components import by_role
 
     attr = by_role("denoise").pipeline_attr
+    own_set_timesteps = vars(scheduler).get("set_timesteps")
+    set_timesteps = scheduler.set_timesteps
+
+    @functools.wraps(set_timesteps)
+    def set_timesteps_and_start(*args, **kwargs):
+        result = set_timesteps(*args, **kwargs)
+        stand_in.start(len(scheduler.timesteps))
+        return result
+
     pipe.__dict__[attr] = stand_in  # past DiffusionPipeline.__setattr__, which would rewrite its config
+    scheduler.set_timesteps = set_timesteps_and_start
     try:
         yield stand_in
     finally:
         pipe.__dict__[attr] = original
+        if own_set_timesteps is None:
+            del scheduler.set_timesteps
+        else:
+            scheduler.set_timesteps = own_set_timesteps
 
 
 def generate_cached(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, interval: int,
@@ -230,15 +274,18 @@ def generate_cached(pipe, prompts: list[str], seeds: list[int], steps: int, guid
         return generate(pipe, prompts, seeds, steps, guidance_scale, **kwargs)
 
 
-def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
+def manifest_section(intervals, calls_by_steps: dict, noise_channels: int) -> dict:
     """The manifest's ``sampling.step_cache``: which component each role names, where the full graph's output
     splits (noise channels first, the feature after), and per offered interval above 1 and per step count it
-    fits, the plan (one role per step). Data a device loop follows with no scheduler- or interval-specific code.
-    An interval larger than every offered step count is refused (it would cache nothing)."""
+    fits, the plan: one role per UNet call of that step count's schedule table (``calls_by_steps``: step count ->
+    the number of timesteps in its table, steps + 1 for SD-1.5's PNDM). Data a device loop follows with no
+    scheduler- or interval-specific code. An interval larger than every offered step count is refused (it would
+    cache nothing)."""
     from edgekit.components import by_role
 
     intervals = parse_intervals(list(intervals), "cache")
-    counts = sorted(int(s) for s in step_counts)
+    calls = {int(s): int(c) for s, c in calls_by_steps.items()}
+    counts = sorted(calls)
     plans = {}
     for n in intervals:
         if n == 1:
@@ -246,7 +293,7 @@ def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
         if n > counts[-1]:
             raise InputError(f"is larger than every offered step count ({', '.join(map(str, counts))})",
                              param="cache", value=n)
-        plans[str(n)] = {str(s): cache_plan(n, s) for s in counts if s >= n}
+        plans[str(n)] = {str(s): cache_plan(n, s, calls[s]) for s in counts if s >= n}
     return {"method": "deepcache", "intervals": list(intervals),
             "graphs": {FULL: by_role("denoise_full").name, SHALLOW: by_role("denoise_shallow").name},
             "full_output": {"noise_channels": int(noise_channels), "feature_input": "cached_feature"}, "plans": plans}
@@ -254,7 +301,8 @@ def manifest_section(intervals, step_counts, noise_channels: int) -> dict:
 
 def check_section(m: dict, where: str) -> None:
     """A manifest's ``sampling.step_cache`` (InputError naming the field): every plan's graphs exist at every
-    width, every plan fits a schedule the bundle carries, starts with a full step and holds known roles."""
+    width, every plan fits a schedule the bundle carries (one role per UNet call of its table), starts with a
+    full call and holds known roles."""
     from edgekit.components import by_role
 
     section = m["sampling"]["step_cache"]
@@ -289,10 +337,11 @@ def check_section(m: dict, where: str) -> None:
             label = f"{field}.plans.{interval}.{steps}"
             if steps not in schedules:
                 raise InputError(f"{where}: {label}: the bundle has no schedule for {steps} steps")
-            if not (isinstance(plan, list) and len(plan) == int(steps) and all(r in ROLES for r in plan)
+            calls = len(schedules[steps]["timesteps"])
+            if not (isinstance(plan, list) and len(plan) == calls and all(r in ROLES for r in plan)
                     and plan[0] == FULL):
-                raise InputError(f"{where}: {label} should list {steps} roles from {list(ROLES)}, the first "
-                                 f"'{FULL}'")
+                raise InputError(f"{where}: {label} should list {calls} roles from {list(ROLES)} (one per UNet call "
+                                 f"of the {steps}-step schedule table), the first '{FULL}'")
 
 
 def shallow_rows(pipe, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, intervals,

@@ -1,8 +1,10 @@
 """Builder of edgekit/twin_vectors/step_cache.json, the step-cache vectors the Kotlin and Swift cores run: the
 plans of a manifest's sampling.step_cache (edgekit.step_cache.manifest_section) and whole cached loops over a
 schedule table (edgekit.schedule.run_table) with fake full and shallow graphs, following the plan exactly as
-edgekit.runtime.sampler does (full steps split their output at noise_channels and keep the feature rows, shallow
-steps are fed them; guidance applied to the [uncond, cond] rows as diffusers does).
+edgekit.runtime.sampler does (full calls split their output at noise_channels and keep the feature rows, shallow
+calls are fed them; guidance applied to the [uncond, cond] rows as diffusers does). A plan holds one role per
+UNet call of its table: the 4- and 8-step tables (DPM-Solver) make one call per step, the 5-step one (SD-1.5's
+PNDMScheduler, skip_prk_steps) makes 6.
 
 Regenerate after a deliberate change with: .venv/bin/python tests/step_cache_vectors.py --write
 """
@@ -41,6 +43,8 @@ def cached_loop(table, x0, plan, guidance, cfg: bool):
     step = [0]
 
     def model(x, t):
+        if plan and step[0] >= len(plan):
+            raise IndexError(f"UNet call {step[0]} past the plan's {len(plan)} roles")
         role = plan[step[0]] if plan else None
         step[0] += 1
         outs = []
@@ -62,21 +66,26 @@ def build() -> dict:
     from edgekit.noise import normals
     from edgekit.schedule import schedule_table
     from edgekit.step_cache import manifest_section
-    from sampling_vectors import scheduler_cases
+    from sampling_vectors import _config, scheduler_cases
 
     name, config, _, _, _ = scheduler_cases()[0]  # the DPM-Solver scheduler of the digits model
     tables = {str(s): schedule_table(config, s) for s in (4, 8)}
-    section = manifest_section((1, 2, 3), [4, 8], CHANNELS)
+    # SD-1.5's scheduler: PNDM without Runge-Kutta steps calls the UNet steps + 1 times
+    tables["5"] = schedule_table(_config("PNDMScheduler", skip_prk_steps=True), 5)
+    assert len(tables["5"]["timesteps"]) == 6
+    section = manifest_section((1, 2, 3), {int(s): len(t["timesteps"]) for s, t in tables.items()}, CHANNELS)
     cases = []
     for steps, interval, guidance, cfg, seed in [(8, 1, 4.0, True, 3), (8, 2, 4.0, True, 3), (8, 3, 4.0, True, 3),
-                                                 (4, 3, 1.0, False, 5), (8, 2, 1.0, False, 5)]:
+                                                 (4, 3, 1.0, False, 5), (8, 2, 1.0, False, 5), (5, 1, 7.5, True, 6),
+                                                 (5, 2, 7.5, True, 6), (5, 3, 1.0, False, 7)]:
         plan = section["plans"][str(interval)][str(steps)] if interval > 1 else None
         x0 = normals(seed, 0, CHANNELS * HW)
         out = cached_loop(tables[str(steps)], x0, plan, guidance, cfg)
         cases.append({"steps": steps, "interval": interval, "guidance_scale": guidance,
                       "guidance_mode": "classifier-free" if cfg else "conditional", "seed": seed,
                       "plan": plan, "expected": [float(v) for v in out]})
-    return {"format": "edgekit-step-cache-vectors/1", "model": MODEL, "scheduler": name,
+    return {"format": "edgekit-step-cache-vectors/1", "model": MODEL,
+            "scheduler": f"{name} (4 and 8 steps); PNDM, skip_prk_steps (5 steps, 6 UNet calls)",
             "latent": {"channels": CHANNELS, "pixels": HW, "feature_channels": FEATURE},
             "sampling": {"schedules": tables, "step_cache": section}, "cases": cases,
             "bad_plans": [{"interval": 5, "steps": 8, "error_contains": "cache 5"},

@@ -166,6 +166,46 @@ def test_bundle_loop_reproduces_the_torch_cached_loop(cached_bundle, pipe, guida
     assert float(np.abs(cached - plain).mean()) > 1e-3  # the shallow steps did run
 
 
+def test_pndm_model_plans_one_role_per_unet_call_and_the_bundle_loop_runs_them(sd15_reduced, tmp_path):
+    """SD-1.5's PNDMScheduler (skip_prk_steps) calls the UNet steps + 1 times: the manifest's plans hold one role
+    per call of each schedule table, the torch reference runs the same roles (no wrap-around), and the bundle loop
+    following the plan draws the torch cached loop's image."""
+    import copy
+
+    from edgekit.bundle import check_manifest, read_manifest
+    from edgekit.cli import main
+    from edgekit.errors import InputError
+    from edgekit.pipeline import generate, load_pipeline
+    from edgekit.runtime.sampler import BundleSampler
+    from edgekit.step_cache import caching_unet, generate_cached
+
+    out = tmp_path / "bundle"
+    assert main(["export", "--model", str(sd15_reduced), "--target", "ort-web", "--steps", "3", "--cache", "1,2",
+                 "--out", str(out)]) == 0
+    m = read_manifest(out)
+    schedules, plans = m["sampling"]["schedules"], m["sampling"]["step_cache"]["plans"]
+    assert {s: len(t["timesteps"]) for s, t in schedules.items()} == {"3": 4}
+    assert plans == {"2": {"3": ["full", "shallow", "full", "shallow"]}}
+    bad = copy.deepcopy(m)
+    bad["sampling"]["step_cache"]["plans"]["2"]["3"] = ["full", "shallow", "full"]  # one role per step: too short
+    with pytest.raises(InputError, match=r"plans\.2\.3 should list 4 roles .*3-step schedule table"):
+        check_manifest(bad, "manifest.json")
+
+    pipe = load_pipeline(sd15_reduced)
+    prompts, seeds = ["a red square"], [4100]
+    sampler = BundleSampler(out, threads=1)
+    scale = sampler.guidance()[0]
+    cached, timing = sampler.generate(prompts, seeds, 3, 1.0, cache=2)
+    with caching_unet(pipe, 2, 3) as stand_in:
+        reference = generate(pipe, prompts, seeds, 3, scale)
+        assert stand_in.ran == plans["2"]["3"]  # 4 calls for 3 steps, the last one shallow (no wrap-around)
+    assert timing.unet_calls == 4
+    assert float(np.abs(cached - reference).max()) < 1e-4
+    assert np.array_equal(generate_cached(pipe, prompts, seeds, 3, scale, 2), reference)
+    plain, _ = sampler.generate(prompts, seeds, 3, 1.0, cache=1)
+    assert float(np.abs(cached - plain).mean()) > 1e-4  # the shallow calls did run
+
+
 def test_generate_cli_follows_the_plan_and_refuses_bad_intervals(cached_bundle, tmp_path, capsys):
     from cli_checks import one_line
 
@@ -359,7 +399,9 @@ def test_step_cache_vectors_are_what_the_python_device_loop_does():
                            unet_full=rows(sv.full), unet_shallow=rows(sv.shallow), noise_channels=sv.CHANNELS)
         plan = stored["sampling"]["step_cache"]["plans"][str(case["interval"])][str(case["steps"])] \
             if case["interval"] > 1 else None
-        assert plan == case["plan"] and (plan is None or plan == cache_plan(case["interval"], case["steps"]))
+        # one role per UNet call of the table: the PNDM table makes steps + 1 calls
+        assert plan == case["plan"] and (plan is None or plan == cache_plan(case["interval"], case["steps"],
+                                                                            len(table["timesteps"])))
         sample(comps, lambda prompts: np.array([[1.0 if p else 0.0] for p in prompts]), table, ["c"], [case["seed"]],
                case["guidance_scale"], shape, 1.0, mode=case["guidance_mode"], plan=plan)
         assert np.allclose(got[0].reshape(-1), case["expected"], rtol=1e-4, atol=1e-4), case

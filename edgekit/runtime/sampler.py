@@ -64,9 +64,9 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
 
     ``mode`` (edgekit.schedule.GUIDANCE_MODES; default from ``guidance`` as diffusers decides) says whether
     the unconditional pass runs; ``timestep_cond`` (D,) is fed to a UNet with a guidance embedding input.
-    ``plan`` (a step-cache plan from the manifest, one "full" / "shallow" per step; None: the plain UNet every
-    step): full steps run ``components.unet_full`` and keep its feature rows, shallow ones run
-    ``components.unet_shallow`` fed the kept rows."""
+    ``plan`` (a step-cache plan from the manifest, one "full" / "shallow" per UNet call of ``table``, which may
+    be more than its steps; None: the plain UNet every call): full calls run ``components.unet_full`` and keep
+    its feature rows, shallow ones run ``components.unet_shallow`` fed the kept rows."""
     from edgekit.noise import initial_latents, step_noise
     from edgekit.schedule import GUIDANCE_CFG, guidance_mode, run_table
 
@@ -84,8 +84,8 @@ def sample(components: Components, encode, table: dict, prompts: list[str], seed
 
     if plan is not None and (len(plan) != len(table["timesteps"]) or components.unet_full is None
                              or components.unet_shallow is None):
-        raise InputError(f"bundle sampler: a step-cache plan of {len(plan)} steps for a {len(table['timesteps'])}-step "
-                         "table needs both cache graphs")
+        raise InputError(f"bundle sampler: a step-cache plan of {len(plan)} roles for a table of "
+                         f"{len(table['timesteps'])} UNet calls needs one role per call and both cache graphs")
     feature: list = [None]
 
     def unet(sample_in: np.ndarray, hidden: np.ndarray, t: float, role: str | None = None) -> np.ndarray:

@@ -142,7 +142,9 @@ def open_export(request: ExportRequest, target, model_dir: Path, sampling: dict,
         from edgekit.step_cache import check_cacheable, manifest_section
 
         check_cacheable(base.unet)
-        step_cache = manifest_section(profile.cache_intervals, [int(k) for k in sampling["schedules"]],
+        # one plan role per UNet call of each schedule table (a PNDM table makes steps + 1 calls)
+        step_cache = manifest_section(profile.cache_intervals,
+                                      {int(k): len(table["timesteps"]) for k, table in sampling["schedules"].items()},
                                       int(base.unet.config.out_channels))
     opened = widths if only_width is None else (only_width,)
     pipes = {w: (base if w.is_full else open_model(model_dir, width=w)) for w in opened}

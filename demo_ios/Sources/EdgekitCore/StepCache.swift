@@ -1,5 +1,6 @@
 // Step caching (edgekit/step_cache.py, DeepCache) on the device: the manifest's sampling.step_cache says, per
-// offered interval and step count, which graph each step runs ("full": the UNet graph that also outputs the
+// offered interval and step count, which graph each UNet call of that step count's schedule table runs (a table
+// may make more calls than steps: SD-1.5's PNDM makes steps + 1) ("full": the UNet graph that also outputs the
 // feature entering its last up block, joined after the noise channels; "shallow": the small graph fed that
 // feature). This core only follows that data. Same vectors as Python and Kotlin (twin_vectors/step_cache.json).
 import Foundation
@@ -13,7 +14,8 @@ public enum StepCache {
     public static let full = "full"
     public static let shallow = "shallow"
 
-    /// The plan for `interval` at `steps` steps from the manifest's "sampling" (nil for 1: the plain loop).
+    /// The plan for `interval` at `steps` steps from the manifest's "sampling" (nil for 1: the plain loop): one
+    /// role per UNet call of the `steps`-step schedule table.
     public static func plan(_ sampling: [String: Any], interval: Int, steps: Int) throws -> [String]? {
         guard interval >= 1 else { throw StepCacheError(message: "cache \(interval): expected a whole number >= 1 (1 = no step caching)") }
         if interval == 1 { return nil }
@@ -25,8 +27,14 @@ public enum StepCache {
         guard let plan = bySteps["\(steps)"] as? [String] else {
             throw StepCacheError(message: "cache \(interval): the bundle has no \(steps)-step plan at this interval")
         }
-        guard plan.count == steps, plan.first == full, plan.allSatisfy({ $0 == full || $0 == shallow }) else {
-            throw StepCacheError(message: "sampling.step_cache.plans.\(interval).\(steps): expected \(steps) of full/shallow, the first full")
+        guard let table = (sampling["schedules"] as? [String: Any])?["\(steps)"] as? [String: Any],
+              let timesteps = table["timesteps"] as? [Any] else {
+            throw StepCacheError(message: "cache \(interval): the bundle has no schedule for \(steps) steps")
+        }
+        let calls = timesteps.count
+        guard plan.count == calls, plan.first == full, plan.allSatisfy({ $0 == full || $0 == shallow }) else {
+            throw StepCacheError(message: "sampling.step_cache.plans.\(interval).\(steps): expected \(calls) of full/shallow "
+                                 + "(one per UNet call of the \(steps)-step schedule table), the first full")
         }
         return plan
     }
@@ -42,9 +50,10 @@ public enum StepCache {
     }
 }
 
-/// One UNet call per step following `plan` (nil: `plain` every step). Inputs and outputs hold `rows` rows in NCHW
-/// order, `pixels` pixels per channel; `full` returns the noise channels then the feature channels, split at
-/// `noiseChannels`; the feature rows are kept for the shallow steps after it.
+/// The UNet call `step` of the table runs the graph `plan[step]` names (nil: `plain` every call); a call past the
+/// plan is an error. Inputs and outputs hold `rows` rows in NCHW order, `pixels` pixels per channel; `full` returns
+/// the noise channels then the feature channels, split at `noiseChannels`; the feature rows are kept for the
+/// shallow calls after it.
 public final class CachedUNet {
     let plan: [String]?
     let noiseChannels: Int
@@ -63,6 +72,9 @@ public final class CachedUNet {
 
     public func call(step: Int, x: [Double], t: Double, rows: Int) throws -> [Double] {
         guard let plan = plan else { return try plain(x, t) }
+        guard step < plan.count else {
+            throw StepCacheError(message: "step \(step): past the plan's \(plan.count) UNet calls")
+        }
         if plan[step] == StepCache.shallow {
             guard let f = feature else { throw StepCacheError(message: "step \(step): a shallow step before any full step") }
             return try shallow(x, t, f)

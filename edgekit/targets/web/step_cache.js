@@ -1,5 +1,6 @@
 // Step caching (edgekit/step_cache.py, DeepCache) in the browser: the manifest's sampling.step_cache says, per
-// offered interval and step count, which graph each step runs ("full": the UNet graph that also outputs the
+// offered interval and step count, which graph each UNet call of that step count's schedule table runs (a table
+// may make more calls than steps: SD-1.5's PNDM makes steps + 1) ("full": the UNet graph that also outputs the
 // feature entering its last up block, joined after the noise channels; "shallow": the small graph fed that
 // feature). This module only follows that data, like the Kotlin and Swift cores; checked by
 // edgekit/twin_vectors/step_cache.json.
@@ -9,7 +10,8 @@ export const SHALLOW = "shallow";
 
 export class StepCacheError extends Error {}
 
-// The plan for `interval` at `steps` steps from the manifest's "sampling" (null for 1: the plain loop).
+// The plan for `interval` at `steps` steps from the manifest's "sampling" (null for 1: the plain loop): one role
+// per UNet call of the `steps`-step schedule table.
 export function cachePlan(sampling, interval, steps) {
   if (!Number.isInteger(interval) || interval < 1) {
     throw new StepCacheError(`cache ${interval}: expected a whole number >= 1 (1 = no step caching)`);
@@ -23,8 +25,12 @@ export function cachePlan(sampling, interval, steps) {
   }
   const plan = bySteps[String(steps)];
   if (!Array.isArray(plan)) throw new StepCacheError(`cache ${interval}: the bundle has no ${steps}-step plan at this interval`);
-  if (plan.length !== steps || plan[0] !== FULL || plan.some((r) => r !== FULL && r !== SHALLOW)) {
-    throw new StepCacheError(`sampling.step_cache.plans.${interval}.${steps}: expected ${steps} of full/shallow, the first full`);
+  const table = sampling?.schedules?.[String(steps)];
+  if (!Array.isArray(table?.timesteps)) throw new StepCacheError(`cache ${interval}: the bundle has no schedule for ${steps} steps`);
+  const calls = table.timesteps.length;
+  if (plan.length !== calls || plan[0] !== FULL || plan.some((r) => r !== FULL && r !== SHALLOW)) {
+    throw new StepCacheError(`sampling.step_cache.plans.${interval}.${steps}: expected ${calls} of full/shallow (one per UNet `
+      + `call of the ${steps}-step schedule table), the first full`);
   }
   return plan;
 }
@@ -37,15 +43,17 @@ export function cacheGraphs(sampling) {
            noiseChannels: section.full_output.noise_channels, featureInput: section.full_output.feature_input };
 }
 
-// A UNet call per step following `plan` (null: `plain` every step). Inputs and outputs hold `rows` rows in NCHW
-// order, `pixels` pixels per channel; `full(x, t)` returns the noise channels then the feature channels, split at
-// `noiseChannels`, and the feature rows are kept for the shallow steps after it; `shallow(x, t, feature)`.
-// The graph functions may be async. Returns `(x, t, step) => eps rows`.
+// The UNet call `step` of the table runs the graph plan[step] names (null: `plain` every call); a call past the
+// plan is an error. Inputs and outputs hold `rows` rows in NCHW order, `pixels` pixels per channel; `full(x, t)`
+// returns the noise channels then the feature channels, split at `noiseChannels`, and the feature rows are kept
+// for the shallow calls after it; `shallow(x, t, feature)`. The graph functions may be async. Returns
+// `(x, t, step) => eps rows`.
 export function cachedUNet(plan, noiseChannels, pixels, rows, { plain, full, shallow, ArrayType = Float32Array }) {
   let feature = null;
   return async (x, t, step) => {
-    const role = plan ? plan[step] : null;
-    if (!role) return plain(x, t);
+    if (!plan) return plain(x, t);
+    if (step >= plan.length) throw new StepCacheError(`step ${step}: past the plan's ${plan.length} UNet calls`);
+    const role = plan[step];
     if (role === SHALLOW) {
       if (!feature) throw new StepCacheError(`step ${step}: a shallow step before any full step`);
       return shallow(x, t, feature);

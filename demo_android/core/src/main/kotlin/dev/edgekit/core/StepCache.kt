@@ -2,7 +2,8 @@ package dev.edgekit.core
 
 /**
  * Step caching (edgekit/step_cache.py, DeepCache) on the device: the manifest's sampling.step_cache says, per
- * offered interval and step count, which graph each step runs ("full": the UNet graph that also outputs the
+ * offered interval and step count, which graph each UNet call of that step count's schedule table runs (a table
+ * may make more calls than steps: SD-1.5's PNDM makes steps + 1) ("full": the UNet graph that also outputs the
  * feature entering its last up block, joined after the noise channels; "shallow": the small graph fed that
  * feature). This core only follows that data: no scheduler- or interval-specific logic. Same vectors as
  * Python and Swift (edgekit/twin_vectors/step_cache.json).
@@ -13,7 +14,10 @@ object StepCache {
     const val FULL = "full"
     const val SHALLOW = "shallow"
 
-    /** The plan for `interval` at `steps` steps from the manifest's "sampling" (null for 1: the plain loop). */
+    /**
+     * The plan for `interval` at `steps` steps from the manifest's "sampling" (null for 1: the plain loop): one
+     * role per UNet call of the `steps`-step schedule table.
+     */
     fun plan(sampling: Map<String, Any?>, interval: Int, steps: Int): List<String>? {
         if (interval < 1) throw StepCacheException("cache $interval: expected a whole number >= 1 (1 = no step caching)")
         if (interval == 1) return null
@@ -24,8 +28,12 @@ object StepCache {
                 "(offers: ${listOf("1") + (plans?.keys?.map { it.toString() } ?: emptyList())})")
         val plan = bySteps[steps.toString()] as? List<*>
             ?: throw StepCacheException("cache $interval: the bundle has no $steps-step plan at this interval")
-        if (plan.size != steps || plan.firstOrNull() != FULL || plan.any { it != FULL && it != SHALLOW }) {
-            throw StepCacheException("sampling.step_cache.plans.$interval.$steps: expected $steps of full/shallow, the first full")
+        val table = (sampling["schedules"] as? Map<*, *>)?.get(steps.toString()) as? Map<*, *>
+        val calls = (table?.get("timesteps") as? List<*>)?.size
+            ?: throw StepCacheException("cache $interval: the bundle has no schedule for $steps steps")
+        if (plan.size != calls || plan.firstOrNull() != FULL || plan.any { it != FULL && it != SHALLOW }) {
+            throw StepCacheException("sampling.step_cache.plans.$interval.$steps: expected $calls of full/shallow " +
+                "(one per UNet call of the $steps-step schedule table), the first full")
         }
         return plan.map { it as String }
     }
@@ -40,9 +48,10 @@ object StepCache {
 }
 
 /**
- * One UNet call per step following `plan` (null: `plain` every step). Inputs and outputs hold `rows` rows in
- * NCHW order, each of `pixels` pixels per channel; `full` returns the noise channels then the feature channels,
- * split at `noiseChannels`; the feature rows are kept for the shallow steps after it.
+ * The UNet call `step` of the table runs the graph `plan[step]` names (null: `plain` every call); a call past the
+ * plan is an error. Inputs and outputs hold `rows` rows in NCHW order, each of `pixels` pixels per channel; `full`
+ * returns the noise channels then the feature channels, split at `noiseChannels`; the feature rows are kept for
+ * the shallow calls after it.
  */
 class CachedUNet(
     private val plan: List<String>?,
@@ -55,7 +64,9 @@ class CachedUNet(
     private var feature: DoubleArray? = null
 
     fun call(step: Int, x: DoubleArray, t: Double, rows: Int): DoubleArray {
-        val role = plan?.get(step) ?: return plain(x, t)
+        if (plan == null) return plain(x, t)
+        val role = plan.getOrNull(step)
+            ?: throw StepCacheException("step $step: past the plan's ${plan.size} UNet calls")
         if (role == StepCache.SHALLOW) {
             return shallow(x, t, feature ?: throw StepCacheException("step $step: a shallow step before any full step"))
         }
