@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -61,8 +62,20 @@ def main() -> None:
                      "analysis_s": recipe["planned_s"], "reuse_s": round(reuse_s, 3), "recipe_bytes": path.stat().st_size,
                      "components": sorted(recipe["components"])})
         print(json.dumps(rows[-1]), flush=True)
-    RESULTS.write_text(json.dumps({"model": "edgekit.zoo.sd15 reduced (random weights)",
-                                   "calibration": "4 steps, 8 images", "rows": rows}, indent=2) + "\n")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paired import run_record
+
+    record = run_record(" ".join(["benchmarks/recipe_reuse.py", *sys.argv[1:]]))
+    data = {**record, "model": "edgekit.zoo.sd15 reduced (random weights)", "calibration": "4 steps, 8 images",
+            "baseline": "planning the recipe (plan_s) against reading and checking the saved one (reuse_s)",
+            "rows": rows}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    lines = [f"# INT8 recipe: plan vs reuse ({data['model']})", "",
+             f"Commit {record['commit']}, `{record['command']}`, {record['host']}, {record['date']}.", "",
+             "| target | precision | plan s (analysis s) | reuse s | recipe bytes |", "|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['precision']} | {r['plan_s']} ({r['analysis_s']}) | {r['reuse_s']} | "
+              f"{r['recipe_bytes']} |" for r in rows]
+    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
