@@ -268,6 +268,7 @@ def markdown(d: dict) -> str:
         q = c["ms"]
         lines.append(f"| {c['graph']} | {c['threads']} | {q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}] | "
                      f"{c['x_baseline_call']:.2f} | {c['n']} |")
+    lines += [""] + [f"- {n}" for n in d.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
