@@ -16,10 +16,12 @@ def _forbid(monkeypatch, module, name):
 
 @pytest.fixture
 def no_digest_no_loading(monkeypatch):
-    import edgekit.calibration
+    import edgekit.fsutil
+    import edgekit.modeldir
     import edgekit.pipeline
 
-    _forbid(monkeypatch, edgekit.calibration, "sha256_tree")
+    edgekit.modeldir.forget()  # no digest left from an earlier test: the model must be hashed afresh to be refused
+    _forbid(monkeypatch, edgekit.fsutil, "sha256_tree")  # ModelDir.sha256, the one digest of the model
     _forbid(monkeypatch, edgekit.pipeline, "load_pipeline")
 
 
