@@ -34,7 +34,8 @@ def realsize_config_model(sd15_reduced, tmp_path):
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Loading a pipeline, hashing a model or quantizing fails the test: the refusals come before them."""
-    import edgekit.calibration
+    import edgekit.fsutil
+    import edgekit.modeldir
     import edgekit.package
     import edgekit.pipeline
     import edgekit.quantize
@@ -42,8 +43,9 @@ def no_heavy_work(monkeypatch):
     def forbidden(*_args, **_kwargs):
         raise AssertionError("heavy work started before the refusal")
 
+    edgekit.modeldir.forget()  # no digest left from an earlier test: hashing now would be this command's own
     monkeypatch.setattr(edgekit.pipeline, "load_pipeline", forbidden)
-    monkeypatch.setattr(edgekit.calibration, "sha256_tree", forbidden)
+    monkeypatch.setattr(edgekit.fsutil, "sha256_tree", forbidden)  # ModelDir.sha256, the one digest of a model
     monkeypatch.setattr(edgekit.quantize, "quantize_component", forbidden)
 
 
