@@ -23,8 +23,11 @@ def one_line(err: str, *needles: str) -> str:
 def serve_answers(command: str, cwd: Path, env: dict) -> None:
     """Start ``command`` (a server line, as written) in ``cwd``: it must print its address, answer its first page,
     then stop cleanly on SIGINT."""
+    # SIGINT back to its default in the server: a test run started in the background (`cmd &`, nohup) hands
+    # its children an ignored SIGINT, and Python then never raises KeyboardInterrupt, so Ctrl-C could not be tested
     proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", first)
